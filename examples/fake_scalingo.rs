@@ -1,0 +1,77 @@
+//! Runs the fake Scalingo platform of the test suite as a standalone server, to try
+//! `dropdeploy` by hand against it:
+//!
+//! ```text
+//! cargo run --example fake-scalingo -- --listen 127.0.0.1:4567 --step 1s --app my-app
+//! ```
+//!
+//! It prints the environment to export, then one line per request on stderr, until Ctrl-C.
+
+#[path = "../tests/support/fake_scalingo.rs"]
+mod fake_scalingo;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use fake_scalingo::{FakeConfig, FakeScalingo};
+
+/// A fake Scalingo API (auth, API and storage on one port) for local experiments.
+#[derive(Debug, Parser)]
+#[command(name = "fake-scalingo")]
+struct Args {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:4567")]
+    listen: SocketAddr,
+    /// The API token the exchange accepts.
+    #[arg(long)]
+    token: Option<String>,
+    /// Time spent in each of queued, building, pushing and starting.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    step: Duration,
+    /// An app that exists (repeat for several).
+    #[arg(long = "app", value_name = "NAME", default_value = "my-app")]
+    apps: Vec<String>,
+    /// Lifetime of the issued JWTs.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    jwt_lifetime: Duration,
+    /// Lifetime of sources (upload and download URLs).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    source_lifetime: Duration,
+    /// Upload URLs first answer 307 to the real storage URL.
+    #[arg(long)]
+    redirect_uploads: bool,
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let mut cfg = FakeConfig {
+        step: args.step,
+        apps: args.apps,
+        jwt_lifetime: args.jwt_lifetime,
+        source_lifetime: args.source_lifetime,
+        redirect_uploads: args.redirect_uploads,
+        log_requests: true,
+        ..FakeConfig::default()
+    };
+    if let Some(token) = args.token {
+        cfg.api_token = token;
+    }
+    let apps = cfg.apps.join(", ");
+    let server = FakeScalingo::start_on(args.listen, cfg)?;
+    let url = server.url();
+    println!("fake Scalingo API listening on {url} (apps: {apps})");
+    println!(
+        "export SCALINGO_API_URL={url} SCALINGO_AUTH_URL={url} SCALINGO_API_TOKEN={}",
+        server.api_token()
+    );
+    std::io::Write::flush(&mut std::io::stdout())?;
+
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(tokio::signal::ctrl_c())?;
+    drop(server);
+    eprintln!("fake-scalingo: stopped");
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! The `.tar.gz` archives that dropdeploy deploys: checking them before upload.
+
+pub mod inspect;

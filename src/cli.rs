@@ -1,0 +1,540 @@
+//! The command line: argument parsing, logging set-up, and the one-shot commands. The
+//! `dropdeploy` binary is `cli::main()` and nothing else.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::archive::inspect::{InspectError, Limits, inspect};
+use crate::config::{Config, Env, Loaded};
+use crate::queue::intake::{
+    IntakeError, PayloadKey, Transfer, enqueue_archive, enqueue_url, find_unfinished, valid_git_ref,
+};
+use crate::queue::runner::{Event, Observer, Runner};
+use crate::queue::spool::{Job, JobState, Spool, Step};
+use crate::target::scalingo::api::ScalingoClient;
+
+/// Exit status: the deployment succeeded (or the archive is fine).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the deployment failed or was refused (bad archive, failure status, a
+/// permanent API error such as an unknown app).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: usage or configuration error (bad flags, config file, missing or refused token).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: gave up after retrying transient errors for the whole retry budget.
+pub const EXIT_GAVE_UP: u8 = 3;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the deployment failed or was refused (bad archive, failure status, unknown app, …)
+  2  usage or configuration error (flags, config file, missing or refused API token)
+  3  gave up after retrying transient errors for the whole retry budget";
+
+/// dropdeploy: deploy code archives to Scalingo.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dropdeploy",
+    version,
+    about = "Deploy code archives to the Scalingo platform: check, upload, deploy, follow.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, defaults and the environment are used.
+    #[arg(long, global = true, value_name = "FILE", env = "DROPDEPLOY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
+    ///
+    /// The archive is checked first, then uploaded, then deployed, and the deployment is
+    /// followed to its end. Running the same command again after an interruption resumes the
+    /// same job: it never deploys the same archive twice.
+    #[command(after_help = EXIT_CODES)]
+    Deploy {
+        /// The Scalingo app.
+        #[arg(long, short)]
+        app: String,
+        /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-');
+        /// default: <app>-<YYYYmmddHHMMSS>-<first 8 hex of the archive's sha256>.
+        #[arg(long)]
+        git_ref: Option<String>,
+        /// Return once the deployment is created, without following it.
+        #[arg(long)]
+        no_follow: bool,
+        /// Where jobs are kept while they run (default: the config's state_dir with a config
+        /// file, else $XDG_STATE_HOME/dropdeploy or ~/.local/state/dropdeploy).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Time between two polls of the deployment's status, e.g. `3s` (overrides follow_interval).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// The archive file, or an http(s) URL.
+        archive: String,
+    },
+    /// Check archives as the platform would, without uploading anything.
+    #[command(
+        after_help = "Exit status: 0 when every archive is fine, 1 when one is refused, 2 on usage errors."
+    )]
+    Check {
+        /// Largest uncompressed size accepted, in bytes (default: max_archive_size, 314572800).
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+        /// Archives to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match &cli.command {
+        Command::Check { max_size, files } => check(&cli, *max_size, files),
+        Command::Deploy { .. } => run_async(deploy(&cli)),
+    };
+    ExitCode::from(code)
+}
+
+fn run_async(fut: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("dropdeploy: cannot start the async runtime: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what (default: warnings), colours only on a terminal.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let env = Env::from_process();
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path, &env),
+        None => Config::from_env(&env),
+    };
+    let Loaded { config, warnings } = loaded.map_err(|e| e.to_string())?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+        eprintln!("dropdeploy: warning: {warning}");
+    }
+    Ok(config)
+}
+
+fn check(cli: &Cli, max_size: Option<u64>, files: &[PathBuf]) -> u8 {
+    let max_uncompressed = match max_size {
+        Some(bytes) => bytes,
+        None => match load_config(cli) {
+            Ok(config) => config.max_archive_bytes,
+            Err(e) => {
+                eprintln!("dropdeploy: {e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let limits = Limits { max_uncompressed };
+    let mut code = EXIT_OK;
+    for file in files {
+        match inspect(file, &limits) {
+            Ok(summary) => println!("ok: {}: {summary}", file.display()),
+            Err(InspectError::Rejected(rejection)) => {
+                println!("refused: {}: {rejection}", file.display());
+                code = code.max(EXIT_FAILED);
+            }
+            Err(e @ InspectError::Io { .. }) => {
+                eprintln!("dropdeploy: check: {e}");
+                code = EXIT_USAGE;
+            }
+        }
+    }
+    code
+}
+
+/// The default place for the one-shot command's jobs, for a user without a config file.
+fn default_user_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("dropdeploy");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/dropdeploy");
+    }
+    std::env::temp_dir().join("dropdeploy")
+}
+
+async fn deploy(cli: &Cli) -> u8 {
+    let Command::Deploy {
+        app,
+        git_ref,
+        no_follow,
+        state_dir,
+        interval,
+        archive,
+    } = &cli.command
+    else {
+        return EXIT_USAGE;
+    };
+    let fail = |msg: String| {
+        eprintln!("dropdeploy: {app}: {msg}");
+        EXIT_USAGE
+    };
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Some(r) = git_ref
+        && !valid_git_ref(r)
+    {
+        return fail(format!(
+            "--git-ref {r:?} is not accepted by the platform: use only letters, digits, '.', '_' and '-', not starting with '-'"
+        ));
+    }
+    let token = match config.scalingo.require_token() {
+        Ok(t) => t.clone(),
+        Err(e) => return fail(e.to_string()),
+    };
+    let state_dir = state_dir.clone().unwrap_or_else(|| match &cli.config {
+        Some(_) => config.state_dir.clone(),
+        None => default_user_state_dir(),
+    });
+    let spool = match Spool::open(state_dir.join("spool")) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let label = config
+        .app(app)
+        .and_then(|a| a.git_ref_label.clone())
+        .unwrap_or_else(|| app.clone());
+    let limits = Limits {
+        max_uncompressed: config.max_archive_bytes,
+    };
+
+    let is_url = archive.starts_with("http://") || archive.starts_with("https://");
+    let job = if is_url {
+        match find_unfinished(&spool, app, &PayloadKey::Url(archive), None) {
+            Some(job) => job,
+            None => match enqueue_url(&spool, app, archive, &label, git_ref.as_deref()) {
+                Ok(job) => job,
+                Err(e) => return fail(e.to_string()),
+            },
+        }
+    } else {
+        let file = PathBuf::from(archive);
+        let spool2 = spool.clone();
+        let (app2, label2, git_ref2) = (app.clone(), label.clone(), git_ref.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            enqueue_archive(
+                &spool2,
+                &app2,
+                &file,
+                Transfer::Copy,
+                &label2,
+                git_ref2.as_deref(),
+                &limits,
+            )
+        })
+        .await;
+        let new_job = match made {
+            Ok(Ok(job)) => job,
+            Ok(Err(IntakeError::Rejected {
+                file, rejection, ..
+            })) => {
+                eprintln!(
+                    "dropdeploy: {app}: refused {} at step {}: {rejection}; nothing was uploaded",
+                    file.display(),
+                    Step::Inspect
+                );
+                return EXIT_FAILED;
+            }
+            Ok(Err(e)) => return fail(e.to_string()),
+            Err(e) => return fail(format!("archive check crashed: {e}")),
+        };
+        let sha = match &new_job.payload {
+            crate::queue::spool::Payload::Archive { summary, .. } => summary.sha256.clone(),
+            crate::queue::spool::Payload::Url { .. } => String::new(),
+        };
+        // The same archive interrupted earlier for this app: resume that job instead.
+        match find_unfinished(&spool, app, &PayloadKey::Sha256(&sha), Some(&new_job.id)) {
+            Some(old) => {
+                if let Err(e) = spool.remove(&new_job.id) {
+                    return fail(e.to_string());
+                }
+                old
+            }
+            None => new_job,
+        }
+    };
+    run_job(config, token, spool, job, *no_follow, *interval).await
+}
+
+async fn run_job(
+    config: Config,
+    token: crate::config::Secret,
+    spool: Spool,
+    mut job: Job,
+    no_follow: bool,
+    interval: Option<std::time::Duration>,
+) -> u8 {
+    let app = job.app.clone();
+    let client = match ScalingoClient::new(&config.scalingo, token) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
+        printer.line(&format!("{app}: {}", describe(&job)));
+    }
+    let mut runner = Runner::new(
+        client,
+        spool.clone(),
+        config.retry.clone(),
+        interval.unwrap_or(config.scalingo.follow_interval),
+        printer.clone(),
+    );
+    if no_follow {
+        runner = runner.without_follow();
+    }
+    let started = Instant::now();
+    if let Err(e) = runner.run(&mut job).await {
+        eprintln!("dropdeploy: {app}: job {} cannot be recorded: {e}", job.id);
+        return EXIT_USAGE;
+    }
+    printer.finish();
+    let elapsed =
+        humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
+    let code = match &job.state {
+        JobState::Succeeded { deployment_id } => {
+            println!(
+                "{app}: success: deployment {deployment_id} (git_ref {}) in {elapsed}",
+                job.git_ref
+            );
+            EXIT_OK
+        }
+        JobState::Deploying { deployment_id } => {
+            println!(
+                "{app}: deployment {deployment_id} created (git_ref {}); not following it",
+                job.git_ref
+            );
+            EXIT_OK
+        }
+        JobState::Failed(failure) => {
+            let what = match &job.payload {
+                crate::queue::spool::Payload::Archive { original, .. } => {
+                    original.display().to_string()
+                }
+                crate::queue::spool::Payload::Url { url } => url.clone(),
+            };
+            println!(
+                "{app}: FAILED deploying {what} at step {}: {}",
+                failure.step, failure.reason
+            );
+            if !failure.log_tail.is_empty() {
+                println!(
+                    "--- last {} lines of the build output ---",
+                    failure.log_tail.len()
+                );
+                for line in &failure.log_tail {
+                    println!("{line}");
+                }
+                println!("---");
+            }
+            if failure.gave_up {
+                EXIT_GAVE_UP
+            } else if failure.http_status == Some(401) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            }
+        }
+        JobState::Superseded { by } => {
+            println!("{app}: superseded by job {by}");
+            EXIT_FAILED
+        }
+        other => {
+            println!("{app}: stopped in state {}", other.name());
+            EXIT_FAILED
+        }
+    };
+    if job.state.is_finished() || no_follow {
+        if let Err(e) = spool.remove(&job.id) {
+            eprintln!("dropdeploy: {app}: {e}");
+        }
+    }
+    code
+}
+
+fn describe(job: &Job) -> String {
+    match &job.payload {
+        crate::queue::spool::Payload::Archive { original, summary } => format!(
+            "checked {}: {summary}\n{}: job {}, git_ref {}",
+            original.display(),
+            job.app,
+            job.id,
+            job.git_ref
+        ),
+        crate::queue::spool::Payload::Url { url } => format!(
+            "deploying {} (downloaded by the platform)\n{}: job {}, git_ref {}",
+            crate::target::scalingo::api::display_url(url),
+            job.app,
+            job.id,
+            job.git_ref
+        ),
+    }
+}
+
+/// Prints the runner's events for a person: one line per step and status, and a progress bar
+/// for the upload when stderr is a terminal.
+struct Printer {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+    terminal: bool,
+}
+
+impl Printer {
+    fn new(terminal: bool) -> Self {
+        Printer {
+            bar: Mutex::new(None),
+            terminal,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match self.bar.lock().ok().and_then(|b| b.clone()) {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut bar) = self.bar.lock()
+            && let Some(bar) = bar.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Printer {
+    fn event(&self, job: &Job, event: &Event<'_>) {
+        let app = &job.app;
+        match event {
+            Event::Resumed { state } => {
+                self.line(&format!(
+                    "{app}: resuming job {} (git_ref {}) from state {state}",
+                    job.id, job.git_ref
+                ));
+            }
+            Event::Step(Step::Upload) => {
+                let total = crate::queue::intake::summary(job)
+                    .map(|s| s.compressed_bytes)
+                    .unwrap_or(0);
+                self.line(&format!("{app}: uploading {}", human_bytes(total)));
+                if self.terminal
+                    && let Ok(mut bar) = self.bar.lock()
+                {
+                    let pb = indicatif::ProgressBar::new(total);
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    ) {
+                        pb.set_style(style);
+                    }
+                    *bar = Some(pb);
+                }
+            }
+            Event::Step(Step::CreateSource) => self.line(&format!("{app}: creating source")),
+            Event::Step(_) => {}
+            Event::Uploading { sent, .. } => {
+                if let Ok(bar) = self.bar.lock()
+                    && let Some(bar) = bar.as_ref()
+                {
+                    bar.set_position(*sent);
+                }
+            }
+            Event::Uploaded { bytes, elapsed } => {
+                self.finish();
+                self.line(&format!(
+                    "{app}: uploaded {} in {:.1} s",
+                    human_bytes(*bytes),
+                    elapsed.as_secs_f64()
+                ));
+            }
+            Event::DeploymentCreated { id } => {
+                self.line(&format!(
+                    "{app}: deployment {id} created (git_ref {})",
+                    job.git_ref
+                ));
+            }
+            Event::DeploymentAdopted { id } => {
+                self.line(&format!(
+                    "{app}: found deployment {id} already posted for git_ref {}; following it",
+                    job.git_ref
+                ));
+            }
+            Event::Status { status } => self.line(&format!("{app}: status {status}")),
+            Event::Retrying {
+                step,
+                error,
+                delay,
+                failures,
+            } => {
+                self.finish();
+                self.line(&format!(
+                    "{app}: {step} failed ({error}); retry {failures} in {:.1} s",
+                    delay.as_secs_f64()
+                ));
+            }
+            Event::Finished => self.finish(),
+        }
+    }
+}
+
+/// Bytes in decimal units with one decimal: `1.2 MB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

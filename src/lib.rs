@@ -1,0 +1,28 @@
+//! # dropdeploy
+//!
+//! A daemon and a one-shot CLI that deploy code archives to the Scalingo platform through its
+//! HTTP API. Data flows one way: a *source* notices work, the *archive* is checked, a *job* is
+//! written to the spool, the *queue* drives it through the *target*, and the outcome is recorded.
+//!
+//! - [`config`]: the TOML configuration, typed and validated, with the environment overriding
+//!   the file as Scalingo's own CLI does (`SCALINGO_API_TOKEN`, `SCALINGO_API_URL`, …). Errors
+//!   name the file, line and column. The API token is held in a [`config::Secret`] that never
+//!   prints.
+//! - [`archive`]: everything about the `.tar.gz` itself. [`archive::inspect`] streams an archive
+//!   once, in constant memory, and either summarises it (root folder, entries, size, sha256) or
+//!   says in plain words why the platform would reject it.
+//! - [`target`]: where archives go. [`target::scalingo`] is the Scalingo client: token exchange
+//!   and bearer cache, sources, upload, deployments, build output. Its errors say whether they are
+//!   transient or permanent; it never retries by itself.
+//! - [`queue`]: durable jobs. [`queue::spool`] holds one directory per job with the archive and a
+//!   `job.json` state record written atomically before each side effect; [`queue::retry`] holds
+//!   the backoff policy and error classification; [`queue::runner`] drives one job from any
+//!   persisted state to its end, and is the one place where retries happen.
+//! - [`cli`]: the command-line front end shared by the `dropdeploy` binary (kept thin in
+//!   `src/main.rs`).
+
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod queue;
+pub mod target;

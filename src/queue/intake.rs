@@ -1,0 +1,238 @@
+//! Making jobs: an archive (copied or moved into the spool, then inspected) or a URL becomes a
+//! job record in the spool, in state `queued`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::archive::inspect::{InspectError, Limits, Rejection, Summary, inspect};
+use crate::queue::spool::{
+    ARCHIVE_NAME, Job, JobState, Payload, Spool, SpoolError, compact_utc, now,
+};
+
+/// How an archive gets into the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// Copy it: the user keeps the file (the one-shot `deploy` command).
+    Copy,
+    /// Rename it: the spool takes the file (a claimed drop; same filesystem).
+    Move,
+}
+
+/// Why an archive did not become a job.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The archive is bad. With [`Transfer::Move`] the file now sits at `kept`, for the caller
+    /// to move wherever rejected files go; with [`Transfer::Copy`] the copy was removed.
+    #[error("{}: {rejection}", file.display())]
+    Rejected {
+        file: PathBuf,
+        rejection: Rejection,
+        kept: Option<PathBuf>,
+    },
+    /// The archive could not be read, copied or moved.
+    #[error("{action} {}: {source}", file.display())]
+    Io {
+        action: &'static str,
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// A `git_ref` for a job: `<label>-<YYYYmmddHHMMSS>-<8 hex>`, kept to `[A-Za-z0-9._-]` and never
+/// starting with `-` (it ends up in an image tag).
+pub fn make_git_ref(label: &str, at: u64, hex: &str) -> String {
+    let clean: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches(['-', '.']);
+    let label = if clean.is_empty() {
+        "dropdeploy"
+    } else {
+        clean
+    };
+    let short: String = hex.chars().take(8).collect();
+    format!("{label}-{}-{short}", compact_utc(at))
+}
+
+/// Whether a user-chosen `git_ref` is acceptable to the platform.
+pub fn valid_git_ref(git_ref: &str) -> bool {
+    !git_ref.is_empty()
+        && !git_ref.starts_with('-')
+        && git_ref
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Puts `file` into a new job directory, inspects it there (so what is uploaded is exactly
+/// what was checked), and writes the job record. `git_ref` overrides the generated one.
+pub fn enqueue_archive(
+    spool: &Spool,
+    app: &str,
+    file: &Path,
+    transfer: Transfer,
+    label: &str,
+    git_ref: Option<&str>,
+    limits: &Limits,
+) -> Result<Job, IntakeError> {
+    let (id, tmp) = spool.new_job_dir()?;
+    let archive = tmp.join(ARCHIVE_NAME);
+    let moved = match transfer {
+        Transfer::Copy => fs::copy(file, &archive).map(|_| ()),
+        Transfer::Move => fs::rename(file, &archive),
+    };
+    if let Err(source) = moved {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(IntakeError::Io {
+            action: match transfer {
+                Transfer::Copy => "cannot copy into the spool",
+                Transfer::Move => "cannot move into the spool",
+            },
+            file: file.to_path_buf(),
+            source,
+        });
+    }
+    let summary = match inspect(&archive, limits) {
+        Ok(summary) => summary,
+        Err(err) => {
+            let (rejection, kept) = match transfer {
+                Transfer::Copy => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    (err, None)
+                }
+                Transfer::Move => (err, Some(archive)),
+            };
+            return Err(match rejection {
+                InspectError::Rejected(rejection) => IntakeError::Rejected {
+                    file: file.to_path_buf(),
+                    rejection,
+                    kept,
+                },
+                InspectError::Io { source, .. } => IntakeError::Io {
+                    action: "cannot read",
+                    file: file.to_path_buf(),
+                    source,
+                },
+            });
+        }
+    };
+    let created_at = now();
+    let job = Job {
+        git_ref: git_ref
+            .map(str::to_string)
+            .unwrap_or_else(|| make_git_ref(label, created_at, &summary.sha256)),
+        id,
+        app: app.to_string(),
+        payload: Payload::Archive {
+            original: file.to_path_buf(),
+            summary,
+        },
+        created_at,
+        started_at: None,
+        failed_attempts: 0,
+        aborted_retries: 0,
+        source_renewals: 0,
+        state: JobState::Queued,
+    };
+    spool.commit_new(&tmp, &job)?;
+    Ok(job)
+}
+
+/// A job for an archive the platform downloads itself.
+pub fn enqueue_url(
+    spool: &Spool,
+    app: &str,
+    url: &str,
+    label: &str,
+    git_ref: Option<&str>,
+) -> Result<Job, SpoolError> {
+    let (id, tmp) = spool.new_job_dir()?;
+    let created_at = now();
+    let random = format!("{:08x}", fastrand::u32(..));
+    let job = Job {
+        git_ref: git_ref
+            .map(str::to_string)
+            .unwrap_or_else(|| make_git_ref(label, created_at, &random)),
+        id,
+        app: app.to_string(),
+        payload: Payload::Url {
+            url: url.to_string(),
+        },
+        created_at,
+        started_at: None,
+        failed_attempts: 0,
+        aborted_retries: 0,
+        source_renewals: 0,
+        state: JobState::Queued,
+    };
+    spool.commit_new(&tmp, &job)?;
+    Ok(job)
+}
+
+/// The oldest unfinished job in the spool, other than `except`, for the same app and the same
+/// archive content (or URL): running the same `deploy` again after an interruption resumes it
+/// instead of deploying twice.
+pub fn find_unfinished(
+    spool: &Spool,
+    app: &str,
+    payload: &PayloadKey<'_>,
+    except: Option<&str>,
+) -> Option<Job> {
+    let jobs = spool.jobs().ok()?;
+    jobs.into_iter().flatten().find(|job| {
+        job.app == app
+            && Some(job.id.as_str()) != except
+            && !job.state.is_finished()
+            && match (&job.payload, payload) {
+                (Payload::Archive { summary, .. }, PayloadKey::Sha256(sha)) => {
+                    summary.sha256 == *sha
+                }
+                (Payload::Url { url }, PayloadKey::Url(u)) => url == u,
+                _ => false,
+            }
+    })
+}
+
+/// What identifies a job's content.
+pub enum PayloadKey<'a> {
+    Sha256(&'a str),
+    Url(&'a str),
+}
+
+/// The summary of an archive job, if it is one.
+pub fn summary(job: &Job) -> Option<&Summary> {
+    match &job.payload {
+        Payload::Archive { summary, .. } => Some(summary),
+        Payload::Url { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_refs_are_safe_for_image_tags() {
+        assert_eq!(
+            make_git_ref("my-app", 1_700_000_000, "0123456789abcdef"),
+            "my-app-20231114221320-01234567"
+        );
+        assert_eq!(
+            make_git_ref("-weird label/x", 0, "ab"),
+            "weird-label-x-19700101000000-ab"
+        );
+        assert!(make_git_ref("---", 0, "ab").starts_with("dropdeploy-"));
+        assert!(valid_git_ref("v1.2_rc-3"));
+        assert!(!valid_git_ref("-x"));
+        assert!(!valid_git_ref("a b"));
+        assert!(!valid_git_ref(""));
+    }
+}

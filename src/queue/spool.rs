@@ -1,0 +1,430 @@
+//! The spool: one directory per job, holding the archive and a `job.json` record.
+//!
+//! The record is the job's state machine. Every transition is written with
+//! write-temp, fsync, rename, fsync-directory *before* the side effect it guards, so a process
+//! killed at any moment restarts from a state that is true or, at worst, one step behind (and
+//! the steps are written so that repeating one is safe: a new source, a new upload, a look in
+//! the deployment list before posting again).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::inspect::Summary;
+
+/// The archive file's name inside a job directory.
+pub const ARCHIVE_NAME: &str = "archive.tar.gz";
+/// The record's name inside a job directory.
+pub const RECORD_NAME: &str = "job.json";
+
+/// An upload slot older than this is not trusted any more (the platform drops it at 10 min).
+pub const SOURCE_STALE_AFTER: Duration = Duration::from_secs(9 * 60);
+
+/// Seconds since the Unix epoch: the record's clock (readable in the JSON, and ordered).
+pub type Timestamp = u64;
+
+/// Now, as a [`Timestamp`].
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a job deploys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// An archive in the job directory, checked before it was queued.
+    Archive {
+        /// Where it came from (the dropped or given file), for messages and outcomes.
+        original: PathBuf,
+        summary: Summary,
+    },
+    /// An archive the platform fetches itself: no upload.
+    Url { url: String },
+}
+
+/// Where a job stands. Each state is persisted before the action it leads to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Nothing done yet.
+    Queued,
+    /// An upload slot exists; the archive may or may not have been sent.
+    SourceCreated {
+        upload_url: String,
+        download_url: String,
+        at: Timestamp,
+    },
+    /// The archive was accepted by the storage.
+    Uploaded {
+        download_url: String,
+        /// When the source was created (it expires 10 minutes later).
+        source_at: Timestamp,
+    },
+    /// A deployment is about to be (or was) requested: on resume, look for `git_ref` in the
+    /// app's deployments before posting again.
+    DeployRequested {
+        source_url: String,
+        /// When the uploaded source was created; `None` for a URL given by the user.
+        #[serde(default)]
+        source_at: Option<Timestamp>,
+    },
+    /// The platform accepted the deployment; follow it.
+    Deploying { deployment_id: String },
+    /// Finished: `success`.
+    Succeeded { deployment_id: String },
+    /// Finished: failed for good.
+    Failed(Failure),
+    /// Finished: a newer archive for the same app replaced this one before it started.
+    Superseded { by: String },
+}
+
+impl JobState {
+    /// The state's name as written in `job.json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::SourceCreated { .. } => "source_created",
+            JobState::Uploaded { .. } => "uploaded",
+            JobState::DeployRequested { .. } => "deploy_requested",
+            JobState::Deploying { .. } => "deploying",
+            JobState::Succeeded { .. } => "succeeded",
+            JobState::Failed(_) => "failed",
+            JobState::Superseded { .. } => "superseded",
+        }
+    }
+
+    /// Succeeded, failed or superseded: nothing more will happen.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded { .. } | JobState::Failed(_) | JobState::Superseded { .. }
+        )
+    }
+}
+
+/// The step a job was at when something happened to it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Inspect,
+    CreateSource,
+    Upload,
+    CreateDeployment,
+    Follow,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Inspect => "inspect",
+            Step::CreateSource => "create source",
+            Step::Upload => "upload",
+            Step::CreateDeployment => "create deployment",
+            Step::Follow => "follow deployment",
+        })
+    }
+}
+
+/// Why a job failed, for the history, the log and the `.reason.txt` file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub step: Step,
+    /// The cause, in words.
+    pub reason: String,
+    /// The deployment's final status, when it got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// The last lines of the build output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// The HTTP status of the API answer that ended the job, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// True when the job stopped because transient errors outlasted the retry budget.
+    #[serde(default)]
+    pub gave_up: bool,
+}
+
+/// A job record, the content of `job.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub app: String,
+    /// Unique per job (and per retried deployment): how a posted deployment is recognised.
+    pub git_ref: String,
+    pub payload: Payload,
+    pub created_at: Timestamp,
+    /// When the job first started running: the retry budget counts from here.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    /// Attempts that ended in an error, over the job's life.
+    #[serde(default)]
+    pub failed_attempts: u32,
+    /// How many times an `aborted` deployment was posted again.
+    #[serde(default)]
+    pub aborted_retries: u32,
+    /// How many upload slots the storage refused and were replaced.
+    #[serde(default)]
+    pub source_renewals: u32,
+    pub state: JobState,
+}
+
+/// Errors of the spool: always about one file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job record {} is unreadable: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError {
+    let path = path.to_path_buf();
+    move |source| SpoolError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The spool directory: `<state_dir>/spool/<job-id>/`.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating it if needed) the spool directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
+        Ok(Spool { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A job's directory.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// The archive of a job.
+    pub fn archive_path(&self, id: &str) -> PathBuf {
+        self.job_dir(id).join(ARCHIVE_NAME)
+    }
+
+    /// Makes a new, empty job directory with a fresh id (`<YYYYmmddHHMMSS>-<random>`), whose
+    /// name starts with `.` until its record is written, so a half-made job is never resumed.
+    pub fn new_job_dir(&self) -> Result<(String, PathBuf), SpoolError> {
+        for _ in 0..16 {
+            let id = format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..));
+            let tmp = self.dir.join(format!(".new-{id}"));
+            match fs::create_dir(&tmp) {
+                Ok(()) => return Ok((id, tmp)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("cannot create job directory", &tmp)(e)),
+            }
+        }
+        Err(SpoolError::Io {
+            action: "cannot find a free job id in",
+            path: self.dir.clone(),
+            source: std::io::Error::other("16 collisions"),
+        })
+    }
+
+    /// Writes a new job's record into the directory made by [`Spool::new_job_dir`] and moves
+    /// the directory to its final name: from here on the job exists.
+    pub fn commit_new(&self, tmp_dir: &Path, job: &Job) -> Result<(), SpoolError> {
+        write_record(tmp_dir, job)?;
+        let dir = self.job_dir(&job.id);
+        fs::rename(tmp_dir, &dir).map_err(io("cannot move job directory to", &dir))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Persists a job's record (temp file, fsync, rename, fsync directory).
+    pub fn save(&self, job: &Job) -> Result<(), SpoolError> {
+        write_record(&self.job_dir(&job.id), job)
+    }
+
+    /// Reads one job's record.
+    pub fn load(&self, id: &str) -> Result<Job, SpoolError> {
+        let path = self.job_dir(id).join(RECORD_NAME);
+        let text = fs::read(&path).map_err(io("cannot read", &path))?;
+        serde_json::from_slice(&text).map_err(|source| SpoolError::Record { path, source })
+    }
+
+    /// Every job record in the spool, oldest first. Unreadable records are returned as errors
+    /// beside the good ones, so one bad file never hides the others.
+    pub fn jobs(&self) -> Result<Vec<Result<Job, SpoolError>>, SpoolError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
+            let entry = entry.map_err(io("cannot list", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') || !entry.path().join(RECORD_NAME).exists() {
+                continue;
+            }
+            ids.push(name.to_string());
+        }
+        ids.sort();
+        Ok(ids.iter().map(|id| self.load(id)).collect())
+    }
+
+    /// Removes a finished job's directory.
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        let dir = self.job_dir(id);
+        fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Removes directories left by a process that died while making a job.
+    pub fn clean_partial(&self) -> Result<(), SpoolError> {
+        for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
+            let entry = entry.map_err(io("cannot list", &self.dir))?;
+            if entry.file_name().to_string_lossy().starts_with(".new-") {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io("cannot remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_record(dir: &Path, job: &Job) -> Result<(), SpoolError> {
+    let path = dir.join(RECORD_NAME);
+    let tmp = dir.join(format!("{RECORD_NAME}.tmp"));
+    let bytes = serde_json::to_vec_pretty(job).map_err(|source| SpoolError::Record {
+        path: path.clone(),
+        source,
+    })?;
+    let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
+    file.write_all(&bytes).map_err(io("cannot write", &tmp))?;
+    file.sync_all().map_err(io("cannot sync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
+    sync_dir(dir)
+}
+
+/// fsync a directory, so that a rename inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("cannot sync directory", dir))
+}
+
+/// `YYYYmmddHHMMSS` in UTC, for ids and git refs.
+pub fn compact_utc(ts: Timestamp) -> String {
+    let days = ts / 86_400;
+    let secs = ts % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            app: "my-app".into(),
+            git_ref: "my-app-20260101000000-deadbeef".into(),
+            payload: Payload::Url {
+                url: "https://example.com/a.tar.gz".into(),
+            },
+            created_at: 1,
+            started_at: None,
+            failed_attempts: 0,
+            aborted_retries: 0,
+            source_renewals: 0,
+            state: JobState::Queued,
+        }
+    }
+
+    #[test]
+    fn dates_are_formatted_in_utc() {
+        assert_eq!(compact_utc(0), "19700101000000");
+        assert_eq!(compact_utc(1_700_000_000), "20231114221320");
+        assert_eq!(compact_utc(951_782_400), "20000229000000");
+    }
+
+    #[test]
+    fn a_record_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let (id, tmp) = spool.new_job_dir().unwrap();
+        let mut j = job(&id);
+        spool.commit_new(&tmp, &j).unwrap();
+        assert!(!tmp.exists());
+        j.state = JobState::Deploying {
+            deployment_id: "d1".into(),
+        };
+        spool.save(&j).unwrap();
+        assert_eq!(spool.load(&id).unwrap(), j);
+        assert!(!spool.job_dir(&id).join("job.json.tmp").exists());
+        let text = fs::read_to_string(spool.job_dir(&id).join(RECORD_NAME)).unwrap();
+        assert!(text.contains("\"state\": \"deploying\""), "{text}");
+    }
+
+    #[test]
+    fn half_made_jobs_are_not_listed_and_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (id, tmp) = spool.new_job_dir().unwrap();
+        spool.commit_new(&tmp, &job(&id)).unwrap();
+        let (_, half) = spool.new_job_dir().unwrap();
+        let listed = spool.jobs().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].as_ref().unwrap().id, id);
+        spool.clean_partial().unwrap();
+        assert!(!half.exists());
+        assert!(spool.job_dir(&id).exists());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        fs::create_dir(dir.path().join("x")).unwrap();
+        fs::write(dir.path().join("x").join(RECORD_NAME), b"{nope").unwrap();
+        let listed = spool.jobs().unwrap();
+        let err = listed[0].as_ref().unwrap_err().to_string();
+        assert!(err.contains("x/job.json"), "{err}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Deploy targets: where an inspected archive goes.
+
+pub mod scalingo;

@@ -1,0 +1,599 @@
+//! The Scalingo archive-deploy API: sources, upload, deployments and their build output.
+//!
+//! Every call has a time limit and makes exactly one attempt (plus one token re-exchange on a
+//! 401). Whether to try again is decided by the caller from [`ApiError::is_transient`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures_util::TryStreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::io::ReaderStream;
+
+use super::auth::Authenticator;
+use crate::config::{ScalingoConfig, Secret};
+use crate::queue::retry::{Class, classify_status, parse_retry_after};
+
+/// How much of an error body is kept in a message.
+const MAX_ERROR_BODY: usize = 600;
+/// The slowest upload rate tolerated before an upload counts as timed out.
+const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+/// Redirects followed by an upload.
+const MAX_UPLOAD_REDIRECTS: usize = 5;
+
+/// An API failure, saying what was attempted and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No answer: the connection failed or broke before a response came.
+    #[error("{what}: cannot reach {url}: {detail}")]
+    Connect {
+        what: &'static str,
+        url: String,
+        detail: String,
+    },
+    /// No answer within the time limit.
+    #[error("{what}: no answer from {url} within {}", humantime::format_duration(*.after))]
+    Timeout {
+        what: &'static str,
+        url: String,
+        after: Duration,
+    },
+    /// The server answered with an error status.
+    #[error("{what}: HTTP {status} from {url}: {message}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+        /// The body, shortened: a JSON `error`/`errors` message or plain text (429 is text).
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The server answered success with a body this client cannot read.
+    #[error("{what}: unexpected response: {detail}")]
+    Decode { what: &'static str, detail: String },
+    /// The archive could not be read from disk for the upload.
+    #[error("{what}: cannot read {}: {source}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ApiError {
+    /// Transient errors (connection, timeout, 408, 409, 429, 5xx) may succeed if tried again.
+    pub fn class(&self) -> Class {
+        match self {
+            ApiError::Connect { .. } | ApiError::Timeout { .. } => Class::Transient,
+            ApiError::Status { status, .. } => classify_status(*status),
+            // A garbled success answer usually means a proxy or a half-written body.
+            ApiError::Decode { .. } => Class::Transient,
+            ApiError::File { .. } => Class::Permanent,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class() == Class::Transient
+    }
+
+    /// The server's `Retry-After`, when it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A URL as it may appear in a message: without its query string, which for upload and
+/// download URLs holds a credential.
+pub fn display_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
+/// Turns a reqwest error (no response) into an [`ApiError`], never showing a URL's query.
+pub(crate) fn http_error(what: &'static str, url: &str, err: reqwest::Error) -> ApiError {
+    let url = display_url(url);
+    if err.is_timeout() {
+        // The per-request limit is not carried by the error; callers that know it rewrite it.
+        return ApiError::Timeout {
+            what,
+            url,
+            after: Duration::ZERO,
+        };
+    }
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = s.source();
+    }
+    ApiError::Connect { what, url, detail }
+}
+
+/// Reads an error response into [`ApiError::Status`]: JSON `error`/`errors` when present,
+/// else the text itself, shortened.
+pub(crate) async fn read_error_response(
+    what: &'static str,
+    url: &str,
+    response: reqwest::Response,
+) -> ApiError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let body = response.text().await.unwrap_or_default();
+    ApiError::Status {
+        what,
+        url: display_url(url),
+        status,
+        message: error_message(status, &body),
+        retry_after,
+    }
+}
+
+/// The readable part of an error body.
+fn error_message(status: u16, body: &str) -> String {
+    let text = match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(json) => {
+            if let Some(e) = json.get("error").and_then(|e| e.as_str()) {
+                match json.get("resource").and_then(|r| r.as_str()) {
+                    Some(resource) => format!("{resource} {e}"),
+                    None => e.to_string(),
+                }
+            } else if let Some(errors) = json.get("errors").and_then(|e| e.as_object()) {
+                errors
+                    .iter()
+                    .map(|(field, msgs)| {
+                        let msgs = match msgs.as_array() {
+                            Some(list) => list
+                                .iter()
+                                .filter_map(|m| m.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            None => msgs.to_string(),
+                        };
+                        format!("{field} {msgs}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            } else {
+                json.to_string()
+            }
+        }
+        Err(_) => body.trim().to_string(),
+    };
+    let text = if text.is_empty() {
+        reqwest::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("no message")
+            .to_string()
+    } else {
+        text
+    };
+    shorten(&text, MAX_ERROR_BODY)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A temporary upload slot (valid about 10 minutes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Source {
+    pub upload_url: String,
+    pub download_url: String,
+}
+
+/// A deployment as the API describes it. Unknown fields are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deployment {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub links: Option<DeploymentLinks>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeploymentLinks {
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// One page of an app's deployments, newest first.
+#[derive(Debug, Clone)]
+pub struct DeploymentPage {
+    pub deployments: Vec<Deployment>,
+    pub next_page: Option<u32>,
+}
+
+/// The Scalingo API client.
+pub struct ScalingoClient {
+    http: reqwest::Client,
+    upload_http: reqwest::Client,
+    api_url: String,
+    timeout: Duration,
+    auth: Authenticator,
+}
+
+impl ScalingoClient {
+    /// A client for the account in `config`, whose token must be set.
+    pub fn new(config: &ScalingoConfig, token: Secret) -> Result<Self, ApiError> {
+        let build = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .user_agent(concat!("dropdeploy/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(config.timeout.min(Duration::from_secs(15)))
+                .redirect(redirects)
+                .build()
+                .map_err(|e| ApiError::Connect {
+                    what: "HTTP client set-up",
+                    url: config.api_url.clone(),
+                    detail: e.to_string(),
+                })
+        };
+        let http = build(reqwest::redirect::Policy::limited(5))?;
+        // Uploads stream their body from disk, which cannot be replayed automatically: their
+        // redirects are followed by hand, reopening the file.
+        let upload_http = build(reqwest::redirect::Policy::none())?;
+        Ok(ScalingoClient {
+            auth: Authenticator::new(http.clone(), config.auth_url.clone(), token, config.timeout),
+            http,
+            upload_http,
+            api_url: config.api_url.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The API base URL this client talks to.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ApiError> {
+        let text = self.call_text(what, method, url, body).await?;
+        serde_json::from_str(&text).map_err(|e| ApiError::Decode {
+            what,
+            detail: format!("{e} in {}", shorten(&text, 200)),
+        })
+    }
+
+    /// One authenticated request; on a 401 the token is exchanged again and the request made
+    /// once more. Returns the body of a 2xx answer.
+    async fn call_text(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, ApiError> {
+        let mut reauthenticated = false;
+        loop {
+            let bearer = self.auth.bearer().await?;
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .header(AUTHORIZATION, format!("Bearer {}", bearer.expose()))
+                .header(ACCEPT, "application/json")
+                .timeout(self.timeout);
+            if let Some(body) = body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.with_timeout(http_error(what, url, e), self.timeout))?;
+            let status = response.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !reauthenticated {
+                self.auth.invalidate(&bearer).await;
+                reauthenticated = true;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(read_error_response(what, url, response).await);
+            }
+            return response
+                .text()
+                .await
+                .map_err(|e| self.with_timeout(http_error(what, url, e), self.timeout));
+        }
+    }
+
+    fn with_timeout(&self, err: ApiError, limit: Duration) -> ApiError {
+        match err {
+            ApiError::Timeout { what, url, .. } => ApiError::Timeout {
+                what,
+                url,
+                after: limit,
+            },
+            other => other,
+        }
+    }
+
+    /// `POST /v1/sources`: a new upload slot. Accepts the wrapped (`{"source":{…}}`) and the
+    /// older unwrapped shape.
+    pub async fn create_source(&self) -> Result<Source, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Wrapped { source: Source },
+            Bare(Source),
+        }
+        let url = format!("{}/v1/sources", self.api_url);
+        let shape: Shape = self
+            .call(
+                "create source",
+                reqwest::Method::POST,
+                &url,
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        Ok(match shape {
+            Shape::Wrapped { source } | Shape::Bare(source) => source,
+        })
+    }
+
+    /// `PUT upload_url` with the archive streamed from disk: `Content-Length` set, no chunked
+    /// encoding, no `Authorization` header. Redirects are followed; only 200 counts as success.
+    /// `progress` is called with the number of bytes sent so far.
+    pub async fn upload(
+        &self,
+        upload_url: &str,
+        archive: &Path,
+        progress: impl Fn(u64) + Send + Sync + Clone + 'static,
+    ) -> Result<(), ApiError> {
+        let what = "upload";
+        let mut url = upload_url.to_string();
+        for _ in 0..=MAX_UPLOAD_REDIRECTS {
+            let file = tokio::fs::File::open(archive)
+                .await
+                .map_err(|source| ApiError::File {
+                    what,
+                    path: archive.to_path_buf(),
+                    source,
+                })?;
+            let len = file
+                .metadata()
+                .await
+                .map_err(|source| ApiError::File {
+                    what,
+                    path: archive.to_path_buf(),
+                    source,
+                })?
+                .len();
+            let limit = self.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
+            let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let report = progress.clone();
+            let stream = ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+                let total = sent
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                    + chunk.len() as u64;
+                report(total);
+            });
+            let response = self
+                .upload_http
+                .put(&url)
+                .header(CONTENT_TYPE, "application/x-gzip")
+                .header(CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream))
+                .timeout(limit)
+                .send()
+                .await
+                .map_err(|e| self.with_timeout(http_error(what, &url, e), limit))?;
+            let status = response.status();
+            if status.is_redirection() {
+                let next = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| response.url().join(l).ok());
+                match next {
+                    Some(next) => {
+                        url = next.to_string();
+                        continue;
+                    }
+                    None => {
+                        return Err(ApiError::Decode {
+                            what,
+                            detail: format!("HTTP {status} without a usable Location header"),
+                        });
+                    }
+                }
+            }
+            if status != reqwest::StatusCode::OK {
+                return Err(read_error_response(what, &url, response).await);
+            }
+            return Ok(());
+        }
+        Err(ApiError::Decode {
+            what,
+            detail: format!("more than {MAX_UPLOAD_REDIRECTS} redirects"),
+        })
+    }
+
+    /// `POST /v1/apps/{app}/deployments` from an archive URL. 200 and 201 are both success.
+    pub async fn create_deployment(
+        &self,
+        app: &str,
+        git_ref: &str,
+        source_url: &str,
+    ) -> Result<Deployment, ApiError> {
+        #[derive(Deserialize)]
+        struct Wrapped {
+            deployment: Deployment,
+        }
+        let url = format!("{}/v1/apps/{app}/deployments", self.api_url);
+        let body = serde_json::json!({
+            "deployment": { "git_ref": git_ref, "source_url": source_url }
+        });
+        let w: Wrapped = self
+            .call(
+                "create deployment",
+                reqwest::Method::POST,
+                &url,
+                Some(&body),
+            )
+            .await?;
+        Ok(w.deployment)
+    }
+
+    /// `GET /v1/apps/{app}/deployments/{id}`.
+    pub async fn get_deployment(&self, app: &str, id: &str) -> Result<Deployment, ApiError> {
+        #[derive(Deserialize)]
+        struct Wrapped {
+            deployment: Deployment,
+        }
+        let url = format!("{}/v1/apps/{app}/deployments/{id}", self.api_url);
+        let w: Wrapped = self
+            .call("get deployment", reqwest::Method::GET, &url, None)
+            .await?;
+        Ok(w.deployment)
+    }
+
+    /// `GET /v1/apps/{app}/deployments?page=N&per_page=M`, newest first.
+    pub async fn list_deployments(
+        &self,
+        app: &str,
+        page: u32,
+        per_page: u32,
+    ) -> Result<DeploymentPage, ApiError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            deployments: Vec<Deployment>,
+            #[serde(default)]
+            meta: Option<serde_json::Value>,
+        }
+        let url = format!(
+            "{}/v1/apps/{app}/deployments?page={page}&per_page={per_page}",
+            self.api_url
+        );
+        let listed: Listed = self
+            .call("list deployments", reqwest::Method::GET, &url, None)
+            .await?;
+        let next_page = listed
+            .meta
+            .as_ref()
+            .and_then(|m| m.pointer("/pagination/next_page"))
+            .and_then(|n| n.as_u64())
+            .and_then(|n| u32::try_from(n).ok());
+        Ok(DeploymentPage {
+            deployments: listed.deployments,
+            next_page,
+        })
+    }
+
+    /// The build output of a deployment (`links.output`), or `None` while there is none (404).
+    pub async fn output(&self, deployment: &Deployment) -> Result<Option<String>, ApiError> {
+        let Some(url) = deployment.links.as_ref().and_then(|l| l.output.clone()) else {
+            return Ok(None);
+        };
+        match self
+            .call_text("fetch build output", reqwest::Method::GET, &url, None)
+            .await
+        {
+            Ok(text) => Ok(Some(text)),
+            Err(ApiError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_read_as_people_need_them() {
+        assert_eq!(
+            error_message(404, r#"{"resource":"app","error":"not found"}"#),
+            "app not found"
+        );
+        assert_eq!(
+            error_message(401, r#"{"error":"Invalid credentials"}"#),
+            "Invalid credentials"
+        );
+        assert_eq!(
+            error_message(422, r#"{"errors":{"source_url":["can't be blank"]}}"#),
+            "source_url can't be blank"
+        );
+        assert_eq!(error_message(429, "Retry later\n"), "Retry later");
+        assert_eq!(error_message(503, ""), "Service Unavailable");
+        assert!(error_message(500, &"x".repeat(5000)).chars().count() <= MAX_ERROR_BODY + 1);
+    }
+
+    #[test]
+    fn urls_in_messages_lose_their_query() {
+        assert_eq!(
+            display_url("https://s3.example/x?token=secret"),
+            "https://s3.example/x?…"
+        );
+        assert_eq!(
+            display_url("https://api/v1/sources"),
+            "https://api/v1/sources"
+        );
+    }
+
+    #[test]
+    fn transient_and_permanent_errors() {
+        let status = |s| ApiError::Status {
+            what: "t",
+            url: String::new(),
+            status: s,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(401).is_transient());
+        let timeout = ApiError::Timeout {
+            what: "t",
+            url: String::new(),
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout.is_transient());
+    }
+}

@@ -1,0 +1,159 @@
+//! Authentication: the API token is exchanged for a short-lived bearer token (a JWT), which is
+//! cached and exchanged again a few minutes before it expires, or when the API answers 401.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use tokio::sync::Mutex;
+
+use super::api::{ApiError, http_error, read_error_response};
+use crate::config::Secret;
+
+/// How long before its `exp` a bearer token is exchanged again.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// A bearer token and the moment it stops being accepted.
+#[derive(Clone)]
+pub struct Bearer {
+    pub token: Secret,
+    pub expires_at: SystemTime,
+}
+
+/// Exchanges the API token for bearer tokens and caches the current one.
+pub struct Authenticator {
+    http: reqwest::Client,
+    auth_url: String,
+    api_token: Secret,
+    timeout: Duration,
+    cached: Mutex<Option<Bearer>>,
+}
+
+impl Authenticator {
+    /// `auth_url` without a trailing slash, e.g. `https://auth.scalingo.com`.
+    pub fn new(
+        http: reqwest::Client,
+        auth_url: String,
+        api_token: Secret,
+        timeout: Duration,
+    ) -> Self {
+        Authenticator {
+            http,
+            auth_url,
+            api_token,
+            timeout,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A bearer token valid for at least [`REFRESH_MARGIN`], exchanging the API token if needed.
+    pub async fn bearer(&self) -> Result<Secret, ApiError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(b) = cached.as_ref()
+            && b.expires_at > SystemTime::now() + REFRESH_MARGIN
+        {
+            return Ok(b.token.clone());
+        }
+        let fresh = self.exchange().await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Forgets the cached bearer token if it is still `rejected` (after a 401), so that the next
+    /// call to [`Authenticator::bearer`] exchanges again.
+    pub async fn invalidate(&self, rejected: &Secret) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|b| &b.token == rejected) {
+            *cached = None;
+        }
+    }
+
+    async fn exchange(&self) -> Result<Bearer, ApiError> {
+        let url = format!("{}/v1/tokens/exchange", self.auth_url);
+        let what = "token exchange";
+        let response = self
+            .http
+            .post(&url)
+            .basic_auth("", Some(self.api_token.expose()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body("{}")
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| http_error(what, &url, e))?;
+        if !response.status().is_success() {
+            let mut err = read_error_response(what, &url, response).await;
+            if let ApiError::Status {
+                status: 401,
+                message,
+                ..
+            } = &mut err
+            {
+                *message = format!(
+                    "the API token was refused ({message}); check SCALINGO_API_TOKEN or the token_file"
+                );
+            }
+            return Err(err);
+        }
+        #[derive(serde::Deserialize)]
+        struct Exchanged {
+            token: String,
+        }
+        let body: Exchanged = response.json().await.map_err(|e| ApiError::Decode {
+            what,
+            detail: e.without_url().to_string(),
+        })?;
+        let expires_at = jwt_expiry(&body.token)
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(55 * 60));
+        Ok(Bearer {
+            token: Secret::new(body.token),
+            expires_at,
+        })
+    }
+}
+
+/// Reads the `exp` claim of a JWT without checking its signature (the server checks it; the
+/// client only needs to know when to exchange again).
+pub fn jwt_expiry(jwt: &str) -> Option<SystemTime> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    if !exp.is_finite() || exp < 0.0 {
+        return None;
+    }
+    Some(UNIX_EPOCH + Duration::from_secs_f64(exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            e.encode(payload)
+        )
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_payload() {
+        let t = jwt(r#"{"iat":1700000000,"exp":1700003600,"sub":"u"}"#);
+        assert_eq!(
+            jwt_expiry(&t),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_003_600))
+        );
+    }
+
+    #[test]
+    fn a_token_without_exp_or_garbled_has_no_expiry() {
+        assert_eq!(jwt_expiry(&jwt(r#"{"iat":1}"#)), None);
+        assert_eq!(jwt_expiry("not-a-jwt"), None);
+        assert_eq!(jwt_expiry("a.!!!.c"), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! The Scalingo platform: authentication, the archive-deploy API, deployment statuses.
+
+pub mod api;
+pub mod auth;
+pub mod follow;

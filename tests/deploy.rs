@@ -1,0 +1,443 @@
+//! `dropdeploy deploy` and `dropdeploy check` end to end: the real binary against the fake
+//! Scalingo API over loopback, with real files and real archives.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Endpoint, FakeConfig, Fault, World, wait_for};
+
+fn deploy(world: &World, app: &str, archive: &std::path::Path) -> support::Run {
+    world.run(&["deploy", "--app", app, archive.to_str().unwrap()])
+}
+
+#[test]
+fn a_deploy_succeeds_end_to_end() {
+    let world = World::new();
+    let archive = world.archive("release.tar.gz");
+    let run = deploy(&world, "my-app", &archive);
+    run.assert_code(0)
+        .assert_contains("status building")
+        .assert_contains("success: deployment");
+    let stats = world.fake.stats();
+    assert_eq!(stats.sources_created, 1);
+    assert_eq!(stats.uploads_ok, 1);
+    assert_eq!(
+        stats.upload_bytes,
+        std::fs::metadata(&archive).unwrap().len()
+    );
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(deployments[0].status, "success");
+    let git_ref = deployments[0].git_ref.clone().unwrap_or_default();
+    assert!(git_ref.starts_with("my-app-"), "{git_ref}");
+    run.assert_contains(&git_ref);
+    // The user's file stays; the spool is empty again.
+    assert!(archive.exists());
+    assert!(world.job_records().is_empty());
+}
+
+#[test]
+fn the_upload_has_a_length_no_chunking_and_no_authorization() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    deploy(&world, "my-app", &archive).assert_code(0);
+    let uploads: Vec<_> = world
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(uploads.len(), 1);
+    let header = |name: &str| {
+        uploads[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/x-gzip")
+    );
+    assert_eq!(
+        header("content-length"),
+        Some(std::fs::metadata(&archive).unwrap().len().to_string())
+    );
+    assert_eq!(header("authorization"), None);
+    assert_eq!(header("transfer-encoding"), None);
+}
+
+#[test]
+fn uploads_follow_redirects() {
+    let world = World::with(FakeConfig {
+        redirect_uploads: true,
+        ..FakeConfig::default()
+    });
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    assert_eq!(world.fake.stats().uploads_ok, 1);
+}
+
+fn failing_status(status: &str) {
+    let world = World::new();
+    world.fake.set_next_outcome("my-app", status);
+    let run = deploy(&world, "my-app", &world.archive("a.tar.gz"));
+    run.assert_code(1)
+        .assert_contains(&format!("ended with status {status}"))
+        .assert_contains("lines of the build output");
+    // The log tail is the end of the build output, without its colour codes.
+    let tail_start = run.stdout.find("lines of the build output").unwrap();
+    let tail = &run.stdout[tail_start..];
+    assert!(tail.lines().count() >= 30, "{tail}");
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+    assert_eq!(world.fake.deployments("my-app").len(), 1, "not retried");
+}
+
+#[test]
+fn build_error_fails_with_the_log_tail() {
+    failing_status("build-error");
+}
+
+#[test]
+fn crashed_error_fails_with_the_log_tail() {
+    failing_status("crashed-error");
+}
+
+#[test]
+fn timeout_error_fails_with_the_log_tail() {
+    failing_status("timeout-error");
+}
+
+#[test]
+fn hook_error_fails_with_the_log_tail() {
+    failing_status("hook-error");
+}
+
+#[test]
+fn aborted_fails_with_the_log_tail() {
+    failing_status("aborted");
+}
+
+#[test]
+fn an_unknown_status_counts_as_a_failure() {
+    failing_status("exploded-in-a-new-way");
+}
+
+#[test]
+fn aborted_is_retried_once_when_configured() {
+    let world = World::new();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace("[retry]\n", "[retry]\nretry_aborted = true\n"),
+    )
+    .unwrap();
+    world.fake.set_next_outcome("my-app", "aborted");
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(0)
+        .assert_contains("status aborted");
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 2);
+    let refs: Vec<_> = deployments.iter().map(|d| d.git_ref.clone()).collect();
+    assert_ne!(refs[0], refs[1], "each deployment has its own git_ref");
+}
+
+#[test]
+fn an_unknown_app_fails_at_once_with_the_404() {
+    let world = World::new();
+    let run = deploy(&world, "no-such-app", &world.archive("a.tar.gz"));
+    run.assert_code(1)
+        .assert_contains("create deployment")
+        .assert_contains("404")
+        .assert_contains("app not found");
+    let posts = world
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/deployments"))
+        .count();
+    assert_eq!(posts, 1, "a 404 is not retried");
+}
+
+#[test]
+fn a_bad_token_fails_at_once_with_a_clear_message() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let out = world
+        .command(&["deploy", "--app", "my-app", archive.to_str().unwrap()])
+        .env("SCALINGO_API_TOKEN", "tk-us-wrong-token-value-123456")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("API token was refused"), "{text}");
+    assert!(!text.contains("wrong-token-value"), "{text}");
+    let stats = world.fake.stats();
+    assert_eq!(stats.exchanges + stats.exchange_failures, 1, "not retried");
+    assert_eq!(stats.sources_created, 0);
+}
+
+#[test]
+fn a_missing_token_is_a_configuration_error() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let out = world
+        .command(&["deploy", "--app", "my-app", archive.to_str().unwrap()])
+        .env_remove("SCALINGO_API_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("SCALINGO_API_TOKEN"), "{err}");
+    assert_eq!(world.fake.stats().requests, 0);
+}
+
+#[test]
+fn rate_limits_are_waited_out() {
+    let world = World::new();
+    world.fake.fail_next(
+        Endpoint::CreateSource,
+        Fault::RateLimited {
+            retry_after: Some("1".into()),
+        },
+    );
+    world.fake.fail_next(
+        Endpoint::CreateDeployment,
+        Fault::RateLimited { retry_after: None },
+    );
+    let started = std::time::Instant::now();
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(0)
+        .assert_contains("429");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(world.fake.stats().rate_limited, 2);
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn three_503s_then_success() {
+    let world = World::new();
+    for endpoint in [
+        Endpoint::CreateSource,
+        Endpoint::CreateSource,
+        Endpoint::GetDeployment,
+    ] {
+        world.fake.fail_next(endpoint, Fault::Status(503));
+    }
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(0)
+        .assert_contains("503");
+    assert_eq!(world.fake.stats().sources_created, 1);
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn a_connection_cut_mid_upload_is_retried() {
+    let world = World::new();
+    world.fake.fail_next(Endpoint::Upload, Fault::CloseMidBody);
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    let stats = world.fake.stats();
+    assert_eq!(stats.uploads_ok, 1);
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn a_connection_closed_without_answer_is_retried() {
+    let world = World::new();
+    world
+        .fake
+        .fail_next(Endpoint::CreateSource, Fault::CloseConnection);
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    assert_eq!(world.fake.stats().sources_created, 1);
+}
+
+#[test]
+fn an_expired_source_is_replaced() {
+    let world = World::new();
+    world.fake.fail_next(Endpoint::Upload, Fault::ExpiredSource);
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    let stats = world.fake.stats();
+    assert_eq!(stats.sources_created, 2);
+    assert_eq!(stats.uploads_ok, 1);
+}
+
+#[test]
+fn a_deployment_post_that_times_out_is_not_posted_twice() {
+    let world = World::new();
+    // The platform creates the deployment but answers after the client's 2 s limit.
+    world.fake.fail_next(
+        Endpoint::CreateDeployment,
+        Fault::ProcessThenDelay(Duration::from_secs(4)),
+    );
+    let run = deploy(&world, "my-app", &world.archive("a.tar.gz"));
+    run.assert_code(0).assert_contains("already posted");
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 1);
+    let git_ref = deployments[0].git_ref.clone().unwrap();
+    assert_eq!(world.fake.count_git_ref("my-app", &git_ref), 1);
+}
+
+fn killed_after_deploy_requested(fault: Fault) {
+    let world = World::new();
+    world.fake.fail_next(Endpoint::CreateDeployment, fault);
+    let archive = world.archive("a.tar.gz");
+    let args = ["deploy", "--app", "my-app", archive.to_str().unwrap()];
+    let mut child = world.spawn(&args, "first");
+    let requested = wait_for(Duration::from_secs(20), || {
+        world
+            .job_records()
+            .iter()
+            .any(|r| r.contains("\"deploy_requested\""))
+    });
+    assert!(requested, "the job reached deploy_requested");
+    // The POST is in flight (the fake holds it); kill the process there.
+    assert!(wait_for(Duration::from_secs(5), || {
+        world.fake.requests_in_flight(Endpoint::CreateDeployment) > 0
+    }));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = world.run(&args);
+    run.assert_code(0).assert_contains("resuming job");
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 1, "exactly one deployment");
+    let git_ref = deployments[0].git_ref.clone().unwrap();
+    assert_eq!(world.fake.count_git_ref("my-app", &git_ref), 1);
+    assert!(world.job_records().is_empty());
+}
+
+#[test]
+fn killed_after_the_platform_created_the_deployment_resumes_without_posting_again() {
+    killed_after_deploy_requested(Fault::ProcessThenDelay(Duration::from_secs(30)));
+}
+
+#[test]
+fn killed_before_the_platform_created_the_deployment_posts_once_after_restart() {
+    killed_after_deploy_requested(Fault::Delay(Duration::from_secs(30)));
+}
+
+#[test]
+fn an_expired_bearer_is_exchanged_again() {
+    let world = World::new();
+    world
+        .fake
+        .fail_next(Endpoint::CreateDeployment, Fault::ExpiredJwt);
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    let stats = world.fake.stats();
+    assert_eq!(stats.exchanges, 2);
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn tokens_revoked_mid_job_are_exchanged_again() {
+    let world = World::with(FakeConfig {
+        step: Duration::from_millis(300),
+        ..FakeConfig::default()
+    });
+    let archive = world.archive("a.tar.gz");
+    let mut child = world.spawn(
+        &["deploy", "--app", "my-app", archive.to_str().unwrap()],
+        "run",
+    );
+    assert!(
+        world
+            .fake
+            .wait_until(Duration::from_secs(20), |s| s.deployments_created == 1)
+    );
+    world.fake.expire_all_tokens();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(world.fake.stats().exchanges >= 2);
+    assert!(world.fake.stats().unauthorized >= 1);
+}
+
+#[test]
+fn no_follow_returns_once_the_deployment_exists() {
+    let world = World::with(FakeConfig {
+        step: Duration::from_secs(5),
+        ..FakeConfig::default()
+    });
+    let archive = world.archive("a.tar.gz");
+    world
+        .run(&[
+            "deploy",
+            "--no-follow",
+            "--app",
+            "my-app",
+            archive.to_str().unwrap(),
+        ])
+        .assert_code(0)
+        .assert_contains("not following");
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 1);
+    assert_ne!(deployments[0].status, "success");
+}
+
+#[test]
+fn a_chosen_git_ref_is_used_and_a_bad_one_refused() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    world
+        .run(&[
+            "deploy",
+            "--app",
+            "my-app",
+            "--git-ref",
+            "v1.2.3",
+            archive.to_str().unwrap(),
+        ])
+        .assert_code(0);
+    assert_eq!(world.fake.count_git_ref("my-app", "v1.2.3"), 1);
+    world
+        .run(&[
+            "deploy",
+            "--app",
+            "my-app",
+            "--git-ref=-bad ref",
+            archive.to_str().unwrap(),
+        ])
+        .assert_code(2)
+        .assert_contains("--git-ref");
+}
+
+#[test]
+fn a_url_is_deployed_without_upload() {
+    let world = World::new();
+    let url = world
+        .fake
+        .host_archive(&std::fs::read(world.archive("a.tar.gz")).unwrap());
+    world
+        .run(&["deploy", "--app", "my-app", &url])
+        .assert_code(0)
+        .assert_contains("success");
+    let stats = world.fake.stats();
+    assert_eq!(stats.sources_created, 0);
+    assert_eq!(stats.uploads_ok, 0);
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments[0].source_url, url);
+}
+
+#[test]
+fn deploy_works_with_no_config_file() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dropdeploy"))
+        .args(["deploy", "--app", "my-app", "--interval", "20ms"])
+        .arg(&archive)
+        .env_remove("DROPDEPLOY_CONFIG")
+        .env("DROPDEPLOY_STATE_DIR", world.path("state"))
+        .env("SCALINGO_API_URL", world.fake.url())
+        .env("SCALINGO_AUTH_URL", world.fake.url())
+        .env("SCALINGO_API_TOKEN", world.fake.api_token())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
