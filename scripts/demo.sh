@@ -21,4 +21,4 @@ eval "$(grep '^export ' "$work/fake.log")"
 
 tar -C examples -czf "$work/demo.tar.gz" demo-app
 target/release/dropdeploy check "$work/demo.tar.gz"
-DROPDEPLOY_STATE_DIR="$work/state" target/release/dropdeploy deploy --app my-app "$work/demo.tar.gz"
+DROPDEPLOY_STATE_DIR="$work/state" target/release/dropdeploy deploy --interval 300ms --app my-app "$work/demo.tar.gz"

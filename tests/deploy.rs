@@ -441,3 +441,37 @@ fn deploy_works_with_no_config_file() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(world.fake.deployments("my-app").len(), 1);
 }
+
+#[test]
+fn a_bearer_close_to_expiry_is_exchanged_before_use() {
+    // Tokens living 4 minutes are always inside the 5-minute refresh margin.
+    let world = World::with(FakeConfig {
+        jwt_lifetime: Duration::from_secs(240),
+        ..FakeConfig::default()
+    });
+    deploy(&world, "my-app", &world.archive("a.tar.gz")).assert_code(0);
+    let stats = world.fake.stats();
+    assert!(stats.exchanges >= 4, "exchanged {} times", stats.exchanges);
+    assert_eq!(stats.unauthorized, 0, "never sent an expiring token");
+}
+
+#[test]
+fn transient_errors_past_the_budget_give_up_with_exit_3() {
+    let world = World::new();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace("budget = \"30s\"", "budget = \"1s\""),
+    )
+    .unwrap();
+    for _ in 0..500 {
+        world
+            .fake
+            .fail_next(Endpoint::CreateSource, Fault::Status(503));
+    }
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(3)
+        .assert_contains("gave up after")
+        .assert_contains("503");
+    assert_eq!(world.fake.stats().sources_created, 0);
+}
