@@ -62,6 +62,27 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: watch each app's drop folder and deploy what lands there.
+    ///
+    /// Reads --config (default /etc/dropdeploy/dropdeploy.toml). SIGTERM or SIGINT stop it
+    /// cleanly (jobs in flight stop at their next persisted state and resume at the next
+    /// start); SIGHUP reloads the configuration.
+    Run,
+    /// Show finished jobs from the history (state_dir/history.jsonl), oldest first.
+    History {
+        /// Only this app.
+        #[arg(long, short)]
+        app: Option<String>,
+        /// At most this many, the most recent.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each app's lane (in flight, pending, last outcome) from the spool and the
+    /// history, without talking to the daemon.
+    Status,
     /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
     ///
     /// The archive is checked first, then uploaded, then deployed, and the deployment is
@@ -106,8 +127,15 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let default_level = match cli.command {
+        Command::Run => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
     let code = match &cli.command {
+        Command::Run => run_async(run_daemon(&cli)),
+        Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
+        Command::Status => status(&cli),
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
     };
@@ -127,10 +155,11 @@ fn run_async(fut: impl std::future::Future<Output = u8>) -> u8 {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what (default: warnings), colours only on a terminal.
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr; `RUST_LOG` chooses what (default: `default_level`), colours only on a
+/// terminal.
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -153,6 +182,96 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
         eprintln!("dropdeploy: warning: {warning}");
     }
     Ok(config)
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+}
+
+async fn run_daemon(cli: &Cli) -> u8 {
+    match crate::daemon::run(config_path(cli), Env::from_process()).await {
+        Ok(()) => EXIT_OK,
+        Err(e @ crate::daemon::DaemonError::Config(_)) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The state directory of `history` and `status`: the config's.
+fn state_dir_for_reading(cli: &Cli) -> Result<(Config, PathBuf), u8> {
+    let env = Env::from_process();
+    let path = config_path(cli);
+    match Config::load(&path, &env) {
+        Ok(Loaded { config, .. }) => {
+            let dir = config.state_dir.clone();
+            Ok((config, dir))
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+fn history(cli: &Cli, app: Option<&str>, limit: usize, json: bool) -> u8 {
+    let (_, state_dir) = match state_dir_for_reading(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let path = state_dir.join("history.jsonl");
+    match crate::outcome::read_history(&path, app, Some(limit)) {
+        Ok(entries) => {
+            if json {
+                for e in &entries {
+                    match serde_json::to_string(e) {
+                        Ok(line) => println!("{line}"),
+                        Err(err) => eprintln!("dropdeploy: {err}"),
+                    }
+                }
+            } else if entries.is_empty() {
+                println!("no finished jobs in {}", path.display());
+            } else {
+                print!("{}", crate::outcome::format_history_table(&entries));
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn status(cli: &Cli) -> u8 {
+    let (config, state_dir) = match state_dir_for_reading(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let spool = match Spool::open(state_dir.join("spool")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let apps: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
+    match crate::outcome::status_report(&spool, &state_dir.join("history.jsonl"), &apps) {
+        Ok(text) => {
+            print!("{text}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
 }
 
 fn check(cli: &Cli, max_size: Option<u64>, files: &[PathBuf]) -> u8 {

@@ -44,6 +44,12 @@ const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(2);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_QUIET: Duration = Duration::from_secs(1);
+/// How long a file written in place must stay unchanged before it is taken.
+const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+/// How many archives a drop folder's `done/` keeps.
+const DEFAULT_KEEP_DONE: usize = 20;
+/// How long a stopping daemon lets in-flight steps finish.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The environment variables read, as in Scalingo's CLI.
 const ENV_TOKEN: &str = "SCALINGO_API_TOKEN";
@@ -104,6 +110,9 @@ pub struct Config {
     pub retry: RetryConfig,
     /// `[[app]]` tables, in file order; names are unique.
     pub apps: Vec<AppConfig>,
+    /// `shutdown_grace`: how long a stopping daemon lets in-flight steps reach their next
+    /// persisted state (default 30 s).
+    pub shutdown_grace: Duration,
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.
@@ -207,6 +216,15 @@ pub struct AppConfig {
     pub ignore: Vec<String>,
     /// `git_ref_label`: the first part of each job's git_ref (default: the app name).
     pub git_ref_label: Option<String>,
+    /// `settle`: how long a file written in place in the drop folder must stay unchanged
+    /// after it was closed before it is taken (default 2 s). A file renamed in is taken at once.
+    pub settle: Duration,
+    /// `keep_done`: how many deployed archives `done/` keeps (default 20); `failed/` keeps all.
+    pub keep_done: usize,
+    /// `follow_interval`: this app's polling interval (default: `[scalingo]`'s).
+    pub follow_interval: Option<Duration>,
+    /// `retry_budget`: this app's retry budget (default: `[retry]`'s `budget`).
+    pub retry_budget: Option<Duration>,
 }
 
 impl AppConfig {
@@ -227,6 +245,7 @@ impl Default for Config {
             scalingo: ScalingoConfig::default(),
             retry: RetryConfig::default(),
             apps: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -501,6 +520,7 @@ struct RawConfig {
     state_dir: Option<Spanned<String>>,
     max_parallel: Option<Spanned<i64>>,
     max_archive_size: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<DurationText>>,
     scalingo: Option<RawScalingo>,
     retry: Option<RawRetry>,
     #[serde(default)]
@@ -538,6 +558,10 @@ struct RawApp {
     #[serde(default)]
     ignore: Vec<String>,
     git_ref_label: Option<Spanned<String>>,
+    settle: Option<Spanned<DurationText>>,
+    keep_done: Option<Spanned<i64>>,
+    follow_interval: Option<Spanned<DurationText>>,
+    retry_budget: Option<Spanned<DurationText>>,
 }
 
 /// A duration as written (`"30s"`); parsed in pass 4 so that every bad one is reported. A bare
@@ -575,6 +599,7 @@ const TOP_KEYS: &[&str] = &[
     "state_dir",
     "max_parallel",
     "max_archive_size",
+    "shutdown_grace",
     "scalingo",
     "retry",
     "app",
@@ -596,6 +621,10 @@ const APP_KEYS: &[&str] = &[
     "quiet",
     "ignore",
     "git_ref_label",
+    "settle",
+    "keep_done",
+    "follow_interval",
+    "retry_budget",
 ];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
@@ -984,6 +1013,15 @@ fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Config, LeftF
         }
     }
 
+    config.shutdown_grace = duration_value(
+        &raw.shutdown_grace,
+        "shutdown_grace",
+        "",
+        DEFAULT_SHUTDOWN_GRACE,
+        true,
+        report,
+    );
+
     let token_file = raw
         .scalingo
         .as_ref()
@@ -1205,6 +1243,45 @@ fn build_app(
         None => None,
     };
 
+    let settle = duration_value(&raw.settle, "settle", "app", DEFAULT_SETTLE, true, report);
+    let keep_done = match &raw.keep_done {
+        None => DEFAULT_KEEP_DONE,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) => n,
+            Err(_) => {
+                report.at(
+                    n.span(),
+                    format!(
+                        "`keep_done` in [[app]] must be 0 or more (how many deployed archives                          done/ keeps), found {}",
+                        n.get_ref()
+                    ),
+                );
+                ok = false;
+                DEFAULT_KEEP_DONE
+            }
+        },
+    };
+    let follow_interval = raw.follow_interval.as_ref().map(|_| {
+        duration_value(
+            &raw.follow_interval,
+            "follow_interval",
+            "app",
+            Duration::from_secs(3),
+            false,
+            report,
+        )
+    });
+    let retry_budget = raw.retry_budget.as_ref().map(|_| {
+        duration_value(
+            &raw.retry_budget,
+            "retry_budget",
+            "app",
+            Duration::from_secs(3600),
+            false,
+            report,
+        )
+    });
+
     ok.then(|| AppConfig {
         name: name.get_ref().clone(),
         drop_dir,
@@ -1213,6 +1290,10 @@ fn build_app(
         quiet,
         ignore: raw.ignore.clone(),
         git_ref_label,
+        settle,
+        keep_done,
+        follow_interval,
+        retry_budget,
     })
 }
 
@@ -1496,7 +1577,8 @@ ignore = ["*.log", "tmp/"]
         assert_eq!(
             message,
             "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
-             of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label"
+             of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
+             keep_done, follow_interval, retry_budget"
         );
     }
 
@@ -1508,7 +1590,7 @@ ignore = ["*.log", "tmp/"]
         let lines: Vec<&str> = message.lines().collect();
         assert_eq!(lines.len(), 3, "{message}");
         let top = "unknown key `stat_dir` at the top level; expected one of state_dir, \
-                   max_parallel, max_archive_size, [scalingo], [retry], [[app]]";
+                   max_parallel, max_archive_size, shutdown_grace, [scalingo], [retry], [[app]]";
         assert_eq!(lines[0], format!("{FILE}:1:1: {top}"));
         assert!(
             lines[1].starts_with(&format!("{FILE}:3:1: unknown key `regoin` in [scalingo]")),

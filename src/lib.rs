@@ -15,14 +15,32 @@
 //!   and bearer cache, sources, upload, deployments, build output. Its errors say whether they are
 //!   transient or permanent; it never retries by itself.
 //! - [`queue`]: durable jobs. [`queue::spool`] holds one directory per job with the archive and a
-//!   `job.json` state record written atomically before each side effect; [`queue::retry`] holds
-//!   the backoff policy and error classification; [`queue::runner`] drives one job from any
-//!   persisted state to its end, and is the one place where retries happen.
+//!   `job.json` state record written atomically before each side effect; [`queue::intake`] turns
+//!   an archive (copied, or moved when claimed from a drop folder) or a URL into a job;
+//!   [`queue::retry`] holds the backoff policy and error classification; [`queue::runner`]
+//!   drives one job from any persisted state to its end, and is the one place where retries
+//!   happen; [`queue::lane`] runs each app's jobs one at a time, with the `latest`/`all` busy
+//!   policy and a global cap on apps deploying at once.
+//! - [`source`]: where work is noticed. [`source::drop`] watches a drop folder and reports each
+//!   `.tar.gz` once it is complete (renamed in, or written, closed and settled); the daemon then
+//!   claims it by renaming it into the spool.
+//! - [`outcome`]: what happens when a job is finished: the archive moves from the spool to
+//!   `done/` or `failed/` in its drop folder (a `.reason.txt` beside a failed one), one JSON line
+//!   is appended to `<state_dir>/history.jsonl`, one log event is written, `done/` is pruned,
+//!   and the job leaves the spool; each step is safe to repeat after a crash. It also reads the
+//!   history back for the `history` and `status` commands.
+//! - [`daemon`]: `dropdeploy run`: start-up checks, recovery of the spool before any new claim,
+//!   the claim loop, signals (SIGTERM/SIGINT stop, SIGHUP reloads).
+//! - [`shutdown`]: the stop signal handed to every task, checked between steps.
 //! - [`cli`]: the command-line front end shared by the `dropdeploy` binary (kept thin in
 //!   `src/main.rs`).
 
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod outcome;
 pub mod queue;
+pub mod shutdown;
+pub mod source;
 pub mod target;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::inspect::{InspectError, Limits, Rejection, Summary, inspect};
 use crate::queue::spool::{
-    ARCHIVE_NAME, Job, JobState, Payload, Spool, SpoolError, compact_utc, now,
+    ARCHIVE_NAME, Claim, Job, JobState, Payload, Spool, SpoolError, compact_utc, now,
 };
 
 /// How an archive gets into the spool.
@@ -85,6 +85,17 @@ pub fn enqueue_archive(
 ) -> Result<Job, IntakeError> {
     let (id, tmp) = spool.new_job_dir()?;
     let archive = tmp.join(ARCHIVE_NAME);
+    if transfer == Transfer::Move {
+        // Say where the file came from before taking it, so a crash cannot lose it.
+        let claim = Claim {
+            app: app.to_string(),
+            original: file.to_path_buf(),
+        };
+        if let Err(e) = spool.write_claim(&tmp, &claim) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e.into());
+        }
+    }
     let moved = match transfer {
         Transfer::Copy => fs::copy(file, &archive).map(|_| ()),
         Transfer::Move => fs::rename(file, &archive),

@@ -2,6 +2,7 @@
 //! through its state machine.
 
 pub mod intake;
+pub mod lane;
 pub mod retry;
 pub mod runner;
 pub mod spool;

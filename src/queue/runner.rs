@@ -12,6 +12,7 @@ use crate::queue::retry::next_delay;
 use crate::queue::spool::{
     Failure, Job, JobState, Payload, SOURCE_STALE_AFTER, Spool, SpoolError, Step, Timestamp, now,
 };
+use crate::shutdown::Shutdown;
 use crate::target::scalingo::api::{ApiError, Deployment, ScalingoClient};
 use crate::target::scalingo::follow::{Phase, explain, phase};
 
@@ -178,6 +179,7 @@ pub struct Runner {
     follow_interval: Duration,
     observer: Arc<dyn Observer>,
     follow: bool,
+    shutdown: Shutdown,
 }
 
 impl Runner {
@@ -195,7 +197,15 @@ impl Runner {
             follow_interval,
             observer,
             follow: true,
+            shutdown: Shutdown::never(),
         }
+    }
+
+    /// Stop between steps (and during waits) once `shutdown` fires, leaving the job in its
+    /// last persisted state for the next start to resume.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Stop once the deployment is created instead of following it to its end (the job then
@@ -211,8 +221,10 @@ impl Runner {
 
     /// Runs a job until it is finished, retrying transient errors with backoff and full jitter
     /// (honouring `Retry-After`) until the retry budget, counted from the job's first start,
-    /// runs out. Only a failure to persist the record is returned as an error.
+    /// runs out. Only a failure to persist the record is returned as an error. When the
+    /// shutdown fires, returns between two steps with the job unfinished.
     pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
+        let mut shutdown = self.shutdown.clone();
         if job.started_at.is_none() {
             job.started_at = Some(now());
             self.spool.save(job)?;
@@ -227,6 +239,9 @@ impl Runner {
         let mut streak = 0u32;
         while !job.state.is_finished() {
             if !self.follow && matches!(job.state, JobState::Deploying { .. }) {
+                return Ok(());
+            }
+            if shutdown.is_requested() {
                 return Ok(());
             }
             match self.advance(job).await {
@@ -272,7 +287,9 @@ impl Runner {
                             failures: streak + 1,
                         },
                     );
-                    tokio::time::sleep(delay).await;
+                    if !shutdown.sleep(delay).await {
+                        return Ok(());
+                    }
                     streak += 1;
                 }
             }
@@ -437,6 +454,7 @@ impl Runner {
         };
         self.observer.event(job, &Event::Step(Step::Follow));
         let mut last_status = String::new();
+        let mut shutdown = self.shutdown.clone();
         loop {
             let deployment = self
                 .client
@@ -453,7 +471,13 @@ impl Runner {
                 last_status = deployment.status.clone();
             }
             match phase(&deployment.status) {
-                Phase::Running => tokio::time::sleep(self.follow_interval).await,
+                // Stopping leaves the deployment running on the platform; the job stays
+                // `deploying` and is followed again after the restart.
+                Phase::Running => {
+                    if !shutdown.sleep(self.follow_interval).await {
+                        return Ok(());
+                    }
+                }
                 Phase::Succeeded => {
                     job.state = JobState::Succeeded { deployment_id };
                     self.spool.save(job)?;

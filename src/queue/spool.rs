@@ -19,6 +19,16 @@ use crate::archive::inspect::Summary;
 pub const ARCHIVE_NAME: &str = "archive.tar.gz";
 /// The record's name inside a job directory.
 pub const RECORD_NAME: &str = "job.json";
+/// Written in a job directory being made, before a dropped file is moved into it: says where
+/// the file came from, so a crash before the record exists can put the file back.
+pub const CLAIM_NAME: &str = "claim.json";
+
+/// The content of [`CLAIM_NAME`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claim {
+    pub app: String,
+    pub original: PathBuf,
+}
 
 /// An upload slot older than this is not trusted any more (the platform drops it at 10 min).
 pub const SOURCE_STALE_AFTER: Duration = Duration::from_secs(9 * 60);
@@ -294,16 +304,49 @@ impl Spool {
         sync_dir(&self.dir)
     }
 
-    /// Removes directories left by a process that died while making a job.
-    pub fn clean_partial(&self) -> Result<(), SpoolError> {
+    /// Writes the claim note into a job directory being made (see [`CLAIM_NAME`]).
+    pub fn write_claim(&self, tmp_dir: &Path, claim: &Claim) -> Result<(), SpoolError> {
+        let path = tmp_dir.join(CLAIM_NAME);
+        let bytes = serde_json::to_vec(claim).map_err(|source| SpoolError::Record {
+            path: path.clone(),
+            source,
+        })?;
+        let mut file = File::create(&path).map_err(io("cannot create", &path))?;
+        file.write_all(&bytes).map_err(io("cannot write", &path))?;
+        file.sync_all().map_err(io("cannot sync", &path))?;
+        sync_dir(tmp_dir)
+    }
+
+    /// Cleans up after a process that died while making a job: a dropped file that had been
+    /// moved in goes back where it came from (beside it, with a `.recovered-N` suffix, if that
+    /// name was taken since); then the half-made directory is removed. Returns the files put
+    /// back.
+    pub fn clean_partial(&self) -> Result<Vec<PathBuf>, SpoolError> {
+        let mut restored = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
             let entry = entry.map_err(io("cannot list", &self.dir))?;
-            if entry.file_name().to_string_lossy().starts_with(".new-") {
-                let path = entry.path();
-                fs::remove_dir_all(&path).map_err(io("cannot remove", &path))?;
+            if !entry.file_name().to_string_lossy().starts_with(".new-") {
+                continue;
             }
+            let path = entry.path();
+            let archive = path.join(ARCHIVE_NAME);
+            if archive.exists() {
+                let claim: Option<Claim> = fs::read(path.join(CLAIM_NAME))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                // A copy (the one-shot command) has no claim: the user still has the file.
+                if let Some(claim) = claim {
+                    let target = free_name(&claim.original, "recovered");
+                    fs::rename(&archive, &target).map_err(io("cannot put back", &target))?;
+                    if let Some(parent) = target.parent() {
+                        sync_dir(parent)?;
+                    }
+                    restored.push(target);
+                }
+            }
+            fs::remove_dir_all(&path).map_err(io("cannot remove", &path))?;
         }
-        Ok(())
+        Ok(restored)
     }
 }
 
@@ -320,6 +363,39 @@ fn write_record(dir: &Path, job: &Job) -> Result<(), SpoolError> {
     drop(file);
     fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
     sync_dir(dir)
+}
+
+/// `path` if nothing is there, else the first free `<stem>.<tag>-N<ext>` beside it, keeping a
+/// `.tar.gz` or `.tgz` ending intact.
+pub fn free_name(path: &Path, tag: &str) -> PathBuf {
+    if fs::symlink_metadata(path).is_err() {
+        return path.to_path_buf();
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, ext) = split_archive_name(&name);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    (1u32..)
+        .map(|n| dir.join(format!("{stem}.{tag}-{n}{ext}")))
+        .find(|candidate| fs::symlink_metadata(candidate).is_err())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Splits `app.tar.gz` into (`app`, `.tar.gz`), `app.tgz` into (`app`, `.tgz`).
+pub fn split_archive_name(name: &str) -> (&str, &str) {
+    for ext in [".tar.gz", ".tgz"] {
+        if let Some(stem) = name.strip_suffix(ext)
+            && !stem.is_empty()
+        {
+            return (stem, &name[stem.len()..]);
+        }
+    }
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
 }
 
 /// fsync a directory, so that a rename inside it survives a crash.
@@ -400,6 +476,40 @@ mod tests {
         assert!(!spool.job_dir(&id).join("job.json.tmp").exists());
         let text = fs::read_to_string(spool.job_dir(&id).join(RECORD_NAME)).unwrap();
         assert!(text.contains("\"state\": \"deploying\""), "{text}");
+    }
+
+    #[test]
+    fn a_claimed_file_in_a_half_made_job_goes_back_to_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let drop = dir.path().join("drop");
+        fs::create_dir(&drop).unwrap();
+        let original = drop.join("app.tar.gz");
+        let (_, tmp) = spool.new_job_dir().unwrap();
+        spool
+            .write_claim(
+                &tmp,
+                &Claim {
+                    app: "a".into(),
+                    original: original.clone(),
+                },
+            )
+            .unwrap();
+        fs::write(tmp.join(ARCHIVE_NAME), b"bytes").unwrap();
+        // Meanwhile someone dropped another file with the same name.
+        fs::write(&original, b"newer").unwrap();
+        let restored = spool.clean_partial().unwrap();
+        assert_eq!(restored, vec![drop.join("app.recovered-1.tar.gz")]);
+        assert_eq!(fs::read(&restored[0]).unwrap(), b"bytes");
+        assert_eq!(fs::read(&original).unwrap(), b"newer");
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn archive_names_keep_their_double_extension() {
+        assert_eq!(split_archive_name("app.tar.gz"), ("app", ".tar.gz"));
+        assert_eq!(split_archive_name("v1.2.tgz"), ("v1.2", ".tgz"));
+        assert_eq!(split_archive_name("README"), ("README", ""));
     }
 
     #[test]

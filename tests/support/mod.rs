@@ -68,6 +68,7 @@ impl World {
             &config,
             format!(
                 r#"state_dir = "{}"
+shutdown_grace = "5s"
 
 [scalingo]
 timeout = "2s"
@@ -216,4 +217,136 @@ pub fn assert_no_secret(text: &str, token: &str) {
         !text.contains(tail),
         "part of the API token leaked:\n{text}"
     );
+}
+
+impl World {
+    /// Adds an app with a drop folder `<dir>/drop/<app>` (settle 300 ms) and returns the folder.
+    pub fn add_drop_app(&self, app: &str, extra: &str) -> PathBuf {
+        let drop = self.dir.path().join("drop").join(app);
+        self.append_config(&format!(
+            "\n[[app]]\nname = \"{app}\"\ndrop_dir = \"{}\"\nsettle = \"300ms\"\n{extra}\n",
+            drop.display()
+        ));
+        self.fake.add_app(app);
+        drop
+    }
+
+    /// Starts `dropdeploy run` in the background (output in `<tag>.stdout` / `<tag>.stderr`)
+    /// and waits until it watches its folders.
+    pub fn start_daemon(&self, tag: &str) -> Proc {
+        let child = Proc(self.spawn(&["run"], tag));
+        let log = self.path(&format!("{tag}.stderr"));
+        let up = wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("dropdeploy is running"))
+        });
+        assert!(up, "daemon did not start:\n{}", self.log(tag));
+        child
+    }
+
+    /// What a background run wrote on stderr.
+    pub fn log(&self, tag: &str) -> String {
+        let text = std::fs::read_to_string(self.path(&format!("{tag}.stderr"))).unwrap_or_default();
+        assert_no_secret(&text, &self.fake.api_token());
+        text
+    }
+
+    /// The history lines, parsed.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.join("history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the history has at least `n` lines.
+    pub fn wait_history(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let ok = wait_for(timeout, || self.history().len() >= n);
+        let history = self.history();
+        assert!(
+            ok,
+            "history has {} of {n} lines: {history:#?}",
+            history.len()
+        );
+        history
+    }
+
+    /// Drops a good archive into `drop` the way a careful tool does: written under a
+    /// temporary name, then renamed in.
+    pub fn drop_archive(&self, drop: &Path, name: &str) -> PathBuf {
+        std::fs::create_dir_all(drop).unwrap();
+        let made = good_archive(self.dir.path(), name, "app");
+        let partial = drop.join(format!("{name}.partial"));
+        std::fs::rename(&made, &partial).unwrap();
+        let target = drop.join(name);
+        std::fs::rename(&partial, &target).unwrap();
+        target
+    }
+}
+
+/// A background process, killed (SIGKILL) if the test ends while it runs.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn signal(&self, name: &str) {
+        signal(&self.0, name);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_exit(&mut self.0, timeout)
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, at most `timeout`; kills it and fails the test otherwise.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Archive file names in a folder (not reason files), sorted.
+pub fn archives_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tar.gz") || n.ends_with(".tgz"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

@@ -1,0 +1,437 @@
+//! The daemon: wiring, recovery, signals, reload.
+//!
+//! Start-up order matters: the configuration is validated, half-made jobs are put back,
+//! every unfinished job in the spool is handed to its lane (and finished ones get their
+//! outcome recorded) *before* any new file is claimed. Then drop folders are watched and ready
+//! files are claimed one at a time, in arrival order. SIGTERM/SIGINT stop the claiming, let
+//! each job in flight reach its next persisted state within the grace period, and exit; SIGHUP
+//! reloads the configuration, keeping the old one if the new one has errors.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::archive::inspect::Limits;
+use crate::config::{AppConfig, Config, ConfigError, Env, Loaded, RetryConfig};
+use crate::outcome::Outcomes;
+use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
+use crate::queue::lane::{Finisher, LaneContext, LaneSettings, Lanes};
+use crate::queue::runner::LogObserver;
+use crate::queue::spool::{Job, Spool};
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
+use crate::target::scalingo::api::ScalingoClient;
+
+/// `done/` retention for a job whose app is no longer configured.
+const DEFAULT_KEEP_DONE: usize = 20;
+
+/// Why the daemon could not start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
+    let Loaded { config, warnings } = Config::load(&config_path, &env)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let token = config.scalingo.require_token()?.clone();
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        DaemonError::Startup(format!(
+            "cannot create state_dir {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let spool = Spool::open(config.state_dir.join("spool"))
+        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    for restored in spool
+        .clean_partial()
+        .map_err(|e| DaemonError::Startup(e.to_string()))?
+    {
+        tracing::warn!(
+            file = %restored.display(),
+            "a file claimed when the daemon stopped was put back in its drop folder"
+        );
+    }
+    check_apps(&config, &spool)?;
+    let client = ScalingoClient::new(&config.scalingo, token)
+        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let outcomes = Arc::new(Outcomes::new(&config.state_dir, spool.clone()));
+    let ctx = LaneContext::new(
+        Arc::new(client),
+        spool.clone(),
+        Arc::new(LogObserver),
+        Arc::new(OutcomeFinisher {
+            outcomes: outcomes.clone(),
+        }),
+        config.max_parallel,
+        shutdown,
+    );
+    let (ready_tx, ready_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon {
+        config_path,
+        env,
+        config,
+        spool,
+        outcomes,
+        lanes: Lanes::new(ctx),
+        watchers: HashMap::new(),
+        ready_tx,
+    };
+    for app in daemon.config.apps.clone() {
+        daemon.start_lane(&app);
+    }
+    daemon.recover().await;
+    for app in daemon.config.apps.clone() {
+        daemon
+            .start_watcher(&app)
+            .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    }
+    tracing::info!(
+        apps = daemon.config.apps.len(),
+        state_dir = %daemon.config.state_dir.display(),
+        "dropdeploy is running"
+    );
+    daemon.serve(ready_rx, trigger).await
+}
+
+struct OutcomeFinisher {
+    outcomes: Arc<Outcomes>,
+}
+
+impl Finisher for OutcomeFinisher {
+    fn finish(&self, job: &Job, keep_done: usize) {
+        if let Err(e) = self.outcomes.record(job, keep_done) {
+            tracing::error!(
+                app = %job.app,
+                job = %job.id,
+                "cannot record the outcome; the job stays in the spool and is recorded at the next start: {e}"
+            );
+        }
+    }
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    env: Env,
+    config: Config,
+    spool: Spool,
+    outcomes: Arc<Outcomes>,
+    lanes: Lanes,
+    watchers: HashMap<String, (DropFolderConfig, DropWatcher)>,
+    ready_tx: mpsc::Sender<ReadyFile>,
+}
+
+/// Checks what the daemon needs of each app before it takes any work.
+fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
+    let spool_dev = std::fs::metadata(spool.dir())
+        .map_err(|e| DaemonError::Startup(format!("cannot read {}: {e}", spool.dir().display())))?
+        .dev();
+    for app in &config.apps {
+        if let Some(dir) = &app.drop_dir {
+            crate::source::drop::prepare(dir)
+                .map_err(|e| DaemonError::Startup(format!("app {}: {e}", app.name)))?;
+            let dev = std::fs::metadata(dir)
+                .map_err(|e| {
+                    DaemonError::Startup(format!(
+                        "app {}: cannot read drop folder {}: {e}",
+                        app.name,
+                        dir.display()
+                    ))
+                })?
+                .dev();
+            if dev != spool_dev {
+                return Err(DaemonError::Startup(format!(
+                    "app {}: drop folder {} is on another filesystem than the spool {}; files are \
+                     claimed by renaming them, so put state_dir on the same filesystem as the \
+                     drop folders",
+                    app.name,
+                    dir.display(),
+                    spool.dir().display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
+    LaneSettings {
+        policy: app.queue,
+        retry: RetryConfig {
+            budget: app.retry_budget.unwrap_or(config.retry.budget),
+            ..config.retry.clone()
+        },
+        follow_interval: app
+            .follow_interval
+            .unwrap_or(config.scalingo.follow_interval),
+        keep_done: app.keep_done,
+    }
+}
+
+impl Daemon {
+    fn start_lane(&mut self, app: &AppConfig) {
+        if app.drop_dir.is_none() {
+            tracing::warn!(
+                app = %app.name,
+                "watched source directories (source_dir) are not supported by this version; app skipped"
+            );
+            return;
+        }
+        self.lanes
+            .ensure(&app.name, lane_settings(&self.config, app));
+    }
+
+    fn start_watcher(&mut self, app: &AppConfig) -> Result<(), crate::source::drop::DropError> {
+        let Some(dir) = &app.drop_dir else {
+            return Ok(());
+        };
+        let cfg = DropFolderConfig {
+            app: app.name.clone(),
+            dir: dir.clone(),
+            settle: app.settle,
+        };
+        let watcher = DropWatcher::start(cfg.clone(), self.ready_tx.clone())?;
+        tracing::info!(app = %app.name, drop_dir = %dir.display(), "watching drop folder");
+        self.watchers.insert(app.name.clone(), (cfg, watcher));
+        Ok(())
+    }
+
+    /// Hands every unfinished job of a configured app to its lane, oldest first, and records
+    /// the outcome of finished jobs whose outcome was not recorded yet.
+    async fn recover(&mut self) {
+        let spool = self.spool.clone();
+        let jobs = match tokio::task::spawn_blocking(move || spool.jobs()).await {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(e)) => {
+                tracing::error!("cannot list the spool: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("cannot list the spool: {e}");
+                return;
+            }
+        };
+        for job in jobs {
+            let job = match job {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::error!("{e}; left in place");
+                    continue;
+                }
+            };
+            if self.lanes.knows(&job.id) {
+                continue;
+            }
+            if job.state.is_finished() {
+                let keep = self
+                    .config
+                    .app(&job.app)
+                    .map(|a| a.keep_done)
+                    .unwrap_or(DEFAULT_KEEP_DONE);
+                let outcomes = self.outcomes.clone();
+                let id = job.id.clone();
+                let done = tokio::task::spawn_blocking(move || outcomes.record(&job, keep)).await;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
+                    Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
+                }
+                continue;
+            }
+            tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
+            if let Err(job) = self.lanes.submit(job) {
+                tracing::warn!(
+                    app = %job.app,
+                    job = %job.id,
+                    state = job.state.name(),
+                    "job for an app that is not configured; left in the spool until the app is configured again"
+                );
+            }
+        }
+    }
+
+    async fn serve(
+        mut self,
+        mut ready_rx: mpsc::Receiver<ReadyFile>,
+        trigger: ShutdownTrigger,
+    ) -> Result<(), DaemonError> {
+        let sig = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| DaemonError::Startup(format!("cannot handle {name}: {e}")))
+        };
+        let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
+        let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let reason = loop {
+            tokio::select! {
+                Some(ready) = ready_rx.recv() => self.claim(ready).await,
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = sighup.recv() => self.reload().await,
+            }
+        };
+        let grace = self.config.shutdown_grace;
+        tracing::info!(
+            signal = reason,
+            grace_ms = grace.as_millis() as u64,
+            "stopping: no new claims; jobs in flight stop at their next persisted state"
+        );
+        for (_, (_, watcher)) in self.watchers.drain() {
+            watcher.stop();
+        }
+        trigger.fire();
+        match tokio::time::timeout(grace, self.lanes.join()).await {
+            Ok(()) => tracing::info!("stopped"),
+            Err(_) => tracing::warn!(
+                "grace period over: steps still in flight were abandoned; their jobs resume at the next start"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Claims a ready file: moves it into the spool, checks it, and hands the job to its lane;
+    /// a bad archive goes to `failed/` with its reason.
+    async fn claim(&mut self, ready: ReadyFile) {
+        let Some(app) = self.config.app(&ready.app).cloned() else {
+            return;
+        };
+        let spool = self.spool.clone();
+        let limits = Limits {
+            max_uncompressed: self.config.max_archive_bytes,
+        };
+        let path = ready.path.clone();
+        let label = app.ref_label().to_string();
+        let name = app.name.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            enqueue_archive(&spool, &name, &path, Transfer::Move, &label, None, &limits)
+        })
+        .await;
+        match made {
+            Ok(Ok(job)) => {
+                tracing::info!(
+                    app = %app.name,
+                    job = %job.id,
+                    file = %ready.path.display(),
+                    git_ref = %job.git_ref,
+                    readiness = ?ready.readiness,
+                    "claimed"
+                );
+                if let Err(job) = self.lanes.submit(job) {
+                    tracing::error!(app = %job.app, job = %job.id, "no lane for the app; the job stays in the spool");
+                }
+            }
+            Ok(Err(IntakeError::Rejected {
+                file,
+                rejection,
+                kept: Some(kept),
+            })) => {
+                let outcomes = self.outcomes.clone();
+                let app_name = app.name.clone();
+                let shown = file.display().to_string();
+                let done = tokio::task::spawn_blocking(move || {
+                    outcomes.record_rejected(&app_name, &file, &kept, &rejection)
+                })
+                .await;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(app = %app.name, file = %shown, "cannot move the refused archive to failed/: {e}")
+                    }
+                    Err(e) => tracing::error!(app = %app.name, file = %shown, "{e}"),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(app = %app.name, file = %ready.path.display(), "cannot claim: {e}; the file is left where it is");
+            }
+            Err(e) => {
+                tracing::error!(app = %app.name, file = %ready.path.display(), "claim crashed: {e}")
+            }
+        }
+    }
+
+    /// Re-reads the configuration. A configuration with errors is refused whole; otherwise
+    /// removed apps stop after their job in flight, added apps start, changed apps take their
+    /// new settings.
+    async fn reload(&mut self) {
+        tracing::info!(config = %self.config_path.display(), "reloading the configuration (SIGHUP)");
+        let loaded = match Config::load(&self.config_path, &self.env) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept:\n{e}");
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let new = loaded.config;
+        let token = match new.scalingo.require_token() {
+            Ok(t) => t.clone(),
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept: {e}");
+                return;
+            }
+        };
+        if let Err(e) = check_apps(&new, &self.spool) {
+            tracing::error!("reload refused, the running configuration is kept: {e}");
+            return;
+        }
+        match ScalingoClient::new(&new.scalingo, token) {
+            Ok(client) => self.lanes.context().set_client(Arc::new(client)),
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept: {e}");
+                return;
+            }
+        }
+        let old = std::mem::replace(&mut self.config, new);
+        for app in &old.apps {
+            if self
+                .config
+                .app(&app.name)
+                .is_none_or(|a| a.drop_dir.is_none())
+            {
+                if let Some((_, watcher)) = self.watchers.remove(&app.name) {
+                    watcher.stop();
+                }
+                self.lanes.retire(&app.name);
+                tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
+            }
+        }
+        let mut added = false;
+        for app in self.config.apps.clone() {
+            self.start_lane(&app);
+            let Some(dir) = &app.drop_dir else { continue };
+            let same = self
+                .watchers
+                .get(&app.name)
+                .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle);
+            if same {
+                continue;
+            }
+            if let Some((_, watcher)) = self.watchers.remove(&app.name) {
+                watcher.stop();
+            } else {
+                added = true;
+                tracing::info!(app = %app.name, "app added");
+            }
+            if let Err(e) = self.start_watcher(&app) {
+                tracing::error!(app = %app.name, "cannot watch the drop folder: {e}");
+            }
+        }
+        if added {
+            self.recover().await;
+        }
+        tracing::info!(apps = self.config.apps.len(), "configuration reloaded");
+    }
+}

@@ -1,0 +1,304 @@
+//! Lanes: one per app, so that an app never runs two deployments at once.
+//!
+//! A lane runs one job at a time. Work that arrives while it is busy waits: with
+//! `queue = "latest"` in a single pending slot, where a newer archive replaces a waiting one
+//! (which ends `superseded`, its file kept); with `queue = "all"` in arrival order. A global
+//! semaphore caps how many lanes deploy at once (`max_parallel`). Finished jobs are handed to
+//! the [`Finisher`], which records their outcome.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::{QueuePolicy, RetryConfig};
+use crate::queue::runner::{Observer, Runner};
+use crate::queue::spool::{Job, JobState, Spool};
+use crate::shutdown::Shutdown;
+use crate::target::scalingo::api::ScalingoClient;
+
+/// How a lane runs its app's jobs; may change on reload.
+#[derive(Debug, Clone)]
+pub struct LaneSettings {
+    pub policy: QueuePolicy,
+    pub retry: RetryConfig,
+    pub follow_interval: Duration,
+    pub keep_done: usize,
+}
+
+/// Records the outcome of a finished job (moves its file, appends the history). Called from a
+/// blocking thread.
+pub trait Finisher: Send + Sync {
+    fn finish(&self, job: &Job, keep_done: usize);
+}
+
+/// What every lane shares.
+pub struct LaneContext {
+    client: Mutex<Arc<ScalingoClient>>,
+    spool: Spool,
+    observer: Arc<dyn Observer>,
+    finisher: Arc<dyn Finisher>,
+    permits: Arc<Semaphore>,
+    shutdown: Shutdown,
+}
+
+impl LaneContext {
+    pub fn new(
+        client: Arc<ScalingoClient>,
+        spool: Spool,
+        observer: Arc<dyn Observer>,
+        finisher: Arc<dyn Finisher>,
+        max_parallel: usize,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        Arc::new(LaneContext {
+            client: Mutex::new(client),
+            spool,
+            observer,
+            finisher,
+            permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+            shutdown,
+        })
+    }
+
+    /// The client for jobs started from now on (a reload may change the account or the URLs).
+    pub fn set_client(&self, client: Arc<ScalingoClient>) {
+        if let Ok(mut c) = self.client.lock() {
+            *c = client;
+        }
+    }
+
+    fn client(&self) -> Option<Arc<ScalingoClient>> {
+        self.client.lock().ok().map(|c| c.clone())
+    }
+}
+
+enum LaneMsg {
+    Submit(Box<Job>),
+    Settings(LaneSettings),
+}
+
+/// A running lane.
+struct Lane {
+    tx: mpsc::UnboundedSender<LaneMsg>,
+    task: JoinHandle<()>,
+}
+
+/// All lanes, by app name.
+pub struct Lanes {
+    ctx: Arc<LaneContext>,
+    lanes: HashMap<String, Lane>,
+    /// Job ids handed to a lane, so that a job is never submitted twice.
+    known: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Lanes {
+    pub fn new(ctx: Arc<LaneContext>) -> Self {
+        Lanes {
+            ctx,
+            lanes: HashMap::new(),
+            known: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    pub fn context(&self) -> &Arc<LaneContext> {
+        &self.ctx
+    }
+
+    /// Starts the app's lane, or updates its settings if it runs already.
+    pub fn ensure(&mut self, app: &str, settings: LaneSettings) {
+        if let Some(lane) = self.lanes.get(app)
+            && !lane.task.is_finished()
+            && lane.tx.send(LaneMsg::Settings(settings.clone())).is_ok()
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(lane_task(
+            app.to_string(),
+            settings,
+            rx,
+            self.ctx.clone(),
+            self.known.clone(),
+        ));
+        self.lanes.insert(app.to_string(), Lane { tx, task });
+    }
+
+    /// Whether the job was already handed to a lane.
+    pub fn knows(&self, job_id: &str) -> bool {
+        self.known
+            .lock()
+            .map(|k| k.contains(job_id))
+            .unwrap_or(false)
+    }
+
+    /// Hands a job to its app's lane. Returns the job back if the app has no lane.
+    pub fn submit(&mut self, job: Job) -> Result<(), Box<Job>> {
+        if self.knows(&job.id) {
+            return Ok(());
+        }
+        let Some(lane) = self.lanes.get(&job.app) else {
+            return Err(Box::new(job));
+        };
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(job.id.clone());
+        }
+        lane.tx
+            .send(LaneMsg::Submit(Box::new(job)))
+            .map_err(|e| match e.0 {
+                LaneMsg::Submit(job) => job,
+                LaneMsg::Settings(_) => unreachable!("a submit was sent"),
+            })
+    }
+
+    /// Stops the app's lane from taking work: it ends after the job in flight. Jobs still
+    /// waiting stay in the spool, unfinished, for when the app is configured again.
+    pub fn retire(&mut self, app: &str) {
+        // Dropping the sender closes the lane's inbox.
+        self.lanes.remove(app);
+    }
+
+    /// The apps with a lane.
+    pub fn apps(&self) -> Vec<String> {
+        self.lanes.keys().cloned().collect()
+    }
+
+    /// Waits for every lane to end (after the shutdown fired, or after all were retired).
+    pub async fn join(self) {
+        for (_, lane) in self.lanes {
+            drop(lane.tx);
+            let _ = lane.task.await;
+        }
+    }
+}
+
+/// One app's lane: a job in flight, and what waits behind it.
+async fn lane_task(
+    app: String,
+    mut settings: LaneSettings,
+    mut rx: mpsc::UnboundedReceiver<LaneMsg>,
+    ctx: Arc<LaneContext>,
+    known: Arc<Mutex<HashSet<String>>>,
+) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut current: Option<JoinHandle<()>> = None;
+    let mut open = true;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if !shutdown.is_requested() && current.is_none() {
+            if let Some(job) = pending.pop_front() {
+                current = Some(tokio::spawn(run_job(
+                    job,
+                    settings.clone(),
+                    ctx.clone(),
+                    known.clone(),
+                )));
+            }
+        }
+        if current.is_none() && (!open || shutdown.is_requested()) {
+            // Waiting jobs stay in the spool, unfinished: the next start resumes them.
+            return;
+        }
+        tokio::select! {
+            msg = rx.recv(), if open => match msg {
+                Some(LaneMsg::Submit(job)) => {
+                    accept(&app, *job, &mut pending, settings.policy, &ctx, &settings).await;
+                }
+                Some(LaneMsg::Settings(s)) => settings = s,
+                None => open = false,
+            },
+            _ = async { if let Some(c) = current.as_mut() { let _ = c.await; } }, if current.is_some() => {
+                current = None;
+            }
+            _ = shutdown.requested(), if !shutdown.is_requested() => {}
+        }
+    }
+}
+
+/// Puts a new job in line. With the `latest` policy, jobs that wait and never started are
+/// superseded by it; a job already under way (recovered after a restart) is never superseded.
+async fn accept(
+    app: &str,
+    job: Job,
+    pending: &mut VecDeque<Job>,
+    policy: QueuePolicy,
+    ctx: &Arc<LaneContext>,
+    settings: &LaneSettings,
+) {
+    if policy == QueuePolicy::Latest {
+        let (superseded, kept): (Vec<Job>, Vec<Job>) = pending.drain(..).partition(|waiting| {
+            matches!(waiting.state, JobState::Queued) && waiting.started_at.is_none()
+        });
+        pending.extend(kept);
+        for mut old in superseded {
+            tracing::info!(
+                app,
+                job = %old.id,
+                by = %job.id,
+                "superseded by a newer archive before it started"
+            );
+            old.state = JobState::Superseded { by: job.id.clone() };
+            let (spool, finisher, keep) =
+                (ctx.spool.clone(), ctx.finisher.clone(), settings.keep_done);
+            let done = tokio::task::spawn_blocking(move || match spool.save(&old) {
+                Ok(()) => finisher.finish(&old, keep),
+                Err(e) => tracing::error!(job = %old.id, "cannot record superseded job: {e}"),
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::error!(app, "superseding a job failed: {e}");
+            }
+        }
+    }
+    pending.push_back(job);
+}
+
+/// Runs one job to its end (or to the shutdown), then records its outcome.
+async fn run_job(
+    mut job: Job,
+    settings: LaneSettings,
+    ctx: Arc<LaneContext>,
+    known: Arc<Mutex<HashSet<String>>>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let permit = tokio::select! {
+        permit = ctx.permits.clone().acquire_owned() => permit.ok(),
+        _ = shutdown.requested() => None,
+    };
+    if permit.is_none() {
+        return;
+    }
+    let Some(client) = ctx.client() else {
+        return;
+    };
+    let runner = Runner::new(
+        client,
+        ctx.spool.clone(),
+        settings.retry.clone(),
+        settings.follow_interval,
+        ctx.observer.clone(),
+    )
+    .with_shutdown(ctx.shutdown.clone());
+    if let Err(e) = runner.run(&mut job).await {
+        tracing::error!(
+            app = %job.app,
+            job = %job.id,
+            "the job record cannot be written, the job is left in the spool: {e}"
+        );
+        return;
+    }
+    drop(permit);
+    if job.state.is_finished() {
+        let finisher = ctx.finisher.clone();
+        let id = job.id.clone();
+        let keep = settings.keep_done;
+        if let Err(e) = tokio::task::spawn_blocking(move || finisher.finish(&job, keep)).await {
+            tracing::error!(job = %id, "recording the outcome failed: {e}");
+        }
+        if let Ok(mut known) = known.lock() {
+            known.remove(&id);
+        }
+    }
+}

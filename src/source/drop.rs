@@ -1,0 +1,1290 @@
+//! The drop folder: a directory where a user or a CI job drops ready-made `.tar.gz` archives.
+//!
+//! [`DropWatcher`] watches one folder (not recursively) and sends a [`ReadyFile`] for each archive
+//! once it is complete, exactly once while it stays there. It only *notices*: the daemon claims a
+//! ready file by renaming it into its spool, and later moves it to `done/` or `failed/`.
+//!
+//! A file is complete when it was renamed into the folder (a rename is atomic), or when it was
+//! written in place, closed after its last write, and left unchanged for the settle time. Files
+//! already there when the folder is listed are complete once they are old and unchanged.
+//! Filesystem events are hints: an overflow, a watcher error or a full internal queue leads to a
+//! rescan of the whole folder, so nothing dropped is lost. Linux (inotify) is the target: the
+//! close-after-write signal comes from `IN_CLOSE_WRITE`.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// The subfolder of a drop folder where the daemon moves files that were deployed.
+pub const DONE_DIR: &str = "done";
+/// The subfolder of a drop folder where the daemon moves files that failed, with their reason.
+pub const FAILED_DIR: &str = "failed";
+
+/// Room for this many filesystem events between notify's thread and the watcher task; past that
+/// the events are dropped and the folder is rescanned instead.
+const EVENT_QUEUE: usize = 4096;
+/// How long a drop folder that vanished while watched may stay missing before it is created again
+/// (someone replacing it with `rm -rf dir && mv new dir` gets there first).
+const RECREATE_GRACE: Duration = Duration::from_secs(2);
+/// How often a vanished drop folder that cannot be created or watched is tried again.
+const RECREATE_RETRY: Duration = Duration::from_secs(5);
+
+// Linux errno values (the same on every Linux architecture) that mean an inotify limit.
+const ENOSPC: i32 = 28;
+const EMFILE: i32 = 24;
+
+/// How a file was judged complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Renamed into the folder: a rename is atomic, so the file was complete at once.
+    RenamedIn,
+    /// Written in place, closed after its last write, then unchanged for the settle time.
+    Settled,
+    /// Already in the folder when it was listed (at start, or by a rescan) and no longer changing:
+    /// older than the settle time and unchanged for one check, or unchanged for the settle time.
+    FoundAtStart,
+}
+
+/// A complete archive in a drop folder, ready to be claimed.
+#[derive(Debug, Clone)]
+pub struct ReadyFile {
+    /// The app the drop folder belongs to ([`DropFolderConfig::app`]).
+    pub app: String,
+    /// The file, as an absolute path directly in the drop folder. It may be gone by the time the
+    /// daemon claims it (deleted, or already claimed after a [`DropWatcher::rescan`]): a claim
+    /// that finds nothing there must be ignored.
+    pub path: PathBuf,
+    /// How the file was judged complete.
+    pub readiness: Readiness,
+    /// The file's size in bytes when it was judged complete.
+    pub size: u64,
+}
+
+/// Why a drop folder could not be prepared or watched. Every message names the folder.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    /// The drop folder did not exist and could not be created.
+    #[error("cannot create drop folder {}: {source}", dir.display())]
+    Create { dir: PathBuf, source: io::Error },
+    /// The `done/` or `failed/` subfolder could not be created.
+    #[error("cannot create {} (drop folder {}): {source}", path.display(), dir.display())]
+    CreateSubfolder {
+        dir: PathBuf,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The drop folder's path is taken by something that is not a directory.
+    #[error("drop folder {} exists but is not a directory", dir.display())]
+    NotADirectory { dir: PathBuf },
+    /// The drop folder exists but cannot be read or listed.
+    #[error("cannot read drop folder {}: {source}", dir.display())]
+    Read { dir: PathBuf, source: io::Error },
+    /// The kernel refused another inotify watch (`ENOSPC`) or instance (`EMFILE`).
+    #[error(
+        "cannot watch drop folder {}: {os}: the inotify limit {setting} is reached; raise it \
+         with `sysctl -w {setting}={suggested}` (and in /etc/sysctl.d/ to keep it)",
+        dir.display()
+    )]
+    InotifyLimit {
+        dir: PathBuf,
+        /// The sysctl that sets the limit: `fs.inotify.max_user_watches` or
+        /// `fs.inotify.max_user_instances`.
+        setting: &'static str,
+        /// A value that is usually enough.
+        suggested: u32,
+        /// What the OS said.
+        os: String,
+    },
+    /// The watch could not be set up for another reason.
+    #[error("cannot watch drop folder {}: {reason}", dir.display())]
+    Watch { dir: PathBuf, reason: String },
+    /// [`DropWatcher::start`] was called outside a tokio runtime.
+    #[error("cannot watch drop folder {}: not inside a tokio runtime", dir.display())]
+    NoRuntime { dir: PathBuf },
+}
+
+/// One drop folder to watch.
+#[derive(Debug, Clone)]
+pub struct DropFolderConfig {
+    /// The app whose archives land here; copied into every [`ReadyFile`].
+    pub app: String,
+    /// The folder. Relative paths are taken from the current directory at start.
+    pub dir: PathBuf,
+    /// How long a file written in place must stay closed and unchanged before it is ready.
+    pub settle: Duration,
+}
+
+/// Creates the drop folder (and its `done/` and `failed/` subfolders) if needed, and checks that
+/// it can be listed. A folder that had to be created is logged at INFO. Blocking.
+pub fn prepare(dir: &Path) -> Result<(), DropError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(DropError::NotADirectory {
+                dir: dir.to_path_buf(),
+            });
+        }
+        // NotADirectory: a parent is a file; creating says so in the error the user should see.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            fs::create_dir_all(dir).map_err(|source| DropError::Create {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+            tracing::info!(drop_dir = %dir.display(), "created the missing drop folder");
+        }
+        Err(source) => {
+            return Err(DropError::Read {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    for sub in [DONE_DIR, FAILED_DIR] {
+        let path = dir.join(sub);
+        fs::create_dir_all(&path).map_err(|source| DropError::CreateSubfolder {
+            dir: dir.to_path_buf(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    fs::read_dir(dir).map_err(|source| DropError::Read {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Suffixes of names that download tools and sync programs give a file while it is being
+/// written; the file is taken only once it is renamed to its real name.
+const TEMPORARY_SUFFIXES: [&str; 5] = [".part", ".partial", ".tmp", ".crdownload", "~"];
+/// Suffixes of archives the daemon deploys (compared without regard to ASCII case).
+const ARCHIVE_SUFFIXES: [&str; 2] = [".tar.gz", ".tgz"];
+
+/// Whether a file name is a candidate archive: it ends in `.tar.gz` or `.tgz` (any ASCII case)
+/// with something before it, and is neither hidden (a leading `.`, which covers `.syncthing.*`
+/// and rsync's temporary files) nor a temporary name (`*.part`, `*.partial`, `*.tmp`,
+/// `*.crdownload`, `~*`, `*~`). Names that are not valid UTF-8 are judged on their bytes.
+pub fn is_candidate_name(name: &OsStr) -> bool {
+    let bytes = name.as_encoded_bytes();
+    if bytes.is_empty() || bytes[0] == b'.' || bytes[0] == b'~' {
+        return false;
+    }
+    let ends_with = |suffix: &str| {
+        bytes.len() > suffix.len()
+            && bytes[bytes.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if TEMPORARY_SUFFIXES.iter().any(|s| ends_with(s)) {
+        return false;
+    }
+    ARCHIVE_SUFFIXES.iter().any(|s| ends_with(s))
+}
+
+/// What a check saw of a file: its size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    mtime: Option<SystemTime>,
+}
+
+/// How far a candidate file is from complete. Pure data: the watcher feeds it events and what
+/// each check sees, and it answers whether the file is ready.
+#[derive(Debug, Clone)]
+struct Settling {
+    seen: Seen,
+    /// When the size or mtime last changed, or a write or close was last reported.
+    last_change: Instant,
+    /// Closed after its last write (or, for a file found by a listing, no close is awaited).
+    closed: bool,
+    /// Found by a listing rather than by a write event; decides the [`Readiness`].
+    found: bool,
+    /// Found with an mtime older than the settle time: one unchanged check is enough.
+    old: bool,
+}
+
+impl Settling {
+    /// A file found by listing the folder. Its close may have happened before the watch began,
+    /// so none is awaited.
+    fn found(seen: Seen, now: Instant, old: bool) -> Self {
+        Settling {
+            seen,
+            last_change: now,
+            closed: true,
+            found: true,
+            old,
+        }
+    }
+
+    /// A file that an event says is being written in place.
+    fn written(seen: Seen, now: Instant) -> Self {
+        Settling {
+            seen,
+            last_change: now,
+            closed: false,
+            found: false,
+            old: false,
+        }
+    }
+
+    /// Someone wrote to it: it now needs a close, then the settle time.
+    fn on_write(&mut self, now: Instant) {
+        self.last_change = now;
+        self.closed = false;
+        self.found = false;
+        self.old = false;
+    }
+
+    /// A writer closed it: the settle time runs from now.
+    fn on_close(&mut self, now: Instant) {
+        self.last_change = now;
+        self.closed = true;
+    }
+
+    /// Events may have been lost (an overflow): a close may have been among them, so stop
+    /// waiting for one and rely on the settle time alone. A later write asks for a close again.
+    fn forget_close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Records what a check saw and says whether the file is ready now. Any change of size or
+    /// mtime restarts the settle time.
+    fn check(&mut self, seen: Seen, now: Instant, settle: Duration) -> Option<Readiness> {
+        if seen != self.seen {
+            self.seen = seen;
+            self.last_change = now;
+            self.old = false;
+            return None;
+        }
+        let readiness = if self.found {
+            Readiness::FoundAtStart
+        } else {
+            Readiness::Settled
+        };
+        if self.old || (self.closed && now.saturating_duration_since(self.last_change) >= settle) {
+            Some(readiness)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a file's mtime is at least `settle` in the past (an mtime in the future is not).
+fn is_old(mtime: Option<SystemTime>, wall_now: SystemTime, settle: Duration) -> bool {
+    mtime.is_some_and(|m| wall_now.duration_since(m).is_ok_and(|age| age >= settle))
+}
+
+/// How often candidates that wait to settle are checked: a quarter of the settle time, at most
+/// 250 ms, at least 10 ms.
+fn check_interval(settle: Duration) -> Duration {
+    (settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// What one event says about a file of the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// A new file appeared under this name (`IN_CREATE`).
+    Created,
+    /// Its data changed (`IN_MODIFY`).
+    Written,
+    /// A writer closed it (`IN_CLOSE_WRITE`).
+    Closed,
+    /// It was renamed into the folder under this name (`IN_MOVED_TO`).
+    RenamedIn,
+    /// It was renamed, in an unknown direction (backends without rename pairs).
+    Renamed,
+    /// It left: deleted or renamed away.
+    Gone,
+    /// Its metadata changed.
+    Touched,
+}
+
+/// What one notify event says about the folder.
+#[derive(Debug, Default, PartialEq)]
+struct Reading {
+    /// Hints about candidate files, by their path in the folder.
+    hints: Vec<(PathBuf, Hint)>,
+    /// Events were lost: list the whole folder again.
+    rescan: bool,
+    /// The folder itself was deleted or renamed away.
+    folder_lost: bool,
+}
+
+/// Reads one event: which candidate files of `dir` it is about, and what it says of each. Paths
+/// outside `dir` (or in its subfolders) and names that are not candidates are left out.
+fn read_event(event: &Event, dir: &Path) -> Reading {
+    let mut reading = Reading {
+        rescan: event.need_rescan(),
+        ..Reading::default()
+    };
+    let hint_for = |index: usize| -> Option<Hint> {
+        match event.kind {
+            EventKind::Create(_) => Some(Hint::Created),
+            EventKind::Modify(ModifyKind::Data(_)) => Some(Hint::Written),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Hint::RenamedIn),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Some(Hint::Gone),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => Some(if index == 0 {
+                Hint::Gone
+            } else {
+                Hint::RenamedIn
+            }),
+            EventKind::Modify(ModifyKind::Name(_)) => Some(Hint::Renamed),
+            EventKind::Modify(_) => Some(Hint::Touched),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Hint::Closed),
+            EventKind::Remove(_) => Some(Hint::Gone),
+            EventKind::Access(_) | EventKind::Any | EventKind::Other => None,
+        }
+    };
+    for (index, path) in event.paths.iter().enumerate() {
+        let Some(hint) = hint_for(index) else {
+            continue;
+        };
+        if path == dir {
+            reading.folder_lost |= hint == Hint::Gone;
+            continue;
+        }
+        if path.parent() != Some(dir) {
+            continue;
+        }
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if is_candidate_name(name) {
+            reading.hints.push((dir.join(name), hint));
+        }
+    }
+    reading
+}
+
+/// What a path in the folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Regular(Seen),
+    /// Anything else, described for the warning ("a symbolic link", …).
+    Other(&'static str),
+}
+
+/// Looks at a path without following a symlink and without opening it (a fifo would block).
+fn look(path: &Path) -> io::Result<Kind> {
+    let meta = fs::symlink_metadata(path)?;
+    let file_type = meta.file_type();
+    if file_type.is_file() {
+        return Ok(Kind::Regular(Seen {
+            size: meta.len(),
+            mtime: meta.modified().ok(),
+        }));
+    }
+    Ok(Kind::Other(describe(&file_type)))
+}
+
+fn describe(file_type: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a named pipe (fifo)";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_block_device() || file_type.is_char_device() {
+            return "a device";
+        }
+    }
+    if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Lists the candidate names of the folder with what each is; `None` where it could not be
+/// looked at (it stays as it was). Blocking.
+fn list_folder(dir: &Path) -> io::Result<Vec<(PathBuf, Option<Kind>)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::debug!(drop_dir = %dir.display(), "skipping an unreadable entry: {e}");
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        if !is_candidate_name(&name) {
+            continue;
+        }
+        let path = dir.join(&name);
+        match look(&path) {
+            Ok(kind) => found.push((path, Some(kind))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!(file = %path.display(), "cannot look at a drop file: {e}");
+                found.push((path, None));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Starts a non-recursive notify watch on `dir` whose callback never blocks: it only tries to
+/// queue the event, and raises `overflow` when the queue is full.
+fn start_watch(
+    dir: &Path,
+    events: mpsc::Sender<notify::Result<Event>>,
+    overflow: Arc<AtomicBool>,
+) -> Result<RecommendedWatcher, DropError> {
+    let handler = move |res: notify::Result<Event>| {
+        // Opens and reads are frequent and say nothing about completeness.
+        if let Ok(event) = &res {
+            if matches!(
+                event.kind,
+                EventKind::Access(
+                    AccessKind::Open(_)
+                        | AccessKind::Read
+                        | AccessKind::Close(AccessMode::Read)
+                        | AccessKind::Any
+                        | AccessKind::Other
+                )
+            ) && !event.need_rescan()
+            {
+                return;
+            }
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(res) {
+            overflow.store(true, Ordering::Release);
+        }
+    };
+    let mut watcher = notify::recommended_watcher(handler).map_err(|e| watch_error(dir, e))?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| watch_error(dir, e))?;
+    Ok(watcher)
+}
+
+fn watch_error(dir: &Path, e: notify::Error) -> DropError {
+    let watches = |os: String| DropError::InotifyLimit {
+        dir: dir.to_path_buf(),
+        setting: "fs.inotify.max_user_watches",
+        suggested: 524_288,
+        os,
+    };
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => watches("No space left on device (ENOSPC)".to_string()),
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(ENOSPC) => watches(io.to_string()),
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(EMFILE) => DropError::InotifyLimit {
+            dir: dir.to_path_buf(),
+            setting: "fs.inotify.max_user_instances",
+            suggested: 512,
+            os: io.to_string(),
+        },
+        notify::ErrorKind::Io(io) => DropError::Watch {
+            dir: dir.to_path_buf(),
+            reason: io.to_string(),
+        },
+        notify::ErrorKind::PathNotFound => DropError::Watch {
+            dir: dir.to_path_buf(),
+            reason: "the folder does not exist".to_string(),
+        },
+        _ => DropError::Watch {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The receiver of ready files is gone: the watcher has no one to tell, so it stops.
+struct ReceiverGone;
+
+/// Why the folder is listed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rescan {
+    /// At start, or events were lost (overflow, watcher error, the folder came back): files
+    /// already sent stay sent while they are there, and no close is awaited any more.
+    EventsLost,
+    /// Asked for by [`DropWatcher::rescan`]: every complete file still there is sent again.
+    Requested,
+}
+
+/// The watcher task's view of the folder.
+struct Folder {
+    app: String,
+    dir: PathBuf,
+    settle: Duration,
+    /// Files waiting to be complete.
+    candidates: HashMap<PathBuf, Settling>,
+    /// Files sent and still there.
+    sent: HashSet<PathBuf>,
+    /// Paths already warned about (not regular files), so each is warned about once.
+    warned: HashSet<PathBuf>,
+    ready: mpsc::Sender<ReadyFile>,
+}
+
+impl Folder {
+    /// The path left the folder: a file dropped later under the same name is new work.
+    fn forget(&mut self, path: &Path) {
+        self.candidates.remove(path);
+        self.sent.remove(path);
+        self.warned.remove(path);
+    }
+
+    fn warn_once(&mut self, path: &Path, what: &str) {
+        self.candidates.remove(path);
+        if self.warned.insert(path.to_path_buf()) {
+            tracing::warn!(
+                app = %self.app,
+                file = %path.display(),
+                "ignoring {} in the drop folder: it is {what}, not a regular file (symbolic links \
+                 are not followed)",
+                path.display()
+            );
+        }
+    }
+
+    async fn send(
+        &mut self,
+        path: PathBuf,
+        readiness: Readiness,
+        size: u64,
+    ) -> Result<(), ReceiverGone> {
+        self.candidates.remove(&path);
+        self.sent.insert(path.clone());
+        tracing::debug!(app = %self.app, file = %path.display(), ?readiness, size, "drop file ready");
+        let ready = ReadyFile {
+            app: self.app.clone(),
+            path,
+            readiness,
+            size,
+        };
+        self.ready.send(ready).await.map_err(|_| ReceiverGone)
+    }
+
+    /// Looks at a path an event named; `None` when it is gone or not a regular file (both
+    /// handled here).
+    fn look_at(&mut self, path: &Path) -> Option<Seen> {
+        match look(path) {
+            Ok(Kind::Regular(seen)) => {
+                self.warned.remove(path);
+                Some(seen)
+            }
+            Ok(Kind::Other(what)) => {
+                self.warn_once(path, what);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(path);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(file = %path.display(), "cannot look at a drop file: {e}");
+                None
+            }
+        }
+    }
+
+    async fn apply(&mut self, path: PathBuf, hint: Hint) -> Result<(), ReceiverGone> {
+        if hint == Hint::Gone {
+            self.forget(&path);
+            return Ok(());
+        }
+        // Rewritten after it was sent: the daemon's claim decides what it takes.
+        if self.sent.contains(&path) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        match hint {
+            Hint::RenamedIn | Hint::Renamed => {
+                if let Some(seen) = self.look_at(&path) {
+                    self.send(path, Readiness::RenamedIn, seen.size).await?;
+                }
+            }
+            Hint::Created | Hint::Written => {
+                if let Some(settling) = self.candidates.get_mut(&path) {
+                    settling.on_write(now);
+                } else if let Some(seen) = self.look_at(&path) {
+                    self.candidates.insert(path, Settling::written(seen, now));
+                }
+            }
+            Hint::Closed => {
+                if let Some(settling) = self.candidates.get_mut(&path) {
+                    settling.on_close(now);
+                } else if let Some(seen) = self.look_at(&path) {
+                    let mut settling = Settling::written(seen, now);
+                    settling.on_close(now);
+                    self.candidates.insert(path, settling);
+                }
+            }
+            Hint::Touched => {
+                // A tracked file's change shows in its next check; an unknown one is taken in.
+                if !self.candidates.contains_key(&path) {
+                    if let Some(seen) = self.look_at(&path) {
+                        self.candidates
+                            .insert(path, Settling::found(seen, now, false));
+                    }
+                }
+            }
+            Hint::Gone => {}
+        }
+        Ok(())
+    }
+
+    /// Checks every waiting candidate and sends those that are complete.
+    async fn check_candidates(&mut self) -> Result<(), ReceiverGone> {
+        let paths: Vec<PathBuf> = self.candidates.keys().cloned().collect();
+        for path in paths {
+            let Some(seen) = self.look_at(&path) else {
+                continue;
+            };
+            let now = Instant::now();
+            let settle = self.settle;
+            let verdict = self
+                .candidates
+                .get_mut(&path)
+                .and_then(|settling| settling.check(seen, now, settle));
+            if let Some(readiness) = verdict {
+                self.send(path, readiness, seen.size).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the folder and brings what is known up to date with it. Returns `false` when the
+    /// folder itself is missing.
+    async fn scan(&mut self, why: Rescan) -> bool {
+        let dir = self.dir.clone();
+        let listing = match tokio::task::spawn_blocking(move || list_folder(&dir)).await {
+            Ok(Ok(listing)) => listing,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => return false,
+            Ok(Err(e)) => {
+                tracing::error!(app = %self.app, drop_dir = %self.dir.display(), "cannot list the drop folder: {e}");
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(app = %self.app, drop_dir = %self.dir.display(), "listing the drop folder failed: {e}");
+                return true;
+            }
+        };
+        let present: HashSet<&PathBuf> = listing.iter().map(|(path, _)| path).collect();
+        match why {
+            Rescan::Requested => self.sent.clear(),
+            Rescan::EventsLost => self.sent.retain(|p| present.contains(p)),
+        }
+        self.candidates.retain(|p, _| present.contains(p));
+        self.warned.retain(|p| present.contains(p));
+        if why == Rescan::EventsLost {
+            self.candidates
+                .values_mut()
+                .for_each(Settling::forget_close);
+        }
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        for (path, kind) in listing {
+            if self.sent.contains(&path) || self.candidates.contains_key(&path) {
+                continue;
+            }
+            match kind {
+                Some(Kind::Regular(seen)) => {
+                    self.warned.remove(&path);
+                    let old = is_old(seen.mtime, wall_now, self.settle);
+                    self.candidates
+                        .insert(path, Settling::found(seen, now, old));
+                }
+                Some(Kind::Other(what)) => self.warn_once(&path, what),
+                None => {}
+            }
+        }
+        true
+    }
+}
+
+/// The task behind a [`DropWatcher`].
+struct WatchTask {
+    folder: Folder,
+    events: mpsc::Receiver<notify::Result<Event>>,
+    /// Kept to make a new watch if the folder vanishes and comes back.
+    events_tx: mpsc::Sender<notify::Result<Event>>,
+    overflow: Arc<AtomicBool>,
+    rescan: Arc<Notify>,
+    /// `None` while the folder is missing.
+    watcher: Option<RecommendedWatcher>,
+}
+
+impl WatchTask {
+    async fn run(mut self) {
+        if self.run_until_receiver_gone().await.is_err() {
+            tracing::debug!(app = %self.folder.app, "drop folder watcher stops: nobody receives ready files");
+        }
+    }
+
+    async fn run_until_receiver_gone(&mut self) -> Result<(), ReceiverGone> {
+        let interval = check_interval(self.folder.settle);
+        let mut next_check: Option<Instant> = None;
+        let mut recreate_at: Option<Instant> = None;
+        let mut recreate_failed = false;
+        if !self.folder.scan(Rescan::EventsLost).await {
+            self.lose_folder(&mut recreate_at);
+        }
+        loop {
+            next_check = match next_check {
+                _ if self.folder.candidates.is_empty() => None,
+                None => Some(Instant::now() + interval),
+                some => some,
+            };
+            let mut events_lost = false;
+            let mut requested = false;
+            let mut folder_lost = false;
+            tokio::select! {
+                Some(res) = self.events.recv() => match res {
+                    Ok(event) => {
+                        let reading = read_event(&event, &self.folder.dir);
+                        for (path, hint) in reading.hints {
+                            self.folder.apply(path, hint).await?;
+                        }
+                        events_lost = reading.rescan;
+                        folder_lost = reading.folder_lost;
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %self.folder.app, drop_dir = %self.folder.dir.display(), "file watch error: {e}; listing the folder again");
+                        events_lost = true;
+                    }
+                },
+                () = self.rescan.notified() => requested = true,
+                () = sleep_until(next_check), if next_check.is_some() => {
+                    next_check = None;
+                    self.folder.check_candidates().await?;
+                }
+                () = sleep_until(recreate_at), if recreate_at.is_some() => {
+                    recreate_at = None;
+                    match self.watch_again() {
+                        Ok(()) => {
+                            tracing::info!(app = %self.folder.app, drop_dir = %self.folder.dir.display(), "drop folder watched again");
+                            recreate_failed = false;
+                            events_lost = true;
+                        }
+                        Err(e) => {
+                            if recreate_failed {
+                                tracing::debug!(app = %self.folder.app, "{e}");
+                            } else {
+                                tracing::error!(app = %self.folder.app, "{e}; trying again every {}s", RECREATE_RETRY.as_secs());
+                            }
+                            recreate_failed = true;
+                            recreate_at = Some(Instant::now() + RECREATE_RETRY);
+                        }
+                    }
+                }
+            }
+            if self.overflow.swap(false, Ordering::AcqRel) {
+                tracing::debug!(app = %self.folder.app, "file event queue full; listing the folder again");
+                self.discard_queued_events();
+                events_lost = true;
+            }
+            if self.watcher.is_none() {
+                continue;
+            }
+            if folder_lost {
+                self.lose_folder(&mut recreate_at);
+                continue;
+            }
+            let scans = [
+                events_lost.then_some(Rescan::EventsLost),
+                requested.then_some(Rescan::Requested),
+            ];
+            for why in scans.into_iter().flatten() {
+                if !self.folder.scan(why).await {
+                    self.lose_folder(&mut recreate_at);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// After an overflow, the events still queued are older than the ones lost: a write among
+    /// them whose close was lost would make its file wait for a close forever. The listing that
+    /// follows sees the folder as it is now, so they are dropped (at most one queue's worth, so
+    /// that a steady stream of new events cannot keep this going).
+    fn discard_queued_events(&mut self) {
+        for _ in 0..EVENT_QUEUE {
+            if self.events.try_recv().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The folder was deleted or renamed away: its watch is worthless, so drop it and make the
+    /// folder again after a grace period.
+    fn lose_folder(&mut self, recreate_at: &mut Option<Instant>) {
+        tracing::error!(
+            app = %self.folder.app,
+            drop_dir = %self.folder.dir.display(),
+            "the drop folder was removed or renamed; it will be created and watched again in {}s",
+            RECREATE_GRACE.as_secs()
+        );
+        self.watcher = None;
+        self.folder.candidates.clear();
+        self.folder.sent.clear();
+        self.folder.warned.clear();
+        *recreate_at = Some(Instant::now() + RECREATE_GRACE);
+    }
+
+    fn watch_again(&mut self) -> Result<(), DropError> {
+        prepare(&self.folder.dir)?;
+        let watcher = start_watch(
+            &self.folder.dir,
+            self.events_tx.clone(),
+            self.overflow.clone(),
+        )?;
+        self.watcher = Some(watcher);
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+    }
+}
+
+/// Watches one drop folder and sends each complete archive on a channel, once.
+///
+/// Dropping it (or calling [`DropWatcher::stop`]) ends the watch and its task.
+pub struct DropWatcher {
+    rescan: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl DropWatcher {
+    /// Prepares the folder (see [`prepare`]), starts the watch first and then lists what is
+    /// already there (so nothing dropped in between is missed), and from then on sends each
+    /// complete archive on `tx`. Must be called inside a tokio runtime. Errors name the folder
+    /// and the OS error; an inotify limit says which `sysctl` to raise.
+    ///
+    /// A file is sent once while it stays in the folder; once it leaves (claimed, deleted), the
+    /// same name dropped again is sent again. If the drop folder itself is removed while watched,
+    /// it is created and watched again a little later (logged at ERROR). The watcher stops by
+    /// itself if `tx`'s receiver is dropped.
+    pub fn start(
+        cfg: DropFolderConfig,
+        tx: mpsc::Sender<ReadyFile>,
+    ) -> Result<DropWatcher, DropError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(DropError::NoRuntime { dir: cfg.dir });
+        };
+        let dir = std::path::absolute(&cfg.dir).map_err(|source| DropError::Read {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
+        prepare(&dir)?;
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let watcher = start_watch(&dir, events_tx.clone(), overflow.clone())?;
+        let rescan = Arc::new(Notify::new());
+        let task = WatchTask {
+            folder: Folder {
+                app: cfg.app,
+                dir,
+                settle: cfg.settle,
+                candidates: HashMap::new(),
+                sent: HashSet::new(),
+                warned: HashSet::new(),
+                ready: tx,
+            },
+            events,
+            events_tx,
+            overflow,
+            rescan: rescan.clone(),
+            watcher: Some(watcher),
+        };
+        let task = runtime.spawn(task.run());
+        Ok(DropWatcher { rescan, task })
+    }
+
+    /// Asks for the whole folder to be listed again, for instance after a failed claim. Unlike
+    /// the rescans the watcher does by itself, this one forgets what was sent: every complete
+    /// archive still in the folder is sent again (as [`Readiness::FoundAtStart`]), including
+    /// ones whose claim may be in flight. Call it after a back-off, not in a tight loop.
+    pub fn rescan(&self) {
+        self.rescan.notify_one();
+    }
+
+    /// Stops the watch and its task (the same as dropping the watcher).
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for DropWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for DropWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropWatcher").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RemoveKind};
+
+    fn candidate(name: &str) -> bool {
+        is_candidate_name(OsStr::new(name))
+    }
+
+    #[test]
+    fn archives_are_candidates() {
+        assert!(candidate("app.tar.gz"));
+        assert!(candidate("app-1.2.3.tgz"));
+        assert!(candidate("APP.TAR.GZ"));
+        assert!(candidate("x.tar.gz"));
+    }
+
+    #[test]
+    fn other_names_are_not_candidates() {
+        for name in [
+            "notes.txt",
+            "app.tar",
+            "app.gz",
+            "app.zip",
+            ".tar.gz",
+            ".tgz",
+            "tar.gz",
+            "",
+            "done",
+            "failed",
+        ] {
+            assert!(!candidate(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_and_temporary_names_are_not_candidates() {
+        for name in [
+            ".app.tar.gz",
+            ".syncthing.app.tar.gz.tmp",
+            ".app.tar.gz.AbC123",
+            "app.tar.gz.part",
+            "app.tar.gz.partial",
+            "app.tar.gz.tmp",
+            "app.tar.gz.crdownload",
+            "~app.tar.gz",
+            "app.tar.gz~",
+            "APP.TAR.GZ.PART",
+        ] {
+            assert!(!candidate(name), "{name:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn names_that_are_not_utf8_are_judged_on_their_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        assert!(is_candidate_name(OsStr::from_bytes(b"caf\xe9.tar.gz")));
+        assert!(!is_candidate_name(OsStr::from_bytes(b".caf\xe9.tar.gz")));
+    }
+
+    const SETTLE: Duration = Duration::from_secs(2);
+
+    fn seen(size: u64, secs: u64) -> Seen {
+        Seen {
+            size,
+            mtime: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        }
+    }
+
+    #[test]
+    fn a_written_file_is_not_ready_before_it_is_closed() {
+        let t0 = Instant::now();
+        let mut s = Settling::written(seen(10, 100), t0);
+        assert_eq!(
+            s.check(seen(10, 100), t0 + Duration::from_secs(60), SETTLE),
+            None
+        );
+    }
+
+    #[test]
+    fn a_closed_file_is_ready_after_settle_without_change() {
+        let t0 = Instant::now();
+        let mut s = Settling::written(seen(10, 100), t0);
+        s.on_close(t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(s.check(seen(10, 100), t1 + SETTLE / 2, SETTLE), None);
+        assert_eq!(
+            s.check(seen(10, 100), t1 + SETTLE, SETTLE),
+            Some(Readiness::Settled)
+        );
+    }
+
+    #[test]
+    fn a_change_of_size_or_mtime_restarts_the_settle_time() {
+        let t0 = Instant::now();
+        let mut s = Settling::written(seen(10, 100), t0);
+        s.on_close(t0);
+        let t1 = t0 + SETTLE;
+        assert_eq!(s.check(seen(20, 100), t1, SETTLE), None);
+        assert_eq!(s.check(seen(20, 100), t1 + SETTLE / 2, SETTLE), None);
+        assert_eq!(s.check(seen(20, 101), t1 + SETTLE, SETTLE), None);
+        let t2 = t1 + SETTLE;
+        assert_eq!(
+            s.check(seen(20, 101), t2 + SETTLE, SETTLE),
+            Some(Readiness::Settled)
+        );
+    }
+
+    #[test]
+    fn a_write_after_close_asks_for_a_new_close() {
+        let t0 = Instant::now();
+        let mut s = Settling::written(seen(10, 100), t0);
+        s.on_close(t0);
+        s.on_write(t0 + Duration::from_secs(1));
+        assert_eq!(s.check(seen(10, 100), t0 + SETTLE * 10, SETTLE), None);
+        s.on_close(t0 + SETTLE * 10);
+        assert_eq!(
+            s.check(seen(10, 100), t0 + SETTLE * 11, SETTLE),
+            Some(Readiness::Settled)
+        );
+    }
+
+    #[test]
+    fn an_old_file_found_is_ready_after_one_unchanged_check() {
+        let t0 = Instant::now();
+        let mut s = Settling::found(seen(10, 100), t0, true);
+        assert_eq!(
+            s.check(seen(10, 100), t0 + Duration::from_millis(250), SETTLE),
+            Some(Readiness::FoundAtStart)
+        );
+    }
+
+    #[test]
+    fn an_old_file_found_that_changes_waits_for_settle() {
+        let t0 = Instant::now();
+        let mut s = Settling::found(seen(10, 100), t0, true);
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(s.check(seen(11, 100), t1, SETTLE), None);
+        assert_eq!(s.check(seen(11, 100), t1 + SETTLE / 2, SETTLE), None);
+        assert_eq!(
+            s.check(seen(11, 100), t1 + SETTLE, SETTLE),
+            Some(Readiness::FoundAtStart)
+        );
+    }
+
+    #[test]
+    fn a_young_file_found_needs_settle_but_no_close() {
+        let t0 = Instant::now();
+        let mut s = Settling::found(seen(10, 100), t0, false);
+        assert_eq!(s.check(seen(10, 100), t0 + SETTLE / 2, SETTLE), None);
+        assert_eq!(
+            s.check(seen(10, 100), t0 + SETTLE, SETTLE),
+            Some(Readiness::FoundAtStart)
+        );
+    }
+
+    #[test]
+    fn a_found_file_that_is_written_to_needs_a_close() {
+        let t0 = Instant::now();
+        let mut s = Settling::found(seen(10, 100), t0, true);
+        s.on_write(t0);
+        assert_eq!(s.check(seen(10, 100), t0 + SETTLE * 5, SETTLE), None);
+        s.on_close(t0 + SETTLE * 5);
+        assert_eq!(
+            s.check(seen(10, 100), t0 + SETTLE * 6, SETTLE),
+            Some(Readiness::Settled)
+        );
+    }
+
+    #[test]
+    fn after_lost_events_no_close_is_awaited() {
+        let t0 = Instant::now();
+        let mut s = Settling::written(seen(10, 100), t0);
+        s.forget_close();
+        assert_eq!(
+            s.check(seen(10, 100), t0 + SETTLE, SETTLE),
+            Some(Readiness::Settled)
+        );
+    }
+
+    #[test]
+    fn age_is_measured_on_the_mtime() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |secs| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert!(is_old(at(990), now, SETTLE));
+        assert!(is_old(at(998), now, SETTLE));
+        assert!(!is_old(at(999), now, SETTLE));
+        assert!(!is_old(at(2000), now, SETTLE), "an mtime in the future");
+        assert!(!is_old(None, now, SETTLE));
+    }
+
+    #[test]
+    fn the_check_interval_is_a_quarter_of_settle_at_most_250ms() {
+        assert_eq!(
+            check_interval(Duration::from_secs(2)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            check_interval(Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(check_interval(Duration::ZERO), Duration::from_millis(10));
+    }
+
+    fn event(kind: EventKind, paths: &[&str]) -> Event {
+        paths
+            .iter()
+            .fold(Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+    }
+
+    fn hints(event: &Event) -> Vec<(PathBuf, Hint)> {
+        read_event(event, Path::new("/drop")).hints
+    }
+
+    #[test]
+    fn events_become_hints_for_candidates_in_the_folder() {
+        let p = PathBuf::from("/drop/a.tar.gz");
+        let cases = [
+            (EventKind::Create(CreateKind::File), Hint::Created),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                Hint::Written,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                Hint::Closed,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                Hint::RenamedIn,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                Hint::Gone,
+            ),
+            (EventKind::Remove(RemoveKind::File), Hint::Gone),
+        ];
+        for (kind, hint) in cases {
+            assert_eq!(
+                hints(&event(kind, &["/drop/a.tar.gz"])),
+                vec![(p.clone(), hint)]
+            );
+        }
+        let opened = event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            &["/drop/a.tar.gz"],
+        );
+        assert!(hints(&opened).is_empty());
+    }
+
+    #[test]
+    fn a_rename_pair_is_a_departure_and_an_arrival() {
+        let both = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/drop/a.tar.gz.partial", "/drop/a.tar.gz"],
+        );
+        assert_eq!(
+            hints(&both),
+            vec![(PathBuf::from("/drop/a.tar.gz"), Hint::RenamedIn)]
+        );
+        let out = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/drop/a.tar.gz", "/elsewhere/a.tar.gz"],
+        );
+        assert_eq!(
+            hints(&out),
+            vec![(PathBuf::from("/drop/a.tar.gz"), Hint::Gone)]
+        );
+    }
+
+    #[test]
+    fn subfolders_other_folders_and_other_names_are_left_out() {
+        for path in [
+            "/drop/done/a.tar.gz",
+            "/drop/failed/a.tar.gz",
+            "/other/a.tar.gz",
+            "/drop/a.txt",
+            "/drop/.a.tar.gz",
+        ] {
+            let e = event(EventKind::Create(CreateKind::File), &[path]);
+            assert!(hints(&e).is_empty(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_folder_itself_going_away_is_noticed() {
+        let removed = event(EventKind::Remove(RemoveKind::Folder), &["/drop"]);
+        assert!(read_event(&removed, Path::new("/drop")).folder_lost);
+        let moved = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            &["/drop"],
+        );
+        assert!(read_event(&moved, Path::new("/drop")).folder_lost);
+        let touched = event(
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            &["/drop"],
+        );
+        assert!(!read_event(&touched, Path::new("/drop")).folder_lost);
+    }
+
+    #[test]
+    fn inotify_limits_say_which_sysctl_to_raise() {
+        let dir = Path::new("/srv/deploy/my-app");
+        let watches = watch_error(dir, notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        let message = watches.to_string();
+        assert!(message.contains("/srv/deploy/my-app"), "{message}");
+        assert!(
+            message.contains("sysctl -w fs.inotify.max_user_watches="),
+            "{message}"
+        );
+
+        let emfile = notify::Error::io(io::Error::from_raw_os_error(EMFILE));
+        let message = watch_error(dir, emfile).to_string();
+        assert!(message.contains("/srv/deploy/my-app"), "{message}");
+        assert!(
+            message.contains("sysctl -w fs.inotify.max_user_instances="),
+            "{message}"
+        );
+        assert!(message.contains("os error 24"), "{message}");
+
+        let other = notify::Error::io(io::Error::from_raw_os_error(13));
+        let message = watch_error(dir, other).to_string();
+        assert!(
+            message.contains("/srv/deploy/my-app") && !message.contains("sysctl"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_is_an_error() {
+        let (tx, _rx) = mpsc::channel(1);
+        let cfg = DropFolderConfig {
+            app: "my-app".to_string(),
+            dir: PathBuf::from("/nonexistent/drop"),
+            settle: SETTLE,
+        };
+        let err = DropWatcher::start(cfg, tx).expect_err("no runtime");
+        assert!(matches!(err, DropError::NoRuntime { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_overflow_asks_for_a_rescan() {
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        let reading = read_event(&overflow, Path::new("/drop"));
+        assert!(reading.rescan);
+        assert!(reading.hints.is_empty());
+    }
+}
