@@ -854,7 +854,26 @@ fn config_dir(origin: &Path) -> PathBuf {
 }
 
 fn resolve(base: &Path, value: &str) -> PathBuf {
-    base.join(value)
+    normalize(&base.join(value))
+}
+
+/// Removes `.` and `..` components lexically, so that paths in messages read as a person
+/// would write them (`/srv/var/drop`, not `/srv/config/../var/drop`).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// A path value: not empty, resolved against the config file's directory.
@@ -2068,6 +2087,18 @@ git_ref_label = "-x"
     }
 
     #[test]
+    fn relative_paths_are_normalized() {
+        assert_eq!(
+            resolve(Path::new("/srv/app/config"), "../var/./drop"),
+            PathBuf::from("/srv/app/var/drop")
+        );
+        assert_eq!(
+            resolve(Path::new("/etc"), "/abs/x"),
+            PathBuf::from("/abs/x")
+        );
+    }
+
+    #[test]
     fn git_ref_labels() {
         assert!(is_git_ref_label("my-app_2.0"));
         assert!(!is_git_ref_label("-x"));
@@ -2099,7 +2130,7 @@ source_dir = "../src/b"
         );
         assert_eq!(
             c.app("b").unwrap().source_dir,
-            Some(dir.path().join("../src/b"))
+            Some(dir.path().parent().unwrap().join("src/b"))
         );
         assert_eq!(
             c.scalingo.token.as_ref().map(Secret::expose),

@@ -358,3 +358,29 @@ fn sigkill_at_each_job_state_loses_nothing_and_deploys_each_archive_once() {
         }
     }
 }
+
+#[test]
+fn a_drop_folder_on_another_filesystem_than_the_spool_is_refused_at_start() {
+    let world = World::new();
+    let shm = std::path::Path::new("/dev/shm");
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(shm_meta), Ok(tmp_meta)) =
+        (std::fs::metadata(shm), std::fs::metadata(world.dir.path()))
+    else {
+        eprintln!("skipped: no /dev/shm to stand for another filesystem");
+        return;
+    };
+    if shm_meta.dev() == tmp_meta.dev() {
+        eprintln!("skipped: /dev/shm is on the same filesystem as the test directory");
+        return;
+    }
+    let elsewhere = tempfile::tempdir_in(shm).unwrap();
+    world.append_config(&format!(
+        "\n[[app]]\nname = \"my-app\"\ndrop_dir = \"{}\"\n",
+        elsewhere.path().display()
+    ));
+    let run = world.run(&["run"]);
+    run.assert_code(1)
+        .assert_contains("another filesystem")
+        .assert_contains(&elsewhere.path().display().to_string());
+}

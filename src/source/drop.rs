@@ -25,10 +25,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-/// The subfolder of a drop folder where the daemon moves files that were deployed.
-pub const DONE_DIR: &str = "done";
-/// The subfolder of a drop folder where the daemon moves files that failed, with their reason.
-pub const FAILED_DIR: &str = "failed";
+/// The subfolders where finished files go (defined by the outcome, created here at start).
+pub use crate::outcome::{DONE_DIR, FAILED_DIR};
 
 /// Room for this many filesystem events between notify's thread and the watcher task; past that
 /// the events are dropped and the folder is rescanned instead.
