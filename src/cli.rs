@@ -110,6 +110,65 @@ pub enum Command {
         /// The archive file, or an http(s) URL.
         archive: String,
     },
+    /// Pack a directory into a .tar.gz the way the daemon does for a watched directory.
+    ///
+    /// One top-level folder, entries sorted, owner 0/0, modes and symlinks kept; .gitignore,
+    /// .ignore and .deployignore files apply, plus built-in defaults (.git/, editor swap files).
+    /// Two packs of the same tree are byte for byte identical.
+    Pack {
+        /// The directory to pack.
+        dir: PathBuf,
+        /// The archive to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// The top-level folder in the archive (default: the directory's name).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// More gitignore-style patterns to leave out.
+        #[arg(long, value_name = "PATTERN")]
+        ignore: Vec<String>,
+        /// Gitignore-style patterns to pack even when ignored.
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+    },
+    /// Watch a source directory and redeploy it on every change: the developer's loop.
+    ///
+    /// No config file needed: the token comes from SCALINGO_API_TOKEN and the region from
+    /// --region or SCALINGO_REGION. Ctrl-C stops cleanly.
+    Watch {
+        /// The Scalingo app.
+        #[arg(long, short)]
+        app: String,
+        /// The region (overrides SCALINGO_REGION and the config file).
+        #[arg(long)]
+        region: Option<String>,
+        /// Quiet time after the last change before packing.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        quiet: std::time::Duration,
+        /// Longest wait after the first change of a burst, for trees that never stop changing.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        max_wait: std::time::Duration,
+        /// More gitignore-style patterns to leave out.
+        #[arg(long, value_name = "PATTERN")]
+        ignore: Vec<String>,
+        /// Gitignore-style patterns to pack even when ignored.
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Do not deploy at start; wait for the first change.
+        #[arg(long)]
+        no_deploy_on_start: bool,
+        /// Watch by polling at this interval instead of inotify (NFS and similar).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        poll: Option<std::time::Duration>,
+        /// Time between two polls of the deployment's status.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Where jobs are kept while they run (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The source directory.
+        dir: PathBuf,
+    },
     /// Check archives as the platform would, without uploading anything.
     #[command(
         after_help = "Exit status: 0 when every archive is fine, 1 when one is refused, 2 on usage errors."
@@ -136,6 +195,14 @@ pub fn main() -> ExitCode {
         Command::Run => run_async(run_daemon(&cli)),
         Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
         Command::Status => status(&cli),
+        Command::Pack {
+            dir,
+            output,
+            prefix,
+            ignore,
+            include,
+        } => pack(dir, output, prefix.as_deref(), ignore, include),
+        Command::Watch { .. } => run_async(watch(&cli)),
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
     };
@@ -271,6 +338,241 @@ fn status(cli: &Cli) -> u8 {
             eprintln!("dropdeploy: {e}");
             EXIT_FAILED
         }
+    }
+}
+
+fn pack(
+    dir: &std::path::Path,
+    output: &std::path::Path,
+    prefix: Option<&str>,
+    ignore: &[String],
+    include: &[String],
+) -> u8 {
+    use crate::archive::ignore::IgnoreRules;
+    use crate::archive::pack::{PackOptions, pack};
+    let prefix = prefix.map(str::to_string).unwrap_or_else(|| {
+        std::path::absolute(dir)
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "app".to_string())
+    });
+    // The output file never packs itself when written inside the tree.
+    let always = std::path::absolute(output)
+        .map(|o| vec![o])
+        .unwrap_or_default();
+    let rules = match IgnoreRules::new(dir, ignore, include, &always) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dropdeploy: pack {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    };
+    let started = Instant::now();
+    let opts = PackOptions {
+        prefix,
+        ..PackOptions::default()
+    };
+    match pack(&rules, output, &opts) {
+        Ok(summary) => {
+            for (path, why) in &summary.skipped {
+                eprintln!("dropdeploy: skipped {}: {why}", path.display());
+            }
+            println!(
+                "packed {} into {}: {} entries ({} files), {} → {} in {:.2} s, digest {}",
+                dir.display(),
+                output.display(),
+                summary.entries,
+                summary.files,
+                human_bytes(summary.bytes_in),
+                human_bytes(summary.bytes_out),
+                started.elapsed().as_secs_f64(),
+                summary.digest
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: pack {}: {e}", dir.display());
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn watch(cli: &Cli) -> u8 {
+    use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
+    use crate::source::tree::{TreeConfig, TreeWatcher};
+    let Command::Watch {
+        app,
+        region,
+        quiet,
+        max_wait,
+        ignore,
+        include,
+        no_deploy_on_start,
+        poll,
+        interval,
+        state_dir,
+        dir,
+    } = &cli.command
+    else {
+        return EXIT_USAGE;
+    };
+    let fail = |msg: String| {
+        eprintln!("dropdeploy: {app}: {msg}");
+        EXIT_USAGE
+    };
+    let mut env = Env::from_process();
+    if let Some(region) = region {
+        env = env.with("SCALINGO_REGION", region);
+    }
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path, &env),
+        None => Config::from_env(&env),
+    };
+    let config = match loaded {
+        Ok(Loaded { config, warnings }) => {
+            for w in warnings {
+                eprintln!("dropdeploy: warning: {w}");
+            }
+            config
+        }
+        Err(e) => return fail(e.to_string()),
+    };
+    let token = match config.scalingo.require_token() {
+        Ok(t) => t.clone(),
+        Err(e) => return fail(e.to_string()),
+    };
+    let state_dir = state_dir.clone().unwrap_or_else(|| match &cli.config {
+        Some(_) => config.state_dir.clone(),
+        None => default_user_state_dir(),
+    });
+    let spool = match Spool::open(state_dir.join("spool")) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let root = match std::path::absolute(dir) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    let tree = TreeConfig {
+        app: app.clone(),
+        root: root.clone(),
+        ignore: ignore.clone(),
+        include: include.clone(),
+        always_ignore: vec![state_dir.clone()],
+        quiet: *quiet,
+        max_wait: *max_wait,
+        poll: *poll,
+    };
+    let watcher = match TreeWatcher::start(tree) {
+        Ok(w) => w,
+        Err(e) => return fail(e.to_string()),
+    };
+    let client = match ScalingoClient::new(&config.scalingo, token) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e.to_string()),
+    };
+    println!(
+        "{app}: watching {} ({} directories); Ctrl-C to stop",
+        root.display(),
+        watcher.watch_count()
+    );
+    let (trigger, shutdown) = crate::shutdown::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            trigger.fire();
+        }
+    });
+    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    let runner = Arc::new(
+        Runner::new(
+            client,
+            spool.clone(),
+            config.retry.clone(),
+            interval.unwrap_or(config.scalingo.follow_interval),
+            printer.clone(),
+        )
+        .with_shutdown(shutdown.clone())
+        .with_output(),
+    );
+    let cfg = RedeployConfig {
+        app: app.clone(),
+        label: config
+            .app(app)
+            .map(|a| a.ref_label().to_string())
+            .unwrap_or_else(|| app.clone()),
+        prefix: app.clone(),
+        limits: Limits {
+            max_uncompressed: config.max_archive_bytes,
+        },
+        deploy_on_start: !no_deploy_on_start,
+        state_dir: state_dir.clone(),
+    };
+    let deploy = {
+        let (runner, spool, printer) = (runner.clone(), spool.clone(), printer.clone());
+        move |mut job: Job| {
+            let (runner, spool, printer) = (runner.clone(), spool.clone(), printer.clone());
+            async move {
+                let started = Instant::now();
+                if let Err(e) = runner.run(&mut job).await {
+                    eprintln!(
+                        "dropdeploy: {}: job {} cannot be recorded: {e}",
+                        job.app, job.id
+                    );
+                    return None;
+                }
+                printer.finish();
+                if !job.state.is_finished() {
+                    return None;
+                }
+                print_outcome(&job, started.elapsed());
+                if let Err(e) = spool.remove(&job.id) {
+                    eprintln!("dropdeploy: {}: {e}", job.app);
+                }
+                Some(job.state.clone())
+            }
+        }
+    };
+    let name = app.clone();
+    redeploy::run(cfg, watcher, spool, deploy, shutdown, |event| match event {
+        TreeEvent::Changed(burst) if burst.overflow => {
+            println!("{name}: many files changed")
+        }
+        TreeEvent::Changed(burst) => println!(
+            "{name}: {} file{} changed",
+            burst.changed_paths,
+            if burst.changed_paths == 1 { "" } else { "s" }
+        ),
+        TreeEvent::Unchanged => println!("{name}: unchanged since the last deploy; nothing to do"),
+        TreeEvent::Packing => println!("{name}: packing"),
+        TreeEvent::Packed { job, elapsed } => println!(
+            "{name}: packed {} in {:.1} s",
+            crate::queue::intake::summary(job)
+                .map(|s| human_bytes(s.compressed_bytes))
+                .unwrap_or_default(),
+            elapsed.as_secs_f64()
+        ),
+        TreeEvent::PackFailed { error } => {
+            println!("{name}: cannot pack: {error}; waiting for the next change")
+        }
+        TreeEvent::Finished { .. } => {}
+    })
+    .await;
+    println!("{app}: stopped");
+    EXIT_OK
+}
+
+/// The one line that ends a deployment in the developer's terminal.
+fn print_outcome(job: &Job, elapsed: std::time::Duration) {
+    let app = &job.app;
+    match &job.state {
+        JobState::Succeeded { deployment_id } => println!(
+            "{app}: success in {} (deployment {deployment_id})",
+            humantime::format_duration(std::time::Duration::from_secs(elapsed.as_secs()))
+        ),
+        JobState::Failed(f) => {
+            println!("{app}: FAILED at step {}: {}", f.step, f.reason);
+        }
+        other => println!("{app}: {}", other.name()),
     }
 }
 
@@ -520,7 +822,9 @@ async fn run_job(
 
 fn describe(job: &Job) -> String {
     match &job.payload {
-        crate::queue::spool::Payload::Archive { original, summary } => format!(
+        crate::queue::spool::Payload::Archive {
+            original, summary, ..
+        } => format!(
             "checked {}: {summary}\n{}: job {}, git_ref {}",
             original.display(),
             job.app,
@@ -625,6 +929,11 @@ impl Observer for Printer {
                 ));
             }
             Event::Status { status } => self.line(&format!("{app}: status {status}")),
+            Event::Output { lines } => {
+                for line in lines.iter() {
+                    self.line(&format!("  | {line}"));
+                }
+            }
             Event::Retrying {
                 step,
                 error,

@@ -225,6 +225,17 @@ pub struct AppConfig {
     pub follow_interval: Option<Duration>,
     /// `retry_budget`: this app's retry budget (default: `[retry]`'s `budget`).
     pub retry_budget: Option<Duration>,
+    /// `include`: gitignore-style patterns packed even when ignored (source directories).
+    pub include: Vec<String>,
+    /// `max_wait`: a source directory that never stops changing is packed this long after
+    /// the first change of a burst (default 10 s).
+    pub max_wait: Duration,
+    /// `poll`: watch the source directory by polling at this interval instead of inotify
+    /// (for NFS and similar).
+    pub poll: Option<Duration>,
+    /// `deploy_on_start`: deploy the source directory when the daemon starts, if it differs
+    /// from the last successful deploy (default true).
+    pub deploy_on_start: bool,
 }
 
 impl AppConfig {
@@ -341,6 +352,12 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+
+    /// The same variables with `name` set to `value` (a command-line flag standing for it).
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_string(), value.to_string());
+        self
     }
 
     /// A variable's value, trimmed; an unset or blank variable is `None` (as in Scalingo's CLI,
@@ -560,6 +577,11 @@ struct RawApp {
     git_ref_label: Option<Spanned<String>>,
     settle: Option<Spanned<DurationText>>,
     keep_done: Option<Spanned<i64>>,
+    #[serde(default)]
+    include: Vec<String>,
+    max_wait: Option<Spanned<DurationText>>,
+    poll: Option<Spanned<DurationText>>,
+    deploy_on_start: Option<bool>,
     follow_interval: Option<Spanned<DurationText>>,
     retry_budget: Option<Spanned<DurationText>>,
 }
@@ -625,6 +647,10 @@ const APP_KEYS: &[&str] = &[
     "keep_done",
     "follow_interval",
     "retry_budget",
+    "include",
+    "max_wait",
+    "poll",
+    "deploy_on_start",
 ];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
@@ -1301,6 +1327,25 @@ fn build_app(
         )
     });
 
+    let max_wait = duration_value(
+        &raw.max_wait,
+        "max_wait",
+        "app",
+        Duration::from_secs(10),
+        false,
+        report,
+    );
+    let poll = raw.poll.as_ref().map(|_| {
+        duration_value(
+            &raw.poll,
+            "poll",
+            "app",
+            Duration::from_secs(2),
+            false,
+            report,
+        )
+    });
+
     ok.then(|| AppConfig {
         name: name.get_ref().clone(),
         drop_dir,
@@ -1313,6 +1358,10 @@ fn build_app(
         keep_done,
         follow_interval,
         retry_budget,
+        include: raw.include.clone(),
+        max_wait,
+        poll,
+        deploy_on_start: raw.deploy_on_start.unwrap_or(true),
     })
 }
 
@@ -1597,7 +1646,7 @@ ignore = ["*.log", "tmp/"]
             message,
             "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
              of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
-             keep_done, follow_interval, retry_budget"
+             keep_done, follow_interval, retry_budget, include, max_wait, poll, deploy_on_start"
         );
     }
 

@@ -24,6 +24,8 @@ use crate::queue::runner::LogObserver;
 use crate::queue::spool::{Job, Spool};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
+use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
+use crate::source::tree::{TreeConfig, TreeWatcher};
 use crate::target::scalingo::api::ScalingoClient;
 
 /// `done/` retention for a job whose app is no longer configured.
@@ -87,6 +89,7 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         outcomes,
         lanes: Lanes::new(ctx),
         watchers: HashMap::new(),
+        trees: HashMap::new(),
         ready_tx,
     };
     for app in daemon.config.apps.clone() {
@@ -130,6 +133,8 @@ struct Daemon {
     outcomes: Arc<Outcomes>,
     lanes: Lanes,
     watchers: HashMap<String, (DropFolderConfig, DropWatcher)>,
+    /// Watched source directories: the settings they started with, and their own stop.
+    trees: HashMap<String, (TreeConfig, ShutdownTrigger)>,
     ready_tx: mpsc::Sender<ReadyFile>,
 }
 
@@ -182,18 +187,72 @@ fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
 
 impl Daemon {
     fn start_lane(&mut self, app: &AppConfig) {
-        if app.drop_dir.is_none() {
-            tracing::warn!(
-                app = %app.name,
-                "watched source directories (source_dir) are not supported by this version; app skipped"
-            );
-            return;
-        }
         self.lanes
             .ensure(&app.name, lane_settings(&self.config, app));
     }
 
-    fn start_watcher(&mut self, app: &AppConfig) -> Result<(), crate::source::drop::DropError> {
+    fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
+        TreeConfig {
+            app: app.name.clone(),
+            root: root.to_path_buf(),
+            ignore: app.ignore.clone(),
+            include: app.include.clone(),
+            // The daemon's own files never trigger a deploy nor get packed.
+            always_ignore: vec![self.config.state_dir.clone()],
+            quiet: app.quiet,
+            max_wait: app.max_wait,
+            poll: app.poll,
+        }
+    }
+
+    /// Starts watching an app's source directory, and its redeploy loop.
+    fn start_tree(&mut self, app: &AppConfig, root: &std::path::Path) -> Result<(), String> {
+        let cfg = self.tree_config(app, root);
+        let watcher = TreeWatcher::start(cfg.clone()).map_err(|e| e.to_string())?;
+        let Some(lane) = self.lanes.sender(&app.name) else {
+            return Err(format!("app {}: no lane", app.name));
+        };
+        // The loop stops with the daemon, or alone when its app is removed or changed.
+        let (trigger, stop) = shutdown::channel();
+        let redeploy_cfg = RedeployConfig {
+            app: app.name.clone(),
+            label: app.ref_label().to_string(),
+            prefix: app.name.clone(),
+            limits: Limits {
+                max_uncompressed: self.config.max_archive_bytes,
+            },
+            deploy_on_start: app.deploy_on_start,
+            state_dir: self.config.state_dir.clone(),
+        };
+        let spool = self.spool.clone();
+        let name = app.name.clone();
+        tracing::info!(
+            app = %app.name,
+            source_dir = %root.display(),
+            watches = watcher.watch_count(),
+            "watching source directory"
+        );
+        let deploy = move |job: Job| {
+            let lane = lane.clone();
+            async move {
+                let done = lane.submit_watched(job)?;
+                done.await.ok()
+            }
+        };
+        tokio::spawn(async move {
+            redeploy::run(redeploy_cfg, watcher, spool, deploy, stop, |event| {
+                log_tree_event(&name, event)
+            })
+            .await;
+        });
+        self.trees.insert(app.name.clone(), (cfg, trigger));
+        Ok(())
+    }
+
+    fn start_watcher(&mut self, app: &AppConfig) -> Result<(), String> {
+        if let Some(root) = &app.source_dir {
+            return self.start_tree(app, &root.clone());
+        }
         let Some(dir) = &app.drop_dir else {
             return Ok(());
         };
@@ -202,7 +261,8 @@ impl Daemon {
             dir: dir.clone(),
             settle: app.settle,
         };
-        let watcher = DropWatcher::start(cfg.clone(), self.ready_tx.clone())?;
+        let watcher =
+            DropWatcher::start(cfg.clone(), self.ready_tx.clone()).map_err(|e| e.to_string())?;
         tracing::info!(app = %app.name, drop_dir = %dir.display(), "watching drop folder");
         self.watchers.insert(app.name.clone(), (cfg, watcher));
         Ok(())
@@ -289,6 +349,9 @@ impl Daemon {
         );
         for (_, (_, watcher)) in self.watchers.drain() {
             watcher.stop();
+        }
+        for (_, (_, tree)) in self.trees.drain() {
+            tree.fire();
         }
         trigger.fire();
         match tokio::time::timeout(grace, self.lanes.join()).await {
@@ -396,13 +459,12 @@ impl Daemon {
         }
         let old = std::mem::replace(&mut self.config, new);
         for app in &old.apps {
-            if self
-                .config
-                .app(&app.name)
-                .is_none_or(|a| a.drop_dir.is_none())
-            {
+            if self.config.app(&app.name).is_none() {
                 if let Some((_, watcher)) = self.watchers.remove(&app.name) {
                     watcher.stop();
+                }
+                if let Some((_, tree)) = self.trees.remove(&app.name) {
+                    tree.fire();
                 }
                 self.lanes.retire(&app.name);
                 tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
@@ -411,27 +473,72 @@ impl Daemon {
         let mut added = false;
         for app in self.config.apps.clone() {
             self.start_lane(&app);
-            let Some(dir) = &app.drop_dir else { continue };
-            let same = self
-                .watchers
-                .get(&app.name)
-                .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle);
-            if same {
+            let unchanged = match (&app.source_dir, &app.drop_dir) {
+                (Some(root), _) => {
+                    let wanted = self.tree_config(&app, root);
+                    self.trees
+                        .get(&app.name)
+                        .is_some_and(|(cfg, _)| *cfg == wanted)
+                }
+                (None, Some(dir)) => self
+                    .watchers
+                    .get(&app.name)
+                    .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle),
+                (None, None) => true,
+            };
+            if unchanged {
                 continue;
             }
-            if let Some((_, watcher)) = self.watchers.remove(&app.name) {
-                watcher.stop();
-            } else {
+            let old_drop = self.watchers.remove(&app.name);
+            let old_tree = self.trees.remove(&app.name);
+            if old_drop.is_none() && old_tree.is_none() {
                 added = true;
                 tracing::info!(app = %app.name, "app added");
             }
+            if let Some((_, watcher)) = old_drop {
+                watcher.stop();
+            }
+            if let Some((_, tree)) = old_tree {
+                tree.fire();
+            }
             if let Err(e) = self.start_watcher(&app) {
-                tracing::error!(app = %app.name, "cannot watch the drop folder: {e}");
+                tracing::error!(app = %app.name, "cannot watch: {e}");
             }
         }
         if added {
             self.recover().await;
         }
         tracing::info!(apps = self.config.apps.len(), "configuration reloaded");
+    }
+}
+
+/// One log line per step of a watched directory's redeploy loop.
+fn log_tree_event(app: &str, event: &TreeEvent<'_>) {
+    match event {
+        TreeEvent::Changed(burst) => tracing::info!(
+            app,
+            changed = burst.changed_paths,
+            overflow = burst.overflow,
+            "source directory changed"
+        ),
+        TreeEvent::Unchanged => {
+            tracing::info!(
+                app,
+                "unchanged: the tree is the one last deployed; nothing to do"
+            )
+        }
+        TreeEvent::Packing => tracing::debug!(app, "packing"),
+        TreeEvent::Packed { job, elapsed } => tracing::info!(
+            app,
+            job = %job.id,
+            git_ref = %job.git_ref,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "packed"
+        ),
+        TreeEvent::PackFailed { error } => tracing::warn!(
+            app,
+            "cannot pack the source directory: {error}; waiting for the next change"
+        ),
+        TreeEvent::Finished { .. } => {}
     }
 }

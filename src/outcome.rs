@@ -287,7 +287,14 @@ impl Outcomes {
         // 1. The archive leaves the spool.
         let mut placed: Option<PathBuf> = None;
         let mut drop_dir = None;
-        if let Payload::Archive { original, .. } = &job.payload {
+        // An archive packed from a watched directory is the daemon's own: it is not moved
+        // anywhere, and leaves with the spool directory.
+        if let Payload::Archive {
+            original,
+            tree_digest: None,
+            ..
+        } = &job.payload
+        {
             let (dir, name) = drop_place(original);
             let dest_dir = dir.join(match outcome {
                 Outcome::Failed => FAILED_DIR,
@@ -1652,6 +1659,7 @@ mod tests {
                     compressed_bytes: 13,
                     sha256: "ab".repeat(32),
                 },
+                tree_digest: None,
             },
             created_at: crate::queue::spool::now(),
             started_at: None,

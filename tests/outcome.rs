@@ -67,6 +67,7 @@ impl World {
                     compressed_bytes: 2_048,
                     sha256: "0123456789abcdef".repeat(4),
                 },
+                tree_digest: None,
             },
             created_at: now() - 48,
             started_at: Some(now() - 47),

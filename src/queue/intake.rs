@@ -38,6 +38,12 @@ pub enum IntakeError {
     },
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The watched directory could not be packed.
+    #[error("cannot pack {}: {source}", root.display())]
+    Pack {
+        root: PathBuf,
+        source: crate::archive::pack::PackError,
+    },
 }
 
 /// A `git_ref` for a job: `<label>-<YYYYmmddHHMMSS>-<8 hex>`, kept to `[A-Za-z0-9._-]` and never
@@ -145,6 +151,76 @@ pub fn enqueue_archive(
         payload: Payload::Archive {
             original: file.to_path_buf(),
             summary,
+            tree_digest: None,
+        },
+        created_at,
+        started_at: None,
+        failed_attempts: 0,
+        aborted_retries: 0,
+        source_renewals: 0,
+        state: JobState::Queued,
+    };
+    spool.commit_new(&tmp, &job)?;
+    Ok(job)
+}
+
+/// Packs a watched directory straight into a new job directory, checks the result like any
+/// archive, and writes the job record. Blocking.
+pub fn enqueue_packed(
+    spool: &Spool,
+    app: &str,
+    rules: &crate::archive::ignore::IgnoreRules,
+    opts: &crate::archive::pack::PackOptions,
+    label: &str,
+    limits: &Limits,
+) -> Result<Job, IntakeError> {
+    let root = rules.root().to_path_buf();
+    let (id, tmp) = spool.new_job_dir()?;
+    let archive = tmp.join(ARCHIVE_NAME);
+    let packed = crate::archive::pack::pack(rules, &archive, opts).and_then(|summary| {
+        fs::File::open(&archive)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| crate::archive::pack::PackError::Io {
+                path: archive.clone(),
+                action: "sync",
+                source,
+            })
+            .map(|()| summary)
+    });
+    let packed = match packed {
+        Ok(p) => p,
+        Err(source) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(IntakeError::Pack { root, source });
+        }
+    };
+    let summary = match inspect(&archive, limits) {
+        Ok(summary) => summary,
+        Err(err) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(match err {
+                InspectError::Rejected(rejection) => IntakeError::Rejected {
+                    file: root,
+                    rejection,
+                    kept: None,
+                },
+                InspectError::Io { source, .. } => IntakeError::Io {
+                    action: "cannot read the packed archive of",
+                    file: root,
+                    source,
+                },
+            });
+        }
+    };
+    let created_at = now();
+    let job = Job {
+        git_ref: make_git_ref(label, created_at, &summary.sha256),
+        id,
+        app: app.to_string(),
+        payload: Payload::Archive {
+            original: root,
+            summary,
+            tree_digest: Some(packed.digest),
         },
         created_at,
         started_at: None,

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{QueuePolicy, RetryConfig};
@@ -75,8 +75,12 @@ impl LaneContext {
     }
 }
 
+/// Told the final state of a job, if the submitter asked (dropped unanswered when the daemon
+/// stops before the job finishes).
+type Done = Option<oneshot::Sender<JobState>>;
+
 enum LaneMsg {
-    Submit(Box<Job>),
+    Submit(Box<Job>, Done),
     Settings(LaneSettings),
 }
 
@@ -136,6 +140,16 @@ impl Lanes {
 
     /// Hands a job to its app's lane. Returns the job back if the app has no lane.
     pub fn submit(&mut self, job: Job) -> Result<(), Box<Job>> {
+        self.submit_with(job, None)
+    }
+
+    /// Like [`Lanes::submit`], and tells the job's final state on the returned channel.
+    pub fn submit_watched(&mut self, job: Job) -> Result<oneshot::Receiver<JobState>, Box<Job>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_with(job, Some(tx)).map(|()| rx)
+    }
+
+    fn submit_with(&mut self, job: Job, done: Done) -> Result<(), Box<Job>> {
         if self.knows(&job.id) {
             return Ok(());
         }
@@ -146,11 +160,20 @@ impl Lanes {
             known.insert(job.id.clone());
         }
         lane.tx
-            .send(LaneMsg::Submit(Box::new(job)))
+            .send(LaneMsg::Submit(Box::new(job), done))
             .map_err(|e| match e.0 {
-                LaneMsg::Submit(job) => job,
+                LaneMsg::Submit(job, _) => job,
                 LaneMsg::Settings(_) => unreachable!("a submit was sent"),
             })
+    }
+
+    /// A handle that submits to the app's lane from another task (a watched directory's
+    /// redeploy loop).
+    pub fn sender(&self, app: &str) -> Option<LaneSender> {
+        self.lanes.get(app).map(|lane| LaneSender {
+            tx: lane.tx.clone(),
+            known: self.known.clone(),
+        })
     }
 
     /// Stops the app's lane from taking work: it ends after the job in flight. Jobs still
@@ -174,6 +197,28 @@ impl Lanes {
     }
 }
 
+/// Submits jobs to one app's lane from outside the daemon's main loop.
+#[derive(Clone)]
+pub struct LaneSender {
+    tx: mpsc::UnboundedSender<LaneMsg>,
+    known: Arc<Mutex<HashSet<String>>>,
+}
+
+impl LaneSender {
+    /// Hands a job to the lane and returns a channel that tells its final state; `None` when
+    /// the lane has ended (the app was removed, or the daemon stops).
+    pub fn submit_watched(&self, job: Job) -> Option<oneshot::Receiver<JobState>> {
+        let (done, rx) = oneshot::channel();
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(job.id.clone());
+        }
+        self.tx
+            .send(LaneMsg::Submit(Box::new(job), Some(done)))
+            .ok()
+            .map(|()| rx)
+    }
+}
+
 /// One app's lane: a job in flight, and what waits behind it.
 async fn lane_task(
     app: String,
@@ -182,15 +227,16 @@ async fn lane_task(
     ctx: Arc<LaneContext>,
     known: Arc<Mutex<HashSet<String>>>,
 ) {
-    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut pending: VecDeque<(Job, Done)> = VecDeque::new();
     let mut current: Option<JoinHandle<()>> = None;
     let mut open = true;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         if !shutdown.is_requested() && current.is_none() {
-            if let Some(job) = pending.pop_front() {
+            if let Some((job, done)) = pending.pop_front() {
                 current = Some(tokio::spawn(run_job(
                     job,
+                    done,
                     settings.clone(),
                     ctx.clone(),
                     known.clone(),
@@ -203,8 +249,8 @@ async fn lane_task(
         }
         tokio::select! {
             msg = rx.recv(), if open => match msg {
-                Some(LaneMsg::Submit(job)) => {
-                    accept(&app, *job, &mut pending, settings.policy, &ctx, &settings).await;
+                Some(LaneMsg::Submit(job, done)) => {
+                    accept(&app, *job, done, &mut pending, settings.policy, &ctx, &settings).await;
                 }
                 Some(LaneMsg::Settings(s)) => settings = s,
                 None => open = false,
@@ -222,17 +268,18 @@ async fn lane_task(
 async fn accept(
     app: &str,
     job: Job,
-    pending: &mut VecDeque<Job>,
+    done: Done,
+    pending: &mut VecDeque<(Job, Done)>,
     policy: QueuePolicy,
     ctx: &Arc<LaneContext>,
     settings: &LaneSettings,
 ) {
     if policy == QueuePolicy::Latest {
-        let (superseded, kept): (Vec<Job>, Vec<Job>) = pending.drain(..).partition(|waiting| {
+        let (superseded, kept): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(waiting, _)| {
             matches!(waiting.state, JobState::Queued) && waiting.started_at.is_none()
         });
         pending.extend(kept);
-        for mut old in superseded {
+        for (mut old, old_done) in superseded {
             tracing::info!(
                 app,
                 job = %old.id,
@@ -242,22 +289,27 @@ async fn accept(
             old.state = JobState::Superseded { by: job.id.clone() };
             let (spool, finisher, keep) =
                 (ctx.spool.clone(), ctx.finisher.clone(), settings.keep_done);
-            let done = tokio::task::spawn_blocking(move || match spool.save(&old) {
+            let state = old.state.clone();
+            let recorded = tokio::task::spawn_blocking(move || match spool.save(&old) {
                 Ok(()) => finisher.finish(&old, keep),
                 Err(e) => tracing::error!(job = %old.id, "cannot record superseded job: {e}"),
             })
             .await;
-            if let Err(e) = done {
+            if let Err(e) = recorded {
                 tracing::error!(app, "superseding a job failed: {e}");
+            }
+            if let Some(tx) = old_done {
+                let _ = tx.send(state);
             }
         }
     }
-    pending.push_back(job);
+    pending.push_back((job, done));
 }
 
 /// Runs one job to its end (or to the shutdown), then records its outcome.
 async fn run_job(
     mut job: Job,
+    done: Done,
     settings: LaneSettings,
     ctx: Arc<LaneContext>,
     known: Arc<Mutex<HashSet<String>>>,
@@ -294,8 +346,12 @@ async fn run_job(
         let finisher = ctx.finisher.clone();
         let id = job.id.clone();
         let keep = settings.keep_done;
+        let state = job.state.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || finisher.finish(&job, keep)).await {
             tracing::error!(job = %id, "recording the outcome failed: {e}");
+        }
+        if let Some(tx) = done {
+            let _ = tx.send(state);
         }
         if let Ok(mut known) = known.lock() {
             known.remove(&id);

@@ -78,6 +78,8 @@ pub enum Event<'a> {
     DeploymentAdopted { id: &'a str },
     /// The deployment's status changed.
     Status { status: &'a str },
+    /// New lines of the build output (only with [`Runner::with_output`]).
+    Output { lines: &'a [String] },
     /// A transient error; the step is tried again after `delay`.
     Retrying {
         step: Step,
@@ -120,6 +122,7 @@ impl Observer for LogObserver {
                 tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment adopted")
             }
             Event::Status { status } => tracing::info!(app, job = id, status, "deployment status"),
+            Event::Output { .. } => {}
             Event::Retrying {
                 step,
                 error,
@@ -180,6 +183,7 @@ pub struct Runner {
     observer: Arc<dyn Observer>,
     follow: bool,
     shutdown: Shutdown,
+    output: bool,
 }
 
 impl Runner {
@@ -198,7 +202,15 @@ impl Runner {
             observer,
             follow: true,
             shutdown: Shutdown::never(),
+            output: false,
         }
+    }
+
+    /// While following, also fetch the build output and report its new lines as they come
+    /// (one more request per poll).
+    pub fn with_output(mut self) -> Self {
+        self.output = true;
+        self
     }
 
     /// Stop between steps (and during waits) once `shutdown` fires, leaving the job in its
@@ -455,12 +467,27 @@ impl Runner {
         self.observer.event(job, &Event::Step(Step::Follow));
         let mut last_status = String::new();
         let mut shutdown = self.shutdown.clone();
+        let mut shown_lines = 0usize;
         loop {
             let deployment = self
                 .client
                 .get_deployment(&job.app, &deployment_id)
                 .await
                 .map_err(|e| api_failure(Step::Follow, e))?;
+            if self.output
+                && let Ok(Some(text)) = self.client.output(&deployment).await
+            {
+                let lines: Vec<String> = text.lines().map(|l| strip_ansi(l)).collect();
+                if lines.len() > shown_lines {
+                    self.observer.event(
+                        job,
+                        &Event::Output {
+                            lines: &lines[shown_lines..],
+                        },
+                    );
+                    shown_lines = lines.len();
+                }
+            }
             if deployment.status != last_status {
                 self.observer.event(
                     job,
@@ -603,6 +630,7 @@ mod tests {
                         compressed_bytes: 1,
                         sha256: "00".into(),
                     },
+                    tree_digest: None,
                 }
             },
             created_at: 0,

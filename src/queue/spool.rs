@@ -50,9 +50,14 @@ pub fn now() -> Timestamp {
 pub enum Payload {
     /// An archive in the job directory, checked before it was queued.
     Archive {
-        /// Where it came from (the dropped or given file), for messages and outcomes.
+        /// Where it came from (the dropped or given file, or the watched directory it was
+        /// packed from), for messages and outcomes.
         original: PathBuf,
         summary: Summary,
+        /// Set when the archive was packed from the watched directory `original`: the digest
+        /// of the tree's content, so an unchanged tree is not deployed again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tree_digest: Option<String>,
     },
     /// An archive the platform fetches itself: no upload.
     Url { url: String },

@@ -25,6 +25,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::watch::{forward_events, inotify_limit};
+
 /// The subfolders where finished files go (defined by the outcome, created here at start).
 pub use crate::outcome::{DONE_DIR, FAILED_DIR};
 
@@ -36,10 +38,6 @@ const EVENT_QUEUE: usize = 4096;
 const RECREATE_GRACE: Duration = Duration::from_secs(2);
 /// How often a vanished drop folder that cannot be created or watched is tried again.
 const RECREATE_RETRY: Duration = Duration::from_secs(5);
-
-// Linux errno values (the same on every Linux architecture) that mean an inotify limit.
-const ENOSPC: i32 = 28;
-const EMFILE: i32 = 24;
 
 /// How a file was judged complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,33 +439,14 @@ fn list_folder(dir: &Path) -> io::Result<Vec<(PathBuf, Option<Kind>)>> {
 }
 
 /// Starts a non-recursive notify watch on `dir` whose callback never blocks: it only tries to
-/// queue the event, and raises `overflow` when the queue is full.
+/// queue the event, and raises `overflow` when the queue is full. Opens and reads are dropped:
+/// they say nothing about completeness.
 fn start_watch(
     dir: &Path,
     events: mpsc::Sender<notify::Result<Event>>,
     overflow: Arc<AtomicBool>,
 ) -> Result<RecommendedWatcher, DropError> {
-    let handler = move |res: notify::Result<Event>| {
-        // Opens and reads are frequent and say nothing about completeness.
-        if let Ok(event) = &res {
-            if matches!(
-                event.kind,
-                EventKind::Access(
-                    AccessKind::Open(_)
-                        | AccessKind::Read
-                        | AccessKind::Close(AccessMode::Read)
-                        | AccessKind::Any
-                        | AccessKind::Other
-                )
-            ) && !event.need_rescan()
-            {
-                return;
-            }
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(res) {
-            overflow.store(true, Ordering::Release);
-        }
-    };
+    let handler = forward_events(events, overflow);
     let mut watcher = notify::recommended_watcher(handler).map_err(|e| watch_error(dir, e))?;
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
@@ -476,21 +455,15 @@ fn start_watch(
 }
 
 fn watch_error(dir: &Path, e: notify::Error) -> DropError {
-    let watches = |os: String| DropError::InotifyLimit {
-        dir: dir.to_path_buf(),
-        setting: "fs.inotify.max_user_watches",
-        suggested: 524_288,
-        os,
-    };
-    match &e.kind {
-        notify::ErrorKind::MaxFilesWatch => watches("No space left on device (ENOSPC)".to_string()),
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(ENOSPC) => watches(io.to_string()),
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(EMFILE) => DropError::InotifyLimit {
+    if let Some(limit) = inotify_limit(&e) {
+        return DropError::InotifyLimit {
             dir: dir.to_path_buf(),
-            setting: "fs.inotify.max_user_instances",
-            suggested: 512,
-            os: io.to_string(),
-        },
+            setting: limit.setting,
+            suggested: limit.suggested,
+            os: limit.os,
+        };
+    }
+    match &e.kind {
         notify::ErrorKind::Io(io) => DropError::Watch {
             dir: dir.to_path_buf(),
             reason: io.to_string(),
@@ -940,6 +913,7 @@ impl std::fmt::Debug for DropWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::watch::EMFILE;
     use notify::event::{CreateKind, DataChange, RemoveKind};
 
     fn candidate(name: &str) -> bool {

@@ -401,6 +401,21 @@ impl FakeScalingo {
         format!("{}/files/{name}", self.shared.base_url)
     }
 
+    /// The bytes uploaded for a deployment's `source_url` (a `/storage/<id>?token=…` URL of
+    /// this server), or a hosted archive's; `None` if nothing is stored there.
+    pub fn archive_at(&self, source_url: &str) -> Option<Vec<u8>> {
+        let path = source_url.split('?').next()?;
+        let st = self.shared.lock();
+        let file = if let Some(id) = path.rsplit_once("/storage/").map(|(_, id)| id) {
+            st.sources.get(id)?.file.clone()?
+        } else {
+            let name = path.rsplit_once("/files/")?.1;
+            st.hosted.get(name)?.clone()
+        };
+        drop(st);
+        std::fs::read(file).ok()
+    }
+
     /// Every request answered (or dropped) so far, in that order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()

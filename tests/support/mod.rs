@@ -350,3 +350,82 @@ pub fn archives_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// inotify watches held by a process: the `inotify wd:` lines of each inotify descriptor in
+/// `/proc/<pid>/fdinfo` (the kernel's own count).
+pub fn inotify_watches(pid: u32) -> usize {
+    let mut total = 0;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    for fd in fds.flatten() {
+        let is_inotify = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("inotify"));
+        if !is_inotify {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        total += info
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count();
+    }
+    total
+}
+
+impl World {
+    /// Adds an app whose work comes from the source directory `<dir>/src/<app>` (made with a
+    /// few files), quiet 200 ms, not deployed at start unless `extra` says so. Returns it.
+    pub fn add_tree_app(&self, app: &str, extra: &str) -> PathBuf {
+        let root = self.dir.path().join("src").join(app);
+        std::fs::create_dir_all(root.join("lib")).unwrap();
+        std::fs::write(root.join("package.json"), br#"{"name":"demo"}"#).unwrap();
+        std::fs::write(root.join("index.js"), b"console.log('v1')\n").unwrap();
+        std::fs::write(root.join("lib/util.js"), b"module.exports = 1\n").unwrap();
+        let deploy_on_start = if extra.contains("deploy_on_start") {
+            String::new()
+        } else {
+            "deploy_on_start = false\n".to_string()
+        };
+        self.append_config(&format!(
+            "\n[[app]]\nname = \"{app}\"\nsource_dir = \"{}\"\nquiet = \"200ms\"\n{deploy_on_start}{extra}\n",
+            root.display()
+        ));
+        self.fake.add_app(app);
+        root
+    }
+
+    /// The archive deployed by a deployment, written to a file, listed with GNU tar.
+    pub fn deployed_listing(&self, source_url: &str) -> (PathBuf, Vec<String>) {
+        let bytes = self
+            .fake
+            .archive_at(source_url)
+            .expect("the fake stored the archive");
+        let path = self.path(&format!("deployed-{}.tar.gz", fastrand::u32(..)));
+        std::fs::write(&path, bytes).unwrap();
+        let out = Command::new("tar").arg("tzf").arg(&path).output().unwrap();
+        assert!(out.status.success(), "GNU tar lists the deployed archive");
+        let names = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        (path, names)
+    }
+
+    /// One file's content in a deployed archive, read by GNU tar.
+    pub fn deployed_file(&self, archive: &Path, member: &str) -> String {
+        let out = Command::new("tar")
+            .arg("xzf")
+            .arg(archive)
+            .arg("-O")
+            .arg(member)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{member} is in the archive");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

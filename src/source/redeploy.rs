@@ -1,0 +1,190 @@
+//! The redeploy loop of a watched source directory: wait for a burst of changes, pack the
+//! tree as it is *now* into a job, hand the job on, wait for its end, and start over.
+//!
+//! Changes that arrive while a job runs pile up in the [`TreeWatcher`] and make exactly one
+//! follow-up, packed when it starts (so it deploys the newest tree). A tree whose content
+//! digest equals the last successful deploy's is skipped ("unchanged"); that digest is kept in
+//! `<state_dir>/trees/<app>.json`, so a restart does not redeploy an unchanged tree.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::inspect::Limits;
+use crate::archive::pack::{PackOptions, tree_digest};
+use crate::queue::intake::{IntakeError, enqueue_packed};
+use crate::queue::spool::{Job, JobState, Spool};
+use crate::shutdown::Shutdown;
+use crate::source::tree::{Burst, TreeWatcher};
+
+/// What the loop needs besides the watcher.
+#[derive(Debug, Clone)]
+pub struct RedeployConfig {
+    pub app: String,
+    /// The first part of each git_ref.
+    pub label: String,
+    /// The archive's single top-level folder.
+    pub prefix: String,
+    pub limits: Limits,
+    /// Deploy at start if the tree differs from the last successful deploy.
+    pub deploy_on_start: bool,
+    /// Where `trees/<app>.json` is kept.
+    pub state_dir: PathBuf,
+}
+
+/// What happens in the loop, for the log or the developer's terminal.
+#[derive(Debug)]
+pub enum TreeEvent<'a> {
+    /// A burst of changes ended.
+    Changed(&'a Burst),
+    /// The tree's content is the one last deployed: nothing to do.
+    Unchanged,
+    /// Packing starts.
+    Packing,
+    /// A job was made.
+    Packed { job: &'a Job, elapsed: Duration },
+    /// The tree could not be packed, or the pack was refused; the loop waits for the next
+    /// change.
+    PackFailed { error: &'a IntakeError },
+    /// The job ended (or was superseded).
+    Finished {
+        job_id: &'a str,
+        state: &'a JobState,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LastDeploy {
+    digest: String,
+    job: String,
+}
+
+fn last_path(state_dir: &Path, app: &str) -> PathBuf {
+    state_dir.join("trees").join(format!("{app}.json"))
+}
+
+/// The digest of the last successful deploy of `app`'s tree, if one is known.
+pub fn last_deployed_digest(state_dir: &Path, app: &str) -> Option<String> {
+    let bytes = std::fs::read(last_path(state_dir, app)).ok()?;
+    serde_json::from_slice::<LastDeploy>(&bytes)
+        .ok()
+        .map(|l| l.digest)
+}
+
+fn remember(state_dir: &Path, app: &str, digest: &str, job: &str) -> std::io::Result<()> {
+    let path = last_path(state_dir, app);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(&LastDeploy {
+        digest: digest.to_string(),
+        job: job.to_string(),
+    })
+    .map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Runs the loop until the watcher stops or `shutdown` fires. `deploy` hands a job on and
+/// resolves to its final state (`None` if it will not finish now, e.g. the daemon stops).
+pub async fn run<D, F>(
+    cfg: RedeployConfig,
+    mut watcher: TreeWatcher,
+    spool: Spool,
+    mut deploy: D,
+    mut shutdown: Shutdown,
+    on: impl Fn(&TreeEvent<'_>),
+) where
+    D: FnMut(Job) -> F,
+    F: Future<Output = Option<JobState>>,
+{
+    let mut last = last_deployed_digest(&cfg.state_dir, &cfg.app);
+    let mut due = cfg.deploy_on_start;
+    loop {
+        if !due {
+            tokio::select! {
+                burst = watcher.next_burst() => match burst {
+                    Some(burst) => on(&TreeEvent::Changed(&burst)),
+                    None => return,
+                },
+                _ = shutdown.requested() => return,
+            }
+        }
+        due = false;
+        if shutdown.is_requested() {
+            return;
+        }
+        let rules = watcher.rules();
+
+        // Reading the tree is cheaper than compressing it: look before packing.
+        let check = rules.clone();
+        match tokio::task::spawn_blocking(move || tree_digest(&check)).await {
+            Ok(Ok(digest)) if last.as_deref() == Some(digest.as_str()) => {
+                on(&TreeEvent::Unchanged);
+                continue;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(source)) => {
+                let error = IntakeError::Pack {
+                    root: rules.root().to_path_buf(),
+                    source,
+                };
+                on(&TreeEvent::PackFailed { error: &error });
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(app = %cfg.app, "digest task failed: {e}");
+                continue;
+            }
+        }
+
+        on(&TreeEvent::Packing);
+        let started = Instant::now();
+        let (spool2, cfg2) = (spool.clone(), cfg.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            let opts = PackOptions {
+                prefix: cfg2.prefix.clone(),
+                ..PackOptions::default()
+            };
+            enqueue_packed(&spool2, &cfg2.app, &rules, &opts, &cfg2.label, &cfg2.limits)
+        })
+        .await;
+        let job = match made {
+            Ok(Ok(job)) => job,
+            Ok(Err(error)) => {
+                on(&TreeEvent::PackFailed { error: &error });
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(app = %cfg.app, "pack task failed: {e}");
+                continue;
+            }
+        };
+        on(&TreeEvent::Packed {
+            job: &job,
+            elapsed: started.elapsed(),
+        });
+        let digest = match &job.payload {
+            crate::queue::spool::Payload::Archive { tree_digest, .. } => tree_digest.clone(),
+            crate::queue::spool::Payload::Url { .. } => None,
+        };
+        let id = job.id.clone();
+        let Some(state) = deploy(job).await else {
+            return;
+        };
+        on(&TreeEvent::Finished {
+            job_id: &id,
+            state: &state,
+        });
+        if let (JobState::Succeeded { .. }, Some(digest)) = (&state, digest) {
+            if let Err(e) = remember(&cfg.state_dir, &cfg.app, &digest, &id) {
+                tracing::warn!(app = %cfg.app, "cannot remember the deployed tree's digest: {e}");
+            }
+            last = Some(digest);
+        }
+    }
+}

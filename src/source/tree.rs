@@ -1,0 +1,492 @@
+//! A watched source directory: notices relevant changes and says when a burst of them is over.
+//!
+//! [`TreeWatcher`] watches a source tree (through [`crate::source::watch`]: one watch per kept
+//! directory, ignored paths are never changes) and hands out debounced [`Burst`]s. A burst ends
+//! when the tree has been quiet for [`TreeConfig::quiet`] after its last change, or at the latest
+//! [`TreeConfig::max_wait`] after its first, so a tree that never stops changing still deploys.
+//! Changes that happen while nobody waits for a burst (the app is deploying) pile up into the
+//! next one: a change during a deployment makes exactly one follow-up.
+//!
+//! [`Debounce`] is the decision alone, a pure state machine driven by explicit instants.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::archive::ignore::IgnoreRules;
+use crate::source::watch::{Changes, DirectoryWatches, EventStream, RulesSource, WatchError};
+
+/// How long the tree must stay quiet after its last change before a burst ends, by default.
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(1);
+/// How long after its first change a burst ends at the latest, by default.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
+/// Events reach the watcher a little after the change: a burst that became due while nobody
+/// waited is handed out only this long (at most the quiet period) after [`TreeWatcher::next_burst`]
+/// is called, so that changes made just before the call are in it rather than in another burst.
+const CATCH_UP: Duration = Duration::from_millis(100);
+
+/// A finished burst of relevant changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Burst {
+    /// How many relevant paths changed: a size hint (the same path changed in separate event
+    /// batches counts again), never 0 unless `overflow` is set.
+    pub changed_paths: usize,
+    /// Events were lost (an inotify overflow, a watcher error, a full internal queue): the
+    /// whole tree may have changed, whatever `changed_paths` says.
+    pub overflow: bool,
+    /// When the first change of the burst was noticed.
+    pub first: Instant,
+    /// When the last change of the burst was noticed.
+    pub last: Instant,
+}
+
+/// When a burst of changes is over: `quiet` after its last change, or `max_wait` after its
+/// first, whichever comes first. Pure: the caller says what time it is.
+#[derive(Debug, Clone)]
+pub struct Debounce {
+    quiet: Duration,
+    max_wait: Duration,
+    /// The burst in progress, if any.
+    pending: Option<Burst>,
+}
+
+impl Debounce {
+    /// A debounce with nothing pending.
+    pub fn new(quiet: Duration, max_wait: Duration) -> Self {
+        Debounce {
+            quiet,
+            max_wait,
+            pending: None,
+        }
+    }
+
+    /// A relevant change of `paths` paths happened at `now`; starts a burst if none is pending.
+    /// An instant earlier than the last one recorded does not move the burst back.
+    pub fn change(&mut self, now: Instant, paths: usize) {
+        match &mut self.pending {
+            Some(burst) => {
+                burst.changed_paths = burst.changed_paths.saturating_add(paths);
+                burst.last = burst.last.max(now);
+            }
+            None => {
+                self.pending = Some(Burst {
+                    changed_paths: paths,
+                    overflow: false,
+                    first: now,
+                    last: now,
+                })
+            }
+        }
+    }
+
+    /// Events were lost at `now`: the whole tree may have changed. A change like any other,
+    /// and the burst says so ([`Burst::overflow`]).
+    pub fn overflow(&mut self, now: Instant) {
+        self.change(now, 0);
+        if let Some(burst) = &mut self.pending {
+            burst.overflow = true;
+        }
+    }
+
+    /// When the pending burst ends if nothing else happens: the earlier of `quiet` after its
+    /// last change and `max_wait` after its first. `None` when nothing is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending
+            .as_ref()
+            .map(|burst| (burst.last + self.quiet).min(burst.first + self.max_wait))
+    }
+
+    /// Whether a burst is in progress (a change was recorded and has not been fired).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The pending burst if its deadline is at or before `now`; the debounce is then empty
+    /// again. `None` (and nothing changes) otherwise.
+    pub fn fire_if_due(&mut self, now: Instant) -> Option<Burst> {
+        if self.deadline().is_some_and(|deadline| deadline <= now) {
+            self.pending.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// One watched source directory, as the daemon's configuration (or `dropdeploy watch`)
+/// describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeConfig {
+    /// The app the tree deploys to (for the log).
+    pub app: String,
+    /// The source directory. Relative paths are taken from the current directory at start.
+    pub root: PathBuf,
+    /// Extra gitignore patterns (`ignore = [...]`), on top of the ignore files in the tree.
+    pub ignore: Vec<String>,
+    /// Patterns kept even when ignored (`include = [...]`).
+    pub include: Vec<String>,
+    /// Absolute paths never watched nor deployed: the daemon's state directory and spool when
+    /// they sit inside the tree (give them in the same form as `root`).
+    pub always_ignore: Vec<PathBuf>,
+    /// How long the tree must be quiet after its last change before a burst ends.
+    pub quiet: Duration,
+    /// How long after its first change a burst ends at the latest.
+    pub max_wait: Duration,
+    /// Poll at this interval instead of using inotify (NFS and other network filesystems).
+    pub poll: Option<Duration>,
+}
+
+impl TreeConfig {
+    /// A tree with no extra patterns, the default quiet period and maximum wait, and inotify.
+    pub fn new(app: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        TreeConfig {
+            app: app.into(),
+            root: root.into(),
+            ignore: Vec::new(),
+            include: Vec::new(),
+            always_ignore: Vec::new(),
+            quiet: DEFAULT_QUIET,
+            max_wait: DEFAULT_MAX_WAIT,
+            poll: None,
+        }
+    }
+}
+
+/// What the watcher task shares with its [`TreeWatcher`].
+#[derive(Debug)]
+struct Shared {
+    debounce: Mutex<Debounce>,
+    /// Rung after each recorded change, and when the task ends.
+    wake: Notify,
+    rules: Mutex<IgnoreRules>,
+    watch_count: AtomicUsize,
+    /// The task ended: nothing is watched any more.
+    stopped: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent even if a holder panicked: every update is one assignment.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn record(&self, watches: &DirectoryWatches, changes: &Changes) {
+        if changes.rules_rebuilt {
+            *lock(&self.rules) = watches.rules().clone();
+        }
+        self.watch_count.store(watches.count(), Ordering::Release);
+        if !changes.is_change() {
+            return;
+        }
+        // Noticed now, after the batch was handled: a long walk does not end the burst early.
+        let now = Instant::now();
+        {
+            let mut debounce = lock(&self.debounce);
+            if changes.overflow {
+                debounce.overflow(now);
+            }
+            debounce.change(now, changes.paths);
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Marks the watch as stopped when the task ends, however it ends.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
+/// Watches one source directory and hands out debounced bursts of relevant changes.
+///
+/// Dropping it ends the watch and its task.
+pub struct TreeWatcher {
+    app: String,
+    shared: Arc<Shared>,
+    catch_up: Duration,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for TreeWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeWatcher")
+            .field("app", &self.app)
+            .field("watches", &self.watch_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TreeWatcher {
+    /// Builds the ignore rules, walks the tree and watches every directory they keep, then
+    /// watches for changes in a task of the current tokio runtime. Must be called inside a
+    /// tokio runtime. It walks the tree before it returns, which blocks the calling thread for
+    /// as long (milliseconds for a usual source tree; call it from `spawn_blocking` for a huge
+    /// one).
+    ///
+    /// Fails, with a message naming the directory, when the root is missing, not a directory or
+    /// unreadable, when an ignore file has a bad pattern, or when an inotify limit is reached
+    /// (the message says which `sysctl` to raise). No burst is reported for what is already
+    /// there: whether to deploy at start is the caller's decision.
+    pub fn start(cfg: TreeConfig) -> Result<TreeWatcher, WatchError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(WatchError::NoRuntime { root: cfg.root });
+        };
+        let source = RulesSource {
+            ignore: cfg.ignore,
+            include: cfg.include,
+            always_ignore: cfg.always_ignore,
+        };
+        let (watches, events) = DirectoryWatches::start(&cfg.app, &cfg.root, source, cfg.poll)?;
+        let shared = Arc::new(Shared {
+            debounce: Mutex::new(Debounce::new(cfg.quiet, cfg.max_wait)),
+            wake: Notify::new(),
+            rules: Mutex::new(watches.rules().clone()),
+            watch_count: AtomicUsize::new(watches.count()),
+            stopped: AtomicBool::new(false),
+        });
+        let task = runtime.spawn(run(cfg.app.clone(), watches, events, shared.clone()));
+        Ok(TreeWatcher {
+            app: cfg.app,
+            shared,
+            catch_up: CATCH_UP.min(cfg.quiet),
+            task,
+        })
+    }
+
+    /// Waits for the next burst of relevant changes to end, and returns it. Changes made while
+    /// nobody waited are in it (if the burst was already due then, it comes shortly after the
+    /// call). Cancel-safe: dropping the future loses nothing.
+    ///
+    /// Returns `None` once the watch has stopped: the root was deleted or renamed away (logged
+    /// at ERROR), or the watcher task failed. The caller may start a new watcher later.
+    pub async fn next_burst(&mut self) -> Option<Burst> {
+        let not_before = Instant::now() + self.catch_up;
+        loop {
+            if self.shared.stopped.load(Ordering::Acquire) {
+                return None;
+            }
+            let deadline = {
+                let mut debounce = lock(&self.shared.debounce);
+                let now = Instant::now();
+                if now >= not_before {
+                    if let Some(burst) = debounce.fire_if_due(now) {
+                        return Some(burst);
+                    }
+                }
+                debounce.deadline().map(|deadline| deadline.max(not_before))
+            };
+            // A change recorded between the check and here leaves a permit: no wake-up is lost.
+            match deadline {
+                Some(deadline) => {
+                    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+                    tokio::select! {
+                        () = self.shared.wake.notified() => {}
+                        () = sleep => {}
+                    }
+                }
+                None => self.shared.wake.notified().await,
+            }
+        }
+    }
+
+    /// The ignore rules as they are now (rebuilt after each change to an ignore file), for the
+    /// packer.
+    pub fn rules(&self) -> IgnoreRules {
+        lock(&self.shared.rules).clone()
+    }
+
+    /// How many directories are watched: inotify watches (one per kept directory), or polled
+    /// directories in poll mode. 0 once the watch has stopped.
+    pub fn watch_count(&self) -> usize {
+        self.shared.watch_count.load(Ordering::Acquire)
+    }
+
+    /// Ends the watch and its task (the same as dropping the watcher).
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TreeWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The task behind a [`TreeWatcher`]: hands each batch of events to a blocking thread (walks,
+/// listings and watch calls block) and records what changed.
+async fn run(
+    app: String,
+    mut watches: DirectoryWatches,
+    mut events: EventStream,
+    shared: Arc<Shared>,
+) {
+    let _stopped = StopOnDrop(shared.clone());
+    while let Some(batch) = events.next_batch().await {
+        let handled = tokio::task::spawn_blocking(move || {
+            let changes = watches.apply(batch);
+            (watches, changes)
+        })
+        .await;
+        let changes = match handled {
+            Ok((back, changes)) => {
+                watches = back;
+                changes
+            }
+            Err(e) => {
+                tracing::error!(app = %app, "the source directory watcher failed: {e}");
+                break;
+            }
+        };
+        shared.record(&watches, &changes);
+        if changes.root_lost {
+            tracing::error!(
+                app = %app,
+                root = %watches.rules().root().display(),
+                "the source directory was removed or renamed; it is not watched any more"
+            );
+            break;
+        }
+    }
+    shared.watch_count.store(0, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_secs(1);
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_pending_means_no_deadline() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        assert_eq!(d.deadline(), None);
+        assert!(!d.is_pending());
+        assert_eq!(d.fire_if_due(t0 + Duration::from_secs(3600)), None);
+    }
+
+    #[test]
+    fn a_burst_ends_after_the_quiet_period() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change(t0, 1);
+        assert_eq!(d.deadline(), Some(t0 + QUIET));
+        assert_eq!(d.fire_if_due(t0 + ms(999)), None);
+        let burst = d.fire_if_due(t0 + QUIET).expect("due");
+        assert_eq!(
+            burst,
+            Burst {
+                changed_paths: 1,
+                overflow: false,
+                first: t0,
+                last: t0,
+            }
+        );
+    }
+
+    #[test]
+    fn each_change_restarts_the_quiet_period_and_adds_its_paths() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change(t0, 2);
+        d.change(t0 + ms(800), 3);
+        assert_eq!(d.fire_if_due(t0 + QUIET), None);
+        assert_eq!(d.deadline(), Some(t0 + ms(1800)));
+        d.change(t0 + ms(1500), 5);
+        assert_eq!(d.fire_if_due(t0 + ms(2400)), None);
+        let burst = d.fire_if_due(t0 + ms(2500)).expect("due");
+        assert_eq!(burst.changed_paths, 10);
+        assert_eq!(burst.first, t0);
+        assert_eq!(burst.last, t0 + ms(1500));
+    }
+
+    #[test]
+    fn a_tree_that_never_stops_changing_fires_at_max_wait() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        let mut fired = Vec::new();
+        // A change every 100 ms for 25 s, checked every 10 ms.
+        for tick in 0..2500u64 {
+            let now = t0 + ms(tick * 10);
+            if tick % 10 == 0 {
+                d.change(now, 1);
+            }
+            if let Some(burst) = d.fire_if_due(now) {
+                fired.push((now, burst));
+            }
+        }
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!(fired[0].0, t0 + MAX_WAIT);
+        assert_eq!(fired[0].1.first, t0);
+        assert_eq!(fired[0].1.changed_paths, 101);
+        // The next burst starts with the first change after the fire.
+        assert_eq!(fired[1].1.first, t0 + MAX_WAIT + ms(100));
+        assert_eq!(fired[1].0, t0 + MAX_WAIT * 2 + ms(100));
+    }
+
+    #[test]
+    fn firing_resets() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.overflow(t0);
+        d.change(t0, 4);
+        let burst = d.fire_if_due(t0 + QUIET).expect("due");
+        assert!(burst.overflow);
+        assert_eq!(burst.changed_paths, 4);
+        assert!(!d.is_pending());
+        assert_eq!(d.deadline(), None);
+        assert_eq!(d.fire_if_due(t0 + QUIET * 5), None);
+        let t1 = t0 + QUIET * 5;
+        d.change(t1, 1);
+        let burst = d.fire_if_due(t1 + QUIET).expect("due");
+        assert_eq!((burst.changed_paths, burst.overflow), (1, false));
+        assert_eq!(burst.first, t1);
+    }
+
+    #[test]
+    fn a_change_stamped_in_the_past_does_not_move_the_burst_back() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change(t0 + ms(500), 1);
+        d.change(t0, 1);
+        assert_eq!(d.deadline(), Some(t0 + ms(1500)));
+    }
+
+    #[test]
+    fn an_overflow_alone_is_a_burst() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.overflow(t0);
+        let burst = d.fire_if_due(t0 + QUIET).expect("due");
+        assert!(burst.overflow);
+        assert_eq!(burst.changed_paths, 0);
+    }
+
+    #[test]
+    fn a_burst_already_due_fires_at_once() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change(t0, 1);
+        assert!(d.fire_if_due(t0 + Duration::from_secs(60)).is_some());
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_is_an_error() {
+        let err = TreeWatcher::start(TreeConfig::new("my-app", "/nonexistent/src"))
+            .expect_err("no runtime");
+        assert!(matches!(err, WatchError::NoRuntime { .. }), "{err:?}");
+    }
+}

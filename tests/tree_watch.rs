@@ -1,0 +1,355 @@
+//! A watched source directory, on a real filesystem with real inotify: which changes make a
+//! burst, how many, and which directories cost a watch.
+//!
+//! Watch counts are checked against the kernel, not only against the watcher's own
+//! bookkeeping: see [`kernel_watches`].
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use dropdeploy::source::tree::{Burst, TreeConfig, TreeWatcher};
+use dropdeploy::source::watch::WatchError;
+
+/// How long a burst may take to come when one is expected (generous: CI machines are slow).
+const EXPECT: Duration = Duration::from_secs(5);
+
+fn write(path: &Path, content: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create parent");
+    }
+    fs::write(path, content).expect("write");
+}
+
+fn config(root: &Path, quiet_ms: u64) -> TreeConfig {
+    TreeConfig {
+        quiet: Duration::from_millis(quiet_ms),
+        ..TreeConfig::new("my-app", root)
+    }
+}
+
+/// Waits for the next burst; fails the test if none comes in time.
+async fn burst(watcher: &mut TreeWatcher) -> Burst {
+    match tokio::time::timeout(EXPECT, watcher.next_burst()).await {
+        Ok(Some(burst)) => burst,
+        Ok(None) => panic!("the watcher stopped"),
+        Err(_) => panic!("no burst within {EXPECT:?}"),
+    }
+}
+
+/// Fails the test if a burst comes within `within`.
+async fn no_burst(watcher: &mut TreeWatcher, within: Duration) {
+    if let Ok(burst) = tokio::time::timeout(within, watcher.next_burst()).await {
+        panic!("unexpected burst: {burst:?}");
+    }
+}
+
+/// Waits until `check` holds (the watcher updates its watches a moment after the events).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EXPECT;
+    while !check() {
+        assert!(Instant::now() < deadline, "never true: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many inotify watches the kernel holds for the watcher of `root`.
+///
+/// Method: every watcher owns one inotify instance, a file descriptor whose `/proc/self/fd/<fd>`
+/// link reads `anon_inode:inotify`; `/proc/self/fdinfo/<fd>` lists one line per watch, starting
+/// with `inotify wd:` and naming the watched inode (`ino:<hex>`). Other tests of this process
+/// run at the same time with instances of their own, so the instance counted is the one that
+/// watches `root`'s inode (a fresh temporary directory, watched by this test's watcher only).
+fn kernel_watches(root: &Path) -> usize {
+    let root_ino = format!(" ino:{:x} ", fs::metadata(root).expect("root").ino());
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+    {
+        let is_inotify = fs::read_link(entry.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify");
+        if !is_inotify {
+            continue;
+        }
+        let info_path = Path::new("/proc/self/fdinfo").join(entry.file_name());
+        let Ok(info) = fs::read_to_string(info_path) else {
+            continue; // closed meanwhile
+        };
+        let watches: Vec<&str> = info
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .collect();
+        if watches.iter().any(|l| l.contains(&root_ino)) {
+            found.push(watches.len());
+        }
+    }
+    assert!(found.len() <= 1, "several inotify instances watch {root:?}");
+    found.first().copied().unwrap_or(0)
+}
+
+/// The watcher's count and the kernel's agree and equal `expected`.
+async fn assert_watches(watcher: &TreeWatcher, root: &Path, expected: usize) {
+    eventually(&format!("{expected} watches"), || {
+        watcher.watch_count() == expected && kernel_watches(root) == expected
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_one_file_makes_one_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join("src/main.rs"), "fn main() {}\n");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    write(&root.join("src/main.rs"), "fn main() { println!(); }\n");
+    let burst = burst(&mut watcher).await;
+    assert!(burst.changed_paths >= 1 && !burst.overflow, "{burst:?}");
+    no_burst(&mut watcher, Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn touching_a_file_makes_a_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join("index.html"), "<p>hi</p>\n");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    // What `touch` does: open for writing, set the times, close.
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("index.html"))
+        .expect("open");
+    file.set_modified(SystemTime::now()).expect("set mtime");
+    drop(file);
+    burst(&mut watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_files_at_once_make_one_burst() {
+    // On tmpfs when there is one: the files then really land at once (on a slow disk, making
+    // them takes seconds), enough to overflow the event queues now and then.
+    let shm = Path::new("/dev/shm");
+    let tmp = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let mut watcher = TreeWatcher::start(TreeConfig {
+        // Not the subject here: a slow machine must not split the burst at the maximum wait.
+        max_wait: Duration::from_secs(60),
+        ..config(&root, 300)
+    })
+    .expect("start");
+
+    let made = root.clone();
+    tokio::task::spawn_blocking(move || {
+        for d in 0..100 {
+            let dir = made.join(format!("d{d:03}"));
+            fs::create_dir(&dir).expect("mkdir");
+            for f in 0..100 {
+                fs::write(dir.join(format!("f{f:03}.txt")), "x").expect("write");
+            }
+        }
+    })
+    .await
+    .expect("make files");
+
+    let first = burst(&mut watcher).await;
+    assert!(
+        first.overflow || first.changed_paths >= 10_000,
+        "every file counted, or an overflow: {first:?}"
+    );
+    no_burst(&mut watcher, Duration::from_secs(1)).await;
+    assert_watches(&watcher, &root, 101).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_editors_atomic_save_makes_one_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join("app.py"), "print(1)\n");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    // The swap file while editing, then: write a temporary file, rename it over the original.
+    write(&root.join(".app.py.swp"), "swap");
+    write(&root.join(".app.py.tmp~"), "print(2)\n");
+    fs::rename(root.join(".app.py.tmp~"), root.join("app.py")).expect("rename");
+    fs::remove_file(root.join(".app.py.swp")).expect("rm swap");
+
+    let burst = burst(&mut watcher).await;
+    assert!(burst.changed_paths >= 1, "{burst:?}");
+    no_burst(&mut watcher, Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_directory_tree_is_watched_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+    assert_watches(&watcher, root, 1).await;
+
+    // `mkdir -p a/b/c && touch a/b/c/f`: the file lands before any watch on a/b/c can exist.
+    fs::create_dir_all(root.join("a/b/c")).expect("mkdir -p");
+    write(&root.join("a/b/c/f"), "");
+    let first = burst(&mut watcher).await;
+    assert!(
+        first.changed_paths >= 4,
+        "a, a/b, a/b/c, a/b/c/f: {first:?}"
+    );
+    assert_watches(&watcher, root, 4).await;
+
+    write(&root.join("a/b/c/f2"), "2");
+    burst(&mut watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_and_renamed_directories_are_followed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    fs::create_dir_all(root.join("old/inner")).expect("mkdir");
+    fs::create_dir_all(root.join("gone/inner")).expect("mkdir");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+    assert_watches(&watcher, root, 5).await;
+
+    fs::remove_dir_all(root.join("gone")).expect("rm -r");
+    burst(&mut watcher).await;
+    assert_watches(&watcher, root, 3).await;
+
+    fs::rename(root.join("old"), root.join("new")).expect("mv");
+    burst(&mut watcher).await;
+    assert_watches(&watcher, root, 3).await;
+    write(&root.join("new/inner/file"), "x");
+    burst(&mut watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_directories_cost_no_watch_and_make_no_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join(".gitignore"), "node_modules/\n");
+    write(&root.join("src/lib/index.js"), "");
+    write(&root.join("node_modules/left-pad/lib/index.js"), "");
+    write(&root.join("node_modules/is-even/index.js"), "");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+    // The root, src, src/lib.
+    assert_watches(&watcher, root, 3).await;
+
+    write(&root.join("node_modules/left-pad/lib/index.js"), "changed");
+    write(&root.join("node_modules/new-pkg/index.js"), "new");
+    fs::remove_dir_all(root.join("node_modules/is-even")).expect("rm -r");
+    no_burst(&mut watcher, Duration::from_millis(800)).await;
+    assert_watches(&watcher, root, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignoring_a_directory_drops_its_watch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join("main.c"), "");
+    write(&root.join("build/out/main.o"), "");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+    assert_watches(&watcher, root, 3).await;
+
+    write(&root.join(".gitignore"), "build/\n");
+    burst(&mut watcher).await;
+    assert_watches(&watcher, root, 1).await;
+    assert!(watcher.rules().is_ignored(&root.join("build"), true));
+
+    write(&root.join("build/out/main.o"), "rebuilt");
+    write(&root.join("build/new.o"), "");
+    no_burst(&mut watcher, Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_during_a_deployment_make_one_follow_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let mut watcher = TreeWatcher::start(config(root, 300)).expect("start");
+
+    // Nobody awaits a burst meanwhile: the app is deploying.
+    write(&root.join("a.txt"), "a");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    write(&root.join("b.txt"), "b");
+    write(&root.join("c.txt"), "c");
+
+    let burst = burst(&mut watcher).await;
+    assert!(
+        burst.changed_paths >= 3,
+        "a, b and c in one burst: {burst:?}"
+    );
+    no_burst(&mut watcher, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_makes_no_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join("src/data.json"), "{}");
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    let mut content = String::new();
+    fs::File::open(root.join("src/data.json"))
+        .expect("open")
+        .read_to_string(&mut content)
+        .expect("read");
+    assert_eq!(content, "{}");
+    let listed = fs::read_dir(root.join("src")).expect("ls").count();
+    assert_eq!(listed, 1);
+    no_burst(&mut watcher, Duration::from_millis(800)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemons_own_state_dir_makes_no_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let state = root.join(".dropdeploy-state");
+    fs::create_dir_all(state.join("spool")).expect("mkdir state");
+    let mut watcher = TreeWatcher::start(TreeConfig {
+        always_ignore: vec![state.clone()],
+        ..config(root, 200)
+    })
+    .expect("start");
+    assert_watches(&watcher, root, 1).await;
+
+    write(&state.join("spool/x"), "archive bytes");
+    write(&state.join("spool/job-1/job.json"), "{}");
+    write(&state.join("history.jsonl"), "{}\n");
+    no_burst(&mut watcher, Duration::from_millis(800)).await;
+    assert_watches(&watcher, root, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_sees_a_change() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    write(&root.join(".gitignore"), "node_modules/\n");
+    write(&root.join("src/app.rb"), "");
+    write(&root.join("node_modules/x/index.js"), "");
+    let mut watcher = TreeWatcher::start(TreeConfig {
+        poll: Some(Duration::from_millis(200)),
+        ..config(root, 200)
+    })
+    .expect("start");
+    // Polled directories: the root and src.
+    assert_eq!(watcher.watch_count(), 2);
+    assert_eq!(kernel_watches(root), 0, "no inotify watch when polling");
+
+    write(&root.join("src/new.rb"), "puts 1");
+    let burst = burst(&mut watcher).await;
+    assert!(burst.changed_paths >= 1, "{burst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_source_directory_is_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("no-such-dir");
+    let err = TreeWatcher::start(config(&missing, 200)).expect_err("missing root");
+    assert!(matches!(err, WatchError::NotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-dir"), "{err}");
+}
