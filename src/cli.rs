@@ -812,10 +812,10 @@ async fn run_job(
             EXIT_FAILED
         }
     };
-    if job.state.is_finished() || no_follow {
-        if let Err(e) = spool.remove(&job.id) {
-            eprintln!("dropdeploy: {app}: {e}");
-        }
+    if (job.state.is_finished() || no_follow)
+        && let Err(e) = spool.remove(&job.id)
+    {
+        eprintln!("dropdeploy: {app}: {e}");
     }
     code
 }

@@ -1026,10 +1026,10 @@ struct LeftForEnv {
 fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Config, LeftForEnv) {
     let mut config = Config::default();
 
-    if let Some(state_dir) = &raw.state_dir {
-        if let Some(path) = path_value(state_dir, "state_dir", "", base, report) {
-            config.state_dir = path;
-        }
+    if let Some(state_dir) = &raw.state_dir
+        && let Some(path) = path_value(state_dir, "state_dir", "", base, report)
+    {
+        config.state_dir = path;
     }
     if let Some(max_parallel) = &raw.max_parallel {
         match usize::try_from(*max_parallel.get_ref()) {

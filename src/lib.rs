@@ -10,7 +10,9 @@
 //!   prints.
 //! - [`archive`]: everything about the `.tar.gz` itself. [`archive::inspect`] streams an archive
 //!   once, in constant memory, and either summarises it (root folder, entries, size, sha256) or
-//!   says in plain words why the platform would reject it.
+//!   says in plain words why the platform would reject it. [`archive::ignore`] decides which
+//!   files of a source directory are deployed (gitignore semantics, the `ignore` crate), and
+//!   [`archive::pack`] streams them into a deterministic tar.gz with a content digest.
 //! - [`target`]: where archives go. [`target::scalingo`] is the Scalingo client: token exchange
 //!   and bearer cache, sources, upload, deployments, build output. Its errors say whether they are
 //!   transient or permanent; it never retries by itself.
@@ -23,7 +25,9 @@
 //!   policy and a global cap on apps deploying at once.
 //! - [`source`]: where work is noticed. [`source::drop`] watches a drop folder and reports each
 //!   `.tar.gz` once it is complete (renamed in, or written, closed and settled); the daemon then
-//!   claims it by renaming it into the spool.
+//!   claims it by renaming it into the spool. [`source::tree`] and [`source::watch`] watch a
+//!   source directory (one watch per directory not ignored) and debounce its changes;
+//!   [`source::redeploy`] packs it into a job after each burst and skips unchanged trees.
 //! - [`outcome`]: what happens when a job is finished: the archive moves from the spool to
 //!   `done/` or `failed/` in its drop folder (a `.reason.txt` beside a failed one), one JSON line
 //!   is appended to `<state_dir>/history.jsonl`, one log event is written, `done/` is pruned,

@@ -267,6 +267,23 @@ async fn ignoring_a_directory_drops_its_watch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_new_directorys_own_ignore_file_applies_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    fs::create_dir_all(root.join("pkg/dist")).expect("mkdir -p");
+    write(&root.join("pkg/.gitignore"), "dist/\n");
+    write(&root.join("pkg/dist/bundle.js"), "");
+    burst(&mut watcher).await;
+    // The root and pkg: pkg/dist is ignored by pkg/.gitignore.
+    assert_watches(&watcher, root, 2).await;
+
+    write(&root.join("pkg/dist/bundle.js"), "rebuilt");
+    no_burst(&mut watcher, Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn changes_during_a_deployment_make_one_follow_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
@@ -284,6 +301,28 @@ async fn changes_during_a_deployment_make_one_follow_up() {
         "a, b and c in one burst: {burst:?}"
     );
     no_burst(&mut watcher, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_polling_in_a_select_loop_gets_its_burst() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let mut watcher = TreeWatcher::start(config(root, 200)).expect("start");
+
+    write(&root.join("a.txt"), "a");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Already due; a ticker cancels the wait every 20 ms, shorter than the catch-up.
+    let deadline = Instant::now() + EXPECT;
+    loop {
+        assert!(Instant::now() < deadline, "the burst never came");
+        tokio::select! {
+            burst = watcher.next_burst() => {
+                assert!(burst.is_some());
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -232,16 +232,17 @@ async fn lane_task(
     let mut open = true;
     let mut shutdown = ctx.shutdown.clone();
     loop {
-        if !shutdown.is_requested() && current.is_none() {
-            if let Some((job, done)) = pending.pop_front() {
-                current = Some(tokio::spawn(run_job(
-                    job,
-                    done,
-                    settings.clone(),
-                    ctx.clone(),
-                    known.clone(),
-                )));
-            }
+        if !shutdown.is_requested()
+            && current.is_none()
+            && let Some((job, done)) = pending.pop_front()
+        {
+            current = Some(tokio::spawn(run_job(
+                job,
+                done,
+                settings.clone(),
+                ctx.clone(),
+                known.clone(),
+            )));
         }
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.

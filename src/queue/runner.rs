@@ -477,7 +477,7 @@ impl Runner {
             if self.output
                 && let Ok(Some(text)) = self.client.output(&deployment).await
             {
-                let lines: Vec<String> = text.lines().map(|l| strip_ansi(l)).collect();
+                let lines: Vec<String> = text.lines().map(strip_ansi).collect();
                 if lines.len() > shown_lines {
                     self.observer.event(
                         job,

@@ -602,11 +602,11 @@ impl Folder {
             }
             Hint::Touched => {
                 // A tracked file's change shows in its next check; an unknown one is taken in.
-                if !self.candidates.contains_key(&path) {
-                    if let Some(seen) = self.look_at(&path) {
-                        self.candidates
-                            .insert(path, Settling::found(seen, now, false));
-                    }
+                if !self.candidates.contains_key(&path)
+                    && let Some(seen) = self.look_at(&path)
+                {
+                    self.candidates
+                        .insert(path, Settling::found(seen, now, false));
                 }
             }
             Hint::Gone => {}

@@ -211,7 +211,36 @@ pub struct TreeWatcher {
     app: String,
     shared: Arc<Shared>,
     catch_up: Duration,
+    /// The wait of a [`TreeWatcher::next_burst`] call that was cancelled, so that a caller
+    /// polling it again at once (in a `select!` loop) keeps its catch-up window instead of
+    /// pushing a due burst back at every call.
+    interrupted: Option<Interrupted>,
     task: JoinHandle<()>,
+}
+
+/// A cancelled wait for a burst.
+#[derive(Debug, Clone, Copy)]
+struct Interrupted {
+    not_before: Instant,
+    at: Instant,
+}
+
+/// Records the wait of a `next_burst` call if it is cancelled (dropped before it returns).
+struct WaitGuard<'a> {
+    slot: &'a mut Option<Interrupted>,
+    not_before: Instant,
+    done: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.slot = Some(Interrupted {
+                not_before: self.not_before,
+                at: Instant::now(),
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for TreeWatcher {
@@ -256,6 +285,7 @@ impl TreeWatcher {
             app: cfg.app,
             shared,
             catch_up: CATCH_UP.min(cfg.quiet),
+            interrupted: None,
             task,
         })
     }
@@ -267,18 +297,31 @@ impl TreeWatcher {
     /// Returns `None` once the watch has stopped: the root was deleted or renamed away (logged
     /// at ERROR), or the watcher task failed. The caller may start a new watcher later.
     pub async fn next_burst(&mut self) -> Option<Burst> {
-        let not_before = Instant::now() + self.catch_up;
-        loop {
-            if self.shared.stopped.load(Ordering::Acquire) {
-                return None;
+        let now = Instant::now();
+        let not_before = match self.interrupted.take() {
+            // Called again right after a cancelled call: the caller was waiting all along.
+            Some(wait) if now.saturating_duration_since(wait.at) <= self.catch_up => {
+                wait.not_before
+            }
+            _ => now + self.catch_up,
+        };
+        let mut guard = WaitGuard {
+            slot: &mut self.interrupted,
+            not_before,
+            done: false,
+        };
+        let shared = &self.shared;
+        let burst = loop {
+            if shared.stopped.load(Ordering::Acquire) {
+                break None;
             }
             let deadline = {
-                let mut debounce = lock(&self.shared.debounce);
+                let mut debounce = lock(&shared.debounce);
                 let now = Instant::now();
-                if now >= not_before {
-                    if let Some(burst) = debounce.fire_if_due(now) {
-                        return Some(burst);
-                    }
+                if now >= not_before
+                    && let Some(burst) = debounce.fire_if_due(now)
+                {
+                    break Some(burst);
                 }
                 debounce.deadline().map(|deadline| deadline.max(not_before))
             };
@@ -287,13 +330,15 @@ impl TreeWatcher {
                 Some(deadline) => {
                     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
                     tokio::select! {
-                        () = self.shared.wake.notified() => {}
+                        () = shared.wake.notified() => {}
                         () = sleep => {}
                     }
                 }
-                None => self.shared.wake.notified().await,
+                None => shared.wake.notified().await,
             }
-        }
+        };
+        guard.done = true;
+        burst
     }
 
     /// The ignore rules as they are now (rebuilt after each change to an ignore file), for the

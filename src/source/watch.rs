@@ -84,8 +84,8 @@ pub(crate) fn forward_events(
     overflow: Arc<AtomicBool>,
 ) -> impl FnMut(notify::Result<Event>) + Send + 'static {
     move |res: notify::Result<Event>| {
-        if let Ok(event) = &res {
-            if matches!(
+        if let Ok(event) = &res
+            && matches!(
                 event.kind,
                 EventKind::Access(
                     AccessKind::Open(_)
@@ -94,10 +94,10 @@ pub(crate) fn forward_events(
                         | AccessKind::Any
                         | AccessKind::Other
                 )
-            ) && !event.need_rescan()
-            {
-                return;
-            }
+            )
+            && !event.need_rescan()
+        {
+            return;
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(res) {
             overflow.store(true, Ordering::Release);

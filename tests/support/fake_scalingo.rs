@@ -1364,10 +1364,11 @@ async fn create_deployment(
 
     let base = cx.shared.base_url.clone();
     let mut st = cx.shared.lock();
-    if expire_source && let Some(id) = our_source_id(&base, source_url) {
-        if let Some(source) = st.sources.get_mut(&id) {
-            source.forced_expired = true;
-        }
+    if expire_source
+        && let Some(id) = our_source_id(&base, source_url)
+        && let Some(source) = st.sources.get_mut(&id)
+    {
+        source.forced_expired = true;
     }
     let Some(app) = st.app_mut(app) else {
         return app_not_found();
