@@ -54,6 +54,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file: print every problem with its line and column, or what
+    /// each app will do. Exit status 0 when valid, 2 when not.
+    Check {
+        /// The file (default: --config, then /etc/dropdeploy/dropdeploy.toml).
+        file: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -169,6 +179,9 @@ pub enum Command {
         /// The source directory.
         dir: PathBuf,
     },
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check archives as the platform would, without uploading anything.
     #[command(
         after_help = "Exit status: 0 when every archive is fine, 1 when one is refused, 2 on usage errors."
@@ -203,6 +216,9 @@ pub fn main() -> ExitCode {
             include,
         } => pack(dir, output, prefix.as_deref(), ignore, include),
         Command::Watch { .. } => run_async(watch(&cli)),
+        Command::Config(ConfigCommand::Check { file }) => {
+            config_check(file.clone().unwrap_or_else(|| config_path(&cli)))
+        }
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
     };
@@ -574,6 +590,93 @@ fn print_outcome(job: &Job, elapsed: std::time::Duration) {
         }
         other => println!("{app}: {}", other.name()),
     }
+}
+
+fn config_check(path: PathBuf) -> u8 {
+    let loaded = match Config::load(&path, &Env::from_process()) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    print!("{}", describe_config(&path, &loaded));
+    EXIT_OK
+}
+
+/// What a valid configuration will do, in a few lines a person can check.
+pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
+    use crate::config::TargetConfig;
+    use std::fmt::Write;
+    let c = &loaded.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", path.display());
+    for w in &loaded.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "state_dir {} (spool/, history.jsonl); at most {} apps deploying at once",
+        c.state_dir.display(),
+        c.max_parallel
+    );
+    let scalingo_apps = c
+        .apps
+        .iter()
+        .filter(|a| a.target == TargetConfig::Scalingo)
+        .count();
+    if scalingo_apps > 0 {
+        let token = match (&c.scalingo.token, &c.scalingo.token_origin) {
+            (Some(_), Some(origin)) => format!("token from {origin}"),
+            (Some(_), None) => "token set".to_string(),
+            (None, _) => "NO TOKEN: set SCALINGO_API_TOKEN or token_file".to_string(),
+        };
+        let _ = writeln!(out, "Scalingo API {} ({token})", c.scalingo.api_url);
+    }
+    if c.apps.is_empty() {
+        let _ = writeln!(out, "no [[app]]: the daemon would watch nothing");
+    }
+    for app in &c.apps {
+        let from = match (&app.drop_dir, &app.source_dir) {
+            (Some(dir), _) => format!(
+                "archives dropped in {} (settle {}, keep {} in done/)",
+                dir.display(),
+                humantime::format_duration(app.settle),
+                app.keep_done
+            ),
+            (None, Some(dir)) => format!(
+                "source directory {} packed after {} quiet (max wait {}){}",
+                dir.display(),
+                humantime::format_duration(app.quiet),
+                humantime::format_duration(app.max_wait),
+                if app.deploy_on_start {
+                    ", deployed at start if changed"
+                } else {
+                    ""
+                }
+            ),
+            (None, None) => "nothing".to_string(),
+        };
+        let to = match &app.target {
+            TargetConfig::Scalingo => format!("Scalingo app {}", app.name),
+            TargetConfig::Local(l) => format!(
+                "local releases in {} (keep {}{})",
+                l.releases_dir.join(&app.name).display(),
+                l.keep_releases,
+                if l.activate.is_empty() {
+                    String::new()
+                } else {
+                    format!(", then run {:?}", l.activate)
+                }
+            ),
+        };
+        let policy = match app.queue {
+            crate::config::QueuePolicy::Latest => "latest",
+            crate::config::QueuePolicy::All => "all",
+        };
+        let _ = writeln!(out, "app {}: {from} → {to}; queue {policy}", app.name);
+    }
+    out
 }
 
 fn check(cli: &Cli, max_size: Option<u64>, files: &[PathBuf]) -> u8 {

@@ -188,6 +188,30 @@ impl Default for RetryConfig {
     }
 }
 
+/// Where an app's archives go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetConfig {
+    /// The Scalingo platform (default).
+    Scalingo,
+    /// Releases on this machine, Capistrano-style.
+    Local(LocalTargetConfig),
+}
+
+/// `target = "local"`: each archive is extracted into
+/// `<releases_dir>/<app>/<YYYYmmddTHHMMSSZ>-<git_ref>/` and `<releases_dir>/<app>/current`
+/// is switched to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTargetConfig {
+    /// `releases_dir`: where releases go (required with `target = "local"`).
+    pub releases_dir: PathBuf,
+    /// `activate`: a command run after the switch (no shell), e.g. `["systemctl", "reload", "x"]`.
+    pub activate: Vec<String>,
+    /// `activate_timeout`: how long `activate` may run (default 60 s).
+    pub activate_timeout: Duration,
+    /// `keep_releases`: how many releases are kept (default 5, at least 1).
+    pub keep_releases: usize,
+}
+
 /// `queue`: what an app's lane does with new work while a deployment runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueuePolicy {
@@ -236,6 +260,8 @@ pub struct AppConfig {
     /// `deploy_on_start`: deploy the source directory when the daemon starts, if it differs
     /// from the last successful deploy (default true).
     pub deploy_on_start: bool,
+    /// `target`: where this app's archives go (default Scalingo).
+    pub target: TargetConfig,
 }
 
 impl AppConfig {
@@ -582,6 +608,11 @@ struct RawApp {
     max_wait: Option<Spanned<DurationText>>,
     poll: Option<Spanned<DurationText>>,
     deploy_on_start: Option<bool>,
+    target: Option<Spanned<String>>,
+    releases_dir: Option<Spanned<String>>,
+    activate: Option<Spanned<Vec<String>>>,
+    activate_timeout: Option<Spanned<DurationText>>,
+    keep_releases: Option<Spanned<i64>>,
     follow_interval: Option<Spanned<DurationText>>,
     retry_budget: Option<Spanned<DurationText>>,
 }
@@ -651,6 +682,11 @@ const APP_KEYS: &[&str] = &[
     "max_wait",
     "poll",
     "deploy_on_start",
+    "target",
+    "releases_dir",
+    "activate",
+    "activate_timeout",
+    "keep_releases",
 ];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
@@ -1346,6 +1382,114 @@ fn build_app(
         )
     });
 
+    let target = match raw
+        .target
+        .as_ref()
+        .map(|t| (t.span(), t.get_ref().as_str()))
+    {
+        None | Some((_, "scalingo")) => {
+            for (present, key) in [
+                (raw.releases_dir.as_ref().map(|v| v.span()), "releases_dir"),
+                (raw.activate.as_ref().map(|v| v.span()), "activate"),
+                (
+                    raw.keep_releases.as_ref().map(|v| v.span()),
+                    "keep_releases",
+                ),
+                (
+                    raw.activate_timeout.as_ref().map(|v| v.span()),
+                    "activate_timeout",
+                ),
+            ] {
+                if let Some(span) = present {
+                    report.at(
+                        span,
+                        format!(
+                            "`{key}` only applies to target = \"local\"; app `{}` deploys to \
+                             Scalingo",
+                            name.get_ref()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            TargetConfig::Scalingo
+        }
+        Some((span, "local")) => {
+            let releases_dir = match &raw.releases_dir {
+                Some(dir) => path_value(dir, "releases_dir", "app", base, report),
+                None => {
+                    report.at(
+                        span,
+                        format!(
+                            "app `{}` has target = \"local\" but no releases_dir; give the \
+                             directory where its releases go, e.g. releases_dir = \
+                             \"/srv/releases\"",
+                            name.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+            let activate = raw
+                .activate
+                .as_ref()
+                .map(|a| a.get_ref().clone())
+                .unwrap_or_default();
+            if let Some(a) = &raw.activate
+                && a.get_ref().first().is_some_and(|c| c.trim().is_empty())
+            {
+                report.at(a.span(), "`activate` starts with an empty program name");
+                ok = false;
+            }
+            let activate_timeout = duration_value(
+                &raw.activate_timeout,
+                "activate_timeout",
+                "app",
+                Duration::from_secs(60),
+                false,
+                report,
+            );
+            let keep_releases = match &raw.keep_releases {
+                None => 5,
+                Some(n) => match usize::try_from(*n.get_ref()) {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        report.at(
+                            n.span(),
+                            format!(
+                                "`keep_releases` must be at least 1 (the current release), \
+                                 found {}",
+                                n.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        5
+                    }
+                },
+            };
+            match releases_dir {
+                Some(releases_dir) => TargetConfig::Local(LocalTargetConfig {
+                    releases_dir,
+                    activate,
+                    activate_timeout,
+                    keep_releases,
+                }),
+                None => {
+                    ok = false;
+                    TargetConfig::Scalingo
+                }
+            }
+        }
+        Some((span, other)) => {
+            report.at(
+                span,
+                format!("`target` in [[app]] must be \"scalingo\" or \"local\", found \"{other}\""),
+            );
+            ok = false;
+            TargetConfig::Scalingo
+        }
+    };
+
     ok.then(|| AppConfig {
         name: name.get_ref().clone(),
         drop_dir,
@@ -1362,6 +1506,7 @@ fn build_app(
         max_wait,
         poll,
         deploy_on_start: raw.deploy_on_start.unwrap_or(true),
+        target,
     })
 }
 
@@ -1646,7 +1791,8 @@ ignore = ["*.log", "tmp/"]
             message,
             "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
              of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
-             keep_done, follow_interval, retry_budget, include, max_wait, poll, deploy_on_start"
+             keep_done, follow_interval, retry_budget, include, max_wait, poll, deploy_on_start, \
+             target, releases_dir, activate, activate_timeout, keep_releases"
         );
     }
 

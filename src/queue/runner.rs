@@ -704,3 +704,9 @@ mod tests {
         assert_eq!(tail_lines("a\nb", 30), vec!["a", "b"]);
     }
 }
+
+impl crate::target::Target for Runner {
+    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(Runner::run(self, job))
+    }
+}

@@ -132,6 +132,12 @@ pub enum Step {
     Upload,
     CreateDeployment,
     Follow,
+    /// Local target: unpacking the archive into a release directory.
+    Extract,
+    /// Local target: pointing `current` at the new release.
+    Switch,
+    /// Local target: running the `activate` command.
+    Activate,
 }
 
 impl std::fmt::Display for Step {
@@ -142,6 +148,9 @@ impl std::fmt::Display for Step {
             Step::Upload => "upload",
             Step::CreateDeployment => "create deployment",
             Step::Follow => "follow deployment",
+            Step::Extract => "extract release",
+            Step::Switch => "switch current",
+            Step::Activate => "activate release",
         })
     }
 }

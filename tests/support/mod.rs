@@ -429,3 +429,37 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+impl World {
+    /// Adds a drop-folder app deploying to local releases under `<dir>/releases`; returns
+    /// (drop folder, the app's releases directory).
+    pub fn add_local_app(&self, app: &str, extra: &str) -> (PathBuf, PathBuf) {
+        let drop = self.dir.path().join("drop").join(app);
+        let releases = self.dir.path().join("releases");
+        self.append_config(&format!(
+            "\n[[app]]\nname = \"{app}\"\ndrop_dir = \"{}\"\nsettle = \"300ms\"\ntarget = \"local\"\nreleases_dir = \"{}\"\n{extra}\n",
+            drop.display(),
+            releases.display()
+        ));
+        (drop, releases.join(app))
+    }
+}
+
+/// An archive `app/` with `index.html` saying `text`, and `run.sh` executable.
+pub fn site_archive(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut add = |p: &str, body: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        tar.append_data(&mut h, p, body).unwrap();
+    };
+    add("app/index.html", text.as_bytes(), 0o644);
+    add("app/run.sh", b"#!/bin/sh\necho run\n", 0o755);
+    tar.into_inner().unwrap().finish().unwrap();
+    path
+}
