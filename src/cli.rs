@@ -239,15 +239,20 @@ fn run_async(fut: impl std::future::Future<Output = u8>) -> u8 {
 }
 
 /// Logs go to stderr; `RUST_LOG` chooses what (default: `default_level`), colours only on a
-/// terminal.
+/// terminal. When stderr is the journal (a systemd service), text lines carry a syslog
+/// priority and no timestamp, since journald adds its own; `--log-format json` is unchanged.
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let journal = crate::service::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(!journal && std::io::stderr().is_terminal());
     match format {
+        LogFormat::Text if journal => builder
+            .event_format(crate::service::JournalFormat::new())
+            .init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

@@ -12,14 +12,15 @@
 //!
 //! Then, as in Scalingo's own CLI, the environment overrides the file (`SCALINGO_API_TOKEN`,
 //! `SCALINGO_API_URL`, `SCALINGO_AUTH_URL`, `SCALINGO_REGION`), and the token is read from the
-//! environment or from `token_file`. The environment is passed in as an [`Env`] so that tests
-//! need not touch the process's own.
+//! systemd credential `scalingo-token`, else the environment, else `token_file`. The
+//! environment is passed in as an [`Env`] so that tests need not touch the process's own.
 //!
 //! Relative paths in a file (`state_dir`, `drop_dir`, `source_dir`, `token_file`) are relative to
 //! the directory of that file, so that a config means the same thing from any working directory.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use crate::hooks::{DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HookConfig};
 
 /// The default ceiling on an archive's uncompressed size: the platform's 300 MB.
 pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 314_572_800;
@@ -56,7 +59,17 @@ const ENV_TOKEN: &str = "SCALINGO_API_TOKEN";
 const ENV_API_URL: &str = "SCALINGO_API_URL";
 const ENV_AUTH_URL: &str = "SCALINGO_AUTH_URL";
 const ENV_REGION: &str = "SCALINGO_REGION";
-const ENV_VARS: [&str; 4] = [ENV_TOKEN, ENV_API_URL, ENV_AUTH_URL, ENV_REGION];
+/// Set by systemd for a unit with `LoadCredential=`: the directory of the unit's credentials.
+const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+const ENV_VARS: [&str; 5] = [
+    ENV_TOKEN,
+    ENV_API_URL,
+    ENV_AUTH_URL,
+    ENV_REGION,
+    ENV_CREDENTIALS_DIRECTORY,
+];
+/// The systemd credential that holds the API token (`LoadCredential=scalingo-token:…`).
+const TOKEN_CREDENTIAL: &str = "scalingo-token";
 
 /// Key names that mean "the API token written inline", refused wherever they appear.
 const INLINE_TOKEN_KEYS: [&str; 3] = ["token", "api_token", "scalingo_api_token"];
@@ -113,6 +126,11 @@ pub struct Config {
     /// `shutdown_grace`: how long a stopping daemon lets in-flight steps reach their next
     /// persisted state (default 30 s).
     pub shutdown_grace: Duration,
+    /// `metrics_listen`: where the Prometheus `/metrics` endpoint listens, e.g.
+    /// `127.0.0.1:9464` (none by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `[on_outcome]`: the hook run after every job's outcome, unless its app has its own.
+    pub on_outcome: Option<HookConfig>,
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.
@@ -126,7 +144,8 @@ pub struct ScalingoConfig {
     pub region: Option<String>,
     /// The API token, when one was found; `None` is not an error at load time.
     pub token: Option<Secret>,
-    /// Where the token came from, for messages: `$SCALINGO_API_TOKEN` or the token file path.
+    /// Where the token came from, for messages: `systemd credential scalingo-token`,
+    /// `$SCALINGO_API_TOKEN` or the token file path.
     pub token_origin: Option<String>,
     /// `timeout`: every API call's time limit (default 30 s).
     pub timeout: Duration,
@@ -262,6 +281,8 @@ pub struct AppConfig {
     pub deploy_on_start: bool,
     /// `target`: where this app's archives go (default Scalingo).
     pub target: TargetConfig,
+    /// `on_outcome`: this app's hook, replacing the global `[on_outcome]` for it.
+    pub on_outcome: Option<HookConfig>,
 }
 
 impl AppConfig {
@@ -283,6 +304,8 @@ impl Default for Config {
             retry: RetryConfig::default(),
             apps: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            metrics_listen: None,
+            on_outcome: None,
         }
     }
 }
@@ -564,8 +587,10 @@ struct RawConfig {
     max_parallel: Option<Spanned<i64>>,
     max_archive_size: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<DurationText>>,
+    metrics_listen: Option<Spanned<String>>,
     scalingo: Option<RawScalingo>,
     retry: Option<RawRetry>,
+    on_outcome: Option<Spanned<RawHook>>,
     #[serde(default)]
     app: Vec<Spanned<RawApp>>,
 }
@@ -615,6 +640,17 @@ struct RawApp {
     keep_releases: Option<Spanned<i64>>,
     follow_interval: Option<Spanned<DurationText>>,
     retry_budget: Option<Spanned<DurationText>>,
+    on_outcome: Option<Spanned<RawHook>>,
+}
+
+/// An `on_outcome` table, global or in an `[[app]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    webhook: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<DurationText>>,
+    retries: Option<Spanned<i64>>,
 }
 
 /// A duration as written (`"30s"`); parsed in pass 4 so that every bad one is reported. A bare
@@ -653,8 +689,10 @@ const TOP_KEYS: &[&str] = &[
     "max_parallel",
     "max_archive_size",
     "shutdown_grace",
+    "metrics_listen",
     "scalingo",
     "retry",
+    "on_outcome",
     "app",
 ];
 const SCALINGO_KEYS: &[&str] = &[
@@ -687,7 +725,9 @@ const APP_KEYS: &[&str] = &[
     "activate",
     "activate_timeout",
     "keep_releases",
+    "on_outcome",
 ];
+const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries"];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
 fn parse_raw(text: &str, report: &mut Report<'_>) -> Option<RawConfig> {
@@ -750,6 +790,7 @@ fn table_label(path: &str) -> String {
     match path {
         "" => "at the top level".to_string(),
         "app" => "in [[app]]".to_string(),
+        "app.on_outcome" => "in on_outcome of [[app]]".to_string(),
         _ => format!("in [{path}]"),
     }
 }
@@ -824,10 +865,14 @@ fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
                 check_table_keys(t, "scalingo", SCALINGO_KEYS, report)
             }
             ("retry", DeValue::Table(t)) => check_table_keys(t, "retry", RETRY_KEYS, report),
+            ("on_outcome", DeValue::Table(t)) => {
+                check_table_keys(t, "on_outcome", HOOK_KEYS, report)
+            }
             ("app", DeValue::Array(items)) => {
                 for item in items.iter() {
                     if let DeValue::Table(t) = item.get_ref() {
                         check_table_keys(t, "app", APP_KEYS, report);
+                        check_app_hook_keys(t, report);
                     }
                 }
             }
@@ -836,6 +881,17 @@ fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
                 "`app` must be an array of tables: write [[app]] (two brackets) above each app",
             ),
             _ => {}
+        }
+    }
+}
+
+/// Pass 2 for an app's `on_outcome = { … }`.
+fn check_app_hook_keys(app: &DeTable<'_>, report: &mut Report<'_>) {
+    for (key, value) in app.iter() {
+        if key.get_ref().as_ref() as &str == "on_outcome"
+            && let DeValue::Table(t) = value.get_ref()
+        {
+            check_table_keys(t, "app.on_outcome", HOOK_KEYS, report);
         }
     }
 }
@@ -849,7 +905,7 @@ fn check_table_keys(table: &DeTable<'_>, path: &str, allowed: &[&str], report: &
         let expected: Vec<String> = allowed
             .iter()
             .map(|name| match (path, *name) {
-                ("", "scalingo" | "retry") => format!("[{name}]"),
+                ("", "scalingo" | "retry" | "on_outcome") => format!("[{name}]"),
                 ("", "app") => "[[app]]".to_string(),
                 _ => name.to_string(),
             })
@@ -1102,6 +1158,22 @@ fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Config, LeftF
         true,
         report,
     );
+    if let Some(listen) = &raw.metrics_listen {
+        match listen.get_ref().trim().parse::<SocketAddr>() {
+            Ok(addr) => config.metrics_listen = Some(addr),
+            Err(_) => report.at(
+                listen.span(),
+                format!(
+                    "`metrics_listen` must be an IP address and a port, e.g. \"127.0.0.1:9464\" \
+                     or \"[::1]:9464\", found \"{}\"",
+                    listen.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(hook) = &raw.on_outcome {
+        config.on_outcome = build_hook(hook, "on_outcome", report);
+    }
 
     let token_file = raw
         .scalingo
@@ -1490,6 +1562,15 @@ fn build_app(
         }
     };
 
+    let on_outcome = match &raw.on_outcome {
+        Some(hook) => {
+            let built = build_hook(hook, "app.on_outcome", report);
+            ok &= built.is_some();
+            built
+        }
+        None => None,
+    };
+
     ok.then(|| AppConfig {
         name: name.get_ref().clone(),
         drop_dir,
@@ -1507,14 +1588,97 @@ fn build_app(
         poll,
         deploy_on_start: raw.deploy_on_start.unwrap_or(true),
         target,
+        on_outcome,
+    })
+}
+
+/// An `on_outcome` table (`table` is `on_outcome` or `app.on_outcome`): a webhook, a command,
+/// or both. `None` when it has problems (reported).
+fn build_hook(raw: &Spanned<RawHook>, table: &str, report: &mut Report<'_>) -> Option<HookConfig> {
+    let whole = raw.span();
+    let raw = raw.get_ref();
+    let label = table_label(table);
+    let mut ok = true;
+    let webhook = match &raw.webhook {
+        Some(url) => match crate::hooks::check_webhook_url(url.get_ref()) {
+            Ok(()) => Some(url.get_ref().clone()),
+            Err(why) => {
+                report.at(url.span(), format!("`webhook` {label}: {why}"));
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let command = match &raw.command {
+        Some(argv) if argv.get_ref().first().is_none_or(|p| p.trim().is_empty()) => {
+            report.at(
+                argv.span(),
+                format!(
+                    "`command` {label} has no program; give the program and its arguments, \
+                     e.g. [\"/usr/local/bin/notify-deploy\", \"--quiet\"]"
+                ),
+            );
+            ok = false;
+            Vec::new()
+        }
+        Some(argv) => argv.get_ref().clone(),
+        None => Vec::new(),
+    };
+    if raw.webhook.is_none() && raw.command.is_none() {
+        let what = match table {
+            "on_outcome" => "[on_outcome]",
+            _ => "`on_outcome` in [[app]]",
+        };
+        report.at(
+            whole,
+            format!(
+                "{what} has neither webhook nor command; give one or both, e.g. \
+                 webhook = \"https://hooks.example.com/deploys\""
+            ),
+        );
+        ok = false;
+    }
+    let timeout = duration_value(
+        &raw.timeout,
+        "timeout",
+        table,
+        DEFAULT_HOOK_TIMEOUT,
+        false,
+        report,
+    );
+    let retries = match &raw.retries {
+        None => DEFAULT_HOOK_RETRIES,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                report.at(
+                    n.span(),
+                    format!(
+                        "`retries` {label} must be at least 1 (how many times the webhook is \
+                         tried in all), found {}",
+                        n.get_ref()
+                    ),
+                );
+                ok = false;
+                DEFAULT_HOOK_RETRIES
+            }
+        },
+    };
+    ok.then_some(HookConfig {
+        webhook,
+        command,
+        timeout,
+        retries,
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // The environment, and the token.
 
-/// Applies the environment over the file, then finds the token: `$SCALINGO_API_TOKEN`, else
-/// the token file (which is then not read at all).
+/// Applies the environment over the file, then finds the token: the systemd credential
+/// `$CREDENTIALS_DIRECTORY/scalingo-token` when that file exists, else `$SCALINGO_API_TOKEN`,
+/// else the token file (a source that is not used is not read at all).
 fn apply_env(
     config: &mut Config,
     left: LeftForEnv,
@@ -1550,6 +1714,20 @@ fn apply_env(
         }
     }
 
+    if let Some(dir) = env.get(ENV_CREDENTIALS_DIRECTORY) {
+        let path = Path::new(dir).join(TOKEN_CREDENTIAL);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            // systemd makes the credential private to the unit: no mode warning applies.
+            match read_token_file(&path, &mut Vec::new()) {
+                Ok(token) => {
+                    s.token = Some(token);
+                    s.token_origin = Some(format!("systemd credential {TOKEN_CREDENTIAL}"));
+                }
+                Err(why) => report.env(ENV_CREDENTIALS_DIRECTORY, why),
+            }
+            return;
+        }
+    }
     if let Some(token) = env.get(ENV_TOKEN) {
         s.token = Some(Secret::new(token));
         s.token_origin = Some(format!("${ENV_TOKEN}"));
@@ -1792,7 +1970,7 @@ ignore = ["*.log", "tmp/"]
             "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
              of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
              keep_done, follow_interval, retry_budget, include, max_wait, poll, deploy_on_start, \
-             target, releases_dir, activate, activate_timeout, keep_releases"
+             target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
         );
     }
 
@@ -1804,7 +1982,8 @@ ignore = ["*.log", "tmp/"]
         let lines: Vec<&str> = message.lines().collect();
         assert_eq!(lines.len(), 3, "{message}");
         let top = "unknown key `stat_dir` at the top level; expected one of state_dir, \
-                   max_parallel, max_archive_size, shutdown_grace, [scalingo], [retry], [[app]]";
+                   max_parallel, max_archive_size, shutdown_grace, metrics_listen, [scalingo], \
+                   [retry], [on_outcome], [[app]]";
         assert_eq!(lines[0], format!("{FILE}:1:1: {top}"));
         assert!(
             lines[1].starts_with(&format!("{FILE}:3:1: unknown key `regoin` in [scalingo]")),
@@ -2387,5 +2566,103 @@ source_dir = "../src/b"
             position(text, text.len() + 10),
             Position { line: 2, column: 7 }
         );
+    }
+
+    /// A `$CREDENTIALS_DIRECTORY` as systemd makes it, holding `scalingo-token` when given.
+    fn credentials(token: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(token) = token {
+            std::fs::write(dir.path().join("scalingo-token"), token).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_systemd_credential_wins_over_the_environment_and_the_token_file() {
+        let creds = credentials(Some("tk-us-credential\n"));
+        let files = token_file("tk-us-file", 0o600);
+        let env = Env::from_pairs([
+            ("SCALINGO_API_TOKEN", "tk-us-env"),
+            ("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap()),
+        ]);
+        let loaded = load_with_token_file(files.path(), &env).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let s = loaded.config.scalingo;
+        assert_eq!(
+            s.token.as_ref().map(Secret::expose),
+            Some("tk-us-credential")
+        );
+        assert_eq!(
+            s.token_origin.as_deref(),
+            Some("systemd credential scalingo-token")
+        );
+        // Without a config file too.
+        let s = Config::from_env(&env).unwrap().config.scalingo;
+        assert_eq!(
+            s.require_token().map(Secret::expose).ok(),
+            Some("tk-us-credential")
+        );
+    }
+
+    #[test]
+    fn the_token_file_is_not_read_when_the_credential_exists() {
+        let creds = credentials(Some("tk-us-credential"));
+        let empty = tempfile::tempdir().unwrap(); // no token file: reading it would fail
+        let env = Env::from_pairs([("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())]);
+        let s = load_with_token_file(empty.path(), &env)
+            .unwrap()
+            .config
+            .scalingo;
+        assert_eq!(
+            s.token.as_ref().map(Secret::expose),
+            Some("tk-us-credential")
+        );
+    }
+
+    #[test]
+    fn without_the_credential_file_the_usual_order_applies() {
+        // A credentials directory without scalingo-token (the unit loads other credentials).
+        let creds = credentials(None);
+        let dir = creds.path().to_str().unwrap();
+        let env = Env::from_pairs([
+            ("SCALINGO_API_TOKEN", "tk-us-env"),
+            ("CREDENTIALS_DIRECTORY", dir),
+        ]);
+        let s = Config::from_env(&env).unwrap().config.scalingo;
+        assert_eq!(s.token_origin.as_deref(), Some("$SCALINGO_API_TOKEN"));
+
+        let files = token_file("tk-us-file", 0o600);
+        let env = Env::from_pairs([("CREDENTIALS_DIRECTORY", dir)]);
+        let s = load_with_token_file(files.path(), &env)
+            .unwrap()
+            .config
+            .scalingo;
+        assert_eq!(s.token.as_ref().map(Secret::expose), Some("tk-us-file"));
+
+        let s = Config::from_env(&env).unwrap().config.scalingo;
+        assert!(s.token.is_none());
+    }
+
+    #[test]
+    fn an_empty_credential_is_an_error_naming_the_variable() {
+        let creds = credentials(Some(" \n"));
+        let env = Env::from_pairs([
+            ("SCALINGO_API_TOKEN", "tk-us-env"),
+            ("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap()),
+        ]);
+        let message = Config::from_env(&env).unwrap_err().to_string();
+        let path = creds.path().join("scalingo-token");
+        assert_eq!(
+            message,
+            format!(
+                "$CREDENTIALS_DIRECTORY: token file {} is empty; write the Scalingo API token in it",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn credentials_directory_is_read_from_the_process() {
+        assert!(ENV_VARS.contains(&"CREDENTIALS_DIRECTORY"));
     }
 }

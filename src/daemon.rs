@@ -16,8 +16,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::archive::inspect::Limits;
-use crate::config::{AppConfig, Config, ConfigError, Env, Loaded, RetryConfig};
-use crate::outcome::Outcomes;
+use crate::config::{AppConfig, Config, ConfigError, Env, Loaded, RetryConfig, TargetConfig};
+use crate::hooks::{Hooks, hook_for};
+use crate::metrics::{Metrics, MetricsObserver};
+use crate::outcome::{HistoryEntry, Outcomes};
 use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
 use crate::queue::lane::{Finisher, LaneContext, LaneSettings, Lanes};
 use crate::queue::runner::LogObserver;
@@ -26,6 +28,7 @@ use crate::shutdown::{self, ShutdownTrigger};
 use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
 use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
 use crate::source::tree::{TreeConfig, TreeWatcher};
+use crate::target::local::LocalTarget;
 use crate::target::scalingo::api::ScalingoClient;
 
 /// `done/` retention for a job whose app is no longer configured.
@@ -46,7 +49,7 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let token = config.scalingo.require_token()?.clone();
+    let client = scalingo_client(&config)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         DaemonError::Startup(format!(
             "cannot create state_dir {}: {e}",
@@ -65,21 +68,42 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         );
     }
     check_apps(&config, &spool)?;
-    let client = ScalingoClient::new(&config.scalingo, token)
-        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    recover_releases(&config).await;
 
     let (trigger, shutdown) = shutdown::channel();
+    let metrics = Metrics::new();
+    for app in &config.apps {
+        metrics.register_app(&app.name);
+    }
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = crate::metrics::serve(addr, metrics.clone(), trigger.subscribe())
+                .await
+                .map_err(|e| DaemonError::Startup(e.to_string()))?;
+            tracing::info!(address = %bound, "serving /metrics and /healthz");
+            Some(task)
+        }
+        None => None,
+    };
+    let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
+    let after = Arc::new(AfterOutcome {
+        metrics: metrics.clone(),
+        hooks: hooks.clone(),
+        config: std::sync::RwLock::new(config.clone()),
+    });
     let outcomes = Arc::new(Outcomes::new(&config.state_dir, spool.clone()));
     let ctx = LaneContext::new(
-        Arc::new(client),
+        client,
         spool.clone(),
-        Arc::new(LogObserver),
+        Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
         Arc::new(OutcomeFinisher {
             outcomes: outcomes.clone(),
+            after: after.clone(),
         }),
         config.max_parallel,
         shutdown,
-    );
+    )
+    .with_metrics(metrics.clone());
     let (ready_tx, ready_rx) = mpsc::channel(1024);
     let mut daemon = Daemon {
         config_path,
@@ -91,6 +115,8 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         watchers: HashMap::new(),
         trees: HashMap::new(),
         ready_tx,
+        after,
+        metrics_server,
     };
     for app in daemon.config.apps.clone() {
         daemon.start_lane(&app);
@@ -109,18 +135,41 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     daemon.serve(ready_rx, trigger).await
 }
 
+/// What follows every recorded outcome: the metrics, and the app's `on_outcome` hook.
+/// Hooks are delivered at least once: a crash after the hook but before the job leaves the
+/// spool runs it again at the next start.
+struct AfterOutcome {
+    metrics: Arc<Metrics>,
+    hooks: Arc<Hooks>,
+    /// The configuration in force (a reload replaces it), for the hooks.
+    config: std::sync::RwLock<Config>,
+}
+
+impl AfterOutcome {
+    fn done(&self, entry: &HistoryEntry) {
+        self.metrics.record_outcome(entry);
+        if let Ok(config) = self.config.read()
+            && let Some(hook) = hook_for(&config, &entry.app)
+        {
+            self.hooks.notify(hook, entry);
+        }
+    }
+}
+
 struct OutcomeFinisher {
     outcomes: Arc<Outcomes>,
+    after: Arc<AfterOutcome>,
 }
 
 impl Finisher for OutcomeFinisher {
     fn finish(&self, job: &Job, keep_done: usize) {
-        if let Err(e) = self.outcomes.record(job, keep_done) {
-            tracing::error!(
+        match self.outcomes.record(job, keep_done) {
+            Ok(entry) => self.after.done(&entry),
+            Err(e) => tracing::error!(
                 app = %job.app,
                 job = %job.id,
                 "cannot record the outcome; the job stays in the spool and is recorded at the next start: {e}"
-            );
+            ),
         }
     }
 }
@@ -136,6 +185,8 @@ struct Daemon {
     /// Watched source directories: the settings they started with, and their own stop.
     trees: HashMap<String, (TreeConfig, ShutdownTrigger)>,
     ready_tx: mpsc::Sender<ReadyFile>,
+    after: Arc<AfterOutcome>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Checks what the daemon needs of each app before it takes any work.
@@ -171,6 +222,42 @@ fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The Scalingo client, when an app deploys there (which then needs the token).
+fn scalingo_client(config: &Config) -> Result<Option<Arc<ScalingoClient>>, DaemonError> {
+    if !config
+        .apps
+        .iter()
+        .any(|a| a.target == TargetConfig::Scalingo)
+    {
+        return Ok(None);
+    }
+    let token = config.scalingo.require_token()?.clone();
+    ScalingoClient::new(&config.scalingo, token)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| DaemonError::Startup(e.to_string()))
+}
+
+/// Removes half-extracted releases of local-target apps left by a process that died.
+async fn recover_releases(config: &Config) {
+    for app in &config.apps {
+        if let TargetConfig::Local(local) = &app.target {
+            let target = LocalTarget::new(local);
+            let name = app.name.clone();
+            match tokio::task::spawn_blocking(move || target.recover(&name)).await {
+                Ok(Ok(removed)) => {
+                    for path in removed {
+                        tracing::warn!(app = %app.name, path = %path.display(), "removed a half-made release");
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(app = %app.name, "cannot clean the releases: {}", e.reason)
+                }
+                Err(e) => tracing::error!(app = %app.name, "cannot clean the releases: {e}"),
+            }
+        }
+    }
+}
+
 fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
     LaneSettings {
         policy: app.queue,
@@ -182,6 +269,7 @@ fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
             .follow_interval
             .unwrap_or(config.scalingo.follow_interval),
         keep_done: app.keep_done,
+        target: app.target.clone(),
     }
 }
 
@@ -304,7 +392,7 @@ impl Daemon {
                 let id = job.id.clone();
                 let done = tokio::task::spawn_blocking(move || outcomes.record(&job, keep)).await;
                 match done {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(entry)) => self.after.done(&entry),
                     Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
                     Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
                 }
@@ -354,12 +442,21 @@ impl Daemon {
             tree.fire();
         }
         trigger.fire();
-        match tokio::time::timeout(grace, self.lanes.join()).await {
-            Ok(()) => tracing::info!("stopped"),
+        let deadline = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, self.lanes.join()).await {
+            Ok(()) => {}
             Err(_) => tracing::warn!(
                 "grace period over: steps still in flight were abandoned; their jobs resume at the next start"
             ),
         }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.after.hooks.drain(left).await {
+            tracing::warn!("outcome hooks still running at exit were abandoned");
+        }
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        tracing::info!("stopped");
         Ok(())
     }
 
@@ -407,7 +504,7 @@ impl Daemon {
                 })
                 .await;
                 match done {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(entry)) => self.after.done(&entry),
                     Ok(Err(e)) => {
                         tracing::error!(app = %app.name, file = %shown, "cannot move the refused archive to failed/: {e}")
                     }
@@ -439,23 +536,25 @@ impl Daemon {
             tracing::warn!("{w}");
         }
         let new = loaded.config;
-        let token = match new.scalingo.require_token() {
-            Ok(t) => t.clone(),
-            Err(e) => {
-                tracing::error!("reload refused, the running configuration is kept: {e}");
-                return;
-            }
-        };
         if let Err(e) = check_apps(&new, &self.spool) {
             tracing::error!("reload refused, the running configuration is kept: {e}");
             return;
         }
-        match ScalingoClient::new(&new.scalingo, token) {
-            Ok(client) => self.lanes.context().set_client(Arc::new(client)),
+        match scalingo_client(&new) {
+            Ok(client) => self.lanes.context().set_client(client),
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
                 return;
             }
+        }
+        for app in &new.apps {
+            self.after.metrics.register_app(&app.name);
+        }
+        if new.metrics_listen != self.config.metrics_listen {
+            tracing::warn!("metrics_listen changed: it takes effect at the next restart");
+        }
+        if let Ok(mut shared) = self.after.config.write() {
+            *shared = new.clone();
         }
         let old = std::mem::replace(&mut self.config, new);
         for app in &old.apps {

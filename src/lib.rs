@@ -35,7 +35,19 @@
 //!   history back for the `history` and `status` commands.
 //! - [`daemon`]: `dropdeploy run`: start-up checks, recovery of the spool before any new claim,
 //!   the claim loop, signals (SIGTERM/SIGINT stop, SIGHUP reloads).
+//! - [`metrics`]: Prometheus metrics: deployments by outcome, retries by step, uploaded
+//!   bytes, queue depth and the last success per app, kept in one shared [`metrics::Metrics`]
+//!   and served on `GET /metrics` (with `GET /healthz`) at `metrics_listen`.
+//!   [`metrics::MetricsObserver`] counts from the runner's events.
+//! - [`hooks`]: `on_outcome` notifications after each recorded outcome: a webhook that gets the
+//!   history entry as JSON (retried on transient errors) and/or a command run without a shell
+//!   with `DROPDEPLOY_*` variables. Fire-and-forget: a hook never changes a job's outcome, and
+//!   never sees the API token.
 //! - [`shutdown`]: the stop signal handed to every task, checked between steps.
+//! - [`service`]: running under systemd. [`service::Notifier`] sends the daemon's readiness,
+//!   status line, reloads, stop and watchdog pings over `$NOTIFY_SOCKET` (and does nothing
+//!   without it); [`service::JournalFormat`] shapes log lines for the journal when stderr is
+//!   connected to it. The unit file and its companions are in `systemd/`.
 //! - [`cli`]: the command-line front end shared by the `dropdeploy` binary (kept thin in
 //!   `src/main.rs`).
 
@@ -43,8 +55,11 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod hooks;
+pub mod metrics;
 pub mod outcome;
 pub mod queue;
+pub mod service;
 pub mod shutdown;
 pub mod source;
 pub mod target;

@@ -13,10 +13,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{QueuePolicy, RetryConfig};
+use crate::config::{QueuePolicy, RetryConfig, TargetConfig};
+use crate::queue::release::ReleaseRunner;
 use crate::queue::runner::{Observer, Runner};
 use crate::queue::spool::{Job, JobState, Spool};
 use crate::shutdown::Shutdown;
+use crate::target::Target;
+use crate::target::local::LocalTarget;
 use crate::target::scalingo::api::ScalingoClient;
 
 /// How a lane runs its app's jobs; may change on reload.
@@ -26,6 +29,7 @@ pub struct LaneSettings {
     pub retry: RetryConfig,
     pub follow_interval: Duration,
     pub keep_done: usize,
+    pub target: TargetConfig,
 }
 
 /// Records the outcome of a finished job (moves its file, appends the history). Called from a
@@ -36,17 +40,19 @@ pub trait Finisher: Send + Sync {
 
 /// What every lane shares.
 pub struct LaneContext {
-    client: Mutex<Arc<ScalingoClient>>,
+    /// `None` when no app deploys to Scalingo (no token needed then).
+    client: Mutex<Option<Arc<ScalingoClient>>>,
     spool: Spool,
     observer: Arc<dyn Observer>,
     finisher: Arc<dyn Finisher>,
     permits: Arc<Semaphore>,
     shutdown: Shutdown,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl LaneContext {
     pub fn new(
-        client: Arc<ScalingoClient>,
+        client: Option<Arc<ScalingoClient>>,
         spool: Spool,
         observer: Arc<dyn Observer>,
         finisher: Arc<dyn Finisher>,
@@ -60,18 +66,30 @@ impl LaneContext {
             finisher,
             permits: Arc::new(Semaphore::new(max_parallel.max(1))),
             shutdown,
+            metrics: None,
         })
     }
 
+    /// The same context, reporting each lane's queue depth to `metrics`.
+    pub fn with_metrics(self: Arc<Self>, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut ctx) => {
+                ctx.metrics = Some(metrics);
+                Arc::new(ctx)
+            }
+            Err(shared) => shared,
+        }
+    }
+
     /// The client for jobs started from now on (a reload may change the account or the URLs).
-    pub fn set_client(&self, client: Arc<ScalingoClient>) {
+    pub fn set_client(&self, client: Option<Arc<ScalingoClient>>) {
         if let Ok(mut c) = self.client.lock() {
             *c = client;
         }
     }
 
     fn client(&self) -> Option<Arc<ScalingoClient>> {
-        self.client.lock().ok().map(|c| c.clone())
+        self.client.lock().ok().and_then(|c| c.clone())
     }
 }
 
@@ -244,6 +262,9 @@ async fn lane_task(
                 known.clone(),
             )));
         }
+        if let Some(m) = &ctx.metrics {
+            m.set_queue_depth(&app, usize::from(current.is_some()), pending.len());
+        }
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.
             return;
@@ -323,18 +344,35 @@ async fn run_job(
     if permit.is_none() {
         return;
     }
-    let Some(client) = ctx.client() else {
-        return;
+    let target: Box<dyn Target> = match &settings.target {
+        TargetConfig::Local(local) => Box::new(ReleaseRunner::new(
+            Arc::new(LocalTarget::new(local)),
+            ctx.spool.clone(),
+            ctx.observer.clone(),
+            ctx.shutdown.clone(),
+        )),
+        TargetConfig::Scalingo => {
+            let Some(client) = ctx.client() else {
+                tracing::error!(
+                    app = %job.app,
+                    job = %job.id,
+                    "no Scalingo client (no API token); the job stays in the spool"
+                );
+                return;
+            };
+            Box::new(
+                Runner::new(
+                    client,
+                    ctx.spool.clone(),
+                    settings.retry.clone(),
+                    settings.follow_interval,
+                    ctx.observer.clone(),
+                )
+                .with_shutdown(ctx.shutdown.clone()),
+            )
+        }
     };
-    let runner = Runner::new(
-        client,
-        ctx.spool.clone(),
-        settings.retry.clone(),
-        settings.follow_interval,
-        ctx.observer.clone(),
-    )
-    .with_shutdown(ctx.shutdown.clone());
-    if let Err(e) = runner.run(&mut job).await {
+    if let Err(e) = target.run(&mut job).await {
         tracing::error!(
             app = %job.app,
             job = %job.id,

@@ -3,6 +3,7 @@
 
 pub mod intake;
 pub mod lane;
+pub mod release;
 pub mod retry;
 pub mod runner;
 pub mod spool;

@@ -605,6 +605,12 @@ pub fn strip_ansi(line: &str) -> String {
     out
 }
 
+impl crate::target::Target for Runner {
+    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(Runner::run(self, job))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,11 +708,5 @@ mod tests {
         assert_eq!(tail[0], "line 11");
         assert_eq!(tail[29], "line 40");
         assert_eq!(tail_lines("a\nb", 30), vec!["a", "b"]);
-    }
-}
-
-impl crate::target::Target for Runner {
-    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
-        Box::pin(Runner::run(self, job))
     }
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 
 use crate::queue::spool::{Job, SpoolError};
 
+pub mod local;
 pub mod scalingo;
 
 /// A boxed future that the trait can return (no async-trait crate needed).

@@ -1,0 +1,865 @@
+//! Outcome notifications: after a job's outcome is recorded, tell someone else.
+//!
+//! An `on_outcome` hook ([`HookConfig`]) is configured for every app (a top-level
+//! `[on_outcome]` table) or for one app (`on_outcome = { … }` in its `[[app]]`, which replaces
+//! the global one for that app; see [`hook_for`]). It has a webhook, a command, or both:
+//!
+//! - **webhook**: the [`HistoryEntry`] is POSTed as JSON (`Content-Type: application/json`,
+//!   `User-Agent: dropdeploy/<version>`). A 2xx answer is a success; connect errors, timeouts,
+//!   408, 429 and 5xx are tried again after 0.5 s, 1 s, 2 s, … up to `retries` attempts in
+//!   all; other answers (and redirects, which are not followed) are failures at once. The
+//!   URL's query string, fragment and user info may hold a secret: they never appear in a
+//!   message.
+//! - **command**: an argv, run without a shell, with the entry's JSON on its stdin, the
+//!   `DROPDEPLOY_*` variables below, and the daemon's environment minus `SCALINGO_API_TOKEN`,
+//!   in the daemon's working directory and a process group of its own. After `timeout` the
+//!   group is killed (the command and anything it started). Its output is logged at DEBUG; a failing exit status at
+//!   WARN with the last lines of its output.
+//!
+//! [`Hooks::notify`] is fire-and-forget: it spawns the work and returns at once. A hook never
+//! changes a job's outcome; its failures are logged at WARN with the app, the job and the
+//! cause. The API token is never sent anywhere: the entry holds none, no header carries it,
+//! and the command's environment has it removed.
+//!
+//! | variable | value |
+//! |---|---|
+//! | `DROPDEPLOY_APP` | the app |
+//! | `DROPDEPLOY_JOB` | the job id |
+//! | `DROPDEPLOY_OUTCOME` | `succeeded`, `failed` or `superseded` |
+//! | `DROPDEPLOY_STATUS` | the deployment's final status (`success`, `build-error`, …) or empty |
+//! | `DROPDEPLOY_DEPLOYMENT_ID` | the platform's deployment id, or empty |
+//! | `DROPDEPLOY_FILE` | the original file's name (a URL job: the URL) |
+//! | `DROPDEPLOY_GIT_REF` | the git_ref, or empty |
+//! | `DROPDEPLOY_REASON` | why it failed or was superseded, or empty |
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::outcome::HistoryEntry;
+
+/// How long one webhook attempt, or the whole command, may take when `timeout` is not given.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a webhook is tried in all when `retries` is not given.
+pub const DEFAULT_HOOK_RETRIES: u32 = 3;
+/// The wait before the second webhook attempt; it doubles after each further failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two webhook attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Environment variables a command never inherits.
+const HIDDEN_ENV: &[&str] = &["SCALINGO_API_TOKEN"];
+/// How much of each of a command's output streams is kept (its end).
+const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
+/// How many lines of a failing command's output go into its WARN event.
+const WARN_LINES: usize = 10;
+
+/// One `on_outcome` hook: a webhook, a command, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// `webhook`: an http:// or https:// URL the outcome is POSTed to.
+    pub webhook: Option<String>,
+    /// `command`: a program and its arguments, run without a shell; empty for none.
+    pub command: Vec<String>,
+    /// `timeout`: the limit of one webhook attempt, and of the command's whole run
+    /// (default 10 s).
+    pub timeout: Duration,
+    /// `retries`: how many times the webhook is tried in all (default 3, at least 1).
+    pub retries: u32,
+}
+
+impl Default for HookConfig {
+    /// No webhook, no command, the default timeout and attempts.
+    fn default() -> Self {
+        HookConfig {
+            webhook: None,
+            command: Vec::new(),
+            timeout: DEFAULT_HOOK_TIMEOUT,
+            retries: DEFAULT_HOOK_RETRIES,
+        }
+    }
+}
+
+/// The hook for `app`'s outcomes: the app's own `on_outcome` if it has one, else the global
+/// `[on_outcome]`, else none. An app not in the config gets the global one.
+pub fn hook_for<'a>(config: &'a Config, app: &str) -> Option<&'a HookConfig> {
+    config
+        .app(app)
+        .and_then(|a| a.on_outcome.as_ref())
+        .or(config.on_outcome.as_ref())
+}
+
+/// Why [`Hooks`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HooksError {
+    /// The HTTP client for webhooks could not be built (e.g. no TLS backend).
+    #[error("cannot set up the HTTP client for on_outcome webhooks: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Runs `on_outcome` hooks in the background. One per daemon; share it behind an `Arc`.
+pub struct Hooks {
+    client: reqwest::Client,
+    /// The runtime to spawn on when `notify` is called outside one.
+    runtime: Option<Handle>,
+    tasks: TaskTracker,
+    /// The environment commands inherit, when not this process's own (tests).
+    inherited_env: Option<Vec<(OsString, OsString)>>,
+}
+
+impl Hooks {
+    /// Hooks with their own HTTP client (no redirects followed, `User-Agent:
+    /// dropdeploy/<version>`). Remembers the current Tokio runtime, if any, so that
+    /// [`Hooks::notify`] also works from a thread outside it.
+    pub fn new() -> Result<Hooks, HooksError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("dropdeploy/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(HooksError::Client)?;
+        Ok(Hooks {
+            client,
+            runtime: Handle::try_current().ok(),
+            tasks: TaskTracker::new(),
+            inherited_env: None,
+        })
+    }
+
+    /// Commands inherit `vars` instead of this process's environment (`SCALINGO_API_TOKEN`
+    /// is still removed from it). For tests, which should not change their own process's
+    /// environment, and for embedders that run hooks in a controlled environment.
+    pub fn with_inherited_env<I, K, V>(mut self, vars: I) -> Hooks
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        self.inherited_env = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Sends the notifications of `hook` for one finished job (`entry`, as written to the
+    /// history) and returns at once: the webhook and the command run in spawned tasks. Never
+    /// fails the job and never panics; failures are logged at WARN with the app, the job and
+    /// the cause.
+    ///
+    /// Callable from async code or from a blocking thread (a `Finisher` under
+    /// `spawn_blocking`); outside any Tokio runtime it uses the one `Hooks::new` was called
+    /// in, if any, and otherwise logs that it cannot run.
+    pub fn notify(&self, hook: &HookConfig, entry: &HistoryEntry) {
+        let (app, job) = (entry.app.clone(), entry.job.clone());
+        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
+            tracing::warn!(
+                app,
+                job,
+                "cannot run the on_outcome hook: no async runtime to run it on"
+            );
+            return;
+        };
+        let body = match serde_json::to_vec(entry) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(
+                    app,
+                    job,
+                    "cannot run the on_outcome hook: cannot encode the outcome: {e}"
+                );
+                return;
+            }
+        };
+        if let Some(url) = &hook.webhook {
+            let delivery = Webhook {
+                client: self.client.clone(),
+                url: url.clone(),
+                body: body.clone(),
+                timeout: hook.timeout,
+                attempts: hook.retries.max(1),
+                app: app.clone(),
+                job: job.clone(),
+            };
+            self.tasks.spawn_on(delivery.deliver(), &runtime);
+        }
+        if !hook.command.is_empty() {
+            let inherited = match &self.inherited_env {
+                Some(vars) => vars.clone(),
+                None => std::env::vars_os().collect(),
+            };
+            let run = CommandRun {
+                argv: hook.command.clone(),
+                env: command_env(inherited, entry),
+                stdin: body,
+                timeout: hook.timeout,
+                app,
+                job,
+            };
+            self.tasks.spawn_on(run.run(), &runtime);
+        }
+    }
+
+    /// Waits up to `within` for the notifications under way to end (a stopping daemon calls
+    /// this within its grace period). True when none is left. `notify` still works after.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.tasks.close();
+        let done = tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok();
+        self.tasks.reopen();
+        done
+    }
+}
+
+/// `url` without what may hold a secret: query string, fragment and user info, for messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                let _ = parsed.set_password(None);
+                let _ = parsed.set_username("redacted");
+            }
+            parsed.to_string()
+        }
+        Err(_) => {
+            let end = url.find(['?', '#']).unwrap_or(url.len());
+            let base = &url[..end];
+            // Without a parser, a user info part is anything up to an '@' in the authority.
+            match (base.find("://"), base.rfind('@')) {
+                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                    format!("{}redacted{}", &base[..scheme_end + 3], &base[at..])
+                }
+                _ => base.to_string(),
+            }
+        }
+    }
+}
+
+/// Whether `url` can be a webhook: an absolute http:// or https:// URL with a host. The error
+/// is a sentence that shows the URL redacted.
+pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed)
+            if matches!(parsed.scheme(), "http" | "https")
+                && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "\"{}\" is not an http:// or https:// URL, e.g. https://hooks.example.com/deploys",
+            redact_url(url)
+        )),
+    }
+}
+
+/// The environment of a hook command: `inherited` minus `SCALINGO_API_TOKEN` (and any
+/// `DROPDEPLOY_*` of its own), plus the entry's `DROPDEPLOY_*` variables. Sorted by name.
+pub(crate) fn command_env<I>(inherited: I, entry: &HistoryEntry) -> Vec<(OsString, OsString)>
+where
+    I: IntoIterator<Item = (OsString, OsString)>,
+{
+    let mut env: BTreeMap<OsString, OsString> = inherited
+        .into_iter()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            !HIDDEN_ENV.contains(&name.as_ref()) && !name.starts_with("DROPDEPLOY_")
+        })
+        .collect();
+    let text = |value: Option<&String>| value.map(String::as_str).unwrap_or("").replace('\0', "");
+    for (name, value) in [
+        ("DROPDEPLOY_APP", text(Some(&entry.app))),
+        ("DROPDEPLOY_JOB", text(Some(&entry.job))),
+        ("DROPDEPLOY_OUTCOME", entry.outcome.name().to_string()),
+        ("DROPDEPLOY_STATUS", text(entry.status.as_ref())),
+        (
+            "DROPDEPLOY_DEPLOYMENT_ID",
+            text(entry.deployment_id.as_ref()),
+        ),
+        ("DROPDEPLOY_FILE", text(Some(&entry.file))),
+        ("DROPDEPLOY_GIT_REF", text(entry.git_ref.as_ref())),
+        ("DROPDEPLOY_REASON", text(entry.reason.as_ref())),
+    ] {
+        env.insert(name.into(), value.into());
+    }
+    env.into_iter().collect()
+}
+
+/// What an answer to a webhook attempt means.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Delivered,
+    /// Worth another attempt.
+    Retry,
+    /// Another attempt would get the same answer.
+    GiveUp,
+}
+
+fn judge_status(status: u16) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        408 | 429 | 500..=599 => Verdict::Retry,
+        _ => Verdict::GiveUp,
+    }
+}
+
+/// The wait after the `failures`-th failed attempt (1-based): 0.5 s, 1 s, 2 s, … ≤ 60 s.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// One webhook delivery, with its attempts.
+struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+    timeout: Duration,
+    attempts: u32,
+    app: String,
+    job: String,
+}
+
+impl Webhook {
+    async fn deliver(self) {
+        let shown = redact_url(&self.url);
+        let (app, job) = (self.app.as_str(), self.job.as_str());
+        for attempt in 1..=self.attempts {
+            let sent = self
+                .client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .timeout(self.timeout)
+                .body(self.body.clone())
+                .send()
+                .await;
+            let (verdict, cause) = match sent {
+                Ok(answer) => {
+                    let status = answer.status();
+                    (judge_status(status.as_u16()), format!("HTTP {status}"))
+                }
+                Err(e) if e.is_builder() => (Verdict::GiveUp, self.describe(e)),
+                Err(e) => (Verdict::Retry, self.describe(e)),
+            };
+            match verdict {
+                Verdict::Delivered => {
+                    tracing::debug!(app, job, webhook = %shown, attempt, "on_outcome webhook delivered");
+                    return;
+                }
+                Verdict::Retry if attempt < self.attempts => {
+                    let delay = backoff(attempt);
+                    tracing::debug!(
+                        app,
+                        job,
+                        webhook = %shown,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "on_outcome webhook: {cause}; trying again"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                _ => {
+                    tracing::warn!(
+                        app,
+                        job,
+                        webhook = %shown,
+                        attempts = attempt,
+                        "on_outcome webhook failed: {cause}"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A transport error in words, with its causes, and without the URL's secrets.
+    fn describe(&self, error: reqwest::Error) -> String {
+        let error = error.without_url();
+        let mut text = if error.is_timeout() {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(self.timeout)
+            )
+        } else {
+            error.to_string()
+        };
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let line = cause.to_string();
+            if !text.contains(&line) {
+                text.push_str(": ");
+                text.push_str(&line);
+            }
+            source = cause.source();
+        }
+        // A cause could still quote the URL: take its secret parts out.
+        if let Ok(parsed) = reqwest::Url::parse(&self.url) {
+            for secret in [parsed.query(), parsed.fragment(), parsed.password()]
+                .into_iter()
+                .flatten()
+                .filter(|s| !s.is_empty())
+            {
+                text = text.replace(secret, "[redacted]");
+            }
+        }
+        text
+    }
+}
+
+/// One run of a hook command.
+struct CommandRun {
+    argv: Vec<String>,
+    env: Vec<(OsString, OsString)>,
+    stdin: Vec<u8>,
+    timeout: Duration,
+    app: String,
+    job: String,
+}
+
+impl CommandRun {
+    async fn run(self) {
+        let (app, job) = (self.app.as_str(), self.job.as_str());
+        let Some((program, args)) = self.argv.split_first() else {
+            return;
+        };
+        let mut child = match tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A group of its own, so that a timeout also kills what it started.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(app, job, command = %program, "cannot start the on_outcome command: {e}");
+                return;
+            }
+        };
+        // The group's id, kept before the child is reaped: a group id is not reused while any
+        // of its members lives.
+        let group = child.id();
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let input = self.stdin;
+        let write = async move {
+            if let Some(mut pipe) = stdin {
+                // A command that does not read its input is not an error.
+                let _ = pipe.write_all(&input).await;
+            }
+        };
+        let ran = tokio::time::timeout(self.timeout, async {
+            tokio::join!(write, read_tail(stdout), read_tail(stderr), child.wait())
+        })
+        .await;
+        match ran {
+            Ok(((), out, err, Ok(status))) => {
+                let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+                tracing::debug!(
+                    app,
+                    job,
+                    command = %program,
+                    %status,
+                    stdout = %out.trim_end(),
+                    stderr = %err.trim_end(),
+                    "on_outcome command ended"
+                );
+                if !status.success() {
+                    let shown = if err.trim().is_empty() { &out } else { &err };
+                    tracing::warn!(
+                        app,
+                        job,
+                        command = %program,
+                        "on_outcome command failed ({status}); its last lines:\n{}",
+                        last_lines(shown, WARN_LINES)
+                    );
+                }
+            }
+            Ok((_, _, _, Err(e))) => {
+                tracing::warn!(app, job, command = %program, "cannot wait for the on_outcome command: {e}");
+            }
+            Err(_) => {
+                // Either the command still runs, or it ended and left a background process
+                // holding its output open: the whole group goes.
+                let ended = child.try_wait().ok().flatten();
+                kill_group(group);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                let after = humantime::format_duration(self.timeout);
+                match ended {
+                    Some(status) => tracing::warn!(
+                        app,
+                        job,
+                        command = %program,
+                        "on_outcome command ended ({status}) but a process it started still held \
+                         its output after {after}; killed it"
+                    ),
+                    None => tracing::warn!(
+                        app,
+                        job,
+                        command = %program,
+                        "on_outcome command killed: still running after {after}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILL to a hook command's process group (`group` is the command's pid: it leads one).
+fn kill_group(group: Option<u32>) {
+    let pid = group
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Everything `reader` gives until its end, keeping only the last [`OUTPUT_TAIL_BYTES`].
+async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * OUTPUT_TAIL_BYTES {
+                    kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
+                }
+            }
+        }
+    }
+    if kept.len() > OUTPUT_TAIL_BYTES {
+        kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
+    }
+    kept
+}
+
+/// The last `n` non-empty lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+
+    fn entry() -> HistoryEntry {
+        HistoryEntry {
+            time: "2026-11-25T17:42:58Z".into(),
+            app: "my-app".into(),
+            job: "j-42".into(),
+            file: "build.tar.gz".into(),
+            git_ref: Some("my-app-20261125174258-deadbeef".into()),
+            outcome: Outcome::Failed,
+            status: Some("build-error".into()),
+            deployment_id: Some("d-1".into()),
+            step: Some("follow".into()),
+            reason: Some("the build failed".into()),
+            attempts: 1,
+            ..HistoryEntry::default()
+        }
+    }
+
+    fn env_map(env: &[(OsString, OsString)]) -> BTreeMap<String, String> {
+        env.iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_command_env_has_the_outcome_and_never_the_token() {
+        let inherited = [
+            ("PATH", "/usr/bin"),
+            ("SCALINGO_API_TOKEN", "tk-us-secret"),
+            ("DROPDEPLOY_APP", "spoofed"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = env_map(&command_env(inherited, &entry()));
+        assert_eq!(env.get("PATH").map(String::as_str), Some("/usr/bin"));
+        assert_eq!(env.get("HOME").map(String::as_str), Some("/root"));
+        assert!(!env.contains_key("SCALINGO_API_TOKEN"));
+        assert!(!env.values().any(|v| v.contains("tk-us-secret")));
+        let expected = [
+            ("DROPDEPLOY_APP", "my-app"),
+            ("DROPDEPLOY_JOB", "j-42"),
+            ("DROPDEPLOY_OUTCOME", "failed"),
+            ("DROPDEPLOY_STATUS", "build-error"),
+            ("DROPDEPLOY_DEPLOYMENT_ID", "d-1"),
+            ("DROPDEPLOY_FILE", "build.tar.gz"),
+            ("DROPDEPLOY_GIT_REF", "my-app-20261125174258-deadbeef"),
+            ("DROPDEPLOY_REASON", "the build failed"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+        }
+    }
+
+    #[test]
+    fn absent_values_are_empty_variables() {
+        let bare = HistoryEntry {
+            app: "a".into(),
+            job: "j".into(),
+            outcome: Outcome::Succeeded,
+            ..HistoryEntry::default()
+        };
+        let env = env_map(&command_env(Vec::new(), &bare));
+        for name in [
+            "DROPDEPLOY_STATUS",
+            "DROPDEPLOY_DEPLOYMENT_ID",
+            "DROPDEPLOY_GIT_REF",
+            "DROPDEPLOY_REASON",
+            "DROPDEPLOY_FILE",
+        ] {
+            assert_eq!(env.get(name).map(String::as_str), Some(""), "{name}");
+        }
+        assert_eq!(env["DROPDEPLOY_OUTCOME"], "succeeded");
+        assert_eq!(env.len(), 8);
+    }
+
+    #[test]
+    fn the_stdin_is_the_history_line() {
+        let body = serde_json::to_vec(&entry()).unwrap();
+        let back: HistoryEntry = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back, entry());
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["outcome"], "failed");
+        assert_eq!(value["deployment_id"], "d-1");
+    }
+
+    #[test]
+    fn urls_lose_their_secrets_in_messages() {
+        assert_eq!(
+            redact_url("https://hooks.example.com/x?token=s3cret#frag"),
+            "https://hooks.example.com/x"
+        );
+        assert_eq!(
+            redact_url("https://user:pw@hooks.example.com/x"),
+            "https://redacted@hooks.example.com/x"
+        );
+        assert_eq!(redact_url("not a url?token=s3cret"), "not a url");
+        assert_eq!(redact_url("ftp:/a:b@c?d"), "ftp://redacted@c/");
+        assert_eq!(redact_url("weird://u:p@host?q"), "weird://redacted@host");
+    }
+
+    #[test]
+    fn only_http_urls_are_webhooks() {
+        assert!(check_webhook_url("https://hooks.example.com/deploys").is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:8080").is_ok());
+        let why = check_webhook_url("ftp://hooks.example.com/?key=s3cret").unwrap_err();
+        assert!(why.contains("is not an http:// or https:// URL"), "{why}");
+        assert!(!why.contains("s3cret"), "{why}");
+        assert!(check_webhook_url("hooks.example.com").is_err());
+        assert!(check_webhook_url("https://").is_err());
+    }
+
+    #[test]
+    fn answers_are_judged() {
+        assert_eq!(judge_status(200), Verdict::Delivered);
+        assert_eq!(judge_status(204), Verdict::Delivered);
+        for retry in [408, 429, 500, 502, 503] {
+            assert_eq!(judge_status(retry), Verdict::Retry, "{retry}");
+        }
+        for give_up in [301, 400, 401, 404, 410] {
+            assert_eq!(judge_status(give_up), Verdict::GiveUp, "{give_up}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_up_to_a_minute() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    const FILE: &str = "/etc/dropdeploy/dropdeploy.toml";
+
+    fn load(text: &str) -> Result<Config, String> {
+        let env = crate::config::Env::from_pairs([("SCALINGO_API_TOKEN", "tk-us-x")]);
+        Config::from_str(text, std::path::Path::new(FILE), &env)
+            .map(|loaded| loaded.config)
+            .map_err(|e| e.to_string())
+    }
+
+    fn error(text: &str) -> String {
+        match load(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn config_on_outcome_global_and_per_app() {
+        let text = r#"
+metrics_listen = "127.0.0.1:9464"
+
+[on_outcome]
+webhook = "https://hooks.example.com/deploys?token=abc"
+timeout = "5s"
+retries = 5
+
+[[app]]
+name = "a"
+drop_dir = "/a"
+
+[[app]]
+name = "b"
+drop_dir = "/b"
+on_outcome = { command = ["/usr/local/bin/notify", "--quiet"] }
+"#;
+        let c = load(text).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let global = HookConfig {
+            webhook: Some("https://hooks.example.com/deploys?token=abc".into()),
+            command: Vec::new(),
+            timeout: Duration::from_secs(5),
+            retries: 5,
+        };
+        assert_eq!(c.on_outcome.as_ref(), Some(&global));
+        assert_eq!(hook_for(&c, "a"), Some(&global));
+        assert_eq!(hook_for(&c, "not-configured"), Some(&global));
+        let own = HookConfig {
+            command: vec!["/usr/local/bin/notify".into(), "--quiet".into()],
+            ..HookConfig::default()
+        };
+        assert_eq!(
+            hook_for(&c, "b"),
+            Some(&own),
+            "the app's own replaces the global"
+        );
+        assert_eq!(own.timeout, DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(own.retries, DEFAULT_HOOK_RETRIES);
+
+        let c = load("[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\n").unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(hook_for(&c, "a"), None);
+    }
+
+    #[test]
+    fn config_bad_metrics_listen_is_located() {
+        let message = error("max_parallel = 2\nmetrics_listen = \"localhost:9464\"\n");
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:2:18: `metrics_listen` must be an IP address and a port"
+            )),
+            "{message}"
+        );
+        assert!(error("metrics_listen = \"127.0.0.1\"").contains("found \"127.0.0.1\""));
+    }
+
+    #[test]
+    fn config_a_webhook_must_be_http() {
+        let message = error("[on_outcome]\nwebhook = \"ftp://x.example/?key=s3cret\"\n");
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:2:11: `webhook` in [on_outcome]: \"ftp://x.example/\" is not an http:// \
+                 or https:// URL"
+            )),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+        let text =
+            "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { webhook = \"nope\" }\n";
+        let message = error(text);
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:4:26: `webhook` in on_outcome of [[app]]: \"nope\" is not"
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn config_a_hook_needs_a_webhook_or_a_command() {
+        let message = error("max_parallel = 1\n[on_outcome]\ntimeout = \"5s\"\n");
+        assert!(
+            message.contains("[on_outcome] has neither webhook nor command"),
+            "{message}"
+        );
+        assert!(message.starts_with(&format!("{FILE}:")), "{message}");
+        let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { retries = 2 }\n";
+        let message = error(text);
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:4:14: `on_outcome` in [[app]] has neither webhook nor command"
+            )),
+            "{message}"
+        );
+        let message = error("[on_outcome]\ncommand = []\n");
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:2:11: `command` in [on_outcome] has no program"
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn config_hook_values_and_keys_are_checked() {
+        let text = "[on_outcome]\nwebhook = \"https://h.example\"\nretries = 0\ntimeout = \"0s\"\n";
+        let message = error(text);
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 2, "{message}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "{FILE}:3:11: `retries` in [on_outcome] must be at least 1"
+            )),
+            "{message}"
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{FILE}:4:11: `timeout` in [on_outcome] must be longer than zero"
+            )),
+            "{message}"
+        );
+        let message = error("[on_outcome]\nwebhok = \"https://h.example\"\n");
+        assert_eq!(
+            message,
+            format!(
+                "{FILE}:2:1: unknown key `webhok` in [on_outcome]; expected one of webhook, \
+                 command, timeout, retries"
+            )
+        );
+        let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { url = \"x\" }\n";
+        assert!(
+            error(text).starts_with(&format!(
+                "{FILE}:4:16: unknown key `url` in on_outcome of [[app]]"
+            )),
+            "{}",
+            error(text)
+        );
+    }
+
+    #[test]
+    fn last_lines_skip_blank_ones() {
+        assert_eq!(last_lines("a\nb\n\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("", 3), "");
+    }
+}

@@ -1,0 +1,526 @@
+//! Prometheus metrics: a few counters and gauges about deployments, and the small HTTP server
+//! that exposes them.
+//!
+//! [`Metrics`] is shared by the whole daemon as an `Arc<Metrics>`; every update takes a short
+//! lock on a map, so any task (or blocking thread) may update it. [`Metrics::render`] writes the
+//! Prometheus text exposition format 0.0.4 by hand: the handful of series below do not need a
+//! metrics framework.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `dropdeploy_up` | gauge | (always 1) |
+//! | `dropdeploy_deployments_total` | counter | `app`, `outcome` (`succeeded`, `failed`, `superseded`) |
+//! | `dropdeploy_retries_total` | counter | `app`, `step` (`create_source`, `upload`, …) |
+//! | `dropdeploy_upload_bytes_total` | counter | `app` |
+//! | `dropdeploy_queue_depth` | gauge | `app`, `state` (`in_flight`, `pending`) |
+//! | `dropdeploy_last_success_timestamp_seconds` | gauge | `app` |
+//!
+//! [`serve`] answers `GET /metrics` and `GET /healthz` on the `metrics_listen` address;
+//! [`MetricsObserver`] counts retries and uploaded bytes from the runner's events and passes
+//! every event on to another [`Observer`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::outcome::{HistoryEntry, Outcome};
+use crate::queue::runner::{Event, Observer};
+use crate::queue::spool::{Job, Step};
+use crate::shutdown::Shutdown;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE_TEXT_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The outcomes a configured app's `dropdeploy_deployments_total` starts with, at 0.
+const OUTCOMES: [&str; 3] = ["succeeded", "failed", "superseded"];
+
+/// The daemon's counters and gauges. Cheap to update from any task or thread; read with
+/// [`Metrics::render`]. Counters only grow for the life of the process (an app removed on
+/// reload keeps its series).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: Mutex<Series>,
+}
+
+/// Every series, keyed by label values; `BTreeMap`s so that the output is in a stable order.
+#[derive(Debug, Default)]
+struct Series {
+    deployments: BTreeMap<(String, String), u64>,
+    retries: BTreeMap<(String, String), u64>,
+    upload_bytes: BTreeMap<String, u64>,
+    /// (in flight, pending)
+    queue_depth: BTreeMap<String, (usize, usize)>,
+    last_success: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    /// An empty registry, to be shared.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Makes an app's series exist at 0 (deployments of each outcome, upload bytes, queue
+    /// depth), so that `rate()` and alerts see them before the first deployment. Optional;
+    /// harmless to call again (e.g. on reload).
+    pub fn register_app(&self, app: &str) {
+        let mut s = self.lock();
+        for outcome in OUTCOMES {
+            s.deployments
+                .entry((app.to_string(), outcome.to_string()))
+                .or_insert(0);
+        }
+        s.upload_bytes.entry(app.to_string()).or_insert(0);
+        s.queue_depth.entry(app.to_string()).or_insert((0, 0));
+    }
+
+    /// A job of `app` finished with `outcome` (`succeeded`, `failed` or `superseded`) at
+    /// `finished_at_unix` (seconds since the epoch). A success also sets the app's
+    /// `dropdeploy_last_success_timestamp_seconds` (never moving it backwards).
+    pub fn deployment_finished(&self, app: &str, outcome: &str, finished_at_unix: u64) {
+        let mut s = self.lock();
+        *s.deployments
+            .entry((app.to_string(), outcome.to_string()))
+            .or_insert(0) += 1;
+        if outcome == Outcome::Succeeded.name() {
+            let last = s.last_success.entry(app.to_string()).or_insert(0);
+            *last = (*last).max(finished_at_unix);
+        }
+    }
+
+    /// [`Metrics::deployment_finished`] for a history entry (an outcome just recorded), timed
+    /// now. An entry whose outcome is unknown is not counted.
+    pub fn record_outcome(&self, entry: &HistoryEntry) {
+        if entry.outcome == Outcome::Unknown {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.deployment_finished(&entry.app, entry.outcome.name(), now);
+    }
+
+    /// A step of a job of `app` failed transiently and will be tried again. `step` is the
+    /// step's name as in the history (`create_source`, `upload`, …).
+    pub fn retry(&self, app: &str, step: &str) {
+        *self
+            .lock()
+            .retries
+            .entry((app.to_string(), step.to_string()))
+            .or_insert(0) += 1;
+    }
+
+    /// `bytes` of an archive of `app` were uploaded (one complete upload).
+    pub fn upload_bytes(&self, app: &str, bytes: u64) {
+        let mut s = self.lock();
+        let total = s.upload_bytes.entry(app.to_string()).or_insert(0);
+        *total = total.saturating_add(bytes);
+    }
+
+    /// The app's lane now has `in_flight` jobs running (0 or 1) and `pending` waiting.
+    pub fn set_queue_depth(&self, app: &str, in_flight: usize, pending: usize) {
+        self.lock()
+            .queue_depth
+            .insert(app.to_string(), (in_flight, pending));
+    }
+
+    /// Every metric in the Prometheus text exposition format 0.0.4, each family with its
+    /// `# HELP` and `# TYPE` lines.
+    pub fn render(&self) -> String {
+        let s = self.lock();
+        let mut out = String::with_capacity(1024);
+        family(
+            &mut out,
+            "dropdeploy_up",
+            "gauge",
+            "Whether dropdeploy is running (always 1).",
+        );
+        out.push_str("dropdeploy_up 1\n");
+
+        family(
+            &mut out,
+            "dropdeploy_deployments_total",
+            "counter",
+            "Jobs finished, by app and outcome (succeeded, failed, superseded).",
+        );
+        for ((app, outcome), n) in &s.deployments {
+            sample(
+                &mut out,
+                "dropdeploy_deployments_total",
+                &[("app", app), ("outcome", outcome)],
+                *n,
+            );
+        }
+
+        family(
+            &mut out,
+            "dropdeploy_retries_total",
+            "counter",
+            "Transient failures retried, by app and step.",
+        );
+        for ((app, step), n) in &s.retries {
+            sample(
+                &mut out,
+                "dropdeploy_retries_total",
+                &[("app", app), ("step", step)],
+                *n,
+            );
+        }
+
+        family(
+            &mut out,
+            "dropdeploy_upload_bytes_total",
+            "counter",
+            "Bytes of archives uploaded (complete uploads), by app.",
+        );
+        for (app, n) in &s.upload_bytes {
+            sample(
+                &mut out,
+                "dropdeploy_upload_bytes_total",
+                &[("app", app)],
+                *n,
+            );
+        }
+
+        family(
+            &mut out,
+            "dropdeploy_queue_depth",
+            "gauge",
+            "Jobs in an app's lane: in_flight (running, 0 or 1) and pending (waiting).",
+        );
+        for (app, (in_flight, pending)) in &s.queue_depth {
+            for (state, n) in [("in_flight", in_flight), ("pending", pending)] {
+                sample(
+                    &mut out,
+                    "dropdeploy_queue_depth",
+                    &[("app", app), ("state", state)],
+                    *n as u64,
+                );
+            }
+        }
+
+        family(
+            &mut out,
+            "dropdeploy_last_success_timestamp_seconds",
+            "gauge",
+            "When the app's last successful deployment finished, in seconds since the epoch.",
+        );
+        for (app, at) in &s.last_success {
+            sample(
+                &mut out,
+                "dropdeploy_last_success_timestamp_seconds",
+                &[("app", app)],
+                *at,
+            );
+        }
+        out
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Series> {
+        // A panic while holding the lock leaves numbers that are still worth showing.
+        self.series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample line: `name{label="value",…} number`.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (label, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape_label_value(value));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// A label value as the text format wants it: `\`, `"` and line feeds escaped.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A `# HELP` text: `\` and line feeds escaped.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A step's name as in the history and the metrics' `step` label (`create_source`, …).
+pub fn step_label(step: Step) -> String {
+    match serde_json::to_value(step) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => step.to_string().replace(' ', "_"),
+    }
+}
+
+/// An [`Observer`] that counts retries and uploaded bytes in [`Metrics`], then hands every
+/// event to `inner` (the daemon's [`LogObserver`](crate::queue::runner::LogObserver)).
+pub struct MetricsObserver {
+    metrics: Arc<Metrics>,
+    inner: Arc<dyn Observer>,
+}
+
+impl MetricsObserver {
+    /// Counts into `metrics`, forwards to `inner`.
+    pub fn new(metrics: Arc<Metrics>, inner: Arc<dyn Observer>) -> MetricsObserver {
+        MetricsObserver { metrics, inner }
+    }
+}
+
+impl Observer for MetricsObserver {
+    fn event(&self, job: &Job, event: &Event<'_>) {
+        match event {
+            Event::Retrying { step, .. } => self.metrics.retry(&job.app, &step_label(*step)),
+            Event::Uploaded { bytes, .. } => self.metrics.upload_bytes(&job.app, *bytes),
+            _ => {}
+        }
+        self.inner.event(job, event);
+    }
+}
+
+/// Serves `GET /metrics` ([`Metrics::render`], `text/plain; version=0.0.4`) and
+/// `GET /healthz` (`ok`) on `addr` until `shutdown` fires; any other path is a 404.
+///
+/// Binds before returning, so that a bad or busy address is a start-up error naming it.
+/// Returns the bound address (the real port when `addr` has port 0) and the server's task,
+/// which ends once `shutdown` fired and the open connections have closed (abort it if a
+/// client holds one open past the daemon's grace period).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    let named = |e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot serve metrics on {addr} (metrics_listen): {e}"),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(named)?;
+    let bound = listener.local_addr().map_err(named)?;
+    let router = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(metrics);
+    let task = tokio::spawn(async move {
+        let mut shutdown = shutdown;
+        let stopped = async move { shutdown.requested().await };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(address = %bound, "the metrics server stopped: {e}");
+        }
+    });
+    tracing::info!(address = %bound, "serving metrics on /metrics");
+    Ok((bound, task))
+}
+
+async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, CONTENT_TYPE_TEXT_0_0_4)], metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn an_empty_registry_still_says_up_and_describes_every_family() {
+        let text = Metrics::new().render();
+        assert!(text.contains("\ndropdeploy_up 1\n"), "{text}");
+        for (name, kind) in [
+            ("dropdeploy_up", "gauge"),
+            ("dropdeploy_deployments_total", "counter"),
+            ("dropdeploy_retries_total", "counter"),
+            ("dropdeploy_upload_bytes_total", "counter"),
+            ("dropdeploy_queue_depth", "gauge"),
+            ("dropdeploy_last_success_timestamp_seconds", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{text}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn deployments_are_counted_by_app_and_outcome() {
+        let m = Metrics::new();
+        m.deployment_finished("my-app", "succeeded", 100);
+        m.deployment_finished("my-app", "succeeded", 90);
+        m.deployment_finished("my-app", "failed", 120);
+        m.deployment_finished("other", "superseded", 130);
+        let text = m.render();
+        let l = lines(&text);
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="my-app",outcome="succeeded"} 2"#));
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="my-app",outcome="failed"} 1"#));
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="other",outcome="superseded"} 1"#));
+        // The last success never moves back, and only successes set it.
+        assert!(l.contains(&r#"dropdeploy_last_success_timestamp_seconds{app="my-app"} 100"#));
+        assert!(!text.contains(r#"dropdeploy_last_success_timestamp_seconds{app="other"}"#));
+    }
+
+    #[test]
+    fn retries_bytes_and_queue_depth() {
+        let m = Metrics::new();
+        m.retry("a", "upload");
+        m.retry("a", "upload");
+        m.retry("a", "create_source");
+        m.upload_bytes("a", 1000);
+        m.upload_bytes("a", 24);
+        m.set_queue_depth("a", 1, 0);
+        m.set_queue_depth("a", 1, 3);
+        let text = m.render();
+        let l = lines(&text);
+        assert!(l.contains(&r#"dropdeploy_retries_total{app="a",step="upload"} 2"#));
+        assert!(l.contains(&r#"dropdeploy_retries_total{app="a",step="create_source"} 1"#));
+        assert!(l.contains(&r#"dropdeploy_upload_bytes_total{app="a"} 1024"#));
+        assert!(l.contains(&r#"dropdeploy_queue_depth{app="a",state="in_flight"} 1"#));
+        assert!(l.contains(&r#"dropdeploy_queue_depth{app="a",state="pending"} 3"#));
+    }
+
+    #[test]
+    fn registered_apps_start_at_zero_and_keep_their_counts() {
+        let m = Metrics::new();
+        m.deployment_finished("a", "failed", 1);
+        m.register_app("a");
+        m.register_app("a");
+        let text = m.render();
+        let l = lines(&text);
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="a",outcome="succeeded"} 0"#));
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="a",outcome="failed"} 1"#));
+        assert!(l.contains(&r#"dropdeploy_deployments_total{app="a",outcome="superseded"} 0"#));
+        assert!(l.contains(&r#"dropdeploy_upload_bytes_total{app="a"} 0"#));
+        assert!(l.contains(&r#"dropdeploy_queue_depth{app="a",state="pending"} 0"#));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("line\nbreak"), r"line\nbreak");
+        assert_eq!(escape_label_value("été"), "été");
+        let m = Metrics::new();
+        m.retry("x\"y", "a\\b\nc");
+        let text = m.render();
+        assert!(
+            text.contains(r#"dropdeploy_retries_total{app="x\"y",step="a\\b\nc"} 1"#),
+            "{text}"
+        );
+        // Every sample stays on one line.
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("dropdeploy_"))
+        );
+    }
+
+    #[test]
+    fn history_entries_are_counted_by_their_outcome() {
+        let m = Metrics::new();
+        let entry = HistoryEntry {
+            app: "a".into(),
+            outcome: Outcome::Succeeded,
+            ..HistoryEntry::default()
+        };
+        m.record_outcome(&entry);
+        m.record_outcome(&HistoryEntry::default()); // unknown: not counted
+        let text = m.render();
+        assert!(text.contains(r#"dropdeploy_deployments_total{app="a",outcome="succeeded"} 1"#));
+        assert!(!text.contains("outcome=\"unknown\""));
+        assert!(text.contains(r#"dropdeploy_last_success_timestamp_seconds{app="a"} "#));
+    }
+
+    #[test]
+    fn the_observer_counts_retries_and_uploads_and_forwards_everything() {
+        use crate::queue::spool::{JobState, Payload};
+        use crate::target::scalingo::api::ApiError;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        struct Count(AtomicUsize);
+        impl Observer for Count {
+            fn event(&self, _: &Job, _: &Event<'_>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let inner = Arc::new(Count(AtomicUsize::new(0)));
+        let m = Metrics::new();
+        let observer = MetricsObserver::new(m.clone(), inner.clone());
+        let job = Job {
+            id: "j1".into(),
+            app: "my-app".into(),
+            git_ref: "my-app-1".into(),
+            payload: Payload::Url {
+                url: "https://x.example/a.tar.gz".into(),
+            },
+            created_at: 0,
+            started_at: None,
+            failed_attempts: 0,
+            aborted_retries: 0,
+            source_renewals: 0,
+            state: JobState::Queued,
+        };
+        let error = ApiError::Timeout {
+            what: "upload",
+            url: "https://storage.example".into(),
+            after: Duration::from_secs(1),
+        };
+        observer.event(
+            &job,
+            &Event::Retrying {
+                step: Step::Upload,
+                error: &error,
+                delay: Duration::from_secs(1),
+                failures: 1,
+            },
+        );
+        observer.event(
+            &job,
+            &Event::Uploaded {
+                bytes: 4096,
+                elapsed: Duration::from_millis(5),
+            },
+        );
+        observer.event(&job, &Event::Finished);
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3);
+        let text = m.render();
+        assert!(text.contains(r#"dropdeploy_retries_total{app="my-app",step="upload"} 1"#));
+        assert!(text.contains(r#"dropdeploy_upload_bytes_total{app="my-app"} 4096"#));
+    }
+
+    #[test]
+    fn step_labels_are_the_history_names() {
+        assert_eq!(step_label(Step::CreateSource), "create_source");
+        assert_eq!(step_label(Step::Upload), "upload");
+        assert_eq!(step_label(Step::Follow), "follow");
+    }
+}

@@ -1,0 +1,129 @@
+//! The job driver of the local target: one job becomes one release on this machine.
+//!
+//! A local deploy has no remote side effect to guard, so its record stays `queued` until the
+//! release is in place (or refused); a job interrupted halfway simply runs again, and the
+//! target makes that safe (a half-extracted release is never `current`, and is redone).
+
+use std::sync::Arc;
+
+use crate::queue::runner::{Event, LOG_TAIL_LINES, Observer};
+use crate::queue::spool::{Failure, Job, JobState, Payload, Spool, SpoolError, Step, now};
+use crate::shutdown::Shutdown;
+use crate::target::local::{LocalFailure, LocalStep, LocalTarget};
+
+/// Deploys jobs as local releases.
+pub struct ReleaseRunner {
+    target: Arc<LocalTarget>,
+    spool: Spool,
+    observer: Arc<dyn Observer>,
+    shutdown: Shutdown,
+}
+
+impl ReleaseRunner {
+    pub fn new(
+        target: Arc<LocalTarget>,
+        spool: Spool,
+        observer: Arc<dyn Observer>,
+        shutdown: Shutdown,
+    ) -> Self {
+        ReleaseRunner {
+            target,
+            spool,
+            observer,
+            shutdown,
+        }
+    }
+
+    /// Extracts, switches `current`, activates, prunes; records the outcome in the job.
+    pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
+        if job.state.is_finished() || self.shutdown.is_requested() {
+            return Ok(());
+        }
+        if job.started_at.is_none() {
+            job.started_at = Some(now());
+            self.spool.save(job)?;
+        }
+        if let Payload::Url { url } = &job.payload {
+            job.state = JobState::Failed(failure(
+                Step::Extract,
+                format!(
+                    "a URL ({}) cannot be deployed to a local target: drop the archive itself",
+                    crate::target::scalingo::api::display_url(url)
+                ),
+                Vec::new(),
+            ));
+            self.spool.save(job)?;
+            return Ok(());
+        }
+        self.observer.event(job, &Event::Step(Step::Extract));
+        let name = LocalTarget::release_name(job.created_at, &job.git_ref);
+        let (target, app, git_ref, archive, release) = (
+            self.target.clone(),
+            job.app.clone(),
+            job.git_ref.clone(),
+            self.spool.archive_path(&job.id),
+            name.clone(),
+        );
+        let result =
+            tokio::task::spawn_blocking(move || target.deploy(&app, &release, &git_ref, &archive))
+                .await;
+        job.state = match result {
+            Ok(Ok(deployed)) => {
+                tracing::info!(
+                    app = %job.app,
+                    job = %job.id,
+                    release = %deployed.release.display(),
+                    pruned = deployed.pruned.len(),
+                    "release is current"
+                );
+                JobState::Succeeded {
+                    deployment_id: name,
+                }
+            }
+            Ok(Err(LocalFailure {
+                step,
+                reason,
+                output,
+            })) => {
+                let step = match step {
+                    LocalStep::Extract => Step::Extract,
+                    LocalStep::Switch => Step::Switch,
+                    LocalStep::Activate | LocalStep::Prune => Step::Activate,
+                };
+                let mut f = failure(
+                    step,
+                    reason,
+                    crate::queue::runner::tail_lines(&output, LOG_TAIL_LINES),
+                );
+                f.deployment_id = Some(name);
+                JobState::Failed(f)
+            }
+            Err(e) => JobState::Failed(failure(
+                Step::Extract,
+                format!("the release task crashed: {e}"),
+                Vec::new(),
+            )),
+        };
+        self.spool.save(job)?;
+        self.observer.event(job, &Event::Finished);
+        Ok(())
+    }
+}
+
+fn failure(step: Step, reason: String, log_tail: Vec<String>) -> Failure {
+    Failure {
+        step,
+        reason,
+        status: None,
+        deployment_id: None,
+        log_tail,
+        http_status: None,
+        gave_up: false,
+    }
+}
+
+impl crate::target::Target for ReleaseRunner {
+    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(ReleaseRunner::run(self, job))
+    }
+}

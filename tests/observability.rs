@@ -1,0 +1,130 @@
+//! The daemon's metrics endpoint and outcome hooks, end to end over loopback.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{World, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn top_level(world: &World, line: &str) {
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(&world.config, format!("{line}\n{text}")).unwrap();
+}
+
+/// A webhook receiver: answers 200 and keeps each request body.
+fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+#[test]
+fn metrics_show_a_finished_deployment() {
+    let world = World::new();
+    let port = free_port();
+    top_level(&world, &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let drop = world.add_drop_app("my-app", "");
+    let _daemon = world.start_daemon("d");
+    assert_eq!(
+        http_get(port, "/healthz").map(|r| r.ends_with("ok")),
+        Some(true)
+    );
+    world.drop_archive(&drop, "a.tar.gz");
+    world.wait_history(1, LONG);
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"dropdeploy_deployments_total{app="my-app",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"dropdeploy_upload_bytes_total{app="my-app"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"dropdeploy_last_success_timestamp_seconds{app="my-app"}"#),
+        "{metrics}"
+    );
+    support::assert_no_secret(&metrics, &world.fake.api_token());
+}
+
+#[test]
+fn a_webhook_receives_the_outcome() {
+    let world = World::new();
+    let (port, bodies) = receiver();
+    let drop = world.add_drop_app("my-app", "");
+    world.append_config(&format!(
+        "\n[on_outcome]\nwebhook = \"http://127.0.0.1:{port}/hook?key=s3cr3t\"\n"
+    ));
+    let _daemon = world.start_daemon("d");
+    world.drop_archive(&drop, "a.tar.gz");
+    world.wait_history(1, LONG);
+    assert!(wait_for(LONG, || !bodies.lock().unwrap().is_empty()));
+    let body = bodies.lock().unwrap()[0].clone();
+    let entry: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(entry["app"], "my-app");
+    assert_eq!(entry["outcome"], "succeeded");
+    assert_eq!(entry["file"], "a.tar.gz");
+    support::assert_no_secret(&body, &world.fake.api_token());
+    assert!(!world.log("d").contains("s3cr3t"), "the webhook's query is not logged");
+}
+
+#[test]
+fn a_dead_webhook_does_not_fail_the_deployment() {
+    let world = World::new();
+    let port = free_port();
+    let drop = world.add_drop_app(
+        "my-app",
+        &format!("on_outcome = {{ webhook = \"http://127.0.0.1:{port}/nobody\", retries = 2 }}"),
+    );
+    let _daemon = world.start_daemon("d");
+    world.drop_archive(&drop, "a.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "succeeded");
+    assert!(wait_for(LONG, || world.log("d").contains("nobody")
+        || world.log("d").to_lowercase().contains("webhook")));
+    // And the daemon still takes work.
+    world.drop_archive(&drop, "b.tar.gz");
+    let history = world.wait_history(2, LONG);
+    assert_eq!(history[1]["outcome"], "succeeded");
+}
