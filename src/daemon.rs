@@ -23,7 +23,9 @@ use crate::outcome::{HistoryEntry, Outcomes};
 use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
 use crate::queue::lane::{Finisher, LaneContext, LaneSettings, Lanes};
 use crate::queue::runner::LogObserver;
+use crate::queue::runner::{Event, Observer};
 use crate::queue::spool::{Job, Spool};
+use crate::service::{Notifier, WatchdogTimer, status_line};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
 use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
@@ -45,6 +47,7 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env();
     let Loaded { config, warnings } = Config::load(&config_path, &env)?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -92,10 +95,17 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         config: std::sync::RwLock::new(config.clone()),
     });
     let outcomes = Arc::new(Outcomes::new(&config.state_dir, spool.clone()));
+    let board = Arc::new(StatusBoard {
+        inner: Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
+        notifier: notifier.clone(),
+        metrics: metrics.clone(),
+        apps: std::sync::atomic::AtomicUsize::new(config.apps.len()),
+        active: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+    });
     let ctx = LaneContext::new(
         client,
         spool.clone(),
-        Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
+        board.clone(),
         Arc::new(OutcomeFinisher {
             outcomes: outcomes.clone(),
             after: after.clone(),
@@ -117,6 +127,8 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         ready_tx,
         after,
         metrics_server,
+        notifier,
+        board,
     };
     for app in daemon.config.apps.clone() {
         daemon.start_lane(&app);
@@ -132,6 +144,8 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         state_dir = %daemon.config.state_dir.display(),
         "dropdeploy is running"
     );
+    daemon.notifier.ready();
+    daemon.board.publish();
     daemon.serve(ready_rx, trigger).await
 }
 
@@ -187,6 +201,55 @@ struct Daemon {
     ready_tx: mpsc::Sender<ReadyFile>,
     after: Arc<AfterOutcome>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
+    notifier: Notifier,
+    board: Arc<StatusBoard>,
+}
+
+/// Keeps what each app is doing, for systemd's STATUS= line ("2 apps; deploying my-app
+/// (building); 1 pending"), and passes every event on to the log and the metrics.
+struct StatusBoard {
+    inner: Arc<dyn Observer>,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    apps: std::sync::atomic::AtomicUsize,
+    active: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl StatusBoard {
+    fn publish(&self) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let active: Vec<(String, String)> = self
+            .active
+            .lock()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        self.notifier.status(&status_line(
+            self.apps.load(std::sync::atomic::Ordering::Relaxed),
+            &active,
+            self.metrics.pending_total(),
+        ));
+    }
+}
+
+impl Observer for StatusBoard {
+    fn event(&self, job: &Job, event: &Event<'_>) {
+        self.inner.event(job, event);
+        let doing = match event {
+            Event::Step(step) => Some(step.to_string()),
+            Event::Status { status } => Some((*status).to_string()),
+            Event::Finished => None,
+            _ => return,
+        };
+        if let Ok(mut active) = self.active.lock() {
+            match doing {
+                Some(d) => active.insert(job.app.clone(), d),
+                None => active.remove(&job.app),
+            };
+        }
+        self.publish();
+    }
 }
 
 /// Checks what the daemon needs of each app before it takes any work.
@@ -217,9 +280,35 @@ fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
                     spool.dir().display()
                 )));
             }
+            // Same device is not enough: two mount points of one filesystem (bind mounts, or
+            // systemd's ReadWritePaths=) still refuse a rename between them. Try one.
+            probe_rename(dir, spool.dir()).map_err(|e| {
+                DaemonError::Startup(format!(
+                    "app {}: a file cannot be renamed from the drop folder {} into the spool {} \
+                     ({e}); files are claimed by renaming them, so put state_dir where a rename \
+                     from the drop folders works (the same filesystem and mount point, e.g. \
+                     state_dir = \"{}\")",
+                    app.name,
+                    dir.display(),
+                    spool.dir().display(),
+                    dir.parent().unwrap_or(dir).join(".dropdeploy").display()
+                ))
+            })?;
         }
     }
     Ok(())
+}
+
+/// Renames a small dot-file (ignored by the watcher) from `from` into `to` and removes it.
+fn probe_rename(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    let name = format!(".dropdeploy-probe-{:08x}", fastrand::u32(..));
+    let src = from.join(&name);
+    let dst = to.join(&name);
+    std::fs::write(&src, b"")?;
+    let moved = std::fs::rename(&src, &dst);
+    let _ = std::fs::remove_file(&src);
+    let _ = std::fs::remove_file(&dst);
+    moved
 }
 
 /// The Scalingo client, when an app deploys there (which then needs the token).
@@ -421,14 +510,25 @@ impl Daemon {
         let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
         let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
         let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+        // The watchdog is pinged from this loop, which claims all new work: if it stalls,
+        // the pings stop and systemd restarts the daemon.
+        let mut watchdog = WatchdogTimer::new(&self.notifier);
         let reason = loop {
             tokio::select! {
                 Some(ready) = ready_rx.recv() => self.claim(ready).await,
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
-                _ = sighup.recv() => self.reload().await,
+                _ = sighup.recv() => {
+                    self.notifier.reloading();
+                    self.reload().await;
+                    self.notifier.reloaded();
+                    self.board.apps.store(self.config.apps.len(), std::sync::atomic::Ordering::Relaxed);
+                    self.board.publish();
+                }
+                _ = watchdog.tick() => self.notifier.watchdog(),
             }
         };
+        self.notifier.stopping();
         let grace = self.config.shutdown_grace;
         tracing::info!(
             signal = reason,

@@ -131,6 +131,15 @@ impl Metrics {
             .insert(app.to_string(), (in_flight, pending));
     }
 
+    /// Jobs waiting behind the ones in flight, over all apps (for the service status line).
+    pub fn pending_total(&self) -> usize {
+        self.lock()
+            .queue_depth
+            .values()
+            .map(|(_, pending)| pending)
+            .sum()
+    }
+
     /// Every metric in the Prometheus text exposition format 0.0.4, each family with its
     /// `# HELP` and `# TYPE` lines.
     pub fn render(&self) -> String {

@@ -22,7 +22,11 @@ fn free_port() -> u16 {
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -54,9 +58,12 @@ fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            kept.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
             let mut stream = stream;
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     (port, bodies)
@@ -75,12 +82,15 @@ fn metrics_show_a_finished_deployment() {
     );
     world.drop_archive(&drop, "a.tar.gz");
     world.wait_history(1, LONG);
+    // The metrics follow the history line.
+    let line = r#"dropdeploy_deployments_total{app="my-app",outcome="succeeded"} 1"#;
+    assert!(wait_for(LONG, || http_get(port, "/metrics")
+        .is_some_and(|m| m.contains(line))));
     let metrics = http_get(port, "/metrics").unwrap();
     assert!(
-        metrics.contains(r#"dropdeploy_deployments_total{app="my-app",outcome="succeeded"} 1"#),
+        metrics.contains(r#"dropdeploy_upload_bytes_total{app="my-app"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"dropdeploy_upload_bytes_total{app="my-app"}"#), "{metrics}");
     assert!(
         metrics.contains(r#"dropdeploy_last_success_timestamp_seconds{app="my-app"}"#),
         "{metrics}"
@@ -106,7 +116,10 @@ fn a_webhook_receives_the_outcome() {
     assert_eq!(entry["outcome"], "succeeded");
     assert_eq!(entry["file"], "a.tar.gz");
     support::assert_no_secret(&body, &world.fake.api_token());
-    assert!(!world.log("d").contains("s3cr3t"), "the webhook's query is not logged");
+    assert!(
+        !world.log("d").contains("s3cr3t"),
+        "the webhook's query is not logged"
+    );
 }
 
 #[test]

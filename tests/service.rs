@@ -110,7 +110,6 @@ fn is_ready(message: &str) -> bool {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn ready_is_sent_once_running_then_a_status_line() {
     let world = World::new();
     let drop = world.add_drop_app("my-app", "");
@@ -133,7 +132,6 @@ fn ready_is_sent_once_running_then_a_status_line() {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn the_watchdog_is_pinged_at_half_its_timeout() {
     let world = World::new();
     world.add_drop_app("my-app", "");
@@ -151,7 +149,6 @@ fn the_watchdog_is_pinged_at_half_its_timeout() {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn no_watchdog_pings_without_watchdog_usec() {
     let world = World::new();
     world.add_drop_app("my-app", "");
@@ -163,7 +160,6 @@ fn no_watchdog_pings_without_watchdog_usec() {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn sighup_sends_reloading_with_the_monotonic_clock_then_ready() {
     let world = World::new();
     world.add_drop_app("my-app", "");
@@ -196,7 +192,6 @@ fn sighup_sends_reloading_with_the_monotonic_clock_then_ready() {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn a_refused_reload_still_ends_with_ready() {
     let world = World::new();
     world.add_drop_app("my-app", "");
@@ -219,7 +214,6 @@ fn a_refused_reload_still_ends_with_ready() {
 }
 
 #[test]
-#[ignore = "needs daemon wiring"]
 fn sigterm_sends_stopping_and_the_daemon_exits_cleanly() {
     let world = World::new();
     world.add_drop_app("my-app", "");
