@@ -148,6 +148,104 @@ fn the_watchdog_is_pinged_at_half_its_timeout() {
     );
 }
 
+/// A gzip'd tar holding `app/zeros`, `size` bytes of zeros, made by GNU gzip (fast) so that
+/// checking it takes the daemon a long time while the file itself stays small.
+fn zeros_archive(path: &Path, size: u64) {
+    use std::io::Write;
+    let out = std::fs::File::create(path).unwrap();
+    let mut gzip = Command::new("gzip")
+        .arg("-1")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .unwrap();
+    let mut stdin = gzip.stdin.take().unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("app/zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    stdin.write_all(header.as_bytes()).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = size + 1024;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stdin.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(stdin);
+    assert!(gzip.wait().unwrap().success());
+}
+
+#[test]
+fn the_watchdog_stops_while_the_claiming_loop_is_stuck() {
+    let world = World::new();
+    // Allow a 1 GB archive: checking it keeps the claiming loop busy for seconds.
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        format!("max_archive_size = 2000000000\n{text}"),
+    )
+    .unwrap();
+    let drop = world.add_drop_app("my-app", "");
+    let big = world.path("big.tar.gz");
+    zeros_archive(&big, 1_000_000_000);
+    let mut manager = Manager::new();
+    let _daemon = start_notified(&world, "d", &manager, &[("WATCHDOG_USEC", "400000")]);
+    assert!(manager.wait_for(LONG, is_ready), "{:?}", manager.messages);
+    // Pings while idle.
+    manager.collect(Duration::from_millis(600));
+    assert!(manager.count("WATCHDOG=1") >= 2, "{:?}", manager.messages);
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::rename(&big, drop.join("big.tar.gz")).unwrap();
+    // The claim has begun once the file left the folder.
+    assert!(wait_for(LONG, || !drop.join("big.tar.gz").exists()));
+    let claim_began = Instant::now();
+    let mut pings = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let claimed = |w: &World| w.log("d").contains("claimed");
+    let mut claimed_at = None;
+    while Instant::now() < deadline {
+        if let Ok(n) = manager.socket.recv(&mut buf)
+            && String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "WATCHDOG=1")
+        {
+            pings.push(Instant::now());
+        }
+        if claimed_at.is_none() && claimed(&world) {
+            claimed_at = Some(Instant::now());
+        }
+        if let Some(at) = claimed_at
+            && at.elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
+    }
+    let claimed_at = claimed_at.expect("the archive was claimed in the end");
+    let after = pings.iter().filter(|p| **p > claimed_at).count();
+    // While the loop was busy checking the archive, no ping: systemd would restart a daemon
+    // stuck like this for longer than WatchdogSec. Measured from the moment the claim began.
+    let mut marks = vec![claim_began];
+    marks.extend(pings.iter().copied());
+    let silent = marks
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    let timeline: Vec<u128> = pings
+        .iter()
+        .map(|p| p.saturating_duration_since(claim_began).as_millis())
+        .collect();
+    assert!(
+        silent >= Duration::from_millis(800),
+        "pings kept coming while the loop was stuck: longest silence {silent:?}; pings (ms after the claim began): {timeline:?}"
+    );
+    assert!(after >= 2, "pings resume once the loop is free again");
+}
+
 #[test]
 fn no_watchdog_pings_without_watchdog_usec() {
     let world = World::new();

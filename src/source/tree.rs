@@ -52,7 +52,13 @@ pub struct Debounce {
     max_wait: Duration,
     /// The burst in progress, if any.
     pending: Option<Burst>,
+    /// Paths already counted in the pending burst, so that a file written in several
+    /// batches of events counts once (bounded: past the cap, paths are counted as they come).
+    seen: std::collections::HashSet<PathBuf>,
 }
+
+/// How many distinct paths a burst remembers for its count.
+const MAX_SEEN: usize = 100_000;
 
 impl Debounce {
     /// A debounce with nothing pending.
@@ -61,7 +67,22 @@ impl Debounce {
             quiet,
             max_wait,
             pending: None,
+            seen: std::collections::HashSet::new(),
         }
+    }
+
+    /// A relevant change at `now` naming `named` paths (each counted once per burst) plus
+    /// `found` entries discovered in new directories.
+    pub fn change_named(&mut self, now: Instant, named: &[PathBuf], found: usize) {
+        let mut new = found;
+        for path in named {
+            if self.seen.len() >= MAX_SEEN {
+                new += 1;
+            } else if self.seen.insert(path.clone()) {
+                new += 1;
+            }
+        }
+        self.change(now, new);
     }
 
     /// A relevant change of `paths` paths happened at `now`; starts a burst if none is pending.
@@ -109,6 +130,7 @@ impl Debounce {
     /// again. `None` (and nothing changes) otherwise.
     pub fn fire_if_due(&mut self, now: Instant) -> Option<Burst> {
         if self.deadline().is_some_and(|deadline| deadline <= now) {
+            self.seen.clear();
             self.pending.take()
         } else {
             None
@@ -188,7 +210,7 @@ impl Shared {
             if changes.overflow {
                 debounce.overflow(now);
             }
-            debounce.change(now, changes.paths);
+            debounce.change_named(now, &changes.named, changes.found);
         }
         self.wake.notify_one();
     }

@@ -305,6 +305,10 @@ pub(crate) struct Changes {
     /// How many relevant paths changed: distinct paths named by events, plus what was found in
     /// new directories. A size hint, not an exact count.
     pub paths: usize,
+    /// The distinct paths named by events in this batch.
+    pub named: Vec<PathBuf>,
+    /// Entries found in new directories.
+    pub found: usize,
     /// Events were lost (an overflow, a watcher error, a full queue): the whole tree may have
     /// changed. It was walked again and its watches set up anew.
     pub overflow: bool,
@@ -490,6 +494,8 @@ impl DirectoryWatches {
         }
         let mut changes = Changes {
             paths: tally.named.len().saturating_add(tally.found),
+            named: tally.named.iter().cloned().collect(),
+            found: tally.found,
             overflow: rescan,
             rules_rebuilt: false,
             root_lost: tally.root_lost,
