@@ -76,9 +76,7 @@ impl Debounce {
     pub fn change_named(&mut self, now: Instant, named: &[PathBuf], found: usize) {
         let mut new = found;
         for path in named {
-            if self.seen.len() >= MAX_SEEN {
-                new += 1;
-            } else if self.seen.insert(path.clone()) {
+            if self.seen.len() >= MAX_SEEN || self.seen.insert(path.clone()) {
                 new += 1;
             }
         }
