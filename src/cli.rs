@@ -258,11 +258,45 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// What `deploy` and `watch` need before they start: the configuration, the token, and a
+/// spool (in the config's state_dir with a config file, else in the user's state directory).
+struct OneShot {
+    config: Config,
+    token: crate::config::Secret,
+    state_dir: PathBuf,
+    spool: Spool,
+}
+
+impl OneShot {
+    fn set_up(cli: &Cli, env: &Env, state_dir: Option<&PathBuf>) -> Result<OneShot, String> {
+        let config = load_config_with(cli, env)?;
+        let token = config
+            .scalingo
+            .require_token()
+            .map_err(|e| e.to_string())?
+            .clone();
+        let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
+            Some(_) => config.state_dir.clone(),
+            None => default_user_state_dir(),
+        });
+        let spool = Spool::open(state_dir.join("spool")).map_err(|e| e.to_string())?;
+        Ok(OneShot {
+            config,
+            token,
+            state_dir,
+            spool,
+        })
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, String> {
-    let env = Env::from_process();
+    load_config_with(cli, &Env::from_process())
+}
+
+fn load_config_with(cli: &Cli, env: &Env) -> Result<Config, String> {
     let loaded = match &cli.config {
-        Some(path) => Config::load(path, &env),
-        None => Config::from_env(&env),
+        Some(path) => Config::load(path, env),
+        None => Config::from_env(env),
     };
     let Loaded { config, warnings } = loaded.map_err(|e| e.to_string())?;
     for warning in warnings {
@@ -445,30 +479,14 @@ async fn watch(cli: &Cli) -> u8 {
     if let Some(region) = region {
         env = env.with("SCALINGO_REGION", region);
     }
-    let loaded = match &cli.config {
-        Some(path) => Config::load(path, &env),
-        None => Config::from_env(&env),
-    };
-    let config = match loaded {
-        Ok(Loaded { config, warnings }) => {
-            for w in warnings {
-                eprintln!("dropdeploy: warning: {w}");
-            }
-            config
-        }
-        Err(e) => return fail(e.to_string()),
-    };
-    let token = match config.scalingo.require_token() {
-        Ok(t) => t.clone(),
-        Err(e) => return fail(e.to_string()),
-    };
-    let state_dir = state_dir.clone().unwrap_or_else(|| match &cli.config {
-        Some(_) => config.state_dir.clone(),
-        None => default_user_state_dir(),
-    });
-    let spool = match Spool::open(state_dir.join("spool")) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+    let OneShot {
+        config,
+        token,
+        state_dir,
+        spool,
+    } = match OneShot::set_up(cli, &env, state_dir.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
     };
     let root = match std::path::absolute(dir) {
         Ok(r) => r,
@@ -740,10 +758,6 @@ async fn deploy(cli: &Cli) -> u8 {
         eprintln!("dropdeploy: {app}: {msg}");
         EXIT_USAGE
     };
-    let config = match load_config(cli) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
     if let Some(r) = git_ref
         && !valid_git_ref(r)
     {
@@ -751,17 +765,14 @@ async fn deploy(cli: &Cli) -> u8 {
             "--git-ref {r:?} is not accepted by the platform: use only letters, digits, '.', '_' and '-', not starting with '-'"
         ));
     }
-    let token = match config.scalingo.require_token() {
-        Ok(t) => t.clone(),
-        Err(e) => return fail(e.to_string()),
-    };
-    let state_dir = state_dir.clone().unwrap_or_else(|| match &cli.config {
-        Some(_) => config.state_dir.clone(),
-        None => default_user_state_dir(),
-    });
-    let spool = match Spool::open(state_dir.join("spool")) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+    let OneShot {
+        config,
+        token,
+        spool,
+        ..
+    } = match OneShot::set_up(cli, &Env::from_process(), state_dir.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
     };
     let label = config
         .app(app)

@@ -5,9 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::archive::inspect::{InspectError, Limits, Rejection, Summary, inspect};
-use crate::queue::spool::{
-    ARCHIVE_NAME, Claim, Job, JobState, Payload, Spool, SpoolError, compact_utc, now,
-};
+use crate::queue::spool::{ARCHIVE_NAME, Claim, Job, Payload, Spool, SpoolError, compact_utc, now};
 
 /// How an archive gets into the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,24 +140,15 @@ pub fn enqueue_archive(
         }
     };
     let created_at = now();
-    let job = Job {
-        git_ref: git_ref
-            .map(str::to_string)
-            .unwrap_or_else(|| make_git_ref(label, created_at, &summary.sha256)),
-        id,
-        app: app.to_string(),
-        payload: Payload::Archive {
-            original: file.to_path_buf(),
-            summary,
-            tree_digest: None,
-        },
-        created_at,
-        started_at: None,
-        failed_attempts: 0,
-        aborted_retries: 0,
-        source_renewals: 0,
-        state: JobState::Queued,
+    let git_ref = git_ref
+        .map(str::to_string)
+        .unwrap_or_else(|| make_git_ref(label, created_at, &summary.sha256));
+    let payload = Payload::Archive {
+        original: file.to_path_buf(),
+        summary,
+        tree_digest: None,
     };
+    let job = Job::new(id, app, git_ref, payload, created_at);
     spool.commit_new(&tmp, &job)?;
     Ok(job)
 }
@@ -213,22 +202,13 @@ pub fn enqueue_packed(
         }
     };
     let created_at = now();
-    let job = Job {
-        git_ref: make_git_ref(label, created_at, &summary.sha256),
-        id,
-        app: app.to_string(),
-        payload: Payload::Archive {
-            original: root,
-            summary,
-            tree_digest: Some(packed.digest),
-        },
-        created_at,
-        started_at: None,
-        failed_attempts: 0,
-        aborted_retries: 0,
-        source_renewals: 0,
-        state: JobState::Queued,
+    let git_ref = make_git_ref(label, created_at, &summary.sha256);
+    let payload = Payload::Archive {
+        original: root,
+        summary,
+        tree_digest: Some(packed.digest),
     };
+    let job = Job::new(id, app, git_ref, payload, created_at);
     spool.commit_new(&tmp, &job)?;
     Ok(job)
 }
@@ -244,22 +224,13 @@ pub fn enqueue_url(
     let (id, tmp) = spool.new_job_dir()?;
     let created_at = now();
     let random = format!("{:08x}", fastrand::u32(..));
-    let job = Job {
-        git_ref: git_ref
-            .map(str::to_string)
-            .unwrap_or_else(|| make_git_ref(label, created_at, &random)),
-        id,
-        app: app.to_string(),
-        payload: Payload::Url {
-            url: url.to_string(),
-        },
-        created_at,
-        started_at: None,
-        failed_attempts: 0,
-        aborted_retries: 0,
-        source_renewals: 0,
-        state: JobState::Queued,
+    let git_ref = git_ref
+        .map(str::to_string)
+        .unwrap_or_else(|| make_git_ref(label, created_at, &random));
+    let payload = Payload::Url {
+        url: url.to_string(),
     };
+    let job = Job::new(id, app, git_ref, payload, created_at);
     spool.commit_new(&tmp, &job)?;
     Ok(job)
 }

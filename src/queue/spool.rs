@@ -201,6 +201,30 @@ pub struct Job {
     pub state: JobState,
 }
 
+impl Job {
+    /// A new job, `queued`, with no attempt made yet.
+    pub fn new(
+        id: String,
+        app: &str,
+        git_ref: String,
+        payload: Payload,
+        created_at: Timestamp,
+    ) -> Job {
+        Job {
+            id,
+            app: app.to_string(),
+            git_ref,
+            payload,
+            created_at,
+            started_at: None,
+            failed_attempts: 0,
+            aborted_retries: 0,
+            source_renewals: 0,
+            state: JobState::Queued,
+        }
+    }
+}
+
 /// Errors of the spool: always about one file.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
