@@ -384,3 +384,35 @@ fn a_drop_folder_on_another_filesystem_than_the_spool_is_refused_at_start() {
         .assert_contains("another filesystem")
         .assert_contains(&elsewhere.path().display().to_string());
 }
+
+#[test]
+fn a_recovered_job_whose_archive_is_missing_fails_with_that_reason() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "");
+    world
+        .fake
+        .fail_next(Endpoint::Upload, Fault::Delay(Duration::from_secs(60)));
+    let mut daemon = world.start_daemon("first");
+    world.drop_archive(&drop, "gone.tar.gz");
+    assert!(wait_for(LONG, || world.fake.requests_in_flight(Endpoint::Upload) > 0));
+    daemon.kill9();
+    // Someone removes the archive from the spool while the daemon is down.
+    let mut removed = 0;
+    for entry in std::fs::read_dir(world.state.join("spool")).unwrap().flatten() {
+        if std::fs::remove_file(entry.path().join("archive.tar.gz")).is_ok() {
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1);
+    let _daemon = world.start_daemon("second");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "failed");
+    assert_eq!(history[0]["step"], "upload");
+    let reason = history[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("archive.tar.gz"), "{reason}");
+    assert!(reason.contains("No such file"), "{reason}");
+    // The daemon goes on.
+    world.drop_archive(&drop, "next.tar.gz");
+    let history = world.wait_history(2, LONG);
+    assert_eq!(history[1]["outcome"], "succeeded");
+}
