@@ -27,7 +27,42 @@ pub const CLAIM_NAME: &str = "claim.json";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Claim {
     pub app: String,
+    #[serde(with = "os_path")]
     pub original: PathBuf,
+}
+
+/// Paths in records: a JSON string when the path is UTF-8, else `{"bytes": [...]}`, so that a
+/// file whose name is not UTF-8 (legal on Linux) is recorded exactly.
+mod os_path {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes { bytes: Vec<u8> },
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => Repr::Text(text.to_string()),
+            None => Repr::Bytes {
+                bytes: path.as_os_str().as_bytes().to_vec(),
+            },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(text) => PathBuf::from(text),
+            Repr::Bytes { bytes } => PathBuf::from(OsString::from_vec(bytes)),
+        })
+    }
 }
 
 /// An upload slot older than this is not trusted any more (the platform drops it at 10 min).
@@ -52,6 +87,7 @@ pub enum Payload {
     Archive {
         /// Where it came from (the dropped or given file, or the watched directory it was
         /// packed from), for messages and outcomes.
+        #[serde(with = "os_path")]
         original: PathBuf,
         summary: Summary,
         /// Set when the archive was packed from the watched directory `original`: the digest
@@ -541,6 +577,26 @@ mod tests {
         assert_eq!(fs::read(&restored[0]).unwrap(), b"bytes");
         assert_eq!(fs::read(&original).unwrap(), b"newer");
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_round_trips_through_a_record() {
+        use std::os::unix::ffi::OsStrExt;
+        let original = PathBuf::from(std::ffi::OsStr::from_bytes(b"/drop/caf\xe9-\xff.tar.gz"));
+        let claim = Claim {
+            app: "a".into(),
+            original: original.clone(),
+        };
+        let text = serde_json::to_string(&claim).unwrap();
+        assert!(text.contains("bytes"), "{text}");
+        assert_eq!(serde_json::from_str::<Claim>(&text).unwrap(), claim);
+        let plain = Claim {
+            app: "a".into(),
+            original: "/drop/a.tar.gz".into(),
+        };
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(text.contains(r#""original":"/drop/a.tar.gz""#), "{text}");
+        assert_eq!(serde_json::from_str::<Claim>(&text).unwrap(), plain);
     }
 
     #[test]
