@@ -67,6 +67,23 @@ pub struct FakeConfig {
     pub max_archive_bytes: u64,
     /// One line per request on stderr. Defaults to `FAKE_SCALINGO_LOG=1` in the environment.
     pub log_requests: bool,
+    /// Random faults on every request (a fault storm); `None` (the default): only scripted
+    /// faults (`fail_next`).
+    pub chaos: Option<Chaos>,
+}
+
+/// A seeded fault storm: each request the client makes draws from one RNG (under the state
+/// lock, so the sequence is reproducible for a given order of requests) and, with
+/// `probability`, gets a fault picked among those that fit its endpoint. The token exchange
+/// draws at a quarter of the rate; the platform's own fetch of a source (`Download`) never gets
+/// one. A scripted `fail_next` fault wins over the draw.
+#[derive(Debug, Clone)]
+pub struct Chaos {
+    pub seed: u64,
+    /// Chance of a fault per request, 0.0 to 1.0.
+    pub probability: f64,
+    /// The `Delay` picked: slower than the client's timeout.
+    pub delay_past_timeout: Duration,
 }
 
 impl Default for FakeConfig {
@@ -80,6 +97,7 @@ impl Default for FakeConfig {
             redirect_uploads: false,
             max_archive_bytes: 314_572_800,
             log_requests: std::env::var("FAKE_SCALINGO_LOG").is_ok_and(|v| v == "1"),
+            chaos: None,
         }
     }
 }
@@ -159,6 +177,9 @@ pub struct Stats {
     pub unauthorized: u64,
     /// Answers with status 429.
     pub rate_limited: u64,
+    /// Faults applied to requests: scripted (`fail_next`) and random (`FakeConfig::chaos`),
+    /// terminal `aborted` statuses queued by the storm included.
+    pub faults_injected: u64,
 }
 
 /// One deployment as the platform keeps it.
@@ -251,6 +272,7 @@ impl FakeScalingo {
         let base_url = format!("http://{local}");
         let mut state = State {
             step: cfg.step,
+            chaos_rng: cfg.chaos.as_ref().map(|c| fastrand::Rng::with_seed(c.seed)),
             ..State::default()
         };
         for name in &cfg.apps {
@@ -515,6 +537,8 @@ struct State {
     /// Files served by `host_archive`, by name.
     hosted: HashMap<String, PathBuf>,
     in_flight: HashMap<Endpoint, usize>,
+    /// The storm's RNG, when `FakeConfig::chaos` is set.
+    chaos_rng: Option<fastrand::Rng>,
     stats: Stats,
     requests: Vec<RequestRecord>,
 }
@@ -812,7 +836,16 @@ async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, req: Request<Incoming>) 
         if let Some(e) = endpoint {
             *st.in_flight.entry(e).or_default() += 1;
         }
-        endpoint.and_then(|e| st.faults.get_mut(&e).and_then(VecDeque::pop_front))
+        let scripted = endpoint.and_then(|e| st.faults.get_mut(&e).and_then(VecDeque::pop_front));
+        let fault = match (scripted, endpoint) {
+            (Some(f), _) => Some(f),
+            (None, Some(e)) => chaos_fault(&shared.cfg, &mut st, e, &route),
+            (None, None) => None,
+        };
+        if fault.is_some() {
+            st.stats.faults_injected += 1;
+        }
+        fault
     };
     let body_len = Arc::new(AtomicU64::new(0));
     let mut guard = RequestGuard {
@@ -891,6 +924,63 @@ async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, req: Request<Incoming>) 
         tokio::time::sleep(d).await;
     }
     resp
+}
+
+/// The storm's draw for one request (`None`: no storm, or no fault this time). A terminal
+/// `aborted` is queued on the app's outcomes (and counted) rather than returned.
+fn chaos_fault(
+    cfg: &FakeConfig,
+    st: &mut State,
+    endpoint: Endpoint,
+    route: &Route,
+) -> Option<Fault> {
+    let chaos = cfg.chaos.as_ref()?;
+    let rng = st.chaos_rng.as_mut()?;
+    let probability = match endpoint {
+        Endpoint::Download => return None,
+        Endpoint::Exchange => chaos.probability / 4.0,
+        _ => chaos.probability,
+    };
+    if rng.f64() >= probability {
+        return None;
+    }
+    let delay = chaos.delay_past_timeout;
+    let mut menu = vec![
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::RateLimited { retry_after: None },
+        Fault::RateLimited {
+            retry_after: Some("1".to_string()),
+        },
+        Fault::CloseConnection,
+        Fault::Delay(delay),
+    ];
+    match endpoint {
+        Endpoint::Exchange => {}
+        Endpoint::Upload => {
+            menu.push(Fault::CloseMidBody);
+            menu.push(Fault::ExpiredSource);
+        }
+        _ => menu.push(Fault::ExpiredJwt),
+    }
+    if endpoint == Endpoint::CreateDeployment {
+        // The ambiguous answer: the deployment exists, the client times out.
+        menu.push(Fault::ProcessThenDelay(delay));
+    }
+    let pick = rng.usize(..menu.len() + usize::from(endpoint == Endpoint::CreateDeployment));
+    if pick == menu.len() {
+        // This deployment (or the app's next good one) ends `aborted`.
+        if let Route::CreateDeployment { app } = route {
+            let name = st.app(app).map_or_else(|| app.clone(), |a| a.name.clone());
+            st.outcomes
+                .entry(name)
+                .or_default()
+                .push_back("aborted".to_string());
+            st.stats.faults_injected += 1;
+        }
+        return None;
+    }
+    Some(menu.swap_remove(pick))
 }
 
 /// Records a request exactly once, with status 0 when no answer was given (the connection was

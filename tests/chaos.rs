@@ -1,0 +1,334 @@
+//! Fault storms: the real daemon against a fake platform that fails at random (seeded), with and
+//! without SIGKILL at random moments. Whatever happens, nothing dropped is lost, each archive
+//! gets one history line and at most one deployment per git_ref, every failure says why, and
+//! the token never shows in a log.
+//!
+//! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones through
+//! `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED` and `CHAOS_KILLS`.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::fake_scalingo::Chaos;
+use support::{FakeConfig, Proc, World, archives_in, wait_for};
+
+struct Params {
+    archives: usize,
+    apps: usize,
+    probability: f64,
+    seed: u64,
+    kills: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} does not parse")),
+        Err(_) => default,
+    }
+}
+
+impl Params {
+    fn from_env(default_seed: u64) -> Params {
+        let p = Params {
+            archives: env_or("CHAOS_ARCHIVES", 24),
+            apps: env_or("CHAOS_APPS", 4),
+            probability: env_or("CHAOS_PROBABILITY", 0.2),
+            seed: env_or("CHAOS_SEED", default_seed),
+            kills: env_or("CHAOS_KILLS", 8),
+        };
+        assert!(p.apps > 0 && p.archives > 0);
+        assert!((0.0..=1.0).contains(&p.probability));
+        p
+    }
+}
+
+struct Storm {
+    world: World,
+    /// (app name, drop folder)
+    apps: Vec<(String, PathBuf)>,
+    /// (app index, file name), in drop order.
+    files: Vec<(usize, String)>,
+    dropped: usize,
+    tags: Vec<String>,
+    started: Instant,
+}
+
+impl Storm {
+    fn new(p: &Params) -> Storm {
+        let world = World::with(FakeConfig {
+            chaos: Some(Chaos {
+                seed: p.seed,
+                probability: p.probability,
+                delay_past_timeout: Duration::from_millis(1300),
+            }),
+            step: Duration::from_millis(20),
+            ..FakeConfig::default()
+        });
+        std::fs::write(
+            &world.config,
+            format!(
+                r#"state_dir = "{}"
+shutdown_grace = "5s"
+max_parallel = 4
+
+[scalingo]
+timeout = "1s"
+follow_interval = "20ms"
+
+[retry]
+initial = "20ms"
+max_delay = "200ms"
+budget = "60s"
+retry_aborted = true
+"#,
+                world.state.display()
+            ),
+        )
+        .unwrap();
+        let apps: Vec<(String, PathBuf)> = (0..p.apps)
+            .map(|n| {
+                let name = format!("storm-{n}");
+                let drop = world.add_drop_app(&name, "queue = \"all\"\nkeep_done = 1000000");
+                std::fs::create_dir_all(&drop).unwrap();
+                (name, drop)
+            })
+            .collect();
+        let files = (0..p.archives)
+            .map(|n| (n % p.apps, format!("a{n:04}.tar.gz")))
+            .collect();
+        Storm {
+            world,
+            apps,
+            files,
+            dropped: 0,
+            tags: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Drops the next `n` archives (fewer if there are no more).
+    fn drop_some(&mut self, n: usize) {
+        let end = (self.dropped + n).min(self.files.len());
+        for (app, name) in &self.files[self.dropped..end] {
+            self.world.drop_archive(&self.apps[*app].1, name);
+        }
+        self.dropped = end;
+    }
+
+    fn start(&mut self, tag: &str) -> Proc {
+        self.tags.push(tag.to_string());
+        self.world.start_daemon(tag)
+    }
+
+    /// Waits for one history line per archive; false on timeout (a stuck job).
+    fn wait_all(&self, timeout: Duration) -> bool {
+        let n = self.files.len();
+        wait_for(timeout, || self.world.history().len() >= n)
+    }
+
+    /// Prints the table, then checks every invariant.
+    fn report_and_check(&self, title: &str, p: &Params) {
+        let world = &self.world;
+        let history = world.history();
+        let stats = world.fake.stats();
+
+        // Files: every dropped file is in its folder, done/ or failed/.
+        let mut found = 0;
+        let mut unclaimed = 0;
+        for (_, drop) in &self.apps {
+            unclaimed += archives_in(drop).len();
+            found += archives_in(drop).len()
+                + archives_in(&drop.join("done")).len()
+                + archives_in(&drop.join("failed")).len();
+        }
+        let lost = self.files.len().saturating_sub(found);
+
+        // Deployments per git_ref.
+        let mut per_ref: HashMap<(String, String), usize> = HashMap::new();
+        let mut deployments = 0;
+        let mut without_ref = 0;
+        for (app, _) in &self.apps {
+            for d in world.fake.deployments(app) {
+                deployments += 1;
+                match d.git_ref {
+                    Some(r) => *per_ref.entry((app.clone(), r)).or_default() += 1,
+                    None => without_ref += 1,
+                }
+            }
+        }
+        let max_per_ref = per_ref.values().copied().max().unwrap_or(0);
+
+        // History.
+        let mut per_file: HashMap<(String, String), usize> = HashMap::new();
+        let mut succeeded = 0;
+        let mut failed: BTreeMap<String, usize> = BTreeMap::new();
+        let mut other = 0;
+        let mut retries = 0u64;
+        let mut without_reason = Vec::new();
+        for h in &history {
+            let app = h["app"].as_str().unwrap_or("").to_string();
+            let file = h["file"].as_str().unwrap_or("").to_string();
+            *per_file.entry((app, file)).or_default() += 1;
+            retries += h["attempts"].as_u64().unwrap_or(1).saturating_sub(1);
+            match h["outcome"].as_str() {
+                Some("succeeded") => succeeded += 1,
+                Some("failed") => {
+                    let reason = h["reason"].as_str().unwrap_or("").trim();
+                    if reason.is_empty() {
+                        without_reason.push(h.clone());
+                    }
+                    let step = h["step"].as_str().unwrap_or("?");
+                    *failed
+                        .entry(format!("{step}: {}", shorten(reason)))
+                        .or_default() += 1;
+                }
+                _ => other += 1,
+            }
+        }
+        let max_lines_per_file = per_file.values().copied().max().unwrap_or(0);
+        let failed_total: usize = failed.values().sum();
+
+        let mut table = format!(
+            "\n== {title} (seed {}, p {}, {} apps, kills {}) ==\n",
+            p.seed,
+            p.probability,
+            self.apps.len(),
+            self.tags.len().saturating_sub(1)
+        );
+        let mut row = |k: &str, v: String| table.push_str(&format!("  {k:<30} {v}\n"));
+        row("jobs (archives dropped)", self.files.len().to_string());
+        row("history lines", history.len().to_string());
+        row("succeeded", succeeded.to_string());
+        row("failed", failed_total.to_string());
+        for (reason, n) in &failed {
+            row(&format!("  {n:>4} x"), reason.clone());
+        }
+        row("other outcomes", other.to_string());
+        row("deployments", deployments.to_string());
+        row("max deployments per git_ref", max_per_ref.to_string());
+        row("max history lines per file", max_lines_per_file.to_string());
+        row("files lost", lost.to_string());
+        row("files never claimed", unclaimed.to_string());
+        row("faults injected", stats.faults_injected.to_string());
+        row("requests", stats.requests.to_string());
+        row("retries (attempts - 1)", retries.to_string());
+        row(
+            "wall time",
+            format!("{:.1} s", self.started.elapsed().as_secs_f64()),
+        );
+        eprintln!("{table}");
+
+        // The token never shows in any log (World::log asserts it).
+        for tag in &self.tags {
+            let _ = world.log(tag);
+            let stdout =
+                std::fs::read_to_string(world.path(&format!("{tag}.stdout"))).unwrap_or_default();
+            support::assert_no_secret(&stdout, &world.fake.api_token());
+        }
+
+        assert_eq!(lost, 0, "files lost{table}");
+        assert_eq!(unclaimed, 0, "files never taken{table}");
+        assert_eq!(
+            history.len(),
+            self.files.len(),
+            "one history line per archive{table}\n{history:#?}"
+        );
+        assert_eq!(max_lines_per_file, 1, "one history line per archive{table}");
+        assert_eq!(other, 0, "only succeeded or failed with queue = all{table}");
+        assert!(max_per_ref <= 1, "a git_ref deployed twice{table}");
+        assert_eq!(without_ref, 0, "deployments without a git_ref{table}");
+        assert!(
+            without_reason.is_empty(),
+            "failures without a reason: {without_reason:#?}"
+        );
+        assert!(
+            stats.faults_injected > 0,
+            "the storm injected nothing{table}"
+        );
+        // A success names a deployment that succeeded, with the job's git_ref.
+        for h in history.iter().filter(|h| h["outcome"] == "succeeded") {
+            let app = h["app"].as_str().unwrap();
+            let id = h["deployment_id"].as_str().expect("a deployment id");
+            let d = world
+                .fake
+                .deployment(app, id)
+                .expect("the deployment exists");
+            assert_eq!(d.status, "success", "{h:#?}");
+            assert_eq!(d.git_ref.as_deref(), h["git_ref"].as_str(), "{h:#?}");
+        }
+        // Every failed file has its reason file next to it.
+        for (_, drop) in &self.apps {
+            for name in archives_in(&drop.join("failed")) {
+                let has_reason = std::fs::read_dir(drop.join("failed"))
+                    .unwrap()
+                    .flatten()
+                    .any(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.starts_with(&name) && n.ends_with(".reason.txt")
+                    });
+                assert!(has_reason, "{name} in failed/ has no reason file");
+            }
+        }
+    }
+}
+
+/// The reason's first line with URLs cut (they hold ports and ids), so that like failures
+/// group.
+fn shorten(reason: &str) -> String {
+    let first = reason.lines().next().unwrap_or("");
+    let mut out = first
+        .split(' ')
+        .map(|w| if w.contains("://") { "<url>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if out.len() > 100 {
+        let mut cut = 100;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+fn budget(p: &Params) -> Duration {
+    // Generous: a stuck job shows as a timeout, not as a hang.
+    Duration::from_secs(60 + (p.archives as u64 * 2) / p.apps as u64 * 3)
+}
+
+#[test]
+fn a_fault_storm_loses_nothing_and_deploys_each_archive_at_most_once() {
+    let p = Params::from_env(0x5eed_0001);
+    let mut storm = Storm::new(&p);
+    let _daemon = storm.start("storm");
+    storm.drop_some(p.archives);
+    let done = storm.wait_all(budget(&p));
+    storm.report_and_check("fault storm", &p);
+    assert!(done, "not every job finished (stuck)");
+}
+
+#[test]
+fn a_fault_storm_with_sigkill_loop_loses_nothing_and_deploys_each_archive_at_most_once() {
+    let p = Params::from_env(0x5eed_0002);
+    let mut storm = Storm::new(&p);
+    let mut rng = fastrand::Rng::with_seed(p.seed ^ 0x6b11);
+    let batch = p.archives.div_ceil(p.kills + 1);
+    for round in 0..p.kills {
+        let mut daemon = storm.start(&format!("round{round:02}"));
+        storm.drop_some(batch);
+        std::thread::sleep(Duration::from_millis(rng.u64(50..1500)));
+        daemon.kill9();
+    }
+    storm.drop_some(p.archives);
+    let _daemon = storm.start("last");
+    let done = storm.wait_all(budget(&p));
+    storm.report_and_check("fault storm with SIGKILL", &p);
+    assert!(done, "not every job finished (stuck)");
+}
