@@ -510,6 +510,12 @@ async fn watch(cli: &Cli) -> u8 {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(e.to_string()),
     };
+    // Taken over before saying "watching", so that an early Ctrl-C stops cleanly too.
+    let mut interrupt =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("cannot handle Ctrl-C: {e}")),
+        };
     println!(
         "{app}: watching {} ({} directories); Ctrl-C to stop",
         root.display(),
@@ -517,9 +523,8 @@ async fn watch(cli: &Cli) -> u8 {
     );
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            trigger.fire();
-        }
+        let _ = interrupt.recv().await;
+        trigger.fire();
     });
     let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
     let runner = Arc::new(

@@ -48,6 +48,7 @@ pub enum DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
+    let signals = Signals::install()?;
     let Loaded { config, warnings } = Config::load(&config_path, &env)?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -146,7 +147,28 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     );
     daemon.notifier.ready();
     daemon.board.publish();
-    daemon.serve(ready_rx, trigger).await
+    daemon.serve(ready_rx, trigger, signals).await
+}
+
+/// The signals the daemon handles, taken over before it says it is ready (a signal that came
+/// earlier would otherwise kill it with the default action).
+struct Signals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    sighup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        let sig = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| DaemonError::Startup(format!("cannot handle {name}: {e}")))
+        };
+        Ok(Signals {
+            sigterm: sig(SignalKind::terminate(), "SIGTERM")?,
+            sigint: sig(SignalKind::interrupt(), "SIGINT")?,
+            sighup: sig(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
 }
 
 /// What follows every recorded outcome: the metrics, and the app's `on_outcome` hook.
@@ -503,13 +525,13 @@ impl Daemon {
         mut self,
         mut ready_rx: mpsc::Receiver<ReadyFile>,
         trigger: ShutdownTrigger,
+        signals: Signals,
     ) -> Result<(), DaemonError> {
-        let sig = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| DaemonError::Startup(format!("cannot handle {name}: {e}")))
-        };
-        let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
-        let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
-        let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let Signals {
+            mut sigterm,
+            mut sigint,
+            mut sighup,
+        } = signals;
         // The watchdog is pinged from this loop, which claims all new work: if it stalls,
         // the pings stop and systemd restarts the daemon.
         let mut watchdog = WatchdogTimer::new(&self.notifier);
