@@ -394,11 +394,17 @@ fn a_recovered_job_whose_archive_is_missing_fails_with_that_reason() {
         .fail_next(Endpoint::Upload, Fault::Delay(Duration::from_secs(60)));
     let mut daemon = world.start_daemon("first");
     world.drop_archive(&drop, "gone.tar.gz");
-    assert!(wait_for(LONG, || world.fake.requests_in_flight(Endpoint::Upload) > 0));
+    assert!(wait_for(LONG, || world
+        .fake
+        .requests_in_flight(Endpoint::Upload)
+        > 0));
     daemon.kill9();
     // Someone removes the archive from the spool while the daemon is down.
     let mut removed = 0;
-    for entry in std::fs::read_dir(world.state.join("spool")).unwrap().flatten() {
+    for entry in std::fs::read_dir(world.state.join("spool"))
+        .unwrap()
+        .flatten()
+    {
         if std::fs::remove_file(entry.path().join("archive.tar.gz")).is_ok() {
             removed += 1;
         }
