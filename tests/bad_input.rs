@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{World, archives_in, good_archive, wait_for};
@@ -162,34 +162,6 @@ fn a_zero_byte_file_is_refused() {
     refused("zero.tar.gz", b"", &["empty"]);
 }
 
-/// A tar.gz with one member `app/zeros` of `size` zero bytes, compressed by GNU gzip -1.
-fn zeros_archive(path: &Path, size: u64) {
-    let out = std::fs::File::create(path).unwrap();
-    let mut gzip = Command::new("gzip")
-        .arg("-1")
-        .arg("-c")
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .spawn()
-        .unwrap();
-    let mut stdin = gzip.stdin.take().unwrap();
-    let mut header = tar::Header::new_gnu();
-    header.set_path("app/zeros").unwrap();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_cksum();
-    stdin.write_all(header.as_bytes()).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    let mut left = size + 1024;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        stdin.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    drop(stdin);
-    assert!(gzip.wait().unwrap().success());
-}
-
 /// The peak resident set size of a process, in bytes (`VmHWM` in `/proc/<pid>/status`).
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -213,7 +185,7 @@ fn a_gzip_bomb_is_refused_in_bounded_memory() {
     let drop = world.add_drop_app("my-app", "");
     // 400 MB of zeros: past the default limit of 314,572,800 bytes, under 2 MB on disk.
     let bomb = world.path("bomb.tar.gz");
-    zeros_archive(&bomb, 400_000_000);
+    support::zeros_archive(&bomb, 400_000_000);
     let compressed = std::fs::metadata(&bomb).unwrap().len();
     assert!(compressed < 2_000_000, "{compressed} bytes");
     let daemon = world.start_daemon("d");

@@ -148,36 +148,6 @@ fn the_watchdog_is_pinged_at_half_its_timeout() {
     );
 }
 
-/// A gzip'd tar holding `app/zeros`, `size` bytes of zeros, made by GNU gzip (fast) so that
-/// checking it takes the daemon a long time while the file itself stays small.
-fn zeros_archive(path: &Path, size: u64) {
-    use std::io::Write;
-    let out = std::fs::File::create(path).unwrap();
-    let mut gzip = Command::new("gzip")
-        .arg("-1")
-        .arg("-c")
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .spawn()
-        .unwrap();
-    let mut stdin = gzip.stdin.take().unwrap();
-    let mut header = tar::Header::new_gnu();
-    header.set_path("app/zeros").unwrap();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_cksum();
-    stdin.write_all(header.as_bytes()).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    let mut left = size + 1024;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        stdin.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    drop(stdin);
-    assert!(gzip.wait().unwrap().success());
-}
-
 #[test]
 fn the_watchdog_stops_while_the_claiming_loop_is_stuck() {
     let world = World::new();
@@ -190,7 +160,7 @@ fn the_watchdog_stops_while_the_claiming_loop_is_stuck() {
     .unwrap();
     let drop = world.add_drop_app("my-app", "");
     let big = world.path("big.tar.gz");
-    zeros_archive(&big, 1_000_000_000);
+    support::zeros_archive(&big, 1_000_000_000);
     let mut manager = Manager::new();
     let _daemon = start_notified(&world, "d", &manager, &[("WATCHDOG_USEC", "400000")]);
     assert!(manager.wait_for(LONG, is_ready), "{:?}", manager.messages);

@@ -463,3 +463,32 @@ pub fn site_archive(dir: &Path, name: &str, text: &str) -> PathBuf {
     tar.into_inner().unwrap().finish().unwrap();
     path
 }
+
+/// A tar.gz with one member `app/zeros` of `size` zero bytes, compressed by GNU `gzip -1` from
+/// a pipe: a small file that takes long to check and expands far (a gzip bomb when large).
+pub fn zeros_archive(path: &Path, size: u64) {
+    let out = std::fs::File::create(path).unwrap();
+    let mut gzip = Command::new("gzip")
+        .arg("-1")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .unwrap();
+    let mut stdin = gzip.stdin.take().unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("app/zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    stdin.write_all(header.as_bytes()).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = size + 1024;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stdin.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(stdin);
+    assert!(gzip.wait().unwrap().success());
+}
