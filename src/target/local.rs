@@ -357,12 +357,7 @@ impl LocalTarget {
                     tracing::warn!(app, path = %path.display(), "not removing current.tmp: it is a directory, not a link");
                     continue;
                 }
-                fs::remove_file(&path).map_err(|e| {
-                    LocalFailure::new(
-                        LocalStep::Switch,
-                        format!("app {app}: cannot remove {}: {e}", path.display()),
-                    )
-                })?;
+                remove_stray(app, &path)?;
                 removed.push(path);
             } else if let Some(release) = bytes.strip_prefix(PREVIOUS_PREFIX.as_bytes()) {
                 let of_current = current
@@ -371,12 +366,7 @@ impl LocalTarget {
                 if of_current {
                     continue;
                 }
-                fs::remove_file(&path).map_err(|e| {
-                    LocalFailure::new(
-                        LocalStep::Switch,
-                        format!("app {app}: cannot remove {}: {e}", path.display()),
-                    )
-                })?;
+                remove_stray(app, &path)?;
                 removed.push(path);
             }
         }
@@ -586,6 +576,16 @@ impl LocalTarget {
         }
         pruned
     }
+}
+
+/// Removes a leftover file of an interrupted deploy; the error names the app and the path.
+fn remove_stray(app: &str, path: &Path) -> Result<(), LocalFailure> {
+    fs::remove_file(path).map_err(|e| {
+        LocalFailure::new(
+            LocalStep::Switch,
+            format!("app {app}: cannot remove {}: {e}", path.display()),
+        )
+    })
 }
 
 /// An app name must be one plain path component.
