@@ -5,7 +5,8 @@
 //! cargo run --example fake-scalingo -- --listen 127.0.0.1:4567 --step 1s --app my-app
 //! ```
 //!
-//! It prints the environment to export, then one line per request on stderr, until Ctrl-C.
+//! It prints the environment to export, then one line per request on stderr (unless
+//! `--quiet`), until Ctrl-C or SIGTERM.
 
 #[path = "../tests/support/fake_scalingo.rs"]
 mod fake_scalingo;
@@ -41,6 +42,12 @@ struct Args {
     /// Upload URLs first answer 307 to the real storage URL.
     #[arg(long)]
     redirect_uploads: bool,
+    /// Largest archive the platform accepts, uncompressed, in bytes (Scalingo: 300 MB).
+    #[arg(long, value_name = "BYTES", default_value_t = FakeConfig::default().max_archive_bytes)]
+    max_archive_bytes: u64,
+    /// No line per request on stderr (benchmarks).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() -> std::io::Result<()> {
@@ -51,7 +58,8 @@ fn main() -> std::io::Result<()> {
         jwt_lifetime: args.jwt_lifetime,
         source_lifetime: args.source_lifetime,
         redirect_uploads: args.redirect_uploads,
-        log_requests: true,
+        max_archive_bytes: args.max_archive_bytes,
+        log_requests: !args.quiet,
         ..FakeConfig::default()
     };
     if let Some(token) = args.token {
@@ -67,10 +75,18 @@ fn main() -> std::io::Result<()> {
     );
     std::io::Write::flush(&mut std::io::stdout())?;
 
+    // SIGTERM too, so that the stored uploads (a temporary directory) are removed.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tokio::signal::ctrl_c())?;
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })?;
     drop(server);
     eprintln!("fake-scalingo: stopped");
     Ok(())

@@ -443,6 +443,15 @@ fn pack(
                 started.elapsed().as_secs_f64(),
                 summary.digest
             );
+            let limit = crate::config::DEFAULT_MAX_ARCHIVE_BYTES;
+            if summary.uncompressed_bytes > limit {
+                eprintln!(
+                    "dropdeploy: note: {} uncompressed is over the platform's limit of {}: \
+                     Scalingo would refuse this archive",
+                    human_bytes(summary.uncompressed_bytes),
+                    human_bytes(limit)
+                );
+            }
             EXIT_OK
         }
         Err(e) => {
@@ -1034,10 +1043,15 @@ impl Observer for Printer {
             }
             Event::Uploaded { bytes, elapsed } => {
                 self.finish();
+                let secs = elapsed.as_secs_f64();
+                let rate = if secs > 0.0 {
+                    format!(" ({}/s)", human_bytes((*bytes as f64 / secs) as u64))
+                } else {
+                    String::new()
+                };
                 self.line(&format!(
-                    "{app}: uploaded {} in {:.1} s",
-                    human_bytes(*bytes),
-                    elapsed.as_secs_f64()
+                    "{app}: uploaded {} in {secs:.2} s{rate}",
+                    human_bytes(*bytes)
                 ));
             }
             Event::DeploymentCreated { id } => {

@@ -4,3 +4,4 @@
 pub mod ignore;
 pub mod inspect;
 pub mod pack;
+pub mod pgzip;

@@ -22,7 +22,12 @@
 //!   the rest is cut off or padded with zeros, a warning names it, and the digest covers exactly
 //!   the bytes written. The change that caused it also triggers the next pack.
 //!
-//! The gzip header holds no file name and mtime 0. Nothing is fsynced: that is the caller's
+//! Compression runs on every core: [`ParGz`] cuts the tar stream into 128 KiB blocks and
+//! compresses them in parallel into one gzip member, as pigz does (the bytes do not depend on
+//! the number of threads). The gzip header holds no file name and mtime 0. While the archive is
+//! written, its SHA-256 and its uncompressed size are computed, so the caller need not read it
+//! again; with [`PackOptions::max_uncompressed`] set, packing stops as soon as the tar stream
+//! passes that size ([`PackError::TooLarge`]). Nothing is fsynced: that is the caller's
 //! business, as is running this blocking code off the async runtime (`spawn_blocking`).
 
 use std::fs::{self, File};
@@ -31,11 +36,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use crate::archive::ignore::{EntryKind, IgnoreError, IgnoreRules, TreeEntry};
+use crate::archive::pgzip::ParGz;
 
 /// The gzip level used unless told otherwise (gzip's own default).
 pub const DEFAULT_LEVEL: u32 = 6;
@@ -48,6 +53,11 @@ pub struct PackOptions {
     pub prefix: String,
     /// The gzip level, 0 (store) to 9 (smallest); above 9 counts as 9.
     pub level: u32,
+    /// Compression threads; 0 (the default) means one per core.
+    pub threads: usize,
+    /// The largest uncompressed tar stream accepted (as
+    /// [`Limits::max_uncompressed`](crate::archive::inspect::Limits)); `None`: no limit.
+    pub max_uncompressed: Option<u64>,
 }
 
 impl PackOptions {
@@ -56,6 +66,8 @@ impl PackOptions {
         PackOptions {
             prefix: prefix.into(),
             level: DEFAULT_LEVEL,
+            threads: 0,
+            max_uncompressed: None,
         }
     }
 }
@@ -79,6 +91,10 @@ pub struct PackSummary {
     pub bytes_in: u64,
     /// Size of the archive written.
     pub bytes_out: u64,
+    /// Size of the uncompressed tar stream (what `gzip -dc` gives back), padding included.
+    pub uncompressed_bytes: u64,
+    /// SHA-256 of the archive written, lowercase hex.
+    pub sha256: String,
     /// The tree's content digest, as [`tree_digest`] computes it.
     pub digest: String,
     /// Entries left out while packing (absolute path, and why): sockets, fifos, devices,
@@ -101,6 +117,12 @@ pub enum PackError {
     /// The ignore rules could not list the tree.
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
+    /// The tar stream grew past [`PackOptions::max_uncompressed`]; packing stopped there.
+    #[error(
+        "the tree is too large: its archive would exceed the limit of {limit} bytes uncompressed \
+         (max_archive_bytes)"
+    )]
+    TooLarge { limit: u64 },
     /// The prefix is not a single safe path component.
     #[error(
         "bad archive folder name {0:?}: it must be one path component made of letters, digits, \
@@ -155,21 +177,32 @@ pub fn pack_to_writer(
     opts: &PackOptions,
 ) -> Result<PackSummary, PackError> {
     check_prefix(&opts.prefix)?;
-    let write_error = |source| PackError::Io {
-        path: PathBuf::new(),
-        action: "write the archive",
-        source,
+    let write_error = |source: io::Error| {
+        if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
+            PackError::TooLarge {
+                limit: opts.max_uncompressed.unwrap_or(u64::MAX),
+            }
+        } else {
+            PackError::Io {
+                path: PathBuf::new(),
+                action: "write the archive",
+                source,
+            }
+        }
     };
     let entries = rules.walk()?;
-    let counted = Counted {
+    let hashed = Hashed {
         inner: BufWriter::with_capacity(128 * 1024, out),
         bytes: 0,
+        hasher: Sha256::new(),
     };
-    let gzip = GzBuilder::new()
-        .mtime(0)
-        .operating_system(3) // Unix, whatever the host: the bytes must not depend on it.
-        .write(counted, Compression::new(opts.level.min(9)));
-    let mut builder = tar::Builder::new(gzip);
+    let gzip = ParGz::new(hashed, opts.level.min(9), opts.threads);
+    let counted = Limited {
+        inner: gzip,
+        bytes: 0,
+        limit: opts.max_uncompressed.unwrap_or(u64::MAX),
+    };
+    let mut builder = tar::Builder::new(counted);
 
     let root = rules.root();
     let meta = fs::metadata(root).map_err(|source| PackError::Io {
@@ -185,13 +218,23 @@ pub fn pack_to_writer(
     let mut walker = Walker::new();
     walker.summary.entries = 1;
     for entry in &entries {
-        walker.entry(entry, Some((&mut builder, &opts.prefix)))?;
+        walker
+            .entry(entry, Some((&mut builder, &opts.prefix)))
+            .map_err(|error| match error {
+                PackError::Io { source, .. }
+                    if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) =>
+                {
+                    write_error(source)
+                }
+                other => other,
+            })?;
     }
 
-    let gzip = builder.into_inner().map_err(write_error)?;
-    let counted = gzip.finish().map_err(write_error)?;
-    let bytes_out = counted.bytes;
-    counted
+    let counted = builder.into_inner().map_err(write_error)?;
+    let uncompressed_bytes = counted.bytes;
+    let hashed = counted.inner.finish().map_err(write_error)?;
+    let (bytes_out, sha256) = (hashed.bytes, hex::encode(hashed.hasher.finalize()));
+    hashed
         .inner
         .into_inner()
         .map_err(|error| write_error(error.into_error()))?
@@ -199,6 +242,8 @@ pub fn pack_to_writer(
         .map_err(write_error)?;
     let mut summary = walker.finish();
     summary.bytes_out = bytes_out;
+    summary.uncompressed_bytes = uncompressed_bytes;
+    summary.sha256 = sha256;
     Ok(summary)
 }
 
@@ -244,14 +289,50 @@ fn base_header(meta: &fs::Metadata, kind: EntryType) -> Header {
     header
 }
 
-/// Counts the bytes written through it.
-struct Counted<W> {
+/// Counts and hashes the bytes written through it (the archive).
+struct Hashed<W> {
     inner: W,
     bytes: u64,
+    hasher: Sha256,
 }
 
-impl<W: Write> Write for Counted<W> {
+impl<W: Write> Write for Hashed<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The error payload of a write past [`Limited::limit`].
+#[derive(Debug)]
+struct LimitReached;
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the uncompressed size limit is reached")
+    }
+}
+
+impl std::error::Error for LimitReached {}
+
+/// Counts the bytes written through it (the tar stream) and refuses to pass `limit`.
+struct Limited<W> {
+    inner: W,
+    bytes: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for Limited<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.saturating_add(buf.len() as u64) > self.limit {
+            return Err(io::Error::other(LimitReached));
+        }
         let n = self.inner.write(buf)?;
         self.bytes += n as u64;
         Ok(n)
@@ -277,6 +358,8 @@ impl Walker {
                 files: 0,
                 bytes_in: 0,
                 bytes_out: 0,
+                uncompressed_bytes: 0,
+                sha256: String::new(),
                 digest: String::new(),
                 skipped: Vec::new(),
             },
@@ -639,13 +722,76 @@ mod tests {
         let two = packed(
             &rules,
             &PackOptions {
-                prefix: "two".into(),
                 level: 0,
+                ..PackOptions::new("two")
             },
         )
         .1
         .digest;
         assert_eq!(one, two);
+    }
+
+    #[test]
+    fn the_summary_matches_what_inspect_reads() {
+        // Several compression blocks, so the parallel path is the one checked.
+        let big: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+        let dir = tree(&[("a.txt", &big), ("b/c.txt", "see"), ("b/d/e", "")]);
+        let rules = rules(dir.path());
+        for threads in [1, 2, 3] {
+            let opts = PackOptions {
+                threads,
+                ..PackOptions::new("app")
+            };
+            let (bytes, summary) = packed(&rules, &opts);
+            let seen = crate::archive::inspect::inspect_reader(
+                &bytes[..],
+                &crate::archive::inspect::Limits::default(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(seen.root, "app");
+            assert_eq!(
+                (seen.entries, seen.files, seen.uncompressed_bytes),
+                (summary.entries, summary.files, summary.uncompressed_bytes)
+            );
+            assert_eq!(seen.compressed_bytes, summary.bytes_out);
+            assert_eq!(seen.sha256, summary.sha256);
+            assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
+        }
+    }
+
+    #[test]
+    fn stops_at_the_uncompressed_limit() {
+        let dir = tree(&[("a.txt", &"x".repeat(100_000)), ("z.txt", "z")]);
+        let rules = rules(dir.path());
+        let whole = packed(&rules, &PackOptions::new("app"))
+            .1
+            .uncompressed_bytes;
+        let at = |limit: u64| {
+            let opts = PackOptions {
+                max_uncompressed: Some(limit),
+                ..PackOptions::new("app")
+            };
+            pack_to_writer(&rules, Vec::new(), &opts)
+        };
+        assert_eq!(at(whole).unwrap().uncompressed_bytes, whole);
+        let error = at(whole - 1).unwrap_err();
+        assert!(
+            matches!(error, PackError::TooLarge { limit } if limit == whole - 1),
+            "{error}"
+        );
+        assert!(error.to_string().contains("too large"), "{error}");
+        // Refused in the middle of a file's body, and no archive is left behind.
+        let out = dir.path().join("out.tar.gz");
+        let opts = PackOptions {
+            max_uncompressed: Some(50_000),
+            ..PackOptions::new("app")
+        };
+        assert!(matches!(
+            pack(&rules, &out, &opts),
+            Err(PackError::TooLarge { limit: 50_000 })
+        ));
+        assert!(!out.exists());
     }
 
     #[test]

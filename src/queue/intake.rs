@@ -153,8 +153,14 @@ pub fn enqueue_archive(
     Ok(job)
 }
 
-/// Packs a watched directory straight into a new job directory, checks the result like any
-/// archive, and writes the job record. Blocking.
+/// Packs a watched directory straight into a new job directory and writes the job record.
+/// Blocking.
+///
+/// The archive is not read again: the packer computes what [`inspect`] would report (entries,
+/// files, sizes, SHA-256) while writing it, writes only entries `inspect` accepts under the one
+/// top-level folder, and stops at `limits.max_uncompressed`. Unless `unless_digest` is the
+/// tree's content digest: then the tree is what was last deployed, the archive is thrown away
+/// and `Ok(None)` is returned.
 pub fn enqueue_packed(
     spool: &Spool,
     app: &str,
@@ -162,20 +168,30 @@ pub fn enqueue_packed(
     opts: &crate::archive::pack::PackOptions,
     label: &str,
     limits: &Limits,
-) -> Result<Job, IntakeError> {
+    unless_digest: Option<&str>,
+) -> Result<Option<Job>, IntakeError> {
     let root = rules.root().to_path_buf();
     let (id, tmp) = spool.new_job_dir()?;
     let archive = tmp.join(ARCHIVE_NAME);
-    let packed = crate::archive::pack::pack(rules, &archive, opts).and_then(|summary| {
-        fs::File::open(&archive)
+    let opts = crate::archive::pack::PackOptions {
+        max_uncompressed: Some(limits.max_uncompressed),
+        ..opts.clone()
+    };
+    let packed = match crate::archive::pack::pack(rules, &archive, &opts) {
+        Ok(packed) if unless_digest == Some(packed.digest.as_str()) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Ok(None);
+        }
+        Ok(packed) => fs::File::open(&archive)
             .and_then(|f| f.sync_all())
             .map_err(|source| crate::archive::pack::PackError::Io {
                 path: archive.clone(),
                 action: "sync",
                 source,
             })
-            .map(|()| summary)
-    });
+            .map(|()| packed),
+        Err(error) => Err(error),
+    };
     let packed = match packed {
         Ok(p) => p,
         Err(source) => {
@@ -183,23 +199,13 @@ pub fn enqueue_packed(
             return Err(IntakeError::Pack { root, source });
         }
     };
-    let summary = match inspect(&archive, limits) {
-        Ok(summary) => summary,
-        Err(err) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(match err {
-                InspectError::Rejected(rejection) => IntakeError::Rejected {
-                    file: root,
-                    rejection,
-                    kept: None,
-                },
-                InspectError::Io { source, .. } => IntakeError::Io {
-                    action: "cannot read the packed archive of",
-                    file: root,
-                    source,
-                },
-            });
-        }
+    let summary = Summary {
+        root: opts.prefix.clone(),
+        entries: packed.entries,
+        files: packed.files,
+        uncompressed_bytes: packed.uncompressed_bytes,
+        compressed_bytes: packed.bytes_out,
+        sha256: packed.sha256,
     };
     let created_at = now();
     let git_ref = make_git_ref(label, created_at, &summary.sha256);
@@ -210,7 +216,7 @@ pub fn enqueue_packed(
     };
     let job = Job::new(id, app, git_ref, payload, created_at);
     spool.commit_new(&tmp, &job)?;
-    Ok(job)
+    Ok(Some(job))
 }
 
 /// A job for an archive the platform downloads itself.

@@ -104,6 +104,7 @@ pub async fn run<D, F>(
 {
     let mut last = last_deployed_digest(&cfg.state_dir, &cfg.app);
     let mut due = cfg.deploy_on_start;
+    let mut starting = due;
     loop {
         if !due {
             tokio::select! {
@@ -120,41 +121,54 @@ pub async fn run<D, F>(
         }
         let rules = watcher.rules();
 
-        // Reading the tree is cheaper than compressing it: look before packing.
-        let check = rules.clone();
-        match tokio::task::spawn_blocking(move || tree_digest(&check)).await {
-            Ok(Ok(digest)) if last.as_deref() == Some(digest.as_str()) => {
-                on(&TreeEvent::Unchanged);
-                continue;
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(source)) => {
-                let error = IntakeError::Pack {
-                    root: rules.root().to_path_buf(),
-                    source,
-                };
-                on(&TreeEvent::PackFailed { error: &error });
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(app = %cfg.app, "digest task failed: {e}");
-                continue;
+        // At start the tree is most likely the one last deployed: reading it is cheaper than
+        // compressing it, so look before packing. After a change, pack at once (the packer
+        // computes the same digest and throws the archive away if it is unchanged after all).
+        if std::mem::take(&mut starting) {
+            let check = rules.clone();
+            match tokio::task::spawn_blocking(move || tree_digest(&check)).await {
+                Ok(Ok(digest)) if last.as_deref() == Some(digest.as_str()) => {
+                    on(&TreeEvent::Unchanged);
+                    continue;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => {
+                    let error = IntakeError::Pack {
+                        root: rules.root().to_path_buf(),
+                        source,
+                    };
+                    on(&TreeEvent::PackFailed { error: &error });
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(app = %cfg.app, "digest task failed: {e}");
+                    continue;
+                }
             }
         }
 
         on(&TreeEvent::Packing);
         let started = Instant::now();
-        let (spool2, cfg2) = (spool.clone(), cfg.clone());
+        let (spool2, cfg2, last2) = (spool.clone(), cfg.clone(), last.clone());
         let made = tokio::task::spawn_blocking(move || {
-            let opts = PackOptions {
-                prefix: cfg2.prefix.clone(),
-                ..PackOptions::default()
-            };
-            enqueue_packed(&spool2, &cfg2.app, &rules, &opts, &cfg2.label, &cfg2.limits)
+            let opts = PackOptions::new(cfg2.prefix.clone());
+            enqueue_packed(
+                &spool2,
+                &cfg2.app,
+                &rules,
+                &opts,
+                &cfg2.label,
+                &cfg2.limits,
+                last2.as_deref(),
+            )
         })
         .await;
         let job = match made {
-            Ok(Ok(job)) => job,
+            Ok(Ok(Some(job))) => job,
+            Ok(Ok(None)) => {
+                on(&TreeEvent::Unchanged);
+                continue;
+            }
             Ok(Err(error)) => {
                 on(&TreeEvent::PackFailed { error: &error });
                 continue;

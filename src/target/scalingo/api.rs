@@ -10,7 +10,6 @@ use futures_util::TryStreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_util::io::ReaderStream;
 
 use super::auth::Authenticator;
 use crate::config::{ScalingoConfig, Secret};
@@ -22,6 +21,49 @@ const MAX_ERROR_BODY: usize = 600;
 const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 /// Redirects followed by an upload.
 const MAX_UPLOAD_REDIRECTS: usize = 5;
+/// Bytes read from the archive at a time during an upload.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+/// Chunks read ahead of the socket during an upload.
+const UPLOAD_READ_AHEAD: usize = 8;
+
+/// A file's content as a stream of [`UPLOAD_CHUNK`]-sized chunks, read on a blocking thread
+/// straight into the buffers the HTTP client sends (no copy in between), at most
+/// [`UPLOAD_READ_AHEAD`] chunks ahead. The reader stops when the stream is dropped.
+fn file_chunks(
+    mut file: std::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            // Read into spare capacity: no zeroing, and the Vec becomes the Bytes as it is.
+            let mut chunk = Vec::with_capacity(UPLOAD_CHUNK);
+            let outcome = loop {
+                match (&mut file)
+                    .take((UPLOAD_CHUNK - chunk.len()) as u64)
+                    .read_to_end(&mut chunk)
+                {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            let at_end = chunk.len() < UPLOAD_CHUNK;
+            if !chunk.is_empty() && tx.blocking_send(Ok(bytes::Bytes::from(chunk))).is_err() {
+                return;
+            }
+            if let Err(e) = outcome {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            if at_end {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
 
 /// An API failure, saying what was attempted and whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -388,16 +430,13 @@ impl ScalingoClient {
         let what = "upload";
         let mut url = upload_url.to_string();
         for _ in 0..=MAX_UPLOAD_REDIRECTS {
-            let file = tokio::fs::File::open(archive)
-                .await
-                .map_err(|source| ApiError::File {
-                    what,
-                    path: archive.to_path_buf(),
-                    source,
-                })?;
+            let file = std::fs::File::open(archive).map_err(|source| ApiError::File {
+                what,
+                path: archive.to_path_buf(),
+                source,
+            })?;
             let len = file
                 .metadata()
-                .await
                 .map_err(|source| ApiError::File {
                     what,
                     path: archive.to_path_buf(),
@@ -407,7 +446,7 @@ impl ScalingoClient {
             let limit = self.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
             let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let report = progress.clone();
-            let stream = ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+            let stream = file_chunks(file).inspect_ok(move |chunk| {
                 let total = sent
                     .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
                     + chunk.len() as u64;
@@ -544,6 +583,26 @@ impl ScalingoClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn file_chunks_give_the_whole_file_in_full_chunks() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 1, UPLOAD_CHUNK, UPLOAD_CHUNK + 1, 3 * UPLOAD_CHUNK + 5] {
+            let path = dir.path().join(format!("f{len}"));
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let chunks: Vec<bytes::Bytes> = file_chunks(std::fs::File::open(&path).unwrap())
+                .map(|c| c.unwrap())
+                .collect()
+                .await;
+            // Every chunk but the last is full, none is empty, and together they are the file.
+            assert!(chunks.iter().all(|c| !c.is_empty()), "len {len}");
+            let full = chunks.len().saturating_sub(1);
+            assert!(chunks[..full].iter().all(|c| c.len() == UPLOAD_CHUNK));
+            assert_eq!(chunks.concat(), data, "len {len}");
+        }
+    }
 
     #[test]
     fn error_bodies_are_read_as_people_need_them() {
