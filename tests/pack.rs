@@ -188,6 +188,59 @@ fn a_pack_passes_inspect_gzip_and_gnu_tar() {
     assert_eq!(listed, sorted(&listed));
 }
 
+/// An archive of many compression blocks (the parallel gzip writer cuts the tar stream every
+/// 128 KiB) is one gzip member that GNU gzip tests and GNU tar extracts byte for byte, whatever
+/// the number of threads.
+#[test]
+fn a_multi_block_pack_extracts_with_gnu_tar_identically() {
+    let big: String = (0..60_000).map(|i| format!("{i} lorem ipsum\n")).collect();
+    let random: String = (0..200_000u64)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) % 26) as u8))
+        .collect();
+    let tree = Tree::new(&[("big.txt", &big), ("lib/noise.txt", &random), ("a", "a")]);
+    let rules = tree.rules();
+    let mut packs = Vec::new();
+    for threads in [1, 2, 4] {
+        let archive = tree.out.path().join(format!("t{threads}.tar.gz"));
+        let opts = PackOptions {
+            threads,
+            ..PackOptions::new("app")
+        };
+        let summary = pack(&rules, &archive, &opts).unwrap();
+        assert!(summary.uncompressed_bytes > 6 * 128 * 1024, "{summary:?}");
+        packs.push((fs::read(&archive).unwrap(), summary.uncompressed_bytes));
+        run("/usr/bin/gzip", &["-t".as_ref(), archive.as_os_str()]);
+        let inspected = inspect(&archive, &Limits::default()).unwrap();
+        assert_eq!(inspected.sha256, summary.sha256);
+        assert_eq!(inspected.uncompressed_bytes, summary.uncompressed_bytes);
+        let into = tree.out.path().join(format!("x{threads}"));
+        fs::create_dir(&into).unwrap();
+        run(
+            "/usr/bin/tar",
+            &[
+                "-xzf".as_ref(),
+                archive.as_os_str(),
+                "-C".as_ref(),
+                into.as_os_str(),
+            ],
+        );
+        assert_eq!(fs::read_to_string(into.join("app/big.txt")).unwrap(), big);
+        assert_eq!(
+            fs::read_to_string(into.join("app/lib/noise.txt")).unwrap(),
+            random
+        );
+    }
+    assert!(
+        packs.windows(2).all(|w| w[0] == w[1]),
+        "thread count changed the bytes"
+    );
+    // One member: a reader that stops after the first member gets the whole tar stream.
+    let (bytes, uncompressed) = &packs[0];
+    let mut decoder = flate2::read::GzDecoder::new(&bytes[..]);
+    let read = std::io::copy(&mut decoder, &mut std::io::sink()).unwrap();
+    assert_eq!(read, *uncompressed);
+}
+
 #[test]
 fn packs_are_byte_identical_and_touch_keeps_the_digest() {
     let tree = Tree::new(&[("a.txt", "alpha"), ("b/c.sh", "#!/bin/sh\n")]);

@@ -171,13 +171,16 @@ pub fn enqueue_packed(
     unless_digest: Option<&str>,
 ) -> Result<Option<Job>, IntakeError> {
     let root = rules.root().to_path_buf();
+    let started = std::time::Instant::now();
     let (id, tmp) = spool.new_job_dir()?;
     let archive = tmp.join(ARCHIVE_NAME);
     let opts = crate::archive::pack::PackOptions {
         max_uncompressed: Some(limits.max_uncompressed),
         ..opts.clone()
     };
-    let packed = match crate::archive::pack::pack(rules, &archive, &opts) {
+    let packed = crate::archive::pack::pack(rules, &archive, &opts);
+    let packed_at = started.elapsed();
+    let packed = match packed {
         Ok(packed) if unless_digest == Some(packed.digest.as_str()) => {
             let _ = fs::remove_dir_all(&tmp);
             return Ok(None);
@@ -215,7 +218,16 @@ pub fn enqueue_packed(
         tree_digest: Some(packed.digest),
     };
     let job = Job::new(id, app, git_ref, payload, created_at);
+    let synced_at = started.elapsed();
     spool.commit_new(&tmp, &job)?;
+    tracing::debug!(
+        app,
+        job = %job.id,
+        pack_ms = packed_at.as_secs_f64() * 1000.0,
+        sync_ms = (synced_at - packed_at).as_secs_f64() * 1000.0,
+        commit_ms = (started.elapsed() - synced_at).as_secs_f64() * 1000.0,
+        "packed job written"
+    );
     Ok(Some(job))
 }
 
