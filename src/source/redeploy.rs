@@ -4,7 +4,11 @@
 //! Changes that arrive while a job runs pile up in the [`TreeWatcher`] and make exactly one
 //! follow-up, packed when it starts (so it deploys the newest tree). A tree whose content
 //! digest equals the last successful deploy's is skipped ("unchanged"); that digest is kept in
-//! `<state_dir>/trees/<app>.json`, so a restart does not redeploy an unchanged tree.
+//! `<state_dir>/trees/<app>.json`, so a restart does not redeploy an unchanged tree. At start
+//! the digest is computed alone (reading is cheaper than compressing, and the tree is most
+//! likely unchanged); after a change it comes out of the pack itself, which is then thrown
+//! away if the tree turns out unchanged (a touch, an edit undone), so a real change pays for
+//! one pass over the tree, not two.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
