@@ -9,7 +9,8 @@
 //! already there when the folder is listed are complete once they are old and unchanged.
 //! Filesystem events are hints: an overflow, a watcher error or a full internal queue leads to a
 //! rescan of the whole folder, so nothing dropped is lost. Linux (inotify) is the target: the
-//! close-after-write signal comes from `IN_CLOSE_WRITE`.
+//! close-after-write signal comes from `IN_CLOSE_WRITE` (through [`DirWatcher`], which does
+//! not wake up for files that are only opened or read).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -21,10 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::inotify::DirWatcher;
 use super::watch::{forward_events, inotify_limit};
 
 /// The subfolders where finished files go (defined by the outcome, created here at start).
@@ -445,9 +447,10 @@ fn start_watch(
     dir: &Path,
     events: mpsc::Sender<notify::Result<Event>>,
     overflow: Arc<AtomicBool>,
-) -> Result<RecommendedWatcher, DropError> {
+) -> Result<DirWatcher, DropError> {
     let handler = forward_events(events, overflow);
-    let mut watcher = notify::recommended_watcher(handler).map_err(|e| watch_error(dir, e))?;
+    let mut watcher =
+        DirWatcher::new(handler, notify::Config::default()).map_err(|e| watch_error(dir, e))?;
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| watch_error(dir, e))?;
@@ -692,7 +695,7 @@ struct WatchTask {
     overflow: Arc<AtomicBool>,
     rescan: Arc<Notify>,
     /// `None` while the folder is missing.
-    watcher: Option<RecommendedWatcher>,
+    watcher: Option<DirWatcher>,
 }
 
 impl WatchTask {

@@ -12,6 +12,7 @@
 //!   a job → hand it on → wait for its end → remember the deployed digest.
 
 pub mod drop;
+pub mod inotify;
 pub mod redeploy;
 pub mod tree;
 pub mod watch;

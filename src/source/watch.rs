@@ -10,8 +10,10 @@
 //! and adds or drops watches to match. Filesystem events are hints: an overflow, a watcher error
 //! or a full internal queue means "the whole tree may have changed" and the tree is walked again.
 //!
-//! Linux (inotify) is the target. With a poll interval, notify's `PollWatcher` is used instead
-//! (for NFS and other filesystems without inotify), on the same directories.
+//! Linux (inotify) is the target, through [`DirWatcher`](crate::source::inotify::DirWatcher),
+//! which asks the kernel for changes only (a `grep -r` or a pack of the tree, which open every
+//! file, wake nothing). With a poll interval, notify's `PollWatcher` is used instead (for NFS
+//! and other filesystems without inotify), on the same directories.
 //!
 //! The helpers that make notify's callback non-blocking and that explain inotify limits are
 //! shared with the drop folder ([`crate::source::drop`]).
@@ -397,7 +399,7 @@ impl DirectoryWatches {
                     .map_err(|e| watch_error(&root, &root, &e))?,
             ),
             None => Box::new(
-                notify::RecommendedWatcher::new(handler, config)
+                crate::source::inotify::DirWatcher::new(handler, config)
                     .map_err(|e| watch_error(&root, &root, &e))?,
             ),
         };
