@@ -21,6 +21,28 @@ const MAX_ERROR_BODY: usize = 600;
 const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 /// Redirects followed by an upload.
 const MAX_UPLOAD_REDIRECTS: usize = 5;
+/// An upload buffer that goes back to its pool when the HTTP client drops it.
+struct Recycled {
+    buffer: Vec<u8>,
+    pool: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.lock()
+            && free.len() < UPLOAD_READ_AHEAD + 2
+        {
+            free.push(std::mem::take(&mut self.buffer));
+        }
+    }
+}
+
 /// Bytes read from the archive at a time during an upload.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Chunks read ahead of the socket during an upload.
@@ -28,16 +50,24 @@ const UPLOAD_READ_AHEAD: usize = 8;
 
 /// A file's content as a stream of [`UPLOAD_CHUNK`]-sized chunks, read on a blocking thread
 /// straight into the buffers the HTTP client sends (no copy in between), at most
-/// [`UPLOAD_READ_AHEAD`] chunks ahead. The reader stops when the stream is dropped.
+/// [`UPLOAD_READ_AHEAD`] chunks ahead. A buffer the client is done with goes back to the
+/// reader, so an upload of any size touches the same few buffers (fresh ones would cost a page
+/// fault per page, every chunk). The reader stops when the stream is dropped.
 fn file_chunks(
     mut file: std::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     use std::io::Read;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
+    let pool = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
     tokio::task::spawn_blocking(move || {
         loop {
-            // Read into spare capacity: no zeroing, and the Vec becomes the Bytes as it is.
-            let mut chunk = Vec::with_capacity(UPLOAD_CHUNK);
+            let mut chunk = pool
+                .lock()
+                .ok()
+                .and_then(|mut free| free.pop())
+                .unwrap_or_else(|| Vec::with_capacity(UPLOAD_CHUNK));
+            chunk.clear();
+            // Read into spare capacity: no zeroing.
             let outcome = loop {
                 match (&mut file)
                     .take((UPLOAD_CHUNK - chunk.len()) as u64)
@@ -48,8 +78,17 @@ fn file_chunks(
                 }
             };
             let at_end = chunk.len() < UPLOAD_CHUNK;
-            if !chunk.is_empty() && tx.blocking_send(Ok(bytes::Bytes::from(chunk))).is_err() {
-                return;
+            if !chunk.is_empty() {
+                let owner = Recycled {
+                    buffer: chunk,
+                    pool: pool.clone(),
+                };
+                if tx
+                    .blocking_send(Ok(bytes::Bytes::from_owner(owner)))
+                    .is_err()
+                {
+                    return;
+                }
             }
             if let Err(e) = outcome {
                 let _ = tx.blocking_send(Err(e));
