@@ -204,6 +204,9 @@ pub fn inspect_reader(
     if let Some(rejection) = stream.inner.fault.take() {
         return Ok(Err(rejection));
     }
+    if let Some(rejection) = stream.headers.fault.take() {
+        return Ok(Err(rejection));
+    }
     if stream.exceeded {
         return Ok(Err(Rejection::new(
             RejectionKind::TooLarge,
@@ -488,11 +491,16 @@ impl<R: Read> Read for GzipMembers<R> {
 
 /// Counts the uncompressed bytes and fails once they exceed the limit, having read at most one
 /// byte past it (so a gzip bomb costs no more than the limit to refuse).
+///
+/// It also follows the tar structure ([`Headers`]) to refuse an oversized extension record
+/// before the tar reader takes it: `tar` reads a GNU long name or a PAX header into memory
+/// whole, so without this a hostile header announcing 300 MB would cost 300 MB.
 struct SizeLimit<R> {
     inner: R,
     bytes: u64,
     max: u64,
     exceeded: bool,
+    headers: Headers,
 }
 
 impl<R> SizeLimit<R> {
@@ -502,6 +510,7 @@ impl<R> SizeLimit<R> {
             bytes: 0,
             max,
             exceeded: false,
+            headers: Headers::default(),
         }
     }
 }
@@ -510,6 +519,9 @@ impl<R: Read> Read for SizeLimit<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.exceeded {
             return Err(io::Error::other("uncompressed size limit exceeded"));
+        }
+        if self.headers.fault.is_some() {
+            return Err(io::Error::other("oversized extension header"));
         }
         let allowed = self.max.saturating_add(1) - self.bytes;
         let len = buf
@@ -521,7 +533,118 @@ impl<R: Read> Read for SizeLimit<R> {
             self.exceeded = true;
             return Err(io::Error::other("uncompressed size limit exceeded"));
         }
+        if !self.headers.observe(&buf[..n]) {
+            return Err(io::Error::other("oversized extension header"));
+        }
         Ok(n)
+    }
+}
+
+/// The largest GNU long-name/long-link or PAX record body accepted (a path is at most 4 KiB on
+/// Linux; PAX records of a source archive are a few hundred bytes).
+const MAX_EXTENSION_BYTES: u64 = 1024 * 1024;
+
+/// Follows the tar stream block by block as it is read, to see each header before the tar
+/// reader acts on it. It only ever refuses extension records larger than
+/// [`MAX_EXTENSION_BYTES`]; on anything it cannot follow for sure (an unreadable size, a PAX
+/// `size` override, the end-of-archive block) it stops looking and leaves the verdict to the
+/// tar reader.
+#[derive(Default)]
+struct Headers {
+    /// Body and padding bytes still to pass before the next header.
+    skip: u64,
+    block: Vec<u8>,
+    /// GNU sparse extension blocks follow, then `after_sparse` bytes of data.
+    sparse: bool,
+    after_sparse: u64,
+    /// The body of the PAX header being passed, to look for a `size` override.
+    pax: Option<Vec<u8>>,
+    done: bool,
+    fault: Option<Rejection>,
+}
+
+impl Headers {
+    /// Takes the next bytes of the stream; false once an oversized record is found.
+    fn observe(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() && !self.done {
+            if self.skip > 0 {
+                let k = data
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                if let Some(pax) = self.pax.as_mut() {
+                    pax.extend_from_slice(&data[..k]);
+                }
+                self.skip -= k as u64;
+                data = &data[k..];
+                if self.skip == 0
+                    && let Some(pax) = self.pax.take()
+                    && (pax.starts_with(b"size=") || pax.windows(6).any(|w| w == b" size="))
+                {
+                    // The next entry's size is not its header's: stop following.
+                    self.done = true;
+                }
+                continue;
+            }
+            let k = data.len().min(512 - self.block.len());
+            self.block.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            if self.block.len() < 512 {
+                break;
+            }
+            let block = std::mem::take(&mut self.block);
+            if self.sparse {
+                // A GNU sparse extension block: byte 504 says whether another follows.
+                self.sparse = block[504] != 0;
+                if !self.sparse {
+                    self.skip = self.after_sparse;
+                }
+                continue;
+            }
+            if block.iter().all(|&b| b == 0) {
+                self.done = true;
+                break;
+            }
+            let header = tar::Header::from_byte_slice(&block);
+            let Ok(size) = header.entry_size() else {
+                self.done = true;
+                break;
+            };
+            let kind = header.entry_type();
+            let extension = matches!(
+                kind,
+                EntryType::GNULongName
+                    | EntryType::GNULongLink
+                    | EntryType::XHeader
+                    | EntryType::XGlobalHeader
+            );
+            if extension && size > MAX_EXTENSION_BYTES {
+                self.fault = Some(Rejection::new(
+                    RejectionKind::CorruptTar,
+                    format!(
+                        "{} of {} (more than {} allowed)",
+                        match kind {
+                            EntryType::GNULongName => "a long-name record",
+                            EntryType::GNULongLink => "a long-link record",
+                            _ => "a PAX header",
+                        },
+                        human_size(size),
+                        human_size(MAX_EXTENSION_BYTES)
+                    ),
+                ));
+                return false;
+            }
+            let padded = size.div_ceil(512) * 512;
+            if kind == EntryType::XHeader && padded > 0 {
+                self.pax = Some(Vec::new());
+            }
+            if kind == EntryType::GNUSparse && header.as_gnu().is_some_and(|g| g.is_extended()) {
+                self.sparse = true;
+                self.after_sparse = padded;
+            } else {
+                self.skip = padded;
+            }
+        }
+        true
     }
 }
 
@@ -1590,6 +1713,99 @@ mod tests {
             ),
             format!("path {escaping} leaves the archive")
         );
+    }
+
+    /// A header of `kind` announcing `size` bytes, followed by `body` (which may be shorter).
+    fn announced(kind: EntryType, size: u64, body: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(body);
+        tar
+    }
+
+    #[test]
+    fn refuses_an_oversized_extension_record_before_the_tar_reader_takes_it() {
+        // Announced far beyond what is there: refused on the header alone, nothing buffered.
+        for (kind, what) in [
+            (EntryType::GNULongName, "a long-name record of 300.0 MB"),
+            (EntryType::GNULongLink, "a long-link record of 300.0 MB"),
+            (EntryType::XHeader, "a PAX header of 300.0 MB"),
+            (EntryType::XGlobalHeader, "a PAX header of 300.0 MB"),
+        ] {
+            let bytes = gzip(&announced(kind, 300_000_000, &[b'a'; 4096]));
+            let reason = rejected(&bytes, RejectionKind::CorruptTar);
+            assert_eq!(reason, format!("{what} (more than 1.0 MB allowed)"));
+        }
+        // Complete, just over the limit, after a good entry: the same.
+        let mut tar = tar_of(&["app/"]);
+        tar.truncate(tar.len() - 1024);
+        let body = vec![b'n'; 1024 * 1024 + 1];
+        tar.extend(announced(EntryType::GNULongName, body.len() as u64, &body));
+        tar.resize(tar.len().div_ceil(512) * 512 + 2048, 0);
+        let reason = rejected(&gzip(&tar), RejectionKind::CorruptTar);
+        assert!(
+            reason.starts_with("a long-name record of 1.0 MB"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn follows_headers_through_sparse_files_and_pax_size_overrides() {
+        // A PAX `size` record overrides the next header's size: the guard stops following
+        // (it would otherwise lose its place) and the archive is judged by tar alone.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(EntryType::Directory);
+        dir.set_size(0);
+        builder.append_data(&mut dir, "app/", &b""[..]).unwrap();
+        builder
+            .append_pax_extensions([("size", b"600".as_slice())])
+            .unwrap();
+        let mut file = tar::Header::new_ustar();
+        file.set_path("app/big").unwrap();
+        file.set_size(0);
+        file.set_mode(0o644);
+        file.set_cksum();
+        let mut tar = builder.into_inner().unwrap();
+        tar.truncate(tar.len() - 1024); // the end-of-archive blocks
+        tar.extend_from_slice(file.as_bytes());
+        // 600 bytes of body that look like a huge long-name header to a reader that trusted
+        // the header's size of 0.
+        let mut body = announced(EntryType::GNULongName, 300_000_000, &[]);
+        body.resize(1024, b'z');
+        tar.extend_from_slice(&body);
+        tar.extend_from_slice(&[0; 1024]);
+        let summary = check(&gzip(&tar)).unwrap();
+        assert_eq!((summary.root.as_str(), summary.files), ("app", 1));
+
+        // GNU tar's sparse format with extension blocks, from GNU tar itself when present.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("app");
+        std::fs::create_dir(&src).unwrap();
+        let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+        // Many holes: more than the 4 sparse entries of the main header.
+        for i in 0..12u64 {
+            use std::os::unix::fs::FileExt;
+            sparse.write_at(b"data", i * 1024 * 1024).unwrap();
+        }
+        std::fs::write(src.join("after"), "x").unwrap();
+        let archive = dir.path().join("s.tar.gz");
+        let made = std::process::Command::new("tar")
+            .args(["--format=gnu", "-S", "-czf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.path())
+            .arg("app")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let summary = inspect(&archive, &Limits::default()).unwrap();
+        assert_eq!((summary.root.as_str(), summary.files), ("app", 2));
     }
 
     /// A GNU long-name entry followed by a file, written by hand so `..` gets through.
