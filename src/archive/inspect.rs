@@ -591,7 +591,9 @@ impl Headers {
             if self.block.len() < 512 {
                 break;
             }
-            let block = std::mem::take(&mut self.block);
+            let mut block = [0u8; 512];
+            block.copy_from_slice(&self.block);
+            self.block.clear();
             if self.sparse {
                 // A GNU sparse extension block: byte 504 says whether another follows.
                 self.sparse = block[504] != 0;

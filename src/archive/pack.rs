@@ -120,7 +120,7 @@ pub enum PackError {
     /// The tar stream grew past [`PackOptions::max_uncompressed`]; packing stopped there.
     #[error(
         "the tree is too large: its archive would exceed the limit of {limit} bytes uncompressed \
-         (max_archive_bytes)"
+         (max_archive_size)"
     )]
     TooLarge { limit: u64 },
     /// The prefix is not a single safe path component.
@@ -177,18 +177,28 @@ pub fn pack_to_writer(
     opts: &PackOptions,
 ) -> Result<PackSummary, PackError> {
     check_prefix(&opts.prefix)?;
-    let write_error = |source: io::Error| {
-        if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
+    // Every write error, wherever it surfaced, is checked here for the size limit.
+    write_tar_gz(rules, out, opts).map_err(|error| match error {
+        PackError::Io { source, .. }
+            if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) =>
+        {
             PackError::TooLarge {
                 limit: opts.max_uncompressed.unwrap_or(u64::MAX),
             }
-        } else {
-            PackError::Io {
-                path: PathBuf::new(),
-                action: "write the archive",
-                source,
-            }
         }
+        other => other,
+    })
+}
+
+fn write_tar_gz(
+    rules: &IgnoreRules,
+    out: impl Write,
+    opts: &PackOptions,
+) -> Result<PackSummary, PackError> {
+    let write_error = |source| PackError::Io {
+        path: PathBuf::new(),
+        action: "write the archive",
+        source,
     };
     let entries = rules.walk()?;
     let hashed = Hashed {
@@ -218,16 +228,7 @@ pub fn pack_to_writer(
     let mut walker = Walker::new();
     walker.summary.entries = 1;
     for entry in &entries {
-        walker
-            .entry(entry, Some((&mut builder, &opts.prefix)))
-            .map_err(|error| match error {
-                PackError::Io { source, .. }
-                    if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) =>
-                {
-                    write_error(source)
-                }
-                other => other,
-            })?;
+        walker.entry(entry, Some((&mut builder, &opts.prefix)))?;
     }
 
     let counted = builder.into_inner().map_err(write_error)?;

@@ -21,6 +21,11 @@ const MAX_ERROR_BODY: usize = 600;
 const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 /// Redirects followed by an upload.
 const MAX_UPLOAD_REDIRECTS: usize = 5;
+/// Bytes read from the archive at a time during an upload.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+/// Chunks read ahead of the socket during an upload.
+const UPLOAD_READ_AHEAD: usize = 8;
+
 /// An upload buffer that goes back to its pool when the HTTP client drops it.
 struct Recycled {
     buffer: Vec<u8>,
@@ -43,19 +48,17 @@ impl Drop for Recycled {
     }
 }
 
-/// Bytes read from the archive at a time during an upload.
-const UPLOAD_CHUNK: usize = 256 * 1024;
-/// Chunks read ahead of the socket during an upload.
-const UPLOAD_READ_AHEAD: usize = 8;
-
 /// A file's content as a stream of [`UPLOAD_CHUNK`]-sized chunks, read on a blocking thread
 /// straight into the buffers the HTTP client sends (no copy in between), at most
 /// [`UPLOAD_READ_AHEAD`] chunks ahead. A buffer the client is done with goes back to the
 /// reader, so an upload of any size touches the same few buffers (fresh ones would cost a page
-/// fault per page, every chunk). The reader stops when the stream is dropped.
+/// fault per page, every chunk). The reader stops when the stream is dropped. A read error
+/// names `path`.
 fn file_chunks(
     mut file: std::fs::File,
+    path: &Path,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    let path = path.to_path_buf();
     use std::io::Read;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
     let pool = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
@@ -91,6 +94,7 @@ fn file_chunks(
                 }
             }
             if let Err(e) = outcome {
+                let e = std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
@@ -469,13 +473,16 @@ impl ScalingoClient {
         let what = "upload";
         let mut url = upload_url.to_string();
         for _ in 0..=MAX_UPLOAD_REDIRECTS {
-            let file = std::fs::File::open(archive).map_err(|source| ApiError::File {
-                what,
-                path: archive.to_path_buf(),
-                source,
-            })?;
+            let file = tokio::fs::File::open(archive)
+                .await
+                .map_err(|source| ApiError::File {
+                    what,
+                    path: archive.to_path_buf(),
+                    source,
+                })?;
             let len = file
                 .metadata()
+                .await
                 .map_err(|source| ApiError::File {
                     what,
                     path: archive.to_path_buf(),
@@ -485,7 +492,7 @@ impl ScalingoClient {
             let limit = self.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
             let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let report = progress.clone();
-            let stream = file_chunks(file).inspect_ok(move |chunk| {
+            let stream = file_chunks(file.into_std().await, archive).inspect_ok(move |chunk| {
                 let total = sent
                     .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
                     + chunk.len() as u64;
@@ -631,7 +638,7 @@ mod tests {
             let path = dir.path().join(format!("f{len}"));
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             std::fs::write(&path, &data).unwrap();
-            let chunks: Vec<bytes::Bytes> = file_chunks(std::fs::File::open(&path).unwrap())
+            let chunks: Vec<bytes::Bytes> = file_chunks(std::fs::File::open(&path).unwrap(), &path)
                 .map(|c| c.unwrap())
                 .collect()
                 .await;
