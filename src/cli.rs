@@ -315,7 +315,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 async fn run_daemon(cli: &Cli) -> u8 {
     match crate::daemon::run(config_path(cli), Env::from_process()).await {
         Ok(()) => EXIT_OK,
-        Err(e @ crate::daemon::DaemonError::Config(_)) => {
+        Err(e @ (crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Setup(_))) => {
             eprintln!("dropdeploy: {e}");
             EXIT_USAGE
         }
@@ -384,8 +384,18 @@ fn status(cli: &Cli) -> u8 {
         }
     };
     let apps: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
-    match crate::outcome::status_report(&spool, &state_dir.join("history.jsonl"), &apps) {
+    let live = crate::live::read(&state_dir);
+    match crate::outcome::status_report(
+        &spool,
+        &state_dir.join("history.jsonl"),
+        &apps,
+        live.as_ref(),
+    ) {
         Ok(text) => {
+            match crate::lock::StateLock::holder(&state_dir) {
+                Some(pid) => println!("daemon: running (pid {pid})"),
+                None => println!("daemon: not running"),
+            }
             print!("{text}");
             EXIT_OK
         }
@@ -900,7 +910,7 @@ async fn run_job(
             );
             EXIT_OK
         }
-        JobState::Deploying { deployment_id } => {
+        JobState::Deploying { deployment_id, .. } => {
             println!(
                 "{app}: deployment {deployment_id} created (git_ref {}); not following it",
                 job.git_ref

@@ -41,6 +41,10 @@ const DEFAULT_KEEP_DONE: usize = 20;
 pub enum DaemonError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// Something outside the daemon is in the way and retrying will not help: another
+    /// daemon owns the state_dir, a folder it must write is not writable. Exit status 2.
+    #[error("{0}")]
+    Setup(String),
     #[error("{0}")]
     Startup(String),
 }
@@ -60,6 +64,11 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
             config.state_dir.display()
         ))
     })?;
+    let state_lock = crate::lock::StateLock::acquire(&config.state_dir).map_err(|e| match e {
+        crate::lock::LockError::Held { .. } => DaemonError::Setup(e.to_string()),
+        crate::lock::LockError::Io { .. } => DaemonError::Startup(e.to_string()),
+    })?;
+    let live = Arc::new(crate::live::Board::published(&config.state_dir));
     let spool = Spool::open(config.state_dir.join("spool"))
         .map_err(|e| DaemonError::Startup(e.to_string()))?;
     for restored in spool
@@ -130,6 +139,8 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         metrics_server,
         notifier,
         board,
+        live,
+        _state_lock: state_lock,
     };
     for app in daemon.config.apps.clone() {
         daemon.start_lane(&app);
@@ -225,6 +236,10 @@ struct Daemon {
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     notifier: Notifier,
     board: Arc<StatusBoard>,
+    /// What the daemon waits on, for `status`.
+    live: Arc<crate::live::Board>,
+    /// Held while the daemon runs: one daemon per state_dir.
+    _state_lock: crate::lock::StateLock,
 }
 
 /// Keeps what each app is doing, for systemd's STATUS= line ("2 apps; deploying my-app

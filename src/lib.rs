@@ -44,6 +44,10 @@
 //!   with `DROPDEPLOY_*` variables. Fire-and-forget: a hook never changes a job's outcome, and
 //!   never sees the API token.
 //! - [`shutdown`]: the stop signal handed to every task, checked between steps.
+//! - [`lock`]: one daemon per `state_dir` and one driver per job, with `flock(2)` locks the
+//!   kernel releases when their holder dies.
+//! - [`live`]: what the running daemon waits on (a file it cannot claim yet, a folder it
+//!   cannot watch), with the cause and the next try, published for `dropdeploy status`.
 //! - [`service`]: running under systemd. [`service::Notifier`] sends the daemon's readiness,
 //!   status line, reloads, stop and watchdog pings over `$NOTIFY_SOCKET` (and does nothing
 //!   without it); [`service::JournalFormat`] shapes log lines for the journal when stderr is
@@ -56,6 +60,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hooks;
+pub mod live;
+pub mod lock;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;

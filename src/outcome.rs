@@ -598,10 +598,15 @@ pub fn format_history_table(entries: &[HistoryEntry]) -> String {
 /// finished, pending when `queued`; a finished job still in the spool (its outcome not yet
 /// recorded) is shown as such. A missing spool directory or history file counts as empty;
 /// unreadable job records are listed at the end.
+///
+/// `live` is the running daemon's board ([`crate::live::read`]): each app's waits (a file it
+/// cannot claim yet, a folder it cannot watch) are shown with their cause and next try; `None`
+/// when no daemon runs.
 pub fn status_report(
     spool: &Spool,
     history: &Path,
     apps: &[String],
+    live: Option<&crate::live::LiveFile>,
 ) -> Result<String, OutcomeError> {
     let mut jobs = Vec::new();
     let mut unreadable = Vec::new();
@@ -648,8 +653,19 @@ pub fn status_report(
             out.push_str("  in flight: none\n");
         }
         for job in in_flight {
+            let platform = match &job.state {
+                JobState::Deploying {
+                    deployment_id,
+                    platform_status,
+                    ..
+                } => format!(
+                    ", deployment {deployment_id}, platform status {}",
+                    platform_status.as_deref().unwrap_or("not seen yet")
+                ),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "  in flight: {} {} (job {}, since {})\n",
+                "  in flight: {} {} (job {}{platform}, since {})\n",
                 job.state.name(),
                 file_label(job),
                 job.id,
@@ -675,6 +691,19 @@ pub fn status_report(
                 "  finished, not yet recorded: {} ({})\n",
                 unrecorded.len(),
                 files.join(", ")
+            ));
+        }
+        for wait in live.iter().flat_map(|l| &l.waits).filter(|w| &w.app == app) {
+            let next = wait
+                .retry_at
+                .map(|t| format!(", next try {}", rfc3339_utc(t)))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {}: {}: {} (since {}{next})\n",
+                wait.kind.label(),
+                wait.subject,
+                wait.cause,
+                rfc3339_utc(wait.since)
             ));
         }
         match last.get(app) {

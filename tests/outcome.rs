@@ -479,6 +479,8 @@ fn status_shows_each_lane_from_the_spool_and_the_history() {
         "live.tar.gz",
         JobState::Deploying {
             deployment_id: "d9".into(),
+            platform_status: Some("building".into()),
+            since: None,
         },
         None,
     );
@@ -501,12 +503,12 @@ fn status_shows_each_lane_from_the_spool_and_the_history() {
     write_history(&history, &[last, entry("other", "zzz", Outcome::Failed)]);
 
     let apps = ["my-app".to_string(), "quiet-app".to_string()];
-    let report = status_report(&w.spool, &history, &apps).unwrap();
+    let report = status_report(&w.spool, &history, &apps, None).unwrap();
 
     let expected = format!(
         "\
 my-app
-  in flight: deploying live.tar.gz (job {}, since 2025-11-25T17:42:58Z)
+  in flight: deploying live.tar.gz (job {}, deployment d9, platform status building, since 2025-11-25T17:42:58Z)
   pending:   2 ({})
   last:      succeeded old.tar.gz at 2025-11-25T17:00:00Z (deployment d8, status success)
 quiet-app
@@ -530,7 +532,7 @@ fn status_without_a_spool_or_history_is_all_empty() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path().join("spool")).unwrap();
     fs::remove_dir(spool.dir()).unwrap();
-    let report = status_report(&spool, &dir.path().join("history.jsonl"), &["a".into()]).unwrap();
+    let report = status_report(&spool, &dir.path().join("history.jsonl"), &["a".into()], None).unwrap();
     assert_eq!(
         report,
         "a\n  in flight: none\n  pending:   none\n  last:      none recorded\n"

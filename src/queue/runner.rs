@@ -357,6 +357,8 @@ impl Runner {
                         .event(job, &Event::DeploymentAdopted { id: &found.id });
                     job.state = JobState::Deploying {
                         deployment_id: found.id,
+                        platform_status: Some(found.status),
+                        since: Some(now()),
                     };
                     self.spool.save(job)?;
                     return Ok(());
@@ -443,6 +445,8 @@ impl Runner {
             .event(job, &Event::DeploymentCreated { id: &deployment.id });
         job.state = JobState::Deploying {
             deployment_id: deployment.id,
+            platform_status: Some(deployment.status),
+            since: Some(now()),
         };
         self.spool.save(job)?;
         Ok(())
@@ -461,7 +465,7 @@ impl Runner {
     }
 
     async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
-        let JobState::Deploying { deployment_id } = job.state.clone() else {
+        let JobState::Deploying { deployment_id, .. } = job.state.clone() else {
             return unreachable_state(&job.state);
         };
         self.observer.event(job, &Event::Step(Step::Follow));
@@ -553,7 +557,7 @@ impl Runner {
 
 fn deployment_id_of(state: &JobState) -> Option<String> {
     match state {
-        JobState::Deploying { deployment_id } | JobState::Succeeded { deployment_id } => {
+        JobState::Deploying { deployment_id, .. } | JobState::Succeeded { deployment_id } => {
             Some(deployment_id.clone())
         }
         JobState::Failed(f) => f.deployment_id.clone(),
@@ -688,6 +692,8 @@ mod tests {
         assert_eq!(next_action(&job(requested, false), t), Action::FindOrPost);
         let deploying = JobState::Deploying {
             deployment_id: "x".into(),
+            platform_status: None,
+            since: None,
         };
         assert_eq!(next_action(&job(deploying, false), t), Action::Follow);
         let done = JobState::Succeeded {

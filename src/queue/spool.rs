@@ -126,7 +126,15 @@ pub enum JobState {
         source_at: Option<Timestamp>,
     },
     /// The platform accepted the deployment; follow it.
-    Deploying { deployment_id: String },
+    Deploying {
+        deployment_id: String,
+        /// The platform's status when last seen (`building`, …), for `status`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform_status: Option<String>,
+        /// When the deployment was created or adopted: the follow limit counts from here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Timestamp>,
+    },
     /// Finished: `success`.
     Succeeded { deployment_id: String },
     /// Finished: failed for good.
@@ -544,6 +552,8 @@ mod tests {
         assert!(!tmp.exists());
         j.state = JobState::Deploying {
             deployment_id: "d1".into(),
+            platform_status: None,
+            since: None,
         };
         spool.save(&j).unwrap();
         assert_eq!(spool.load(&id).unwrap(), j);

@@ -1,0 +1,144 @@
+//! Who drives what: one daemon per `state_dir`, one driver per job.
+//!
+//! Both are `flock(2)` locks, which the kernel releases when the holder dies, so a crash never
+//! leaves a stale lock behind. [`StateLock`] is taken by `dropdeploy run` on
+//! `<state_dir>/daemon.lock` (with its pid written inside, for the message a second daemon
+//! prints); [`JobLock`] is taken on a job's directory by whichever process drives that job (a
+//! daemon's lane or a one-shot `deploy`), so two processes sharing a `state_dir` never drive
+//! the same job. A job directory keeps its inode when it is renamed into place, so a lock taken
+//! while the job is being made still holds once it is committed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+
+/// The daemon's lock file inside `state_dir`.
+pub const DAEMON_LOCK_NAME: &str = "daemon.lock";
+
+/// Why a lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live process holds it.
+    #[error(
+        "another dropdeploy daemon{} already uses state_dir {}: one daemon owns a state_dir at a \
+         time; stop it first (systemctl stop dropdeploy), or give this one another state_dir",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        state_dir.display()
+    )]
+    Held {
+        state_dir: PathBuf,
+        holder: Option<u32>,
+    },
+    #[error("cannot lock {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The exclusive hold of a daemon on its `state_dir`, released on drop (or death).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the lock without waiting, and writes this process's pid into the lock file.
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
+        let path = state_dir.join(DAEMON_LOCK_NAME);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(LockError::Held {
+                    state_dir: state_dir.to_path_buf(),
+                    holder: read_pid(&mut file),
+                });
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// The pid of the live daemon holding `state_dir`, if one does (a lock file left by a dead
+    /// one does not count).
+    pub fn holder(state_dir: &Path) -> Option<u32> {
+        let path = state_dir.join(DAEMON_LOCK_NAME);
+        let mut file = File::open(path).ok()?;
+        match flock(file.as_fd(), FlockOperation::NonBlockingLockShared) {
+            Ok(()) => None,
+            Err(_) => Some(read_pid(&mut file).unwrap_or(0)),
+        }
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The hold of one process on one job, released on drop (or death).
+#[derive(Debug)]
+pub struct JobLock {
+    _dir: File,
+}
+
+impl JobLock {
+    /// Locks the job directory `dir` without waiting. `Ok(None)`: another process drives it.
+    pub fn try_acquire(dir: &Path) -> std::io::Result<Option<JobLock>> {
+        let file = File::open(dir)?;
+        match flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(JobLock { _dir: file })),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_daemon_lock_is_refused_with_the_holders_pid_and_freed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(StateLock::holder(dir.path()), None);
+        let first = StateLock::acquire(dir.path()).unwrap();
+        assert_eq!(StateLock::holder(dir.path()), Some(std::process::id()));
+        match StateLock::acquire(dir.path()) {
+            Err(LockError::Held { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("expected Held, got {other:?}"),
+        }
+        drop(first);
+        assert_eq!(StateLock::holder(dir.path()), None);
+        StateLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_job_directory_is_driven_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = JobLock::try_acquire(dir.path()).unwrap();
+        assert!(first.is_some());
+        assert!(JobLock::try_acquire(dir.path()).unwrap().is_none());
+        drop(first);
+        assert!(JobLock::try_acquire(dir.path()).unwrap().is_some());
+    }
+}
