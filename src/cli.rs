@@ -554,6 +554,7 @@ async fn watch(cli: &Cli) -> u8 {
             interval.unwrap_or(config.scalingo.follow_interval),
             printer.clone(),
         )
+        .with_deploy_timeout(config.scalingo.deploy_timeout)
         .with_shutdown(shutdown.clone())
         .with_output(),
     );
@@ -576,6 +577,21 @@ async fn watch(cli: &Cli) -> u8 {
             let (runner, spool, printer) = (runner.clone(), spool.clone(), printer.clone());
             async move {
                 let started = Instant::now();
+                let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        eprintln!(
+                            "dropdeploy: {}: job {} is being deployed by another dropdeploy \
+                             process sharing this state directory; stopping",
+                            job.app, job.id
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        eprintln!("dropdeploy: {}: cannot lock job {}: {e}", job.app, job.id);
+                        return None;
+                    }
+                };
                 if let Err(e) = runner.run(&mut job).await {
                     eprintln!(
                         "dropdeploy: {}: job {} cannot be recorded: {e}",
@@ -873,6 +889,25 @@ async fn run_job(
     interval: Option<std::time::Duration>,
 ) -> u8 {
     let app = job.app.clone();
+    let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            eprintln!(
+                "dropdeploy: {app}: job {} (the same archive) is being deployed by another \
+                 dropdeploy process; not deploying it twice (see `dropdeploy status`)",
+                job.id
+            );
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: cannot lock job {}: {e}", job.id);
+            return EXIT_USAGE;
+        }
+    };
+    // The record may have moved on while another process held it.
+    if let Ok(fresh) = spool.load(&job.id) {
+        job = fresh;
+    }
     let client = match ScalingoClient::new(&config.scalingo, token) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -890,6 +925,12 @@ async fn run_job(
         config.retry.clone(),
         interval.unwrap_or(config.scalingo.follow_interval),
         printer.clone(),
+    )
+    .with_deploy_timeout(
+        config
+            .app(&app)
+            .and_then(|a| a.deploy_timeout)
+            .unwrap_or(config.scalingo.deploy_timeout),
     );
     if no_follow {
         runner = runner.without_follow();

@@ -43,6 +43,10 @@ const DEFAULT_REGION: &str = "osc-fr1";
 const DEFAULT_AUTH_URL: &str = "https://auth.scalingo.com";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(3);
+/// How long one deployment may run before the job stops following it: the platform caps a
+/// build at 30 minutes and gives the app 60 s to start; the rest covers time spent `queued`
+/// behind the account's other deployments. A lane blocked longer than this is stuck, not busy.
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(2);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60 * 60);
@@ -151,6 +155,9 @@ pub struct ScalingoConfig {
     pub timeout: Duration,
     /// `follow_interval`: how often a running deployment is polled (default 3 s).
     pub follow_interval: Duration,
+    /// `deploy_timeout`: how long a deployment may run on the platform before the job gives up
+    /// following it and fails (default 45 min; see [`DEFAULT_DEPLOY_TIMEOUT`]).
+    pub deploy_timeout: Duration,
     /// The config file these settings came from, if any, so that [`Self::require_token`] can say
     /// where a token would go.
     pub config_file: Option<PathBuf>,
@@ -177,6 +184,7 @@ impl Default for ScalingoConfig {
             token_origin: None,
             timeout: DEFAULT_TIMEOUT,
             follow_interval: DEFAULT_FOLLOW_INTERVAL,
+            deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
             config_file: None,
         }
     }
@@ -268,6 +276,8 @@ pub struct AppConfig {
     pub follow_interval: Option<Duration>,
     /// `retry_budget`: this app's retry budget (default: `[retry]`'s `budget`).
     pub retry_budget: Option<Duration>,
+    /// `deploy_timeout`: this app's limit on one deployment (default: `[scalingo]`'s).
+    pub deploy_timeout: Option<Duration>,
     /// `include`: gitignore-style patterns packed even when ignored (source directories).
     pub include: Vec<String>,
     /// `max_wait`: a source directory that never stops changing is packed this long after
@@ -604,6 +614,7 @@ struct RawScalingo {
     token_file: Option<Spanned<String>>,
     timeout: Option<Spanned<DurationText>>,
     follow_interval: Option<Spanned<DurationText>>,
+    deploy_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +651,7 @@ struct RawApp {
     keep_releases: Option<Spanned<i64>>,
     follow_interval: Option<Spanned<DurationText>>,
     retry_budget: Option<Spanned<DurationText>>,
+    deploy_timeout: Option<Spanned<DurationText>>,
     on_outcome: Option<Spanned<RawHook>>,
 }
 
@@ -702,6 +714,7 @@ const SCALINGO_KEYS: &[&str] = &[
     "token_file",
     "timeout",
     "follow_interval",
+    "deploy_timeout",
 ];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
@@ -716,6 +729,7 @@ const APP_KEYS: &[&str] = &[
     "keep_done",
     "follow_interval",
     "retry_budget",
+    "deploy_timeout",
     "include",
     "max_wait",
     "poll",
@@ -1263,6 +1277,14 @@ fn build_scalingo(
         false,
         report,
     );
+    s.deploy_timeout = duration_value(
+        &raw.deploy_timeout,
+        "deploy_timeout",
+        "scalingo",
+        s.deploy_timeout,
+        false,
+        report,
+    );
     let token_file = raw.token_file.as_ref()?;
     path_value(token_file, "token_file", "scalingo", base, report)
         .map(|path| (path, token_file.span()))
@@ -1434,6 +1456,16 @@ fn build_app(
             report,
         )
     });
+    let deploy_timeout = raw.deploy_timeout.as_ref().map(|_| {
+        duration_value(
+            &raw.deploy_timeout,
+            "deploy_timeout",
+            "app",
+            DEFAULT_DEPLOY_TIMEOUT,
+            false,
+            report,
+        )
+    });
 
     let max_wait = duration_value(
         &raw.max_wait,
@@ -1583,6 +1615,7 @@ fn build_app(
         keep_done,
         follow_interval,
         retry_budget,
+        deploy_timeout,
         include: raw.include.clone(),
         max_wait,
         poll,
@@ -1969,8 +2002,8 @@ ignore = ["*.log", "tmp/"]
             message,
             "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
              of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
-             keep_done, follow_interval, retry_budget, include, max_wait, poll, deploy_on_start, \
-             target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
+             keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
+             deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
         );
     }
 

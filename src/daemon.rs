@@ -59,18 +59,26 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     }
     let client = scalingo_client(&config)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-        DaemonError::Startup(format!(
-            "cannot create state_dir {}: {e}",
-            config.state_dir.display()
-        ))
+        setup_error(
+            "cannot create state_dir",
+            &config.state_dir,
+            &e,
+            "state_dir",
+        )
     })?;
     let state_lock = crate::lock::StateLock::acquire(&config.state_dir).map_err(|e| match e {
         crate::lock::LockError::Held { .. } => DaemonError::Setup(e.to_string()),
-        crate::lock::LockError::Io { .. } => DaemonError::Startup(e.to_string()),
+        crate::lock::LockError::Io { path, source } => {
+            setup_error("cannot write in state_dir", &path, &source, "state_dir")
+        }
     })?;
     let live = Arc::new(crate::live::Board::published(&config.state_dir));
-    let spool = Spool::open(config.state_dir.join("spool"))
-        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    let spool = Spool::open(config.state_dir.join("spool")).map_err(|e| match e {
+        crate::queue::spool::SpoolError::Io { path, source, .. } => {
+            setup_error("cannot create the spool", &path, &source, "state_dir")
+        }
+        other => DaemonError::Startup(other.to_string()),
+    })?;
     for restored in spool
         .clean_partial()
         .map_err(|e| DaemonError::Startup(e.to_string()))?
@@ -119,6 +127,7 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         Arc::new(OutcomeFinisher {
             outcomes: outcomes.clone(),
             after: after.clone(),
+            state_dir: config.state_dir.clone(),
         }),
         config.max_parallel,
         shutdown,
@@ -206,10 +215,20 @@ impl AfterOutcome {
 struct OutcomeFinisher {
     outcomes: Arc<Outcomes>,
     after: Arc<AfterOutcome>,
+    state_dir: PathBuf,
+}
+
+/// A watched tree's deployed digest is written before its job leaves the spool, so that no
+/// crash between the two makes the same tree deploy again.
+fn remember_tree(state_dir: &std::path::Path, job: &Job) {
+    if let Err(e) = redeploy::remember_success(state_dir, job) {
+        tracing::warn!(app = %job.app, job = %job.id, "cannot remember the deployed tree's digest: {e}");
+    }
 }
 
 impl Finisher for OutcomeFinisher {
     fn finish(&self, job: &Job, keep_done: usize) {
+        remember_tree(&self.state_dir, job);
         match self.outcomes.record(job, keep_done) {
             Ok(entry) => self.after.done(&entry),
             Err(e) => tracing::error!(
@@ -289,6 +308,67 @@ impl Observer for StatusBoard {
     }
 }
 
+/// Whether an I/O error means "not allowed to write there" (permissions or a read-only
+/// mount): retrying will not help, so it is a configuration problem, not a crash.
+fn access_problem(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::ACCESS.raw_os_error() => Some("permission denied"),
+        Some(code) if code == rustix::io::Errno::PERM.raw_os_error() => {
+            Some("operation not permitted")
+        }
+        Some(code) if code == rustix::io::Errno::ROFS.raw_os_error() => Some("read-only mount"),
+        _ => None,
+    }
+}
+
+/// The error for a path the daemon cannot use: a configuration error (exit status 2) naming
+/// the path, who the daemon runs as, the folder's owner and mode, and what to change, when it
+/// is a permission or mount problem; else a start-up failure.
+fn setup_error(action: &str, path: &std::path::Path, e: &std::io::Error, key: &str) -> DaemonError {
+    let Some(problem) = access_problem(e) else {
+        return DaemonError::Startup(format!("{action} {}: {e}", path.display()));
+    };
+    // The nearest existing folder is the one whose permissions matter.
+    let folder = path
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(path)
+        .to_path_buf();
+    let owner = std::fs::metadata(&folder)
+        .map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            format!(
+                "; {} is owned by uid {} gid {} with mode {:o}",
+                folder.display(),
+                m.uid(),
+                m.gid(),
+                m.permissions().mode() & 0o7777
+            )
+        })
+        .unwrap_or_default();
+    let me = format!(
+        "the daemon runs as uid {} gid {}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    let fix = if problem == "read-only mount" {
+        format!(
+            "the folder is on a read-only mount: under systemd, list it in ReadWritePaths= \
+             (ProtectSystem=strict makes the rest read-only), or set {key} to a writable place"
+        )
+    } else {
+        format!(
+            "give that user write access (chown or chmod {}), or set {key} to a folder it can \
+             write",
+            folder.display()
+        )
+    };
+    DaemonError::Setup(format!(
+        "{action} {}: {problem} ({me}{owner}): {fix}",
+        path.display()
+    ))
+}
+
 /// Checks what the daemon needs of each app before it takes any work.
 fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
     let spool_dev = std::fs::metadata(spool.dir())
@@ -296,8 +376,19 @@ fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
         .dev();
     for app in &config.apps {
         if let Some(dir) = &app.drop_dir {
-            crate::source::drop::prepare(dir)
-                .map_err(|e| DaemonError::Startup(format!("app {}: {e}", app.name)))?;
+            crate::source::drop::prepare(dir).map_err(|e| {
+                use crate::source::drop::DropError;
+                let action = format!("app {}: cannot use drop folder", app.name);
+                match &e {
+                    DropError::Create { dir, source } | DropError::Read { dir, source } => {
+                        setup_error(&action, dir, source, "drop_dir")
+                    }
+                    DropError::CreateSubfolder { path, source, .. } => {
+                        setup_error(&action, path, source, "drop_dir")
+                    }
+                    _ => DaemonError::Startup(format!("app {}: {e}", app.name)),
+                }
+            })?;
             let dev = std::fs::metadata(dir)
                 .map_err(|e| {
                     DaemonError::Startup(format!(
@@ -319,7 +410,24 @@ fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
             }
             // Same device is not enough: two mount points of one filesystem (bind mounts, or
             // systemd's ReadWritePaths=) still refuse a rename between them. Try one.
-            probe_rename(dir, spool.dir()).map_err(|e| {
+            probe_rename(dir, spool.dir()).map_err(|(place, e)| {
+                if access_problem(&e).is_some() {
+                    let (action, key) = match place {
+                        Probe::DropFolder => (
+                            format!("app {}: cannot write in drop folder", app.name),
+                            "drop_dir",
+                        ),
+                        Probe::Spool => (
+                            format!("app {}: cannot move a file into the spool", app.name),
+                            "state_dir",
+                        ),
+                    };
+                    let path = match place {
+                        Probe::DropFolder => dir.as_path(),
+                        Probe::Spool => spool.dir(),
+                    };
+                    return setup_error(&action, path, &e, key);
+                }
                 DaemonError::Startup(format!(
                     "app {}: a file cannot be renamed from the drop folder {} into the spool {} \
                      ({e}); files are claimed by renaming them, so put state_dir where a rename \
@@ -336,13 +444,23 @@ fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Which side of the probe failed.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    DropFolder,
+    Spool,
+}
+
 /// Renames a small dot-file (ignored by the watcher) from `from` into `to` and removes it.
-fn probe_rename(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+fn probe_rename(
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<(), (Probe, std::io::Error)> {
     let name = format!(".dropdeploy-probe-{:08x}", fastrand::u32(..));
     let src = from.join(&name);
     let dst = to.join(&name);
-    std::fs::write(&src, b"")?;
-    let moved = std::fs::rename(&src, &dst);
+    std::fs::write(&src, b"").map_err(|e| (Probe::DropFolder, e))?;
+    let moved = std::fs::rename(&src, &dst).map_err(|e| (Probe::Spool, e));
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&dst);
     moved
@@ -394,6 +512,7 @@ fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
         follow_interval: app
             .follow_interval
             .unwrap_or(config.scalingo.follow_interval),
+        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
         keep_done: app.keep_done,
         target: app.target.clone(),
     }
@@ -516,12 +635,27 @@ impl Daemon {
                     .unwrap_or(DEFAULT_KEEP_DONE);
                 let outcomes = self.outcomes.clone();
                 let id = job.id.clone();
-                let done = tokio::task::spawn_blocking(move || outcomes.record(&job, keep)).await;
+                let state_dir = self.config.state_dir.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    remember_tree(&state_dir, &job);
+                    outcomes.record(&job, keep)
+                })
+                .await;
                 match done {
                     Ok(Ok(entry)) => self.after.done(&entry),
                     Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
                     Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
                 }
+                continue;
+            }
+            // A watched tree's loop resumes its own jobs before it packs anything, so that the
+            // same content is never in flight twice.
+            if redeploy::tree_digest_of(&job).is_some()
+                && self
+                    .config
+                    .app(&job.app)
+                    .is_some_and(|a| a.source_dir.is_some())
+            {
                 continue;
             }
             tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
@@ -703,6 +837,7 @@ impl Daemon {
                     tree.fire();
                 }
                 self.lanes.retire(&app.name);
+                self.live.clear_app(&app.name);
                 tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
             }
         }

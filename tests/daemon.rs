@@ -422,3 +422,215 @@ fn a_recovered_job_whose_archive_is_missing_fails_with_that_reason() {
     let history = world.wait_history(2, LONG);
     assert_eq!(history[1]["outcome"], "succeeded");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "");
+    let first = world.start_daemon("first");
+    let run = world.run(&["run"]);
+    run.assert_code(2)
+        .assert_contains("another dropdeploy daemon")
+        .assert_contains(&format!("pid {}", first.0.id()))
+        .assert_contains(&world.state.display().to_string());
+    // The first one still owns the spool and deploys.
+    world.drop_archive(&drop, "after.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "succeeded");
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+    let status = world.run(&["status"]);
+    status
+        .assert_code(0)
+        .assert_contains(&format!("daemon: running (pid {})", first.0.id()));
+}
+
+#[test]
+fn a_one_shot_deploy_never_drives_a_job_the_daemon_drives() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "");
+    // The daemon's deployment stays in its first step for the whole test.
+    world.fake.set_step(Duration::from_secs(3600));
+    let _daemon = world.start_daemon("d");
+    let bytes = std::fs::read(world.archive("same.tar.gz")).unwrap();
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::write(world.path("same.partial"), &bytes).unwrap();
+    std::fs::rename(world.path("same.partial"), drop.join("same.tar.gz")).unwrap();
+    assert!(wait_for(LONG, || world
+        .job_records()
+        .iter()
+        .any(|r| r.contains("\"state\": \"deploying\""))));
+    // The same bytes given to `deploy` with the daemon's state_dir: the unfinished job for the
+    // same archive is found, and it belongs to the daemon.
+    let copy = world.path("copy.tar.gz");
+    std::fs::write(&copy, &bytes).unwrap();
+    let run = world.run(&["deploy", "--app", "my-app", copy.to_str().unwrap()]);
+    run.assert_code(2)
+        .assert_contains("being deployed by another dropdeploy process");
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn the_same_bytes_dropped_twice_at_once_make_two_deployments_each_with_its_own_git_ref() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "queue = \"all\"");
+    // Each deployment is created, but its answer comes after the client's time-out: both jobs
+    // must find their own deployment by git_ref, never the other's.
+    for _ in 0..2 {
+        world.fake.fail_next(
+            Endpoint::CreateDeployment,
+            Fault::ProcessThenDelay(Duration::from_secs(3)),
+        );
+    }
+    let bytes = std::fs::read(world.archive("same.tar.gz")).unwrap();
+    std::fs::create_dir_all(&drop).unwrap();
+    for name in ["one.tar.gz", "two.tar.gz"] {
+        std::fs::write(world.path(name), &bytes).unwrap();
+    }
+    let _daemon = world.start_daemon("d");
+    for name in ["one.tar.gz", "two.tar.gz"] {
+        std::fs::rename(world.path(name), drop.join(name)).unwrap();
+    }
+    let history = world.wait_history(2, Duration::from_secs(60));
+    assert!(
+        history.iter().all(|h| h["outcome"] == "succeeded"),
+        "{history:#?}"
+    );
+    assert_ne!(history[0]["git_ref"], history[1]["git_ref"]);
+    assert_ne!(history[0]["deployment_id"], history[1]["deployment_id"]);
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 2, "{deployments:#?}");
+    for d in &deployments {
+        let git_ref = d.git_ref.clone().unwrap();
+        assert_eq!(world.fake.count_git_ref("my-app", &git_ref), 1);
+    }
+}
+
+#[test]
+fn a_deployment_that_never_finishes_fails_after_deploy_timeout_and_frees_the_lane() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "deploy_timeout = \"3s\"");
+    world.fake.set_step(Duration::from_secs(3600));
+    let _daemon = world.start_daemon("d");
+    world.drop_archive(&drop, "stuck.tar.gz");
+    assert!(wait_for(LONG, || world
+        .job_records()
+        .iter()
+        .any(|r| r.contains("\"state\": \"deploying\""))));
+    // While it runs, `status` names the deployment and the platform's status.
+    let deployment = world.fake.deployments("my-app")[0].id.clone();
+    let status = world.run(&["status"]);
+    status
+        .assert_code(0)
+        .assert_contains(&format!("deployment {deployment}, platform status "));
+    world.fake.set_step(Duration::from_millis(20));
+    world.drop_archive(&drop, "next.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "failed", "{history:#?}");
+    assert_eq!(history[0]["file"], "stuck.tar.gz");
+    assert_eq!(history[0]["step"], "follow");
+    let reason = history[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("deploy_timeout (3s)"), "{reason}");
+    assert!(reason.contains(&deployment), "{reason}");
+    assert!(
+        reason.contains("still `queued`") || reason.contains("still `building`"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("after 3s") || reason.contains("after 4s"),
+        "{reason}"
+    );
+    // The lane is free: the next archive gets its own deployment.
+    assert!(wait_for(LONG, || world.fake.deployments("my-app").len() == 2));
+}
+
+#[test]
+fn a_watched_tree_killed_mid_deployment_is_resumed_and_not_packed_again() {
+    let world = World::with(FakeConfig {
+        step: Duration::from_millis(400),
+        ..FakeConfig::default()
+    });
+    world.add_tree_app("web", "deploy_on_start = true");
+    let mut daemon = world.start_daemon("first");
+    assert!(wait_for(LONG, || world
+        .job_records()
+        .iter()
+        .any(|r| r.contains("\"state\": \"deploying\""))));
+    daemon.kill9();
+    let _daemon = world.start_daemon("second");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "succeeded", "{history:#?}");
+    // The restarted loop resumed the job in flight, then found the tree deployed.
+    assert!(wait_for(LONG, || world.log("second").contains("unchanged")));
+    assert_eq!(world.fake.deployments("web").len(), 1);
+    assert_eq!(world.history().len(), 1);
+}
+
+/// `dropdeploy run` as an unprivileged user (root is never refused a write), when the tests
+/// run as root; as the tests' own user otherwise.
+fn run_unprivileged(world: &World) -> support::Run {
+    use std::os::unix::fs::PermissionsExt;
+    for path in [world.dir.path(), world.config.as_path()] {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let cmd = world.command(&["run"]);
+    let mut wrapped = std::process::Command::new("setpriv");
+    if rustix::process::getuid().is_root() {
+        wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+    } else {
+        wrapped = std::process::Command::new(cmd.get_program());
+        wrapped.args(cmd.get_args());
+    }
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    let out = wrapped.stdin(std::process::Stdio::null()).output().unwrap();
+    support::Run::from_output(out, &world.fake.api_token())
+}
+
+#[test]
+fn a_state_dir_the_daemon_cannot_write_is_a_configuration_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    world.add_local_app("site", "");
+    std::fs::create_dir_all(&world.state).unwrap();
+    std::fs::set_permissions(&world.state, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let run = run_unprivileged(&world);
+    run.assert_code(2)
+        .assert_contains(&world.state.display().to_string())
+        .assert_contains("permission denied")
+        .assert_contains("the daemon runs as uid")
+        .assert_contains("chown or chmod");
+    assert!(!run.all().contains("another filesystem"), "{}", run.all());
+}
+
+#[test]
+fn a_state_dir_on_a_read_only_mount_is_a_configuration_error() {
+    let world = World::new();
+    world.add_local_app("site", "");
+    std::fs::create_dir_all(&world.state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&world.state)
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot mount a read-only tmpfs here (needs root with CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(world.state.clone());
+    let run = world.run(&["run"]);
+    run.assert_code(2)
+        .assert_contains(&world.state.display().to_string())
+        .assert_contains("read-only mount")
+        .assert_contains("ReadWritePaths=");
+}

@@ -45,7 +45,9 @@ pub enum IntakeError {
 }
 
 /// A `git_ref` for a job: `<label>-<YYYYmmddHHMMSS>-<8 hex>`, kept to `[A-Za-z0-9._-]` and never
-/// starting with `-` (it ends up in an image tag).
+/// starting with `-` (it ends up in an image tag). `hex` is the random part of the job's id, so
+/// that two jobs never share a git_ref, even for the same bytes in the same second: it is how
+/// a job recognises its own deployment after an ambiguous failure.
 pub fn make_git_ref(label: &str, at: u64, hex: &str) -> String {
     let clean: String = label
         .chars()
@@ -65,6 +67,11 @@ pub fn make_git_ref(label: &str, at: u64, hex: &str) -> String {
     };
     let short: String = hex.chars().take(8).collect();
     format!("{label}-{}-{short}", compact_utc(at))
+}
+
+/// The random part of a job id (`<YYYYmmddHHMMSS>-<8 hex>`), unique among the spool's jobs.
+fn job_nonce(id: &str) -> &str {
+    id.rsplit('-').next().unwrap_or(id)
 }
 
 /// Whether a user-chosen `git_ref` is acceptable to the platform.
@@ -142,7 +149,7 @@ pub fn enqueue_archive(
     let created_at = now();
     let git_ref = git_ref
         .map(str::to_string)
-        .unwrap_or_else(|| make_git_ref(label, created_at, &summary.sha256));
+        .unwrap_or_else(|| make_git_ref(label, created_at, job_nonce(&id)));
     let payload = Payload::Archive {
         original: file.to_path_buf(),
         summary,
@@ -211,7 +218,7 @@ pub fn enqueue_packed(
         sha256: packed.sha256,
     };
     let created_at = now();
-    let git_ref = make_git_ref(label, created_at, &summary.sha256);
+    let git_ref = make_git_ref(label, created_at, job_nonce(&id));
     let payload = Payload::Archive {
         original: root,
         summary,
@@ -241,10 +248,9 @@ pub fn enqueue_url(
 ) -> Result<Job, SpoolError> {
     let (id, tmp) = spool.new_job_dir()?;
     let created_at = now();
-    let random = format!("{:08x}", fastrand::u32(..));
     let git_ref = git_ref
         .map(str::to_string)
-        .unwrap_or_else(|| make_git_ref(label, created_at, &random));
+        .unwrap_or_else(|| make_git_ref(label, created_at, job_nonce(&id)));
     let payload = Payload::Url {
         url: url.to_string(),
     };
@@ -310,5 +316,16 @@ mod tests {
         assert!(!valid_git_ref("-x"));
         assert!(!valid_git_ref("a b"));
         assert!(!valid_git_ref(""));
+    }
+
+    #[test]
+    fn the_same_bytes_queued_twice_in_one_second_get_two_git_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let a = enqueue_url(&spool, "app", "https://x/a.tar.gz", "app", None).unwrap();
+        let b = enqueue_url(&spool, "app", "https://x/a.tar.gz", "app", None).unwrap();
+        assert_ne!(a.git_ref, b.git_ref);
+        assert!(a.git_ref.ends_with(job_nonce(&a.id)), "{}", a.git_ref);
+        assert!(b.git_ref.ends_with(job_nonce(&b.id)), "{}", b.git_ref);
     }
 }

@@ -28,6 +28,8 @@ pub struct LaneSettings {
     pub policy: QueuePolicy,
     pub retry: RetryConfig,
     pub follow_interval: Duration,
+    /// How long one deployment may run before its job fails.
+    pub deploy_timeout: Duration,
     pub keep_done: usize,
     pub target: TargetConfig,
 }
@@ -328,6 +330,41 @@ async fn accept(
     pending.push_back((job, done));
 }
 
+/// How often a lane looks again at a job that another process drives.
+const LOCKED_JOB_RECHECK: Duration = Duration::from_secs(2);
+
+/// Takes the job's lock, waiting (with a log line) while another process holds it. `None`:
+/// the daemon stops, or the job directory is gone or cannot be locked.
+async fn job_lock(
+    spool: &Spool,
+    job: &Job,
+    shutdown: &mut Shutdown,
+) -> Option<crate::lock::JobLock> {
+    let dir = spool.job_dir(&job.id);
+    let mut said = false;
+    loop {
+        match crate::lock::JobLock::try_acquire(&dir) {
+            Ok(Some(lock)) => return Some(lock),
+            Ok(None) => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::warn!(
+                        app = %job.app,
+                        job = %job.id,
+                        "another dropdeploy process is driving this job; waiting for it to let go"
+                    );
+                }
+                if !shutdown.sleep(LOCKED_JOB_RECHECK).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                tracing::error!(app = %job.app, job = %job.id, "cannot lock the job directory {}: {e}", dir.display());
+                return None;
+            }
+        }
+    }
+}
+
 /// Runs one job to its end (or to the shutdown), then records its outcome.
 async fn run_job(
     mut job: Job,
@@ -343,6 +380,17 @@ async fn run_job(
     };
     if permit.is_none() {
         return;
+    }
+    // Another process sharing the state_dir (a one-shot `deploy`) may be driving this job.
+    let Some(_lock) = job_lock(&ctx.spool, &job, &mut shutdown).await else {
+        return;
+    };
+    match ctx.spool.load(&job.id) {
+        Ok(fresh) => job = fresh,
+        Err(e) => {
+            tracing::warn!(app = %job.app, job = %job.id, "the job is gone from the spool (finished by another process?): {e}");
+            return;
+        }
     }
     let target: Box<dyn Target> = match &settings.target {
         TargetConfig::Local(local) => Box::new(ReleaseRunner::new(
@@ -368,6 +416,7 @@ async fn run_job(
                     settings.follow_interval,
                     ctx.observer.clone(),
                 )
+                .with_deploy_timeout(settings.deploy_timeout)
                 .with_shutdown(ctx.shutdown.clone()),
             )
         }

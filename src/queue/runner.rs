@@ -184,6 +184,7 @@ pub struct Runner {
     follow: bool,
     shutdown: Shutdown,
     output: bool,
+    deploy_timeout: Duration,
 }
 
 impl Runner {
@@ -203,7 +204,15 @@ impl Runner {
             follow: true,
             shutdown: Shutdown::never(),
             output: false,
+            deploy_timeout: crate::config::DEFAULT_DEPLOY_TIMEOUT,
         }
+    }
+
+    /// Give up following a deployment that has not finished `limit` after it was created
+    /// (or adopted): the job fails, naming the last platform status and the time waited.
+    pub fn with_deploy_timeout(mut self, limit: Duration) -> Self {
+        self.deploy_timeout = limit;
+        self
     }
 
     /// While following, also fetch the build output and report its new lines as they come
@@ -345,6 +354,7 @@ impl Runner {
                 job.state = JobState::DeployRequested {
                     source_url,
                     source_at,
+                    requested_at: Some(now()),
                 };
                 self.spool.save(job)?;
                 self.post_deployment(job).await
@@ -458,21 +468,47 @@ impl Runner {
             .list_deployments(&job.app, 1, ADOPT_SEARCH)
             .await
             .map_err(|e| api_failure(Step::CreateDeployment, e))?;
-        Ok(page
-            .deployments
-            .into_iter()
-            .find(|d| d.git_ref.as_deref() == Some(job.git_ref.as_str())))
+        let requested_at = match job.state {
+            JobState::DeployRequested { requested_at, .. } => requested_at,
+            _ => None,
+        };
+        Ok(page.deployments.into_iter().find(|d| {
+            d.git_ref.as_deref() == Some(job.git_ref.as_str())
+                && !created_before(d.created_at.as_deref(), requested_at)
+        }))
     }
 
     async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
-        let JobState::Deploying { deployment_id, .. } = job.state.clone() else {
+        let JobState::Deploying {
+            deployment_id,
+            platform_status,
+            since,
+        } = job.state.clone()
+        else {
             return unreachable_state(&job.state);
         };
         self.observer.event(job, &Event::Step(Step::Follow));
+        // A record from before the limit existed has no start: it counts from now.
+        let since = match since {
+            Some(at) => at,
+            None => {
+                let at = now();
+                job.state = JobState::Deploying {
+                    deployment_id: deployment_id.clone(),
+                    platform_status: platform_status.clone(),
+                    since: Some(at),
+                };
+                self.spool.save(job)?;
+                at
+            }
+        };
         let mut last_status = String::new();
         let mut shutdown = self.shutdown.clone();
         let mut shown_lines = 0usize;
         loop {
+            if let Some(failure) = self.overdue(job, since) {
+                return Err(StepError::Permanent(failure));
+            }
             let deployment = self
                 .client
                 .get_deployment(&job.app, &deployment_id)
@@ -493,6 +529,14 @@ impl Runner {
                 }
             }
             if deployment.status != last_status {
+                if let JobState::Deploying {
+                    platform_status, ..
+                } = &mut job.state
+                    && platform_status.as_deref() != Some(deployment.status.as_str())
+                {
+                    *platform_status = Some(deployment.status.clone());
+                    self.spool.save(job)?;
+                }
                 self.observer.event(
                     job,
                     &Event::Status {
@@ -505,7 +549,9 @@ impl Runner {
                 // Stopping leaves the deployment running on the platform; the job stays
                 // `deploying` and is followed again after the restart.
                 Phase::Running => {
-                    if !shutdown.sleep(self.follow_interval).await {
+                    let waited = Duration::from_secs(now().saturating_sub(since));
+                    let left = self.deploy_timeout.saturating_sub(waited);
+                    if !shutdown.sleep(self.follow_interval.min(left)).await {
                         return Ok(());
                     }
                 }
@@ -517,6 +563,37 @@ impl Runner {
                 Phase::Failed => return self.deployment_failed(job, deployment).await,
             }
         }
+    }
+
+    /// The failure of a deployment followed for longer than the limit, if it is.
+    fn overdue(&self, job: &Job, since: Timestamp) -> Option<Failure> {
+        let waited = Duration::from_secs(now().saturating_sub(since));
+        if waited < self.deploy_timeout {
+            return None;
+        }
+        let JobState::Deploying {
+            deployment_id,
+            platform_status,
+            ..
+        } = &job.state
+        else {
+            return None;
+        };
+        let status = platform_status.as_deref().unwrap_or("unknown");
+        Some(Failure {
+            step: Step::Follow,
+            reason: format!(
+                "deployment {deployment_id} did not finish within deploy_timeout ({}): still \
+                 `{status}` after {}; stopped waiting for it (the platform may still finish it)",
+                humantime::format_duration(self.deploy_timeout),
+                humantime::format_duration(waited),
+            ),
+            status: Some(status.to_string()),
+            deployment_id: Some(deployment_id.clone()),
+            log_tail: Vec::new(),
+            http_status: None,
+            gave_up: true,
+        })
     }
 
     async fn deployment_failed(
@@ -553,6 +630,26 @@ impl Runner {
         self.spool.save(job)?;
         Ok(())
     }
+}
+
+/// Clocks differ between this machine and the platform: a deployment counts as made before
+/// the request only when it is older by more than this.
+const CLOCK_SKEW: u64 = 300;
+
+/// Whether a deployment's `created_at` (RFC 3339) is clearly before the job asked for one, so
+/// it belongs to an earlier job that used the same (user-chosen) git_ref. Unknown: no.
+fn created_before(created_at: Option<&str>, requested_at: Option<Timestamp>) -> bool {
+    let (Some(created), Some(requested)) = (created_at, requested_at) else {
+        return false;
+    };
+    let Ok(created) = humantime::parse_rfc3339_weak(created) else {
+        return false;
+    };
+    let created = created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    created + CLOCK_SKEW < requested
 }
 
 fn deployment_id_of(state: &JobState) -> Option<String> {
@@ -688,6 +785,7 @@ mod tests {
         let requested = JobState::DeployRequested {
             source_url: "d".into(),
             source_at: Some(t),
+            requested_at: Some(t),
         };
         assert_eq!(next_action(&job(requested, false), t), Action::FindOrPost);
         let deploying = JobState::Deploying {
@@ -702,6 +800,17 @@ mod tests {
         assert_eq!(next_action(&job(done, false), t), Action::Done);
         let superseded = JobState::Superseded { by: "k".into() };
         assert_eq!(next_action(&job(superseded, true), t), Action::Done);
+    }
+
+    #[test]
+    fn only_a_deployment_made_after_the_request_can_be_adopted() {
+        let at = 1_700_000_000; // 2023-11-14T22:13:20Z
+        assert!(created_before(Some("2023-11-14T21:00:00Z"), Some(at)));
+        assert!(!created_before(Some("2023-11-14T22:12:00.123Z"), Some(at)));
+        assert!(!created_before(Some("2023-11-14T23:00:00Z"), Some(at)));
+        assert!(!created_before(None, Some(at)));
+        assert!(!created_before(Some("2023-11-14T21:00:00Z"), None));
+        assert!(!created_before(Some("yesterday"), Some(at)));
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub enum JobState {
         /// When the uploaded source was created; `None` for a URL given by the user.
         #[serde(default)]
         source_at: Option<Timestamp>,
+        /// When the deployment was first requested: a deployment created well before it is
+        /// not this job's, whatever its git_ref says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_at: Option<Timestamp>,
     },
     /// The platform accepted the deployment; follow it.
     Deploying {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::inspect::Limits;
 use crate::archive::pack::{PackOptions, tree_digest};
 use crate::queue::intake::{IntakeError, enqueue_packed};
-use crate::queue::spool::{Job, JobState, Spool};
+use crate::queue::spool::{Job, JobState, Payload, Spool};
 use crate::shutdown::Shutdown;
 use crate::source::tree::{Burst, TreeWatcher};
 
@@ -77,6 +77,39 @@ pub fn last_deployed_digest(state_dir: &Path, app: &str) -> Option<String> {
         .map(|l| l.digest)
 }
 
+/// Remembers a finished job's tree as the one deployed, if it was packed from a tree and
+/// succeeded. Called before the job leaves the spool (by whoever records its outcome), so a
+/// crash at any point never forgets a deployed tree and redeploys it.
+pub fn remember_success(state_dir: &Path, job: &Job) -> std::io::Result<()> {
+    match (&job.state, tree_digest_of(job)) {
+        (JobState::Succeeded { .. }, Some(digest)) => {
+            remember(state_dir, &job.app, digest, &job.id)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The content digest of a job packed from a watched tree.
+pub fn tree_digest_of(job: &Job) -> Option<&str> {
+    match &job.payload {
+        Payload::Archive { tree_digest, .. } => tree_digest.as_deref(),
+        Payload::Url { .. } => None,
+    }
+}
+
+/// The jobs packed from `app`'s tree that are not finished (a stop or a crash interrupted
+/// them), oldest first. The loop resumes them before anything else, and their content counts
+/// as deployed-or-deploying: the same tree is never packed into a second job meanwhile.
+pub fn unfinished_jobs(spool: &Spool, app: &str) -> Vec<Job> {
+    let Ok(jobs) = spool.jobs() else {
+        return Vec::new();
+    };
+    jobs.into_iter()
+        .flatten()
+        .filter(|job| job.app == app && !job.state.is_finished() && tree_digest_of(job).is_some())
+        .collect()
+}
+
 fn remember(state_dir: &Path, app: &str, digest: &str, job: &str) -> std::io::Result<()> {
     let path = last_path(state_dir, app);
     if let Some(dir) = path.parent() {
@@ -107,6 +140,29 @@ pub async fn run<D, F>(
     F: Future<Output = Option<JobState>>,
 {
     let mut last = last_deployed_digest(&cfg.state_dir, &cfg.app);
+    let (spool2, app2) = (spool.clone(), cfg.app.clone());
+    let recovered = tokio::task::spawn_blocking(move || unfinished_jobs(&spool2, &app2))
+        .await
+        .unwrap_or_default();
+    for job in recovered {
+        // In flight counts as deployed: whatever its end, this content is not packed again
+        // until the tree changes.
+        let digest = tree_digest_of(&job).map(str::to_string);
+        last = digest.clone().or(last);
+        let id = job.id.clone();
+        let Some(state) = deploy(job).await else {
+            return;
+        };
+        on(&TreeEvent::Finished {
+            job_id: &id,
+            state: &state,
+        });
+        if let (JobState::Succeeded { .. }, Some(digest)) = (&state, digest)
+            && let Err(e) = remember(&cfg.state_dir, &cfg.app, &digest, &id)
+        {
+            tracing::warn!(app = %cfg.app, "cannot remember the deployed tree's digest: {e}");
+        }
+    }
     let mut due = cfg.deploy_on_start;
     let mut starting = due;
     loop {
@@ -186,10 +242,7 @@ pub async fn run<D, F>(
             job: &job,
             elapsed: started.elapsed(),
         });
-        let digest = match &job.payload {
-            crate::queue::spool::Payload::Archive { tree_digest, .. } => tree_digest.clone(),
-            crate::queue::spool::Payload::Url { .. } => None,
-        };
+        let digest = tree_digest_of(&job).map(str::to_string);
         let id = job.id.clone();
         let Some(state) = deploy(job).await else {
             return;
