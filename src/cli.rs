@@ -18,6 +18,24 @@ use crate::queue::runner::{Event, Observer, Runner};
 use crate::queue::spool::{Job, JobState, Spool, Step};
 use crate::target::scalingo::api::ScalingoClient;
 
+// Every line this module prints goes through the redaction, so a token pasted into any setting
+// or argument never reaches the terminal: these shadow the standard macros in this file.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        ::std::eprintln!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+macro_rules! println {
+    ($($arg:tt)*) => {
+        ::std::println!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        ::std::print!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+
 /// Exit status: the deployment succeeded (or the archive is fine).
 pub const EXIT_OK: u8 = 0;
 /// Exit status: the deployment failed or was refused (bad archive, failure status, a
@@ -247,7 +265,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let journal = crate::service::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every format (text, JSON, journal) writes through the redaction.
+        .with_writer(crate::redact::RedactingMakeWriter::new(std::io::stderr))
         .with_ansi(!journal && std::io::stderr().is_terminal());
     match format {
         LogFormat::Text if journal => builder
@@ -1042,7 +1061,7 @@ impl Printer {
 
     fn line(&self, text: &str) {
         match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.println(text),
+            Some(bar) => bar.println(crate::redact::redact(text)),
             None => println!("{text}"),
         }
     }

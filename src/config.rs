@@ -30,6 +30,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::hooks::{DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HookConfig};
+use crate::redact::{redact, redact_owned};
 
 /// The default ceiling on an archive's uncompressed size: the platform's 300 MB.
 pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 314_572_800;
@@ -339,7 +340,10 @@ impl Config {
         let mut warnings = Vec::new();
         let left = LeftForEnv::default();
         apply_env(&mut config, left, env, &mut report, &mut warnings);
-        report.finish().map(|()| Loaded { config, warnings })
+        report.finish().map(|()| Loaded {
+            config,
+            warnings: warnings.into_iter().map(redact_owned).collect(),
+        })
     }
 
     /// Read and validate a file, then apply the environment.
@@ -364,7 +368,10 @@ impl Config {
         config.file = Some(origin.to_path_buf());
         config.scalingo.config_file = Some(origin.to_path_buf());
         apply_env(&mut config, left, env, &mut report, &mut warnings);
-        report.finish().map(|()| Loaded { config, warnings })
+        report.finish().map(|()| Loaded {
+            config,
+            warnings: warnings.into_iter().map(redact_owned).collect(),
+        })
     }
 
     /// The `[[app]]` of this name, if any.
@@ -441,7 +448,7 @@ impl fmt::Debug for Env {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read: `cannot read config file X: No such file or directory`.
-    #[error("cannot read config file {}: {}", .path.display(), io_reason(.io))]
+    #[error("cannot read config file {}: {}", redact(&.path.display().to_string()), io_reason(.io))]
     Read {
         /// The file.
         path: PathBuf,
@@ -506,7 +513,7 @@ fn render_problems(problems: &[Problem]) -> String {
 fn config_file_name(file: Option<&Path>) -> String {
     file.map_or_else(
         || "a config file (--config FILE)".to_string(),
-        |file| file.display().to_string(),
+        |file| redact(&file.display().to_string()).into_owned(),
     )
 }
 
@@ -535,21 +542,22 @@ impl<'a> Report<'a> {
         }
     }
 
-    /// A problem at a byte span of the text.
+    /// A problem at a byte span of the text. Its message quotes values as given, so it is
+    /// redacted: a token pasted into the wrong setting is not echoed.
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.problems.push(Problem {
-            origin: self.origin.clone(),
+            origin: redact_owned(self.origin.clone()),
             position: Some(position(self.text, span.start)),
-            message: message.into(),
+            message: redact_owned(message.into()),
         });
     }
 
-    /// A problem with an origin of its own (an environment variable).
+    /// A problem with an origin of its own (an environment variable), redacted as for `at`.
     fn env(&mut self, variable: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             origin: format!("${variable}"),
             position: None,
-            message: message.into(),
+            message: redact_owned(message.into()),
         });
     }
 

@@ -43,6 +43,11 @@
 //!   history entry as JSON (retried on transient errors) and/or a command run without a shell
 //!   with `DROPDEPLOY_*` variables. Fire-and-forget: a hook never changes a job's outcome, and
 //!   never sees the API token.
+//! - [`redact`]: the one function that replaces anything shaped like a Scalingo API token
+//!   (`tk-us-…`) or a bearer JWT with a fixed marker. It is applied where text leaves the
+//!   process, whatever setting or answer the text came from: every log line (a wrapped log
+//!   writer), every line the CLI prints, configuration errors, history lines, reason files and
+//!   job records. So a token pasted into the wrong setting is never echoed.
 //! - [`shutdown`]: the stop signal handed to every task, checked between steps.
 //! - [`lock`]: one daemon per `state_dir` and one driver per job, with `flock(2)` locks the
 //!   kernel releases when their holder dies.
@@ -65,6 +70,7 @@ pub mod lock;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;
+pub mod redact;
 pub mod service;
 pub mod shutdown;
 pub mod source;

@@ -501,7 +501,8 @@ mod tests {
         let error = ApiError::Timeout {
             what: "upload",
             url: "https://storage.example".into(),
-            after: Duration::from_secs(1),
+            waited: Duration::from_secs(1),
+            limit: Duration::from_secs(1),
         };
         observer.event(
             &job,

@@ -6,7 +6,9 @@
 //! 1. the archive moves from the spool back to its drop folder, into `done/` (succeeded,
 //!    superseded) or `failed/` (failed), under its original name or, if that is taken,
 //!    `name.1.tar.gz`, `name.2.tar.gz`, … (an existing file is never overwritten);
-//! 2. for a failure, `failed/<final name>.reason.txt` says what went wrong and what to do;
+//! 2. for a failure, `failed/<final name>.reason.txt` says what went wrong and what to do. It
+//!    is written (complete, atomically) before the archive moves in, once its name is chosen:
+//!    whoever sees a failed archive can read its reason;
 //! 3. one JSON line ([`HistoryEntry`]) is appended to `<state_dir>/history.jsonl`;
 //! 4. one tracing event is logged (INFO for a success, WARN otherwise);
 //! 5. `done/` is pruned to the newest `keep_done` archives (`failed/` is never pruned);
@@ -36,6 +38,7 @@ use crate::archive::inspect::Rejection;
 use crate::queue::spool::{
     ARCHIVE_NAME, Failure, Job, JobState, Payload, Spool, SpoolError, Step, Timestamp, compact_utc,
 };
+use crate::redact::{redact, redact_owned, redact_vec};
 
 /// The history file's name inside the state directory.
 pub const HISTORY_NAME: &str = "history.jsonl";
@@ -303,11 +306,20 @@ impl Outcomes {
             let src = self.spool.archive_path(&job.id);
             if exists(&src)? {
                 let previous = progress.entry.moved_to.as_ref().map(PathBuf::from);
+                // The reason is fixed by the entry (itself fixed in the progress record), so a
+                // re-run writes the same text and recognises a reason file it wrote before.
+                let entry = progress.entry.clone();
+                let reason = |dest: &Path| match &job.state {
+                    JobState::Failed(failure) => Some(redact_owned(reason_text(
+                        &entry, original, dest, &dir, failure,
+                    ))),
+                    _ => None,
+                };
                 let dest = place(
                     &src,
                     &dest_dir,
                     &name,
-                    outcome == Outcome::Failed,
+                    &reason,
                     previous.as_deref(),
                     |dest| {
                         progress.entry.moved_to = Some(dest.to_string_lossy().into_owned());
@@ -324,14 +336,17 @@ impl Outcomes {
 
         crash_point("move")?;
 
-        // 2. The reason beside a failed archive.
+        // 2. The reason beside a failed archive: written by `place` before the archive moved
+        // in. Only an archive moved by an older version, which wrote it after, may lack it.
         if let (JobState::Failed(failure), Some(dest), Some(dir)) = (&job.state, &placed, &drop_dir)
+            && !exists(&reason_path(dest))?
         {
             let original = match &job.payload {
                 Payload::Archive { original, .. } => original.as_path(),
                 Payload::Url { .. } => Path::new(""),
             };
-            let text = reason_text(&progress.entry, original, dest, dir, failure);
+            let text =
+                redact(&reason_text(&progress.entry, original, dest, dir, failure)).into_owned();
             write_atomic(&reason_path(dest), text.as_bytes())?;
         }
 
@@ -407,25 +422,22 @@ impl Outcomes {
                 )
             });
         let (drop_dir, name) = drop_place(original);
-        let dest = place(kept, &drop_dir.join(FAILED_DIR), &name, true, None, |_| {
-            Ok(())
-        })?;
-        let entry = HistoryEntry {
+        let mut entry = HistoryEntry {
             time: rfc3339_utc(finished_ms / 1000),
-            app: app.to_string(),
+            app: redact_owned(app.to_string()),
             job,
-            file: name.to_string_lossy().into_owned(),
+            file: redact_owned(name.to_string_lossy().into_owned()),
             git_ref: None,
             outcome: Outcome::Failed,
             status: None,
             deployment_id: None,
             step: Some(step_name(Step::Inspect)),
-            reason: Some(rejection.reason.clone()),
+            reason: Some(redact_owned(rejection.reason.clone())),
             attempts: 0,
             duration_ms: 0,
             sha256: None,
             bytes: Some(bytes),
-            moved_to: Some(dest.to_string_lossy().into_owned()),
+            moved_to: None,
         };
         let failure = Failure {
             step: Step::Inspect,
@@ -436,8 +448,20 @@ impl Outcomes {
             http_status: None,
             gave_up: false,
         };
-        let text = reason_text(&entry, original, &dest, &drop_dir, &failure);
-        write_atomic(&reason_path(&dest), text.as_bytes())?;
+        let reason = |dest: &Path| {
+            Some(redact_owned(reason_text(
+                &entry, original, dest, &drop_dir, &failure,
+            )))
+        };
+        let dest = place(
+            kept,
+            &drop_dir.join(FAILED_DIR),
+            &name,
+            &reason,
+            None,
+            |_| Ok(()),
+        )?;
+        entry.moved_to = Some(dest.to_string_lossy().into_owned());
         append_history(&self.history_path(), &entry)?;
         log_entry(&entry, Some(&Step::Inspect.to_string()));
         // Only a job directory being made (`<spool>/.new-<id>/`), its archive gone: what is
@@ -827,17 +851,19 @@ fn entry_for(job: &Job, finished_ms: u64) -> HistoryEntry {
         }
         Payload::Url { .. } => (None, None),
     };
+    // The entry is written to the progress record, the history and the reason file: its texts
+    // are redacted once here (paths such as `moved_to` are not, being needed to find the file).
     HistoryEntry {
         time: rfc3339_utc(finished_ms / 1000),
-        app: job.app.clone(),
+        app: redact_owned(job.app.clone()),
         job: job.id.clone(),
-        file: file_label(job),
+        file: redact_owned(file_label(job)),
         git_ref: Some(job.git_ref.clone()),
         outcome,
         status,
         deployment_id,
         step,
-        reason,
+        reason: reason.map(redact_owned),
         attempts: attempts(job),
         duration_ms: finished_ms.saturating_sub(job.created_at.saturating_mul(1000)),
         sha256,
@@ -919,16 +945,18 @@ fn reason_path(archive: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Moves `src` into `dir` under `name`, or the first free suffixed name, never replacing a file
-/// (with `with_reason`, a name whose reason file exists counts as taken). `before` is called
-/// with each destination before the move is tried, to persist it. If `previous` (the
-/// destination an earlier run chose) already is `src` (linked, the spool's name not yet
-/// removed), only the spool's name goes.
+/// Moves `src` into `dir` under `name`, or the first free suffixed name, never replacing a file.
+/// When `reason` gives a text for a destination (a failed archive), that reason file is written
+/// first, exclusively and complete, and only then the archive moved in: the archive's arrival
+/// means its reason is there, and a name whose reason file holds another text counts as taken.
+/// `before` is called with each destination before anything is written for it, to persist it.
+/// `previous` (the destination an earlier run chose) is tried first; if it already is `src`
+/// (linked, the spool's name not yet removed), only the spool's name goes.
 fn place(
     src: &Path,
     dir: &Path,
     name: &OsStr,
-    with_reason: bool,
+    reason: &dyn Fn(&Path) -> Option<String>,
     previous: Option<&Path>,
     mut before: impl FnMut(&Path) -> Result<(), OutcomeError>,
 ) -> Result<PathBuf, OutcomeError> {
@@ -941,12 +969,25 @@ fn place(
         return Ok(previous.to_path_buf());
     }
     ensure_dir(dir)?;
-    for n in 0..=MAX_SUFFIX {
-        let dest = dir.join(suffixed(name, n));
-        if exists(&dest)? || (with_reason && exists(&reason_path(&dest))?) {
+    let candidates = previous
+        .filter(|p| p.parent() == Some(dir))
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain((0..=MAX_SUFFIX).map(|n| dir.join(suffixed(name, n))));
+    for dest in candidates {
+        let text = reason(&dest);
+        if exists(&dest)? {
+            // Taken by another archive: a reason written for it by an earlier run goes.
+            release_reason(&dest, text.as_deref())?;
             continue;
         }
         before(&dest)?;
+        if let Some(text) = &text
+            && !claim_reason(&reason_path(&dest), text)?
+        {
+            continue;
+        }
+        crash_point("reason")?;
         // A hard link fails on an existing name where rename would silently replace it, so two
         // outcomes landing on one name at once cannot overwrite each other.
         match fs::hard_link(src, &dest) {
@@ -956,10 +997,14 @@ fn place(
                 sync_dir(src_dir)?;
                 return Ok(dest);
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                release_reason(&dest, text.as_deref())?;
+                continue;
+            }
             Err(_) => {
                 // No hard links on this filesystem: rename, the name having just been free.
                 if exists(&dest)? {
+                    release_reason(&dest, text.as_deref())?;
                     continue;
                 }
                 fs::rename(src, &dest).map_err(io_err("cannot move the archive to", &dest))?;
@@ -975,6 +1020,72 @@ fn place(
         name: name.to_string_lossy().into_owned(),
         tried: MAX_SUFFIX,
     })
+}
+
+/// Makes `path` hold `text` unless it holds something else: true when it now holds `text`
+/// (written now, or by an earlier run of the same outcome), false when another archive's reason
+/// is there. The text appears whole or not at all: a complete, synced temporary file is
+/// hard-linked to the name, which fails on an existing name instead of replacing it.
+fn claim_reason(path: &Path, text: &str) -> Result<bool, OutcomeError> {
+    let holds_text = |path: &Path| -> Result<Option<bool>, OutcomeError> {
+        match fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes == text.as_bytes())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", path)(e)),
+        }
+    };
+    if let Some(ours) = holds_text(path)? {
+        return Ok(ours);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or(OsStr::new("reason")));
+    tmp_name.push(format!(".{:08x}.tmp", fastrand::u32(..)));
+    let tmp = dir.join(tmp_name);
+    let mut file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    file.write_all(text.as_bytes())
+        .map_err(io_err("cannot write", &tmp))?;
+    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    drop(file);
+    let claimed = match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            holds_text(path).map(|ours| ours.unwrap_or(false))
+        }
+        // No hard links on this filesystem: rename, the name having just been free.
+        Err(_) => match holds_text(path) {
+            Ok(Some(ours)) => Ok(ours),
+            Ok(None) => fs::rename(&tmp, path)
+                .map(|()| true)
+                .map_err(io_err("cannot rename into", path)),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = fs::remove_file(&tmp)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        return Err(io_err("cannot remove", &tmp)(e));
+    }
+    sync_dir(dir)?;
+    claimed
+}
+
+/// Removes the reason file of `archive` if it holds `text` (ours, for a name that turned out
+/// taken), so that it never describes another archive.
+fn release_reason(archive: &Path, text: Option<&str>) -> Result<(), OutcomeError> {
+    let Some(text) = text else {
+        return Ok(());
+    };
+    let path = reason_path(archive);
+    match fs::read(&path) {
+        Ok(bytes) if bytes == text.as_bytes() => {
+            fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot read", &path)(e)),
+    }
 }
 
 #[cfg(unix)]
@@ -1312,11 +1423,12 @@ fn save_progress(path: &Path, progress: &Progress) -> Result<(), OutcomeError> {
 /// Appends `entry` as one line, in one write, and fsyncs. A last line left without its newline
 /// (a write cut short) is closed first, so the new line never glues onto it.
 fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), OutcomeError> {
-    let mut line = serde_json::to_vec(entry).map_err(|source| OutcomeError::Json {
+    let line = serde_json::to_vec(entry).map_err(|source| OutcomeError::Json {
         action: "cannot write a history line to",
         path: path.to_path_buf(),
         source,
     })?;
+    let mut line = redact_vec(line);
     line.push(b'\n');
     let created = !exists(path)?;
     let mut file = OpenOptions::new()
@@ -1598,18 +1710,28 @@ mod tests {
         fs::write(failed.join("app.tar.gz"), "old").unwrap();
         fs::write(failed.join("app.1.tar.gz.reason.txt"), "stale").unwrap();
         let mut seen = Vec::new();
-        let dest = place(&src, &failed, OsStr::new("app.tar.gz"), true, None, |d| {
+        let why = |d: &Path| Some(format!("why {}", d.display()));
+        let dest = place(&src, &failed, OsStr::new("app.tar.gz"), &why, None, |d| {
             seen.push(d.to_path_buf());
             Ok(())
         })
         .unwrap();
         assert_eq!(dest, failed.join("app.2.tar.gz"));
-        assert_eq!(seen, std::slice::from_ref(&dest));
+        // app.1 was tried (persisted first), then found taken by its reason file.
+        assert_eq!(seen, vec![failed.join("app.1.tar.gz"), dest.clone()]);
         assert_eq!(
             fs::read_to_string(failed.join("app.tar.gz")).unwrap(),
             "old"
         );
+        assert_eq!(
+            fs::read_to_string(failed.join("app.1.tar.gz.reason.txt")).unwrap(),
+            "stale"
+        );
         assert_eq!(fs::read_to_string(&dest).unwrap(), "new");
+        assert_eq!(
+            fs::read_to_string(reason_path(&dest)).unwrap(),
+            format!("why {}", dest.display())
+        );
         assert!(!src.exists());
 
         // Crash after the link, before the spool's name was removed.
@@ -1618,7 +1740,7 @@ mod tests {
             &src,
             &failed,
             OsStr::new("app.tar.gz"),
-            true,
+            &why,
             Some(&dest),
             |_| Ok(()),
         )
@@ -1626,6 +1748,36 @@ mod tests {
         assert_eq!(again, dest);
         assert!(!src.exists());
         assert!(!failed.join("app.3.tar.gz").exists());
+    }
+
+    #[test]
+    fn a_name_taken_after_its_reason_was_written_loses_that_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("archive.tar.gz");
+        fs::write(&src, "new").unwrap();
+        let failed = dir.path().join("failed");
+        fs::create_dir(&failed).unwrap();
+        let why = |d: &Path| Some(format!("why {}", d.display()));
+        // An earlier run chose app.tar.gz and wrote its reason; then a person dropped a file
+        // of that name into failed/ before the archive moved in.
+        let chosen = failed.join("app.tar.gz");
+        assert!(claim_reason(&reason_path(&chosen), &format!("why {}", chosen.display())).unwrap());
+        fs::write(&chosen, "someone else's").unwrap();
+        let dest = place(
+            &src,
+            &failed,
+            OsStr::new("app.tar.gz"),
+            &why,
+            Some(&chosen),
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(dest, failed.join("app.1.tar.gz"));
+        assert!(
+            !reason_path(&chosen).exists(),
+            "no reason describes the other file"
+        );
+        assert!(reason_path(&dest).exists());
     }
 
     #[test]
@@ -1748,6 +1900,45 @@ mod tests {
             Some(&*failed.join("app.tar.gz").to_string_lossy())
         );
         assert!(!outcomes.spool.job_dir(&job.id).exists());
+    }
+
+    #[test]
+    fn a_crash_between_the_reason_and_the_move_finishes_under_the_same_name() {
+        let failure = Failure {
+            step: Step::Upload,
+            reason: "upload: HTTP 500".into(),
+            status: None,
+            deployment_id: None,
+            log_tail: Vec::new(),
+            http_status: Some(500),
+            gave_up: false,
+        };
+        let (dir, outcomes, job) = finished_job(JobState::Failed(failure));
+        let failed = dir.path().join("drop/failed");
+        let err = crash_after("reason", || outcomes.record(&job, 5)).unwrap_err();
+        assert!(err.to_string().contains("simulated crash"), "{err}");
+        // The reason is there, complete; the archive is not yet.
+        let reason = fs::read_to_string(failed.join("app.tar.gz.reason.txt")).unwrap();
+        assert!(reason.contains("upload: HTTP 500"), "{reason}");
+        assert!(!failed.join("app.tar.gz").exists());
+
+        let entry = outcomes.record(&job, 5).unwrap();
+        let mut names: Vec<_> = fs::read_dir(&failed)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["app.tar.gz", "app.tar.gz.reason.txt"]);
+        assert_eq!(
+            fs::read_to_string(failed.join("app.tar.gz.reason.txt")).unwrap(),
+            reason,
+            "the same reason, not a second one"
+        );
+        assert_eq!(
+            entry.moved_to.as_deref(),
+            Some(&*failed.join("app.tar.gz").to_string_lossy())
+        );
+        assert_eq!(history_lines(&outcomes).len(), 1);
     }
 
     #[test]

@@ -160,7 +160,8 @@ impl Notifier {
     /// breaks and other control characters become spaces, so that a message can never carry
     /// another assignment.
     pub fn status(&self, text: &str) {
-        let text = one_line(text);
+        // App names and errors end up here: shown by `systemctl status`, so redacted.
+        let text = one_line(&crate::redact::redact(text));
         self.send(&[NotifyState::Status(&text)]);
     }
 

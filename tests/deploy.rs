@@ -475,3 +475,130 @@ fn transient_errors_past_the_budget_give_up_with_exit_3() {
         .assert_contains("503");
     assert_eq!(world.fake.stats().sources_created, 0);
 }
+
+#[test]
+fn a_401_right_after_a_fresh_exchange_is_retried_not_a_failure() {
+    let world = World::new();
+    // The first request, with a bearer just exchanged, and the one after a re-exchange.
+    for _ in 0..2 {
+        world
+            .fake
+            .fail_next(Endpoint::CreateSource, Fault::ExpiredJwt);
+    }
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(0)
+        .assert_contains("freshly exchanged bearer token")
+        .assert_contains("success: deployment");
+    let stats = world.fake.stats();
+    assert_eq!(stats.unauthorized, 2);
+    // One exchange per bearer refused, plus the first.
+    assert_eq!(stats.exchanges, 3);
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
+fn a_refused_exchange_fails_at_once_and_is_not_retried() {
+    let world = World::new();
+    let run = world
+        .command(&["deploy", "--app", "my-app"])
+        .arg(world.archive("a.tar.gz"))
+        .env("SCALINGO_API_TOKEN", "tk-us-not-the-right-one-0123456789")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("the API token was refused"), "{stdout}");
+    let stats = world.fake.stats();
+    assert_eq!(stats.exchange_failures, 1, "one exchange, not a loop");
+    assert_eq!(stats.sources_created, 0);
+}
+
+#[test]
+fn an_api_that_keeps_refusing_fresh_bearers_gives_up_within_the_budget() {
+    let world = World::new();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace("budget = \"30s\"", "budget = \"1s\""),
+    )
+    .unwrap();
+    for _ in 0..500 {
+        world
+            .fake
+            .fail_next(Endpoint::CreateSource, Fault::ExpiredJwt);
+    }
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(3)
+        .assert_contains("gave up after")
+        .assert_contains("freshly exchanged bearer token");
+    let stats = world.fake.stats();
+    // Each try re-exchanges once: bounded by the tries, which the budget bounds.
+    assert_eq!(stats.exchanges, stats.unauthorized);
+    assert!(stats.unauthorized < 500, "{stats:?}");
+    assert_eq!(stats.sources_created, 0);
+}
+
+/// A gzip-compressed tar of `size` random bytes (incompressible): `app/noise`.
+fn noise_archive(world: &World, name: &str, size: usize) -> std::path::PathBuf {
+    let path = world.path(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let body: Vec<u8> = (0..size).map(|_| fastrand::u8(..)).collect();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(body.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "app/noise", &body[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+/// The seconds in `… no answer from … after 5.0 s …` of the first such line.
+fn waited_seconds(text: &str, what: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("{what}: no answer from")))
+        .unwrap_or_else(|| panic!("no {what} time-out in:\n{text}"));
+    let after = line.split(" after ").nth(1).unwrap();
+    after.split(" s").next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_upload_time_out_names_the_time_waited() {
+    let world = World::new();
+    // 200 KiB at the slowest tolerated rate (64 KiB/s) adds 3 s to the 2 s time-out.
+    let archive = noise_archive(&world, "big.tar.gz", 200 * 1024);
+    world
+        .fake
+        .fail_next(Endpoint::Upload, Fault::Delay(Duration::from_secs(60)));
+    let started = std::time::Instant::now();
+    let run = deploy(&world, "my-app", &archive);
+    let elapsed = started.elapsed().as_secs_f64();
+    run.assert_code(0);
+    let waited = waited_seconds(&run.all(), "upload");
+    assert!(
+        (5.0..=elapsed).contains(&waited),
+        "waited {waited} s: the 5 s limit, within the {elapsed:.1} s run\n{}",
+        run.all()
+    );
+    assert_eq!(world.fake.stats().uploads_ok, 1);
+}
+
+#[test]
+fn a_token_exchange_time_out_names_the_time_waited() {
+    let world = World::new();
+    world
+        .fake
+        .fail_next(Endpoint::Exchange, Fault::Delay(Duration::from_secs(60)));
+    let run = deploy(&world, "my-app", &world.archive("a.tar.gz"));
+    run.assert_code(0);
+    // The client's 2 s time-out, not the "0s" the exchange used to report.
+    let waited = waited_seconds(&run.all(), "token exchange");
+    assert!(
+        (2.0..3.0).contains(&waited),
+        "waited {waited} s\n{}",
+        run.all()
+    );
+}

@@ -544,3 +544,79 @@ fn status_without_a_spool_or_history_is_all_empty() {
         "a\n  in flight: none\n  pending:   none\n  last:      none recorded\n"
     );
 }
+
+#[test]
+fn a_failed_archive_never_shows_in_failed_before_its_reason() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = Arc::new(World::new());
+    let failed = w.drop.join("failed");
+    // Every job has the same name: the later ones get suffixes, chosen while others land.
+    let jobs: Vec<Job> = (0..16)
+        .map(|_| {
+            w.job(
+                "my-app",
+                "app.tar.gz",
+                JobState::Failed(build_error()),
+                None,
+            )
+        })
+        .collect();
+
+    // A script watching failed/: whenever it sees an archive, its reason must be there.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (failed, stop) = (failed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut sightings, mut missing) = (0usize, std::collections::BTreeSet::new());
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(entries) = fs::read_dir(&failed) else {
+                    std::thread::yield_now();
+                    continue;
+                };
+                for name in entries.flatten().map(|e| e.file_name()) {
+                    let name = name.to_string_lossy().into_owned();
+                    if !name.ends_with(".tar.gz") {
+                        continue;
+                    }
+                    sightings += 1;
+                    if !failed.join(format!("{name}.reason.txt")).exists() {
+                        missing.insert(name);
+                    }
+                }
+            }
+            (sightings, missing)
+        })
+    };
+    // Two recorders at once, as two lanes finishing together.
+    let (first, second) = jobs.split_at(jobs.len() / 2);
+    std::thread::scope(|s| {
+        for half in [first, second] {
+            let w = w.clone();
+            s.spawn(move || {
+                for job in half {
+                    w.outcomes.record(job, 20).unwrap();
+                }
+            });
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (sightings, missing) = watcher.join().unwrap();
+    assert!(sightings > 0, "the watcher saw the archives arrive");
+    assert!(
+        missing.is_empty(),
+        "archives seen before their reason: {missing:?}"
+    );
+
+    // Each archive has one reason, which names it.
+    let names = w.names_in("failed");
+    let archives: Vec<&String> = names.iter().filter(|n| n.ends_with(".tar.gz")).collect();
+    assert_eq!(archives.len(), jobs.len(), "{names:?}");
+    assert_eq!(names.len(), 2 * jobs.len(), "nothing else: {names:?}");
+    for archive in archives {
+        let reason = read(&failed.join(format!("{archive}.reason.txt")));
+        let now_at = format!("now at:      {}", failed.join(archive).display());
+        assert!(reason.contains(&now_at), "{now_at:?} not in:\n{reason}");
+    }
+    assert_eq!(w.history().len(), jobs.len());
+}

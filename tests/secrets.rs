@@ -217,3 +217,186 @@ fn the_token_and_the_bearer_tokens_never_leak() {
         jwts.len()
     );
 }
+
+/// Adds `line` to the `[scalingo]` table of the world's config.
+fn set_in_scalingo(world: &World, line: &str) {
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    assert!(text.contains("[scalingo]\n"));
+    std::fs::write(
+        &world.config,
+        text.replace("[scalingo]\n", &format!("[scalingo]\n{line}\n")),
+    )
+    .unwrap();
+}
+
+/// Runs the binary with `args` (the world's environment, plus `env`); returns (exit code,
+/// stdout + stderr).
+fn run_with(world: &World, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = world.command(args);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn a_token_pasted_as_the_token_file_is_not_echoed() {
+    let world = World::new();
+    set_in_scalingo(&world, &format!("token_file = \"{TOKEN}\""));
+    let secrets = forms(TOKEN);
+    // No token in the environment: the file is read, and cannot be.
+    for args in [
+        &["config", "check"][..],
+        &["run"],
+        &["deploy", "--app", "my-app", "x.tar.gz"],
+    ] {
+        for format in ["text", "json"] {
+            let mut args = args.to_vec();
+            args.extend(["--log-format", format]);
+            let mut cmd = world.command(&args);
+            cmd.env_remove("SCALINGO_API_TOKEN")
+                .env("RUST_LOG", "debug");
+            let out = cmd.output().unwrap();
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+            assert_clean(&format!("{args:?}"), &text, &secrets);
+            assert!(
+                text.contains("cannot read token file") && text.contains("tk-us-[redacted]"),
+                "{args:?}: the message still says which setting: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_token_as_app_name_or_region_is_not_echoed() {
+    let secrets = forms(TOKEN);
+    // In the file: the messages name the setting.
+    for (line, setting) in [
+        (
+            format!("\n[[app]]\nname = \"{TOKEN}\"\ndrop_dir = \"d\"\n"),
+            "app name",
+        ),
+        (format!("region = \"{TOKEN}\""), "`region`"),
+    ] {
+        let world = World::new();
+        if line.contains("[[app]]") {
+            world.append_config(&line);
+        } else {
+            set_in_scalingo(&world, &line);
+        }
+        for args in [&["config", "check"][..], &["run"], &["status"]] {
+            let (code, out) = run_with(&world, args, &[("RUST_LOG", "debug")]);
+            assert_eq!(code, Some(2), "{args:?}: {out}");
+            assert_clean(&format!("{setting}: {args:?}"), &out, &secrets);
+            assert!(
+                out.contains(setting) && out.contains("tk-us-[redacted]"),
+                "{args:?}: the message names {setting}: {out}"
+            );
+        }
+    }
+    // In the environment.
+    let world = World::new();
+    let (code, out) = run_with(&world, &["run"], &[("SCALINGO_REGION", TOKEN)]);
+    assert_eq!(code, Some(2), "{out}");
+    assert_clean("$SCALINGO_REGION", &out, &secrets);
+    assert!(
+        out.contains("$SCALINGO_REGION: invalid region \"tk-us-[redacted]\""),
+        "{out}"
+    );
+
+    // On the command line: the app is unknown to the platform, and the failure says so.
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let (code, out) = run_with(
+        &world,
+        &["deploy", "--app", TOKEN, archive.to_str().unwrap()],
+        &[("RUST_LOG", "debug")],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_clean("deploy --app <token>", &out, &secrets);
+    assert!(out.contains("app not found"), "{out}");
+    assert_tree_clean(world.dir.path(), &secrets);
+}
+
+#[test]
+fn a_token_in_the_api_url_is_not_echoed_on_any_retry() {
+    // A port where nothing listens: every try fails to connect and is retried.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let world = World::new();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace("budget = \"30s\"", "budget = \"1s\""),
+    )
+    .unwrap();
+    let drop = world.add_drop_app("my-app", "");
+    let api_url = format!("http://127.0.0.1:{port}/{TOKEN}");
+    let secrets = forms(TOKEN);
+
+    // The one-shot command, at debug level, in both log formats.
+    for format in ["text", "json"] {
+        let archive = world.archive(&format!("{format}.tar.gz"));
+        let (code, out) = run_with(
+            &world,
+            &[
+                "deploy",
+                "--log-format",
+                format,
+                "--app",
+                "my-app",
+                archive.to_str().unwrap(),
+            ],
+            &[("SCALINGO_API_URL", &api_url), ("RUST_LOG", "debug")],
+        );
+        assert_eq!(code, Some(3), "{out}");
+        assert_clean(&format!("deploy ({format})"), &out, &secrets);
+        let retries = out.matches("retry").count();
+        assert!(retries >= 2, "retried, each time without the token: {out}");
+        assert!(
+            out.contains(&format!(
+                "http://127.0.0.1:{port}/tk-us-[redacted]/v1/sources"
+            )),
+            "the message still names the URL: {out}"
+        );
+    }
+
+    // The daemon: its log, the history and the reason file.
+    let mut cmd = world.command(&["run"]);
+    cmd.env("SCALINGO_API_URL", &api_url)
+        .env("RUST_LOG", "debug");
+    let log = world.path("d.stderr");
+    let daemon = Proc(
+        cmd.stdout(std::fs::File::create(world.path("d.stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    world.drop_archive(&drop, "dropped.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "failed", "{history:#?}");
+    std::mem::drop(daemon);
+    let reason = read(&drop.join("failed/dropped.tar.gz.reason.txt"));
+    assert!(reason.contains("tk-us-[redacted]/v1/sources"), "{reason}");
+    assert_clean("the reason file", &reason, &secrets);
+    assert_clean("the daemon's log", &read(&log), &secrets);
+    assert!(read(&log).contains("retrying"), "{}", read(&log));
+    assert_clean(
+        "history.jsonl",
+        &read(&world.state.join("history.jsonl")),
+        &secrets,
+    );
+    assert_tree_clean(world.dir.path(), &secrets);
+}

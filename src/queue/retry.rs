@@ -17,8 +17,9 @@ pub enum Class {
 
 /// Classifies an HTTP status code by the rules of DESIGN.md ("Retry").
 ///
-/// 401 is permanent here because the client has already exchanged the token once before it
-/// reports one; 409 (a conflict, such as a deployment already running) is transient.
+/// A 401 that reaches here is permanent: it is the token exchange refusing the API token (an API
+/// call's 401 after a fresh exchange is reported as a transient error of its own); 409 (a
+/// conflict, such as a deployment already running) is transient.
 pub fn classify_status(status: u16) -> Class {
     match status {
         408 | 409 | 425 | 429 => Class::Transient,

@@ -164,7 +164,7 @@ fn api_failure(step: Step, error: ApiError) -> StepError {
     } else {
         StepError::Permanent(Failure {
             step,
-            reason: error.to_string(),
+            reason: crate::redact::redact_owned(error.to_string()),
             status: None,
             deployment_id: None,
             log_tail: Vec::new(),
@@ -280,12 +280,12 @@ impl Runner {
                     if left.is_zero() {
                         job.state = JobState::Failed(Failure {
                             step,
-                            reason: format!(
+                            reason: crate::redact::redact_owned(format!(
                                 "gave up after {} failed attempts over {} (retry budget {}); last error: {error}",
                                 job.failed_attempts,
                                 humantime::format_duration(spent),
                                 humantime::format_duration(self.retry.budget),
-                            ),
+                            )),
                             status: None,
                             deployment_id: deployment_id_of(&job.state),
                             log_tail: Vec::new(),

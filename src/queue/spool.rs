@@ -443,6 +443,8 @@ fn write_record(dir: &Path, job: &Job) -> Result<(), SpoolError> {
         path: path.clone(),
         source,
     })?;
+    // A token pasted where a name or URL goes (and so into an error message) is not recorded.
+    let bytes = crate::redact::redact_vec(bytes);
     let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
     file.write_all(&bytes).map_err(io("cannot write", &tmp))?;
     file.sync_all().map_err(io("cannot sync", &tmp))?;

@@ -4,7 +4,7 @@
 //! 401). Whether to try again is decided by the caller from [`ApiError::is_transient`].
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::TryStreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -119,11 +119,23 @@ pub enum ApiError {
         detail: String,
     },
     /// No answer within the time limit.
-    #[error("{what}: no answer from {url} within {}", humantime::format_duration(*.after))]
+    #[error("{what}: no answer from {url} {}", waited_text(*.waited, *.limit))]
     Timeout {
         what: &'static str,
         url: String,
-        after: Duration,
+        /// The time actually waited, measured from the request's start.
+        waited: Duration,
+        /// The time limit set on the request.
+        limit: Duration,
+    },
+    /// The API refused a bearer token that the token exchange had just issued (HTTP 401 twice
+    /// in a row, with a re-exchange in between). The exchange is the authority on the API
+    /// token, and it accepted it: this is counted as a transient failure, not a refused token.
+    #[error("{what}: HTTP 401 from {url} with a freshly exchanged bearer token: {message}")]
+    FreshBearerRefused {
+        what: &'static str,
+        url: String,
+        message: String,
     },
     /// The server answered with an error status.
     #[error("{what}: HTTP {status} from {url}: {message}")]
@@ -152,6 +164,8 @@ impl ApiError {
     pub fn class(&self) -> Class {
         match self {
             ApiError::Connect { .. } | ApiError::Timeout { .. } => Class::Transient,
+            // Only a refused exchange proves the API token bad; see the variant's docs.
+            ApiError::FreshBearerRefused { .. } => Class::Transient,
             ApiError::Status { status, .. } => classify_status(*status),
             // A garbled success answer usually means a proxy or a half-written body.
             ApiError::Decode { .. } => Class::Transient,
@@ -175,29 +189,52 @@ impl ApiError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ApiError::Status { status, .. } => Some(*status),
+            ApiError::FreshBearerRefused { .. } => Some(401),
             _ => None,
         }
     }
 }
 
-/// A URL as it may appear in a message: without its query string, which for upload and
-/// download URLs holds a credential.
-pub fn display_url(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
+/// `after 2.0 s`, and the limit when the time waited differs from it (at a tenth of a second):
+/// a connect time-out or a broken connection can end a wait before the request's limit.
+fn waited_text(waited: Duration, limit: Duration) -> String {
+    let waited = format!("{:.1}", waited.as_secs_f64());
+    if waited == format!("{:.1}", limit.as_secs_f64()) {
+        format!("after {waited} s")
+    } else {
+        format!(
+            "after {waited} s (time limit {})",
+            humantime::format_duration(limit)
+        )
     }
 }
 
-/// Turns a reqwest error (no response) into an [`ApiError`], never showing a URL's query.
-pub(crate) fn http_error(what: &'static str, url: &str, err: reqwest::Error) -> ApiError {
+/// A URL as it may appear in a message: without its query string, which for upload and
+/// download URLs holds a credential, and redacted (a token pasted into `api_url`).
+pub fn display_url(url: &str) -> String {
+    let shown = match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    };
+    crate::redact::redact_owned(shown)
+}
+
+/// Turns a reqwest error (no response) into an [`ApiError`], never showing a URL's query. A
+/// time-out names the time waited since `started` and the request's `limit`.
+pub(crate) fn http_error(
+    what: &'static str,
+    url: &str,
+    err: reqwest::Error,
+    started: Instant,
+    limit: Duration,
+) -> ApiError {
     let url = display_url(url);
     if err.is_timeout() {
-        // The per-request limit is not carried by the error; callers that know it rewrite it.
         return ApiError::Timeout {
             what,
             url,
-            after: Duration::ZERO,
+            waited: started.elapsed(),
+            limit,
         };
     }
     let err = err.without_url();
@@ -386,6 +423,10 @@ impl ScalingoClient {
 
     /// One authenticated request; on a 401 the token is exchanged again and the request made
     /// once more. Returns the body of a 2xx answer.
+    ///
+    /// A second 401 is [`ApiError::FreshBearerRefused`], transient: the exchange has just
+    /// accepted the API token, so only its own 401 is permanent. One re-exchange per call
+    /// keeps this bounded: the caller's retry budget and backoff pace any further tries.
     async fn call_text(
         &self,
         what: &'static str,
@@ -396,6 +437,7 @@ impl ScalingoClient {
         let mut reauthenticated = false;
         loop {
             let bearer = self.auth.bearer().await?;
+            let started = Instant::now();
             let mut request = self
                 .http
                 .request(method.clone(), url)
@@ -410,12 +452,21 @@ impl ScalingoClient {
             let response = request
                 .send()
                 .await
-                .map_err(|e| self.with_timeout(http_error(what, url, e), self.timeout))?;
+                .map_err(|e| http_error(what, url, e, started, self.timeout))?;
             let status = response.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && !reauthenticated {
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                // Whatever happens next, this bearer is not to be used again.
                 self.auth.invalidate(&bearer).await;
-                reauthenticated = true;
-                continue;
+                if !reauthenticated {
+                    reauthenticated = true;
+                    continue;
+                }
+                return Err(match read_error_response(what, url, response).await {
+                    ApiError::Status { url, message, .. } => {
+                        ApiError::FreshBearerRefused { what, url, message }
+                    }
+                    other => other,
+                });
             }
             if !status.is_success() {
                 return Err(read_error_response(what, url, response).await);
@@ -423,18 +474,7 @@ impl ScalingoClient {
             return response
                 .text()
                 .await
-                .map_err(|e| self.with_timeout(http_error(what, url, e), self.timeout));
-        }
-    }
-
-    fn with_timeout(&self, err: ApiError, limit: Duration) -> ApiError {
-        match err {
-            ApiError::Timeout { what, url, .. } => ApiError::Timeout {
-                what,
-                url,
-                after: limit,
-            },
-            other => other,
+                .map_err(|e| http_error(what, url, e, started, self.timeout));
         }
     }
 
@@ -490,6 +530,7 @@ impl ScalingoClient {
                 })?
                 .len();
             let limit = self.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
+            let started = Instant::now();
             let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let report = progress.clone();
             let stream = file_chunks(file.into_std().await, archive).inspect_ok(move |chunk| {
@@ -507,7 +548,7 @@ impl ScalingoClient {
                 .timeout(limit)
                 .send()
                 .await
-                .map_err(|e| self.with_timeout(http_error(what, &url, e), limit))?;
+                .map_err(|e| http_error(what, &url, e, started, limit))?;
             let status = response.status();
             if status.is_redirection() {
                 let next = response
@@ -697,8 +738,37 @@ mod tests {
         let timeout = ApiError::Timeout {
             what: "t",
             url: String::new(),
-            after: Duration::from_secs(1),
+            waited: Duration::from_secs(1),
+            limit: Duration::from_secs(1),
         };
         assert!(timeout.is_transient());
+        let fresh = ApiError::FreshBearerRefused {
+            what: "t",
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(fresh.is_transient(), "only the exchange's 401 is permanent");
+        assert_eq!(fresh.status(), Some(401));
+    }
+
+    #[test]
+    fn a_timeout_names_the_time_waited_and_the_limit_when_different() {
+        let timeout = |waited_ms, limit_ms| {
+            ApiError::Timeout {
+                what: "upload",
+                url: "http://s/x?…".into(),
+                waited: Duration::from_millis(waited_ms),
+                limit: Duration::from_millis(limit_ms),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            timeout(2_004, 2_000),
+            "upload: no answer from http://s/x?… after 2.0 s"
+        );
+        assert_eq!(
+            timeout(15_030, 600_000),
+            "upload: no answer from http://s/x?… after 15.0 s (time limit 10m)"
+        );
     }
 }

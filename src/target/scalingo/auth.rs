@@ -1,7 +1,7 @@
 //! Authentication: the API token is exchanged for a short-lived bearer token (a JWT), which is
 //! cached and exchanged again a few minutes before it expires, or when the API answers 401.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use tokio::sync::Mutex;
@@ -71,6 +71,7 @@ impl Authenticator {
     async fn exchange(&self) -> Result<Bearer, ApiError> {
         let url = format!("{}/v1/tokens/exchange", self.auth_url);
         let what = "token exchange";
+        let started = Instant::now();
         let response = self
             .http
             .post(&url)
@@ -81,7 +82,7 @@ impl Authenticator {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| http_error(what, &url, e))?;
+            .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
         if !response.status().is_success() {
             let mut err = read_error_response(what, &url, response).await;
             if let ApiError::Status {
