@@ -649,16 +649,16 @@ async fn say_gaps(
     mut states: tokio::sync::watch::Receiver<crate::source::tree::TreeState>,
 ) {
     use crate::source::tree::TreeState;
-    let mut missing = false;
+    // Said once per cause, not at every check.
+    let mut said: Option<String> = None;
     while states.changed().await.is_ok() {
         let state = states.borrow_and_update().clone();
         match state {
-            TreeState::NotWatched { root, cause, .. } if !missing => {
-                missing = true;
+            TreeState::NotWatched { root, cause, .. } if said.as_ref() != Some(&cause) => {
                 println!("{app}: {} is not watched: {cause}", root.display());
+                said = Some(cause);
             }
-            TreeState::Watched if missing => {
-                missing = false;
+            TreeState::Watched if said.take().is_some() => {
                 println!("{app}: the source directory is back; watching it again");
             }
             _ => {}

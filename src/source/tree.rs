@@ -803,6 +803,18 @@ mod tests {
     }
 
     #[test]
+    fn a_discarded_burst_never_fires_and_its_paths_count_again() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change_named(t0, &[PathBuf::from("/src/a")], 0);
+        d.discard();
+        assert!(!d.is_pending());
+        assert_eq!(d.fire_if_due(t0 + QUIET * 5), None);
+        d.change_named(t0, &[PathBuf::from("/src/a")], 0);
+        assert_eq!(d.fire_if_due(t0 + QUIET).map(|b| b.changed_paths), Some(1));
+    }
+
+    #[test]
     fn a_burst_already_due_fires_at_once() {
         let t0 = Instant::now();
         let mut d = Debounce::new(QUIET, MAX_WAIT);

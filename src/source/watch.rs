@@ -316,7 +316,8 @@ pub(crate) struct Changes {
     pub overflow: bool,
     /// The ignore rules were rebuilt (an ignore file changed, or after an overflow).
     pub rules_rebuilt: bool,
-    /// The root itself was deleted or renamed away: nothing is watched any more.
+    /// The root itself was deleted, renamed away or replaced: nothing is watched any more
+    /// ([`crate::source::tree`] looks for it and watches it again).
     pub root_lost: bool,
 }
 
