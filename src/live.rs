@@ -201,13 +201,7 @@ mod tests {
         let file: LiveFile = serde_json::from_str(&text).unwrap();
         assert_eq!(file.waits.len(), 1);
         assert_eq!(file.waits[0].retry_at, Some(9));
-        assert!(board.wait(
-            "a",
-            WaitKind::Claim,
-            "/d/x.tar.gz",
-            "permission denied",
-            None
-        ));
+        assert!(board.wait("a", WaitKind::Claim, "/d/x.tar.gz", "permission denied", None));
         assert!(board.clear("a", WaitKind::Claim, "/d/x.tar.gz"));
         assert!(!board.clear("a", WaitKind::Claim, "/d/x.tar.gz"));
         let file: LiveFile =

@@ -532,13 +532,7 @@ fn status_without_a_spool_or_history_is_all_empty() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path().join("spool")).unwrap();
     fs::remove_dir(spool.dir()).unwrap();
-    let report = status_report(
-        &spool,
-        &dir.path().join("history.jsonl"),
-        &["a".into()],
-        None,
-    )
-    .unwrap();
+    let report = status_report(&spool, &dir.path().join("history.jsonl"), &["a".into()], None).unwrap();
     assert_eq!(
         report,
         "a\n  in flight: none\n  pending:   none\n  last:      none recorded\n"
