@@ -162,7 +162,9 @@ pub enum Command {
     /// Watch a source directory and redeploy it on every change: the developer's loop.
     ///
     /// No config file needed: the token comes from SCALINGO_API_TOKEN and the region from
-    /// --region or SCALINGO_REGION. Ctrl-C stops cleanly.
+    /// --region or SCALINGO_REGION. Ctrl-C stops cleanly (exit status 0). A source directory
+    /// that is removed or replaced is watched again when it is back; if it is not back within
+    /// --give-up-after, watch stops with exit status 1.
     Watch {
         /// The Scalingo app.
         #[arg(long, short)]
@@ -188,6 +190,9 @@ pub enum Command {
         /// Watch by polling at this interval instead of inotify (NFS and similar).
         #[arg(long, value_parser = humantime::parse_duration)]
         poll: Option<std::time::Duration>,
+        /// How long a removed source directory is waited for before watch gives up.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        give_up_after: std::time::Duration,
         /// Time between two polls of the deployment's status.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
@@ -492,7 +497,7 @@ fn pack(
 
 async fn watch(cli: &Cli) -> u8 {
     use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
-    use crate::source::tree::{TreeConfig, TreeWatcher};
+    use crate::source::tree::{TreeConfig, TreeState, TreeWatcher};
     let Command::Watch {
         app,
         region,
@@ -502,6 +507,7 @@ async fn watch(cli: &Cli) -> u8 {
         include,
         no_deploy_on_start,
         poll,
+        give_up_after,
         interval,
         state_dir,
         dir,
@@ -539,6 +545,7 @@ async fn watch(cli: &Cli) -> u8 {
         quiet: *quiet,
         max_wait: *max_wait,
         poll: *poll,
+        give_up: Some(*give_up_after),
     };
     let watcher = match TreeWatcher::start(tree) {
         Ok(w) => w,
@@ -564,6 +571,9 @@ async fn watch(cli: &Cli) -> u8 {
         let _ = interrupt.recv().await;
         trigger.fire();
     });
+    let states = watcher.state();
+    tokio::spawn(say_gaps(app.clone(), watcher.state()));
+    let interrupted = shutdown.clone();
     let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
     let runner = Arc::new(
         Runner::new(
@@ -655,8 +665,40 @@ async fn watch(cli: &Cli) -> u8 {
         TreeEvent::Finished { .. } => {}
     })
     .await;
+    if interrupted.is_requested() {
+        println!("{app}: stopped");
+        return EXIT_OK;
+    }
+    // The loop ended by itself: the watch stopped for good, or a job could not be recorded
+    // (already said).
+    if let TreeState::Stopped { cause } = &*states.borrow() {
+        eprintln!("dropdeploy: {app}: {cause}");
+    }
     println!("{app}: stopped");
-    EXIT_OK
+    EXIT_FAILED
+}
+
+/// Tells the developer when the source directory stops being watched and when it is back.
+async fn say_gaps(
+    app: String,
+    mut states: tokio::sync::watch::Receiver<crate::source::tree::TreeState>,
+) {
+    use crate::source::tree::TreeState;
+    // Said once per cause, not at every check.
+    let mut said: Option<String> = None;
+    while states.changed().await.is_ok() {
+        let state = states.borrow_and_update().clone();
+        match state {
+            TreeState::NotWatched { root, cause, .. } if said.as_ref() != Some(&cause) => {
+                println!("{app}: {} is not watched: {cause}", root.display());
+                said = Some(cause);
+            }
+            TreeState::Watched if said.take().is_some() => {
+                println!("{app}: the source directory is back; watching it again");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The one line that ends a deployment in the developer's terminal.

@@ -535,6 +535,8 @@ impl Daemon {
             quiet: app.quiet,
             max_wait: app.max_wait,
             poll: app.poll,
+            // A service waits for a lost source directory for ever, visibly (`status`).
+            give_up: None,
         }
     }
 
@@ -542,6 +544,7 @@ impl Daemon {
     fn start_tree(&mut self, app: &AppConfig, root: &std::path::Path) -> Result<(), String> {
         let cfg = self.tree_config(app, root);
         let watcher = TreeWatcher::start(cfg.clone()).map_err(|e| e.to_string())?;
+        watcher.publish_gaps(self.live.clone());
         let Some(lane) = self.lanes.sender(&app.name) else {
             return Err(format!("app {}: no lane", app.name));
         };

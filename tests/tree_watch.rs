@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use dropdeploy::source::tree::{Burst, TreeConfig, TreeWatcher};
+use dropdeploy::source::tree::{Burst, TreeConfig, TreeState, TreeWatcher};
 use dropdeploy::source::watch::WatchError;
 
 /// How long a burst may take to come when one is expected (generous: CI machines are slow).
@@ -44,6 +44,32 @@ async fn no_burst(watcher: &mut TreeWatcher, within: Duration) {
     if let Ok(burst) = tokio::time::timeout(within, watcher.next_burst()).await {
         panic!("unexpected burst: {burst:?}");
     }
+}
+
+/// Waits until the watcher's state matches; fails the test if it does not in time.
+async fn state_becomes(
+    watcher: &TreeWatcher,
+    what: &str,
+    check: impl Fn(&TreeState) -> bool,
+) -> TreeState {
+    let mut states = watcher.state();
+    let found = match tokio::time::timeout(EXPECT, states.wait_for(|s| check(s))).await {
+        Ok(Ok(state)) => Some(state.clone()),
+        Ok(Err(_)) => panic!("the watcher is gone before: {what}"),
+        Err(_) => None,
+    };
+    found.unwrap_or_else(|| panic!("never {what}: {:?}", *states.borrow()))
+}
+
+fn not_watched(state: &TreeState) -> bool {
+    matches!(state, TreeState::NotWatched { .. })
+}
+
+/// Makes a tree at `at`: `lib/`, `lib/deep/` and one file in each.
+fn make_tree(at: &Path, text: &str) {
+    write(&at.join("index.js"), text);
+    write(&at.join("lib/util.js"), text);
+    write(&at.join("lib/deep/more.js"), text);
 }
 
 /// Waits until `check` holds (the watcher updates its watches a moment after the events).
@@ -391,4 +417,165 @@ async fn a_missing_source_directory_is_named() {
     let err = TreeWatcher::start(config(&missing, 200)).expect_err("missing root");
     assert!(matches!(err, WatchError::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("no-such-dir"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_root_shows_the_gap_and_is_watched_again_when_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("src");
+    make_tree(&root, "v1");
+    let mut watcher = TreeWatcher::start(config(&root, 200)).expect("start");
+    assert_watches(&watcher, &root, 3).await;
+
+    fs::remove_dir_all(&root).expect("rm -r");
+    let gap = state_becomes(&watcher, "not watched", not_watched).await;
+    let TreeState::NotWatched {
+        root: shown,
+        cause,
+        since,
+        next_check,
+    } = gap
+    else {
+        unreachable!()
+    };
+    assert_eq!(shown, root);
+    assert_eq!(cause, "removed, waiting for it to come back");
+    assert!(
+        next_check > since,
+        "a next check is planned: {since:?} {next_check:?}"
+    );
+    assert_eq!(watcher.watch_count(), 0);
+
+    // Made again, in place, file after file (a `git clone`, an `rsync`).
+    fs::create_dir(&root).expect("mkdir");
+    make_tree(&root, "v2");
+    let came = burst(&mut watcher).await;
+    assert!(came.overflow, "everything may have changed: {came:?}");
+    state_becomes(&watcher, "watched", |s| *s == TreeState::Watched).await;
+    assert_watches(&watcher, &root, 3).await;
+
+    write(&root.join("lib/deep/new.js"), "new");
+    let came = burst(&mut watcher).await;
+    assert!(!came.overflow && came.changed_paths >= 1, "{came:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_swapped_by_rename_is_watched_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("src");
+    let next = tmp.path().join("src.next");
+    let old = tmp.path().join("src.old");
+    make_tree(&root, "v1");
+    make_tree(&next, "v2");
+    fs::create_dir(next.join("extra")).expect("mkdir");
+    let mut watcher = TreeWatcher::start(config(&root, 200)).expect("start");
+    assert_watches(&watcher, &root, 3).await;
+
+    // What a deploy script does: `mv src src.old && mv src.next src`.
+    fs::rename(&root, &old).expect("mv away");
+    fs::rename(&next, &root).expect("mv in");
+    let came = burst(&mut watcher).await;
+    assert!(came.overflow, "{came:?}");
+    // The new tree's 4 directories; none of the old one's any more.
+    assert_watches(&watcher, &root, 4).await;
+    assert_eq!(kernel_watches(&old), 0, "the old tree is not watched");
+
+    write(&old.join("lib/stale.js"), "old tree");
+    no_burst(&mut watcher, Duration::from_millis(700)).await;
+    write(&root.join("extra/new.js"), "new tree");
+    burst(&mut watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_exchanged_atomically_is_watched_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("src");
+    let next = tmp.path().join("src.next");
+    make_tree(&root, "v1");
+    make_tree(&next, "v2");
+    fs::create_dir(next.join("extra")).expect("mkdir");
+    let mut watcher = TreeWatcher::start(config(&root, 200)).expect("start");
+    assert_watches(&watcher, &root, 3).await;
+
+    // renameat2(RENAME_EXCHANGE), as `mv --exchange`: the path never stops existing.
+    let cwd = rustix::fs::CWD;
+    rustix::fs::renameat_with(cwd, &next, cwd, &root, rustix::fs::RenameFlags::EXCHANGE)
+        .expect("exchange");
+    let came = burst(&mut watcher).await;
+    assert!(came.overflow, "{came:?}");
+    assert_watches(&watcher, &root, 4).await;
+    assert_eq!(kernel_watches(&next), 0, "the old tree is not watched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_whose_parent_is_swapped_is_found_by_the_timer() {
+    // The root's own directory is not moved: its watch hears nothing. Only comparing the
+    // path's device and inode with the watched ones finds the new root.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let parent = tmp.path().join("current");
+    let root = parent.join("src");
+    let next = tmp.path().join("next");
+    make_tree(&root, "v1");
+    make_tree(&next.join("src"), "v2");
+    fs::create_dir(next.join("src/extra")).expect("mkdir");
+    let mut watcher = TreeWatcher::start(config(&root, 200)).expect("start");
+    assert_watches(&watcher, &root, 3).await;
+
+    fs::rename(&parent, tmp.path().join("previous")).expect("mv away");
+    fs::rename(&next, &parent).expect("mv in");
+    let came = burst(&mut watcher).await;
+    assert!(came.overflow, "{came:?}");
+    assert_watches(&watcher, &root, 4).await;
+    write(&root.join("extra/new.js"), "new tree");
+    burst(&mut watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_not_back_within_the_bound_stops_the_watch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("src");
+    make_tree(&root, "v1");
+    let mut watcher = TreeWatcher::start(TreeConfig {
+        give_up: Some(Duration::from_millis(500)),
+        ..config(&root, 200)
+    })
+    .expect("start");
+    fs::remove_dir_all(&root).expect("rm -r");
+    let ended = tokio::time::timeout(EXPECT, watcher.next_burst())
+        .await
+        .expect("the watch ends in time");
+    assert_eq!(ended, None);
+    let TreeState::Stopped { cause } = watcher.state().borrow().clone() else {
+        panic!("not stopped: {:?}", *watcher.state().borrow());
+    };
+    assert!(cause.contains(&root.display().to_string()), "{cause}");
+    assert!(
+        cause.contains("removed, and not back within 500ms"),
+        "{cause}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_survives_a_removed_and_recreated_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("src");
+    let next = tmp.path().join("src.next");
+    make_tree(&root, "v1");
+    let mut watcher = TreeWatcher::start(TreeConfig {
+        poll: Some(Duration::from_millis(100)),
+        ..config(&root, 200)
+    })
+    .expect("start");
+    assert_eq!(watcher.watch_count(), 3);
+
+    fs::remove_dir_all(&root).expect("rm -r");
+    state_becomes(&watcher, "not watched", not_watched).await;
+    make_tree(&next, "v2");
+    fs::rename(&next, &root).expect("mv in");
+    let came = burst(&mut watcher).await;
+    assert!(came.overflow, "{came:?}");
+    eventually("3 polled directories", || watcher.watch_count() == 3).await;
+    write(&root.join("lib/deep/new.js"), "new");
+    let came = burst(&mut watcher).await;
+    assert!(!came.overflow, "{came:?}");
 }

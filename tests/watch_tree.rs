@@ -301,3 +301,119 @@ fn watch_is_the_developers_loop_and_stops_on_ctrl_c() {
     support::assert_no_secret(&read(), &world.fake.api_token());
     assert_eq!(world.fake.deployments("my-app").len(), 1);
 }
+
+/// Makes a tree like the one `add_tree_app` makes, with `index.js` saying `text`.
+fn make_tree(at: &std::path::Path, text: &str) {
+    std::fs::create_dir_all(at.join("lib")).unwrap();
+    std::fs::write(at.join("package.json"), br#"{"name":"demo"}"#).unwrap();
+    std::fs::write(at.join("index.js"), text).unwrap();
+    std::fs::write(at.join("lib/util.js"), b"module.exports = 1\n").unwrap();
+}
+
+/// What `dropdeploy status` prints now.
+fn status(world: &World) -> String {
+    let run = world.run(&["status"]);
+    run.assert_code(0);
+    run.stdout
+}
+
+#[test]
+fn a_removed_source_dir_shows_in_status_and_its_new_content_is_deployed_when_it_is_back() {
+    let world = World::new();
+    let root = world.add_tree_app("my-app", "");
+    let _daemon = world.start_daemon("d");
+
+    std::fs::remove_dir_all(&root).unwrap();
+    let gap = format!(
+        "  not watched: {}: removed, waiting for it to come back (since ",
+        root.display()
+    );
+    let mut shown = String::new();
+    assert!(
+        wait_for(LONG, || {
+            shown = status(&world);
+            shown.contains(&gap)
+        }),
+        "{shown}\n--- log\n{}",
+        world.log("d")
+    );
+    assert!(shown.contains(", next try "), "{shown}");
+
+    // Back, file after file, with new content.
+    make_tree(&root, "console.log('back')\n");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "succeeded");
+    let d = &world.fake.deployments("my-app")[0];
+    let (archive, _) = world.deployed_listing(&d.source_url);
+    assert_eq!(
+        world.deployed_file(&archive, "my-app/index.js"),
+        "console.log('back')\n"
+    );
+    assert!(!status(&world).contains("not watched"));
+    // Watched again: a later edit deploys too.
+    std::fs::write(root.join("index.js"), b"console.log('v3')\n").unwrap();
+    world.wait_history(2, LONG);
+}
+
+#[test]
+fn a_source_dir_swapped_by_rename_is_deployed() {
+    let world = World::new();
+    let root = world.add_tree_app("my-app", "");
+    let next = world.path("src-next");
+    make_tree(&next, "console.log('swapped')\n");
+    let _daemon = world.start_daemon("d");
+
+    std::fs::rename(&root, world.path("src-old")).unwrap();
+    std::fs::rename(&next, &root).unwrap();
+    world.wait_history(1, LONG);
+    assert!(no_more_deployments(&world, "my-app", 1));
+    let d = &world.fake.deployments("my-app")[0];
+    let (archive, _) = world.deployed_listing(&d.source_url);
+    assert_eq!(
+        world.deployed_file(&archive, "my-app/index.js"),
+        "console.log('swapped')\n"
+    );
+}
+
+#[test]
+fn watch_exits_non_zero_when_the_source_dir_does_not_come_back() {
+    let world = World::new();
+    let root = world.add_tree_app("my-app", "");
+    let mut watch = support::Proc(world.spawn(
+        &[
+            "watch",
+            "--app",
+            "my-app",
+            "--quiet",
+            "200ms",
+            "--no-deploy-on-start",
+            "--give-up-after",
+            "1s",
+            "--state-dir",
+            world.state.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+        "watch",
+    ));
+    let out = world.path("watch.stdout");
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(wait_for(LONG, || read().contains("watching")), "{}", read());
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(watch.wait_exit(LONG).code(), Some(1));
+    let stderr = world.log("watch");
+    assert!(
+        stderr.contains(&format!(
+            "dropdeploy: my-app: source directory {}: removed, and not back within 1s",
+            root.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        read().contains(&format!(
+            "my-app: {} is not watched: removed, waiting for it to come back",
+            root.display()
+        )),
+        "{}",
+        read()
+    );
+}

@@ -18,12 +18,13 @@
 //!   `IN_ATTRIB` → `Modify(Metadata(Any))`;
 //! - `IN_DELETE_SELF` → `Remove(Folder)` and `IN_MOVE_SELF` → `Modify(Name(From))` on the
 //!   watched directory itself;
-//! - `IN_Q_OVERFLOW` → `Other` with the `Rescan` flag (events were lost).
+//! - `IN_Q_OVERFLOW` → `Other` with the `Rescan` flag (events were lost), and so does an
+//!   `IN_IGNORED` that neither an unwatch nor a deletion explains (an unmount).
 //!
 //! One thread per watcher waits in `poll(2)` on the inotify descriptor and an eventfd that
 //! dropping the watcher signals: nothing runs while nothing changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ fn mask() -> WatchMask {
 struct Paths {
     by_wd: HashMap<WatchDescriptor, PathBuf>,
     by_path: HashMap<PathBuf, WatchDescriptor>,
+    /// Watches whose directory was deleted: their `IN_IGNORED` says nothing new.
+    deleted: HashSet<WatchDescriptor>,
 }
 
 /// Non-recursive inotify watches on directories, without open and read events; see the
@@ -128,6 +131,7 @@ impl Watcher for DirWatcher {
             return Err(notify::Error::watch_not_found().add_path(path.to_path_buf()));
         };
         paths.by_wd.remove(&wd);
+        paths.deleted.remove(&wd);
         // EINVAL: the kernel already dropped it (the directory is gone).
         match watches.remove(wd) {
             Err(e) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
@@ -220,12 +224,21 @@ fn translate(event: &inotify::Event<&std::ffi::OsStr>, paths: &mut Paths, out: &
     }
     if mask.contains(EventMask::IGNORED) {
         // The kernel dropped the watch (directory removed, or unwatched).
-        if let Some(path) = paths.by_wd.remove(&event.wd)
-            && paths.by_path.get(&path) == Some(&event.wd)
-        {
-            paths.by_path.remove(&path);
+        let deleted = paths.deleted.remove(&event.wd);
+        if let Some(path) = paths.by_wd.remove(&event.wd) {
+            if paths.by_path.get(&path) == Some(&event.wd) {
+                paths.by_path.remove(&path);
+            }
+            // Still ours and not deleted: dropped by the kernel alone (its filesystem was
+            // unmounted). What is watched is no longer known: walk again.
+            if !deleted {
+                out.push(Event::new(EventKind::Other).set_flag(Flag::Rescan));
+            }
         }
         return;
+    }
+    if mask.contains(EventMask::DELETE_SELF) {
+        paths.deleted.insert(event.wd.clone());
     }
     let Some(dir) = paths.by_wd.get(&event.wd) else {
         return;

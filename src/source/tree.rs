@@ -8,17 +8,27 @@
 //! next one: a change during a deployment makes exactly one follow-up.
 //!
 //! [`Debounce`] is the decision alone, a pure state machine driven by explicit instants.
+//!
+//! The root itself may go away: removed, renamed away, or swapped for another directory by a
+//! rename (of itself or of a parent), which the old directory's watch may never hear of. So
+//! besides its events, the root's device and inode are compared on a timer. Once the root is
+//! lost, the watcher looks for it on a timer ([`TreeState::NotWatched`] says why and when),
+//! watches it again when it is back, and hands out a burst with [`Burst::overflow`] set: the
+//! tree that came back may differ in anything. It gives up only after [`TreeConfig::give_up`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::archive::ignore::IgnoreRules;
-use crate::source::watch::{Changes, DirectoryWatches, EventStream, RulesSource, WatchError};
+use crate::live::{Board, WaitKind};
+use crate::source::watch::{
+    Changes, DirectoryWatches, EventStream, RulesSource, WatchError, root_identity,
+};
 
 /// How long the tree must stay quiet after its last change before a burst ends, by default.
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(1);
@@ -28,6 +38,14 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 /// waited is handed out only this long (at most the quiet period) after [`TreeWatcher::next_burst`]
 /// is called, so that changes made just before the call are in it rather than in another burst.
 const CATCH_UP: Duration = Duration::from_millis(100);
+/// How often a watched root is checked to still be the directory watched: a swap by rename
+/// (of the root or of a parent) or a mount over it sends the old directory's watch nothing.
+const ROOT_CHECK: Duration = Duration::from_secs(2);
+/// How often a missing root is looked for (one `stat`).
+const MISSING_CHECK: Duration = Duration::from_secs(1);
+/// How often a root that is there but cannot be watched (a bad ignore rule, an inotify limit,
+/// no permission) is tried again: each try reads its ignore files and walks it.
+const RETRY_CHECK: Duration = Duration::from_secs(5);
 
 /// A finished burst of relevant changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +142,12 @@ impl Debounce {
         self.pending.is_some()
     }
 
+    /// Drops the pending burst, if any: what it was about is covered by a later one.
+    pub fn discard(&mut self) {
+        self.seen.clear();
+        self.pending = None;
+    }
+
     /// The pending burst if its deadline is at or before `now`; the debounce is then empty
     /// again. `None` (and nothing changes) otherwise.
     pub fn fire_if_due(&mut self, now: Instant) -> Option<Burst> {
@@ -157,6 +181,9 @@ pub struct TreeConfig {
     pub max_wait: Duration,
     /// Poll at this interval instead of using inotify (NFS and other network filesystems).
     pub poll: Option<Duration>,
+    /// How long a lost root (removed, or replaced by something that cannot be watched) is
+    /// waited for before the watch stops for good; `None`: for ever (a service keeps waiting).
+    pub give_up: Option<Duration>,
 }
 
 impl TreeConfig {
@@ -171,8 +198,29 @@ impl TreeConfig {
             quiet: DEFAULT_QUIET,
             max_wait: DEFAULT_MAX_WAIT,
             poll: None,
+            give_up: None,
         }
     }
+}
+
+/// Whether a source directory is watched now ([`TreeWatcher::state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeState {
+    /// Watched: changes make bursts.
+    Watched,
+    /// Not watched: the root was lost and is not back (or cannot be watched yet). It is looked
+    /// for again at `next_check`.
+    NotWatched {
+        /// The root, as an absolute path.
+        root: PathBuf,
+        /// Why, in words: "removed, waiting for it to come back", or the error.
+        cause: String,
+        since: SystemTime,
+        next_check: SystemTime,
+    },
+    /// The watch ended for good: the root was not back within [`TreeConfig::give_up`], or the
+    /// watcher failed. `cause` names the source directory.
+    Stopped { cause: String },
 }
 
 /// What the watcher task shares with its [`TreeWatcher`].
@@ -185,6 +233,7 @@ struct Shared {
     watch_count: AtomicUsize,
     /// The task ended: nothing is watched any more.
     stopped: AtomicBool,
+    state: watch::Sender<TreeState>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,6 +268,16 @@ struct StopOnDrop(Arc<Shared>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        self.0.watch_count.store(0, Ordering::Release);
+        self.0.state.send_if_modified(|state| {
+            let ended = !matches!(state, TreeState::Stopped { .. });
+            if ended {
+                *state = TreeState::Stopped {
+                    cause: "the source directory watcher ended".to_string(),
+                };
+            }
+            ended
+        });
         self.0.stopped.store(true, Ordering::Release);
         self.0.wake.notify_one();
     }
@@ -229,6 +288,8 @@ impl Drop for StopOnDrop {
 /// Dropping it ends the watch and its task.
 pub struct TreeWatcher {
     app: String,
+    /// The root, as an absolute path.
+    root: PathBuf,
     shared: Arc<Shared>,
     catch_up: Duration,
     /// The wait of a [`TreeWatcher::next_burst`] call that was cancelled, so that a caller
@@ -292,17 +353,28 @@ impl TreeWatcher {
             include: cfg.include,
             always_ignore: cfg.always_ignore,
         };
-        let (watches, events) = DirectoryWatches::start(&cfg.app, &cfg.root, source, cfg.poll)?;
+        let (watches, events) =
+            DirectoryWatches::start(&cfg.app, &cfg.root, source.clone(), cfg.poll)?;
         let shared = Arc::new(Shared {
             debounce: Mutex::new(Debounce::new(cfg.quiet, cfg.max_wait)),
             wake: Notify::new(),
             rules: Mutex::new(watches.rules().clone()),
             watch_count: AtomicUsize::new(watches.count()),
             stopped: AtomicBool::new(false),
+            state: watch::Sender::new(TreeState::Watched),
         });
-        let task = runtime.spawn(run(cfg.app.clone(), watches, events, shared.clone()));
+        let root = watches.root().to_path_buf();
+        let again = Rewatch {
+            app: cfg.app.clone(),
+            root: root.clone(),
+            source,
+            poll: cfg.poll,
+            give_up: cfg.give_up,
+        };
+        let task = runtime.spawn(run(again, watches, events, shared.clone()));
         Ok(TreeWatcher {
             app: cfg.app,
+            root,
             shared,
             catch_up: CATCH_UP.min(cfg.quiet),
             interrupted: None,
@@ -314,8 +386,9 @@ impl TreeWatcher {
     /// nobody waited are in it (if the burst was already due then, it comes shortly after the
     /// call). Cancel-safe: dropping the future loses nothing.
     ///
-    /// Returns `None` once the watch has stopped: the root was deleted or renamed away (logged
-    /// at ERROR), or the watcher task failed. The caller may start a new watcher later.
+    /// A root that is removed or replaced is waited for and watched again (see [`TreeState`]).
+    /// Returns `None` once the watch has stopped for good: the root was not back within
+    /// [`TreeConfig::give_up`], or the watcher task failed ([`TreeState::Stopped`] says which).
     pub async fn next_burst(&mut self) -> Option<Burst> {
         let now = Instant::now();
         let not_before = match self.interrupted.take() {
@@ -368,9 +441,50 @@ impl TreeWatcher {
     }
 
     /// How many directories are watched: inotify watches (one per kept directory), or polled
-    /// directories in poll mode. 0 once the watch has stopped.
+    /// directories in poll mode. 0 while the root is lost, and once the watch has stopped.
     pub fn watch_count(&self) -> usize {
         self.shared.watch_count.load(Ordering::Acquire)
+    }
+
+    /// The root, as an absolute path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the tree is watched now, and every change of it. The sender lives as long as
+    /// this watcher or its task, whichever ends last.
+    pub fn state(&self) -> watch::Receiver<TreeState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Shows every gap of the watch on `board`, as a [`WaitKind::Watch`] wait of the app on
+    /// the root, and takes it off when the root is watched again or the watch ends.
+    pub fn publish_gaps(&self, board: Arc<Board>) -> JoinHandle<()> {
+        let (app, subject) = (self.app.clone(), self.root.display().to_string());
+        let mut states = self.state();
+        tokio::spawn(async move {
+            loop {
+                let state = states.borrow_and_update().clone();
+                match state {
+                    TreeState::NotWatched {
+                        cause, next_check, ..
+                    } => {
+                        let next = next_check
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .ok();
+                        board.wait(&app, WaitKind::Watch, &subject, &cause, next);
+                    }
+                    TreeState::Watched | TreeState::Stopped { .. } => {
+                        board.clear(&app, WaitKind::Watch, &subject);
+                    }
+                }
+                if states.changed().await.is_err() {
+                    board.clear(&app, WaitKind::Watch, &subject);
+                    return;
+                }
+            }
+        })
     }
 
     /// Ends the watch and its task (the same as dropping the watcher).
@@ -385,42 +499,190 @@ impl Drop for TreeWatcher {
     }
 }
 
-/// The task behind a [`TreeWatcher`]: hands each batch of events to a blocking thread (walks,
-/// listings and watch calls block) and records what changed.
-async fn run(
+/// What the watcher task needs to watch the root again.
+struct Rewatch {
     app: String,
+    /// The root, as an absolute path.
+    root: PathBuf,
+    source: RulesSource,
+    poll: Option<Duration>,
+    give_up: Option<Duration>,
+}
+
+/// Why the watches of a root ended.
+enum Lost {
+    /// The root was removed, renamed away or replaced: look for it again.
+    Root(&'static str),
+    /// The watcher itself failed: nothing to look for.
+    Failed(String),
+}
+
+/// The task behind a [`TreeWatcher`]: watches the tree until its root is lost, waits for the
+/// root to come back, watches it again, and so on.
+async fn run(
+    again: Rewatch,
     mut watches: DirectoryWatches,
     mut events: EventStream,
     shared: Arc<Shared>,
 ) {
     let _stopped = StopOnDrop(shared.clone());
-    while let Some(batch) = events.next_batch().await {
-        let handled = tokio::task::spawn_blocking(move || {
-            let changes = watches.apply(batch);
-            (watches, changes)
-        })
-        .await;
-        let changes = match handled {
-            Ok((back, changes)) => {
-                watches = back;
-                changes
-            }
-            Err(e) => {
-                tracing::error!(app = %app, "the source directory watcher failed: {e}");
-                break;
+    loop {
+        let how = match watch_until_lost(&again.app, watches, events, &shared).await {
+            Lost::Root(how) => how,
+            Lost::Failed(cause) => {
+                tracing::error!(app = %again.app, root = %again.root.display(), "{cause}; the source directory is not watched any more");
+                shared.state.send_replace(TreeState::Stopped {
+                    cause: format!("source directory {}: {cause}", again.root.display()),
+                });
+                return;
             }
         };
-        shared.record(&watches, &changes);
-        if changes.root_lost {
-            tracing::error!(
-                app = %app,
-                root = %watches.rules().root().display(),
-                "the source directory was removed or renamed; it is not watched any more"
-            );
-            break;
+        shared.watch_count.store(0, Ordering::Release);
+        // What was pending is about a tree that is gone; the burst after the return covers it.
+        lock(&shared.debounce).discard();
+        let Some((back, stream)) = wait_for_root(&again, &shared, how).await else {
+            return;
+        };
+        (watches, events) = (back, stream);
+        // Whatever happened while it was not watched: everything may have changed.
+        let everything = Changes {
+            overflow: true,
+            rules_rebuilt: true,
+            ..Changes::default()
+        };
+        shared.state.send_replace(TreeState::Watched);
+        shared.record(&watches, &everything);
+    }
+}
+
+/// Hands each batch of events to a blocking thread (walks, listings and watch calls block) and
+/// records what changed; checks on a timer that the root is still the directory watched.
+/// Returns when the root is lost (the watches are dropped then) or the watcher fails.
+async fn watch_until_lost(
+    app: &str,
+    mut watches: DirectoryWatches,
+    mut events: EventStream,
+    shared: &Shared,
+) -> Lost {
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + ROOT_CHECK, ROOT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = events.next_batch() => {
+                let Some(batch) = batch else {
+                    return Lost::Failed("the file watcher stopped".to_string());
+                };
+                let handled = tokio::task::spawn_blocking(move || {
+                    let changes = watches.apply(batch);
+                    (watches, changes)
+                })
+                .await;
+                let changes = match handled {
+                    Ok((back, changes)) => {
+                        watches = back;
+                        changes
+                    }
+                    Err(e) => return Lost::Failed(format!("the source directory watcher failed: {e}")),
+                };
+                if changes.root_lost {
+                    return Lost::Root("removed or renamed away");
+                }
+                shared.record(&watches, &changes);
+            }
+            _ = check.tick() => {
+                let (root, watched) = (watches.root().to_path_buf(), watches.identity());
+                let same = tokio::task::spawn_blocking(move || {
+                    root_identity(&root).is_ok_and(|now| now == watched)
+                })
+                .await;
+                // A failed check task says nothing about the root: look again next time.
+                if same.is_ok_and(|same| !same) {
+                    tracing::debug!(app = %app, root = %watches.root().display(), "the source directory's path leads to another directory now");
+                    return Lost::Root("replaced");
+                }
+            }
         }
     }
-    shared.watch_count.store(0, Ordering::Release);
+}
+
+/// Looks for a lost root at once, then on a timer, until it can be watched again; publishes
+/// the gap meanwhile. `None` (and [`TreeState::Stopped`]) once [`Rewatch::give_up`] has passed.
+async fn wait_for_root(
+    again: &Rewatch,
+    shared: &Shared,
+    how: &str,
+) -> Option<(DirectoryWatches, EventStream)> {
+    let started = Instant::now();
+    let since = SystemTime::now();
+    let mut shown: Option<String> = None;
+    loop {
+        let (app, root, source, poll) = (
+            again.app.clone(),
+            again.root.clone(),
+            again.source.clone(),
+            again.poll,
+        );
+        let attempt =
+            tokio::task::spawn_blocking(move || DirectoryWatches::start(&app, &root, source, poll))
+                .await;
+        let (reason, cause, pause) = match attempt {
+            Ok(Ok(watched)) => {
+                if shown.is_some() {
+                    tracing::info!(app = %again.app, root = %again.root.display(), "the source directory is back; watching it again");
+                } else {
+                    tracing::info!(app = %again.app, root = %again.root.display(), "the source directory was {how}; watching the one there now");
+                }
+                return Some(watched);
+            }
+            Ok(Err(WatchError::NotFound { .. })) => (
+                "removed".to_string(),
+                "removed, waiting for it to come back".to_string(),
+                MISSING_CHECK,
+            ),
+            Ok(Err(WatchError::NotADirectory { .. })) => (
+                "replaced by something that is not a directory".to_string(),
+                "replaced by something that is not a directory, waiting for a directory"
+                    .to_string(),
+                MISSING_CHECK,
+            ),
+            Ok(Err(e)) => (e.to_string(), format!("{e}; trying again"), RETRY_CHECK),
+            Err(e) => {
+                let e = format!("the source directory watcher failed: {e}");
+                (e.clone(), format!("{e}; trying again"), RETRY_CHECK)
+            }
+        };
+        let waited = started.elapsed();
+        let pause = match again.give_up {
+            Some(bound) if waited >= bound => {
+                let cause = format!(
+                    "source directory {}: {reason}, and not back within {}; not watched any more",
+                    again.root.display(),
+                    humantime::format_duration(bound)
+                );
+                tracing::error!(app = %again.app, "{cause}");
+                shared.state.send_replace(TreeState::Stopped { cause });
+                return None;
+            }
+            Some(bound) => pause.min(bound - waited),
+            None => pause,
+        };
+        if shown.as_ref() != Some(&cause) {
+            tracing::error!(
+                app = %again.app,
+                root = %again.root.display(),
+                "the source directory is not watched: {cause} (checked every {})",
+                humantime::format_duration(pause)
+            );
+            shown = Some(cause.clone());
+        }
+        shared.state.send_replace(TreeState::NotWatched {
+            root: again.root.clone(),
+            cause,
+            since,
+            next_check: SystemTime::now() + pause,
+        });
+        tokio::time::sleep(pause).await;
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +800,18 @@ mod tests {
         let burst = d.fire_if_due(t0 + QUIET).expect("due");
         assert!(burst.overflow);
         assert_eq!(burst.changed_paths, 0);
+    }
+
+    #[test]
+    fn a_discarded_burst_never_fires_and_its_paths_count_again() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(QUIET, MAX_WAIT);
+        d.change_named(t0, &[PathBuf::from("/src/a")], 0);
+        d.discard();
+        assert!(!d.is_pending());
+        assert_eq!(d.fire_if_due(t0 + QUIET * 5), None);
+        d.change_named(t0, &[PathBuf::from("/src/a")], 0);
+        assert_eq!(d.fire_if_due(t0 + QUIET).map(|b| b.changed_paths), Some(1));
     }
 
     #[test]

@@ -316,7 +316,8 @@ pub(crate) struct Changes {
     pub overflow: bool,
     /// The ignore rules were rebuilt (an ignore file changed, or after an overflow).
     pub rules_rebuilt: bool,
-    /// The root itself was deleted or renamed away: nothing is watched any more.
+    /// The root itself was deleted, renamed away or replaced: nothing is watched any more
+    /// ([`crate::source::tree`] looks for it and watches it again).
     pub root_lost: bool,
 }
 
@@ -353,6 +354,19 @@ pub(crate) struct DirectoryWatches {
     polling: bool,
     /// The directories watched. Ordered, so a directory and everything below it are together.
     watched: BTreeSet<PathBuf>,
+    /// The root's device and inode when it was watched: the path may later lead elsewhere.
+    identity: RootIdentity,
+}
+
+/// A directory's device and inode numbers: what the root's path must still lead to.
+pub(crate) type RootIdentity = (u64, u64);
+
+/// The device and inode the path leads to now (symbolic links followed, as for the watch).
+/// Blocking: one `stat`.
+pub(crate) fn root_identity(root: &Path) -> io::Result<RootIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(root)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl std::fmt::Debug for DirectoryWatches {
@@ -383,7 +397,9 @@ impl DirectoryWatches {
             root: root.to_path_buf(),
             source,
         })?;
-        check_root(&root)?;
+        // Taken before the watch: a swap in between then shows as a mismatch (one rewatch too
+        // many) rather than as a match on a directory that is not the one watched.
+        let identity = check_root(&root)?;
         let rules = source.build(&root).map_err(|e| WatchError::Rules {
             root: root.clone(),
             source: e,
@@ -411,6 +427,7 @@ impl DirectoryWatches {
             watcher,
             polling: poll.is_some(),
             watched: BTreeSet::new(),
+            identity,
         };
         // The root first: a directory made while the rest is walked is then seen by its event.
         let root = watches.root.clone();
@@ -453,6 +470,16 @@ impl DirectoryWatches {
         &self.rules
     }
 
+    /// The root, as an absolute path.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The device and inode of the root when it was watched.
+    pub(crate) fn identity(&self) -> RootIdentity {
+        self.identity
+    }
+
     /// How many directories are watched (inotify watches, or polled directories).
     pub(crate) fn count(&self) -> usize {
         self.watched.len()
@@ -491,7 +518,7 @@ impl DirectoryWatches {
                 }
             }
         }
-        if !tally.root_lost && rescan && !self.root_exists() {
+        if !tally.root_lost && rescan && !self.root_is_the_same() {
             tally.root_lost = true;
         }
         let mut changes = Changes {
@@ -523,7 +550,7 @@ impl DirectoryWatches {
             // The root's own times and mode are not part of what is deployed.
             match seen {
                 Seen::Left(_) => tally.root_lost = true,
-                Seen::Renamed => tally.root_lost |= !self.root_exists(),
+                Seen::Renamed => tally.root_lost |= !self.root_is_the_same(),
                 Seen::Appeared(_) | Seen::Changed(_) => {}
             }
             return;
@@ -708,15 +735,18 @@ impl DirectoryWatches {
         }
     }
 
-    fn root_exists(&self) -> bool {
-        fs::metadata(&self.root).is_ok_and(|m| m.is_dir())
+    /// Whether the root's path still leads to the directory watched (not removed, not
+    /// replaced by another one: the watches would then be on a directory nobody deploys).
+    fn root_is_the_same(&self) -> bool {
+        root_identity(&self.root).is_ok_and(|now| now == self.identity)
     }
 }
 
-/// Checks that the root is a directory that can be listed.
-fn check_root(root: &Path) -> Result<(), WatchError> {
-    match fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => {}
+/// Checks that the root is a directory that can be listed; returns its device and inode.
+fn check_root(root: &Path) -> Result<RootIdentity, WatchError> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => (meta.dev(), meta.ino()),
         Ok(_) => {
             return Err(WatchError::NotADirectory {
                 root: root.to_path_buf(),
@@ -733,12 +763,12 @@ fn check_root(root: &Path) -> Result<(), WatchError> {
                 source,
             });
         }
-    }
+    };
     fs::read_dir(root).map_err(|source| WatchError::Read {
         root: root.to_path_buf(),
         source,
     })?;
-    Ok(())
+    Ok(identity)
 }
 
 #[cfg(test)]
