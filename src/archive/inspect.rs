@@ -1534,7 +1534,7 @@ mod tests {
                 b"app/l",
                 EntryType::Symlink,
                 b"/etc/passwd",
-                "symlink app/l points to the absolute path /etc/passwd",
+                "symlink app/l points to the absolute path /etc/passwd, outside the app/ folder",
             ),
             (
                 b"app/l",
@@ -1558,7 +1558,7 @@ mod tests {
                 b"app/h",
                 EntryType::Link,
                 b"/etc/shadow",
-                "hard link app/h points to the absolute path /etc/shadow",
+                "hard link app/h points to the absolute path /etc/shadow, outside the app/ folder",
             ),
             (
                 b"app/h",

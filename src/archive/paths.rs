@@ -268,7 +268,12 @@ impl Policy {
     }
 
     fn symlink(&mut self, rel: &[&[u8]], shown: &str, target: &[u8]) -> Result<(), Refusal> {
-        check_target("symlink", shown, target)?;
+        check_target(
+            "symlink",
+            shown,
+            target,
+            self.root.as_deref().unwrap_or_default(),
+        )?;
         let id = self.links.len() as u32;
         self.charge(shown.len() + target.len())?;
         self.links.push(Link {
@@ -414,8 +419,8 @@ impl Policy {
     /// A hard link names a member from the archive's root; it is made at once, so it must
     /// not step to or through a symlink. Returns the member's path below the top folder.
     fn hard_link(&self, shown: &str, target: &[u8]) -> Result<Vec<Vec<u8>>, Refusal> {
-        check_target("hard link", shown, target)?;
         let root = self.root.as_deref().unwrap_or_default();
+        check_target("hard link", shown, target, root)?;
         let target_shown = shown_bytes(target);
         let outside = || {
             unsafe_path(format!(
@@ -473,14 +478,15 @@ impl Policy {
     }
 }
 
-fn check_target(what: &str, shown: &str, target: &[u8]) -> Result<(), Refusal> {
+fn check_target(what: &str, shown: &str, target: &[u8], root: &[u8]) -> Result<(), Refusal> {
     if target.is_empty() {
         return Err(unsafe_path(format!("{what} {shown} has an empty target")));
     }
     if target.starts_with(b"/") {
         return Err(unsafe_path(format!(
-            "{what} {shown} points to the absolute path {}",
-            shown_bytes(target)
+            "{what} {shown} points to the absolute path {}, outside the {}/ folder",
+            shown_bytes(target),
+            shown_bytes(root)
         )));
     }
     if target.len() > MAX_TARGET_BYTES {
@@ -539,4 +545,63 @@ fn shown(path: &[u8]) -> String {
 
 fn shown_bytes(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit_all(entries: &[(&str, EntryKind<'_>)]) -> Result<(), String> {
+        let mut policy = Policy::new();
+        for (path, kind) in entries {
+            policy
+                .admit(path.as_bytes(), *kind)
+                .map_err(|refusal| refusal.reason)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_loop_of_links_is_refused_as_too_deep_to_follow() {
+        let reason = admit_all(&[
+            ("app/", EntryKind::Folder),
+            ("app/a", EntryKind::Symlink(b"b")),
+            ("app/b", EntryKind::Symlink(b"a")),
+            ("app/c", EntryKind::Symlink(b"a/x")),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            reason,
+            "symlink app/c has a target too deep to follow (a/x: more than 40 links or 4096 steps)"
+        );
+    }
+
+    #[test]
+    fn a_target_longer_than_a_path_is_refused() {
+        let long = "a/".repeat(2048);
+        let reason = admit_all(&[("app/l", EntryKind::Symlink(long.as_bytes()))]).unwrap_err();
+        assert_eq!(
+            reason,
+            "symlink app/l has a target of 4096 bytes, longer than a path can be (4095)"
+        );
+    }
+
+    #[test]
+    fn the_model_of_links_stays_within_its_budget() {
+        // Each target steps back out of 1000 new names, which are all remembered.
+        let mut policy = Policy::new();
+        let refused = (0..1000).find_map(|i| {
+            let target = format!("d{i}/{}..", "a/".repeat(999));
+            let path = format!("app/l{i}");
+            policy
+                .admit(path.as_bytes(), EntryKind::Symlink(target.as_bytes()))
+                .err()
+        });
+        let refusal = refused.expect("the budget is reached");
+        assert_eq!(
+            refusal.reason,
+            "too many links to check: their paths and targets take more than 32 MiB"
+        );
+        assert!(policy.model_bytes <= MAX_MODEL_BYTES + NODE_COST + 4096);
+    }
 }
