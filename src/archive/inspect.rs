@@ -2,9 +2,10 @@
 //!
 //! The platform accepts any bytes at upload and only fails minutes later with a `build-error`,
 //! so dropdeploy checks the archive first. [`inspect`] streams the file once, in constant memory
-//! (no extraction; beyond fixed-size buffers it keeps only up to 1000 top-level names, and the
-//! `tar` crate holds one GNU long-name or pax extension body at a time, which the size limit
-//! bounds), and returns either a [`Summary`] (root folder, counts, sizes, sha256 of the exact
+//! (no extraction; beyond fixed-size buffers it keeps only up to 1000 top-level names, the
+//! symlinks and the names their targets step through, within the paths policy's fixed budget,
+//! and the `tar` crate holds one GNU long-name or pax extension body at a time, which the size
+//! limit bounds), and returns either a [`Summary`] (root folder, counts, sizes, sha256 of the exact
 //! bytes read) or a [`Rejection`] whose reason a person can act on.
 //!
 //! What is checked, in stream order:
@@ -16,8 +17,11 @@
 //!   most [`Limits::max_uncompressed`];
 //! - it is a readable tar archive: every header and body read or skipped, so truncation is found,
 //!   and nothing but zeros after its end-of-archive blocks;
-//! - no absolute path, no `..` component, no device file or fifo, and no symlink or hard link
-//!   whose target is absolute or leaves the top-level folder;
+//! - entry paths and links pass the [`paths`](crate::archive::paths) policy, the same one the
+//!   local extractor applies: no absolute path, no `..` component, nothing written through a
+//!   symlink, and no symlink or hard link that leads outside the top-level folder, with link
+//!   chains resolved as the extracted tree would resolve them;
+//! - no device file or fifo;
 //! - every entry lives under one single top-level folder (a leading `./` is ignored).
 
 use std::collections::HashMap;
@@ -30,6 +34,7 @@ use flate2::bufread::GzDecoder;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use crate::archive::paths;
 use crate::config::DEFAULT_MAX_ARCHIVE_BYTES;
 
 /// How much an archive may hold before it is refused.
@@ -662,6 +667,8 @@ struct Scan {
     more_roots: bool,
     /// The last entry read: its name and where its body (padding included) ends.
     last: Option<(String, u64)>,
+    /// Entry paths and links, judged as the local extractor judges them.
+    paths: paths::Policy,
 }
 
 struct Root {
@@ -830,30 +837,32 @@ fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, scan: &mut Scan) -> Result<()
     scan.last = Some((shown.clone(), entry.raw_file_position() + padded));
     scan.entries += 1;
 
-    if path.is_empty() {
-        return Err(Rejection::new(
-            RejectionKind::CorruptTar,
-            format!("entry {} has an empty name", scan.entries),
-        ));
-    }
-    if path.starts_with(b"/") {
-        return Err(Rejection::new(
-            RejectionKind::UnsafePath,
-            format!("absolute path {shown}"),
-        ));
-    }
-    let components = components(&path);
-    if components.contains(&&b".."[..]) {
-        let reason = match resolve(&[], &components) {
-            Reach::OutsideArchive => format!("path {shown} leaves the archive"),
-            Reach::Inside | Reach::OutsideRoot => format!("path {shown} contains a .. component"),
-        };
-        return Err(Rejection::new(RejectionKind::UnsafePath, reason));
+    let target = match kind {
+        EntryType::Symlink | EntryType::Link => entry.link_name_bytes().unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let policy_kind = match kind {
+        EntryType::Directory => paths::EntryKind::Folder,
+        EntryType::Symlink => paths::EntryKind::Symlink(&target),
+        EntryType::Link => paths::EntryKind::HardLink(&target),
+        _ => paths::EntryKind::File,
+    };
+    match scan.paths.admit(&path, policy_kind) {
+        Ok(_) => {}
+        // Left to the end, where every top-level name can be listed.
+        Err(refusal) if refusal.kind == paths::RefusalKind::Root => {}
+        Err(refusal) => {
+            let kind = match refusal.kind {
+                paths::RefusalKind::Unnamed => RejectionKind::CorruptTar,
+                _ => RejectionKind::UnsafePath,
+            };
+            return Err(Rejection::new(kind, refusal.reason));
+        }
     }
 
     match kind {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => scan.files += 1,
-        EntryType::Directory => {}
+        EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
         EntryType::Char | EntryType::Block => {
             return Err(Rejection::new(
                 RejectionKind::SpecialFile,
@@ -866,7 +875,6 @@ fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, scan: &mut Scan) -> Result<()
                 format!("fifo {shown}"),
             ));
         }
-        EntryType::Symlink | EntryType::Link => check_link(entry, kind, &shown, &components)?,
         other => {
             return Err(Rejection::new(
                 RejectionKind::SpecialFile,
@@ -878,7 +886,7 @@ fn check_entry<R: Read>(entry: &tar::Entry<'_, R>, scan: &mut Scan) -> Result<()
             ));
         }
     }
-    scan.note_root(&components, kind);
+    scan.note_root(&paths::components(&path), kind);
     Ok(())
 }
 
@@ -888,110 +896,6 @@ fn describe_unknown(kind: EntryType) -> &'static str {
             "an extension header tar could not apply"
         }
         _ => "not a file, folder or link",
-    }
-}
-
-fn check_link<R: Read>(
-    entry: &tar::Entry<'_, R>,
-    kind: EntryType,
-    shown: &str,
-    components: &[&[u8]],
-) -> Result<(), Rejection> {
-    let what = if kind == EntryType::Symlink {
-        "symlink"
-    } else {
-        "hard link"
-    };
-    let target = entry.link_name_bytes().unwrap_or_default();
-    let target_shown = String::from_utf8_lossy(&target);
-    if target.is_empty() {
-        return Err(Rejection::new(
-            RejectionKind::UnsafePath,
-            format!("{what} {shown} has an empty target"),
-        ));
-    }
-    let reach = if target.starts_with(b"/") {
-        Reach::OutsideArchive
-    } else if kind == EntryType::Symlink {
-        // A symlink's target is relative to the folder holding the link.
-        let parent = &components[..components.len().saturating_sub(1)];
-        resolve(parent, &self::components(&target))
-    } else {
-        // A hard link's target is another member, named from the archive's root.
-        resolve_member(components.first().copied(), &self::components(&target))
-    };
-    let folder = components
-        .first()
-        .map(|root| String::from_utf8_lossy(root).into_owned())
-        .unwrap_or_default();
-    match reach {
-        Reach::Inside => Ok(()),
-        Reach::OutsideArchive => Err(Rejection::new(
-            RejectionKind::UnsafePath,
-            format!("{what} {shown} points outside the archive ({target_shown})"),
-        )),
-        Reach::OutsideRoot => Err(Rejection::new(
-            RejectionKind::UnsafePath,
-            format!("{what} {shown} points outside the {folder}/ folder ({target_shown})"),
-        )),
-    }
-}
-
-/// A relative path's components, without empty and `.` ones (`./app//x` is `app`, `x`).
-fn components(path: &[u8]) -> Vec<&[u8]> {
-    path.split(|&byte| byte == b'/')
-        .filter(|part| !part.is_empty() && *part != b".")
-        .collect()
-}
-
-/// Where a relative path leads, judged lexically.
-#[derive(Debug, PartialEq, Eq)]
-enum Reach {
-    /// It stays inside the top-level folder it starts from.
-    Inside,
-    /// At some point it is at the archive's root or in another top-level item.
-    OutsideRoot,
-    /// It climbs above the archive's root.
-    OutsideArchive,
-}
-
-/// Follows `path` from the folder `base` (components from the archive's root). Passing through
-/// the archive's root counts as leaving, even if the path then comes back in: once extracted
-/// the top-level folder may be renamed.
-fn resolve(base: &[&[u8]], path: &[&[u8]]) -> Reach {
-    let mut depth = base.len();
-    let mut reach = Reach::Inside;
-    for part in path {
-        if *part == b".." {
-            match depth.checked_sub(1) {
-                None => return Reach::OutsideArchive,
-                Some(0) => reach = Reach::OutsideRoot,
-                Some(_) => {}
-            }
-            depth = depth.saturating_sub(1);
-        } else {
-            depth += 1;
-        }
-    }
-    reach
-}
-
-/// A hard link's target must be a member inside the same top-level folder as the link.
-fn resolve_member(root: Option<&[u8]>, target: &[&[u8]]) -> Reach {
-    let mut resolved: Vec<&[u8]> = Vec::new();
-    for part in target {
-        if *part == b".." {
-            if resolved.pop().is_none() {
-                return Reach::OutsideArchive;
-            }
-        } else {
-            resolved.push(part);
-        }
-    }
-    if resolved.len() >= 2 && resolved.first().copied() == root {
-        Reach::Inside
-    } else {
-        Reach::OutsideRoot
     }
 }
 
@@ -1630,13 +1534,13 @@ mod tests {
                 b"app/l",
                 EntryType::Symlink,
                 b"/etc/passwd",
-                "symlink app/l points outside the archive (/etc/passwd)",
+                "symlink app/l points to the absolute path /etc/passwd, outside the app/ folder",
             ),
             (
                 b"app/l",
                 EntryType::Symlink,
                 b"../../x",
-                "symlink app/l points outside the archive (../../x)",
+                "symlink app/l points outside the app/ folder (../../x)",
             ),
             (
                 b"app/l",
@@ -1654,13 +1558,13 @@ mod tests {
                 b"app/h",
                 EntryType::Link,
                 b"/etc/shadow",
-                "hard link app/h points outside the archive (/etc/shadow)",
+                "hard link app/h points to the absolute path /etc/shadow, outside the app/ folder",
             ),
             (
                 b"app/h",
                 EntryType::Link,
                 b"../x",
-                "hard link app/h points outside the archive (../x)",
+                "hard link app/h points outside the app/ folder (../x)",
             ),
         ];
         for (name, kind, target, expected) in cases {
@@ -1676,6 +1580,21 @@ mod tests {
         assert_eq!(
             rejected(&empty, RejectionKind::UnsafePath),
             "symlink app/l has an empty target"
+        );
+    }
+
+    #[test]
+    fn rejects_a_link_chain_that_leaves_the_folder() {
+        // Lexically `app/a/x/../..` is `app`; but x is a link to app/a, so it is app/.. .
+        let bytes = tgz_with(&[
+            (b"app/a/", EntryType::Directory, None),
+            (b"app/a/x", EntryType::Symlink, Some(b".")),
+            (b"app/a/y", EntryType::Symlink, Some(b"x/../..")),
+        ]);
+        assert_eq!(
+            rejected(&bytes, RejectionKind::UnsafePath),
+            "symlink app/a/y points outside the app/ folder (x/../.., through the symlink \
+             app/a/x -> .)"
         );
     }
 

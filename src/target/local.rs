@@ -26,10 +26,11 @@
 //! become `current`, and each rename or link switch is followed by an fsync of the app
 //! directory.
 //!
-//! The archive is checked again while it is written, whatever inspection said: no absolute
-//! path or `..`, one top-level folder, no device or fifo, symlink targets relative and inside
-//! the release (`..` only at their start), hard links only to files already extracted, and
-//! nothing written through a symlink. Permission bits and mtimes are kept (setuid, setgid and
+//! The archive is checked again while it is written, whatever inspection said, by the same
+//! [`paths`](crate::archive::paths) policy as `dropdeploy check` (paths, one top-level folder,
+//! symlink and hard link targets resolved as the extracted tree will resolve them, nothing
+//! written through a symlink); then no device or fifo, and, as the disk shows, hard links
+//! only to files already extracted and no folder replaced. Permission bits and mtimes are kept (setuid, setgid and
 //! sticky bits are dropped; ownership is not restored).
 //!
 //! The blocking API is meant for `spawn_blocking`. Calls for one app must not overlap (the
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flate2::read::MultiGzDecoder;
 use tar::EntryType;
 
+use crate::archive::paths::{EntryKind, Place, Policy};
 use crate::config::LocalTargetConfig;
 use crate::queue::spool::{Timestamp, compact_utc};
 
@@ -822,7 +824,7 @@ fn extract_from(reader: impl Read, dest: &Path) -> Result<(), ExtractError> {
     let mut archive = tar::Archive::new(reader);
     let mut extractor = Extractor {
         dest,
-        root: None,
+        paths: Policy::new(),
         dirs: HashSet::new(),
         deferred: Vec::new(),
     };
@@ -845,8 +847,8 @@ struct DirMeta {
 /// writes to the disk and trusts nothing it did not check itself.
 struct Extractor<'a> {
     dest: &'a Path,
-    /// The archive's top-level folder, from the first entry.
-    root: Option<Vec<u8>>,
+    /// Entry paths and links, judged as `dropdeploy check` judges them.
+    paths: Policy,
     /// Folders under `dest` known to be real directories (made or checked here, and never
     /// replaced: an entry that would replace a folder is refused).
     dirs: HashSet<PathBuf>,
@@ -865,14 +867,6 @@ fn shown_bytes(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Components of a relative path, without empty and `.` ones.
-fn split_path(path: &[u8]) -> Vec<Vec<u8>> {
-    path.split(|&b| b == b'/')
-        .filter(|part| !part.is_empty() && *part != b".")
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
 fn write_error(path: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
     move |e| ExtractError::Io(format!("cannot write {}: {e}", path.display()))
 }
@@ -885,13 +879,22 @@ impl Extractor<'_> {
         }
         let raw = entry.path_bytes().into_owned();
         let shown = shown_bytes(&raw);
-        let Some(rel) = self.relative(&raw, &shown)? else {
-            // `./` itself: the archive's root, not part of the release.
-            return if kind.is_dir() {
-                Ok(())
-            } else {
-                Err(ExtractError::Refused(format!("entry {shown} has no name")))
-            };
+        let target = match kind {
+            EntryType::Symlink | EntryType::Link => {
+                entry.link_name_bytes().unwrap_or_default().into_owned()
+            }
+            _ => Vec::new(),
+        };
+        let policy_kind = match kind {
+            EntryType::Directory => EntryKind::Folder,
+            EntryType::Symlink => EntryKind::Symlink(&target),
+            EntryType::Link => EntryKind::HardLink(&target),
+            _ => EntryKind::File,
+        };
+        let (rel, hard_link_to) = match self.paths.admit(&raw, policy_kind) {
+            Ok(Place::ArchiveRoot) => return Ok(()),
+            Ok(Place::Inside { path, hard_link_to }) => (path, hard_link_to),
+            Err(refusal) => return Err(ExtractError::Refused(refusal.reason)),
         };
         let mode = entry.header().mode().map_err(|e| {
             ExtractError::Refused(format!("entry {shown} has an unreadable mode: {e}"))
@@ -903,12 +906,7 @@ impl Extractor<'_> {
             .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
 
         if rel.is_empty() {
-            // The top-level folder itself is the release directory.
-            if !kind.is_dir() {
-                return Err(ExtractError::Refused(format!(
-                    "the top-level entry {shown} is not a folder"
-                )));
-            }
+            // The top-level folder itself (the policy refused anything else) is the release.
             self.deferred.push(DirMeta {
                 path: self.dest.to_path_buf(),
                 depth: 0,
@@ -925,12 +923,13 @@ impl Extractor<'_> {
             }
             EntryType::Directory => self.make_dir(&path, rel.len(), &shown, mode, mtime),
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                self.make_symlink(&path, rel.len() - 1, &shown, &target)
+                self.clear_slot(&path, &shown)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(write_error(&path))
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                self.make_hard_link(&path, &shown, &target)
+                let source = hard_link_to.unwrap_or_default();
+                self.make_hard_link(&path, &shown, &target, &source)
             }
             EntryType::Char | EntryType::Block => {
                 Err(ExtractError::Refused(format!("device file {shown}")))
@@ -941,37 +940,6 @@ impl Extractor<'_> {
                 char::from(other.as_byte())
             ))),
         }
-    }
-
-    /// The entry's path inside the release (top-level folder removed), `None` for `./`.
-    fn relative(&mut self, raw: &[u8], shown: &str) -> Result<Option<Vec<Vec<u8>>>, ExtractError> {
-        if raw.is_empty() {
-            return Err(ExtractError::Refused("an entry has an empty name".into()));
-        }
-        if raw.starts_with(b"/") {
-            return Err(ExtractError::Refused(format!("absolute path {shown}")));
-        }
-        let mut components = split_path(raw);
-        if components.iter().any(|c| c == b"..") {
-            return Err(ExtractError::Refused(format!(
-                "path {shown} contains a .. component"
-            )));
-        }
-        if components.is_empty() {
-            return Ok(None);
-        }
-        let first = components.remove(0);
-        match &self.root {
-            None => self.root = Some(first),
-            Some(root) if *root == first => {}
-            Some(root) => {
-                return Err(ExtractError::Refused(format!(
-                    "entry {shown} is outside the top-level folder {}/",
-                    shown_bytes(root)
-                )));
-            }
-        }
-        Ok(Some(components))
     }
 
     /// Makes sure every folder above the entry is a real directory inside the release (made
@@ -1079,78 +1047,18 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// `depth` is the number of folders between the release and the link.
-    fn make_symlink(
-        &mut self,
-        path: &Path,
-        depth: usize,
-        shown: &str,
-        target: &[u8],
-    ) -> Result<(), ExtractError> {
-        let target_shown = shown_bytes(target);
-        if target.is_empty() {
-            return Err(ExtractError::Refused(format!(
-                "symlink {shown} has an empty target"
-            )));
-        }
-        if target.starts_with(b"/") {
-            return Err(ExtractError::Refused(format!(
-                "symlink {shown} points to the absolute path {target_shown}"
-            )));
-        }
-        let components = split_path(target);
-        let climbs = components.iter().take_while(|c| *c == b"..").count();
-        if components[climbs..].iter().any(|c| c == b"..") {
-            // `a/../b` is only `b` if `a` is a real folder, and `a` may be a link: refuse
-            // rather than resolve it.
-            return Err(ExtractError::Refused(format!(
-                "symlink {shown} has a .. after a folder name in its target ({target_shown})"
-            )));
-        }
-        if climbs > depth {
-            return Err(ExtractError::Refused(format!(
-                "symlink {shown} points outside the release ({target_shown})"
-            )));
-        }
-        self.clear_slot(path, shown)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(write_error(path))
-    }
-
+    /// `source` is the linked member below the top folder, as the policy resolved it: still
+    /// to check on the disk is that it is a file extracted before, reached through folders.
     fn make_hard_link(
         &mut self,
         path: &Path,
         shown: &str,
         target: &[u8],
+        source: &[Vec<u8>],
     ) -> Result<(), ExtractError> {
         let target_shown = shown_bytes(target);
-        let outside = || {
-            ExtractError::Refused(format!(
-                "hard link {shown} points outside the release ({target_shown})"
-            ))
-        };
-        if target.is_empty() {
-            return Err(ExtractError::Refused(format!(
-                "hard link {shown} has an empty target"
-            )));
-        }
-        if target.starts_with(b"/") {
-            return Err(outside());
-        }
-        // A hard link names another member from the archive's root.
-        let mut resolved: Vec<Vec<u8>> = Vec::new();
-        for component in split_path(target) {
-            if component == b".." {
-                resolved.pop().ok_or_else(outside)?;
-            } else {
-                resolved.push(component);
-            }
-        }
-        if resolved.len() < 2 || self.root.as_deref() != Some(&resolved[0][..]) {
-            return Err(outside());
-        }
-        let rel = &resolved[1..];
-        for depth in 1..rel.len() {
-            let dir = path_of(self.dest, &rel[..depth]);
+        for depth in 1..source.len() {
+            let dir = path_of(self.dest, &source[..depth]);
             let real_dir =
                 self.dirs.contains(&dir) || fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
             if !real_dir {
@@ -1159,7 +1067,7 @@ impl Extractor<'_> {
                 )));
             }
         }
-        let source = path_of(self.dest, rel);
+        let source = path_of(self.dest, source);
         // Only a file: a hard link to a symlink would be a copy of that symlink elsewhere,
         // where its relative target may lead out of the release.
         if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
@@ -1433,7 +1341,7 @@ mod tests {
             (b"app/l/f", FILE, b"", b"x"),
         ]);
         let err = result.unwrap_err();
-        assert!(err.contains("through the symlink l"), "{err}");
+        assert!(err.contains("through the symlink app/l"), "{err}");
         assert!(!dir.path().join("release/d/f").exists());
     }
 
@@ -1441,9 +1349,9 @@ mod tests {
     fn symlink_targets_must_stay_in_the_release() {
         for (link, target, fragment) in [
             (&b"app/l"[..], &b"/etc/passwd"[..], "absolute path"),
-            (b"app/l", b"../x", "outside the release"),
-            (b"app/a/l", b"../../x", "outside the release"),
-            (b"app/a/l", b"b/../../x", "after a folder name"),
+            (b"app/l", b"../x", "outside the app/ folder"),
+            (b"app/a/l", b"../../x", "outside the app/ folder"),
+            (b"app/a/l", b"b/../../../x", "outside the app/ folder"),
             (b"app/l", b"", "empty target"),
         ] {
             let (_dir, result) = extract_raw(&[
@@ -1479,10 +1387,10 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("release/h")).unwrap(), b"data");
 
         for (target, fragment) in [
-            (&b"/etc/passwd"[..], "outside the release"),
-            (b"../../etc/passwd", "outside the release"),
-            (b"other/f", "outside the release"),
-            (b"app", "outside the release"),
+            (&b"/etc/passwd"[..], "points to the absolute path"),
+            (b"../../etc/passwd", "outside the app/ folder"),
+            (b"other/f", "outside the app/ folder"),
+            (b"app", "the app/ folder itself"),
             (b"app/s", "must point to a file"),
             (b"app/missing", "must point to a file"),
         ] {
@@ -1501,7 +1409,7 @@ mod tests {
     #[test]
     fn paths_special_files_and_second_roots_are_refused() {
         for (name, kind, fragment) in [
-            (&b"app/../../evil"[..], FILE, "contains a .. component"),
+            (&b"app/../../evil"[..], FILE, "leaves the archive"),
             (b"/abs", FILE, "absolute path"),
             (b"app/dev", EntryType::Char, "device file"),
             (b"app/pipe", EntryType::Fifo, "fifo"),
