@@ -3,12 +3,20 @@
 //! gets one history line and at most one deployment per git_ref, every failure says why, and
 //! the token never shows in a log.
 //!
+//! The storm also does what a hostile world does: the same bytes dropped twice at once, files
+//! dropped as hard links, a file held open for writing across a restart, and (with SIGKILL) a
+//! watched source directory edited, removed and swapped by rename while its deployments run.
+//! Beyond the above: every git_ref belongs to one job across the whole history, no valid
+//! archive is ever refused (taken before it was complete), and once quiet the tree's last
+//! deployment holds its current content, with no content deployed twice in a row.
+//!
 //! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones through
 //! `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED` and `CHAOS_KILLS`.
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -57,7 +65,14 @@ struct Storm {
     dropped: usize,
     tags: Vec<String>,
     started: Instant,
+    /// The watched source directory, when the storm has one.
+    tree: Option<PathBuf>,
+    /// Files written in place and still open: (file, handle, the bytes still to write).
+    held: Vec<(PathBuf, std::fs::File, Vec<u8>)>,
 }
+
+/// The app of the watched source directory.
+const TREE_APP: &str = "storm-tree";
 
 impl Storm {
     fn new(p: &Params) -> Storm {
@@ -109,14 +124,89 @@ retry_aborted = true
             dropped: 0,
             tags: Vec::new(),
             started: Instant::now(),
+            tree: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Adds a watched source directory app (deployed at start when changed).
+    fn with_tree(mut self) -> Storm {
+        let root = self
+            .world
+            .add_tree_app(TREE_APP, "deploy_on_start = true
+queue = \"latest\"");
+        self.tree = Some(root);
+        self
+    }
+
+    /// Edits the tree; every fifth call removes it and puts a new one in its place by rename.
+    fn edit_tree(&self, round: usize) {
+        let Some(root) = &self.tree else { return };
+        let text = format!("console.log('round {round}')\n");
+        if round % 5 == 4 {
+            let next = root.with_extension("next");
+            std::fs::create_dir_all(next.join("lib")).unwrap();
+            std::fs::write(next.join("package.json"), br#"{"name":"demo"}"#).unwrap();
+            std::fs::write(next.join("lib/util.js"), b"module.exports = 1\n").unwrap();
+            std::fs::write(next.join("index.js"), &text).unwrap();
+            let old = root.with_extension("old");
+            std::fs::rename(root, &old).unwrap();
+            std::fs::rename(&next, root).unwrap();
+            std::fs::remove_dir_all(&old).unwrap();
+        } else {
+            std::fs::write(root.join("index.js"), text).unwrap();
+        }
+    }
+
+    /// Starts writing an archive in place into the next app's folder, and keeps it open.
+    fn hold_one(&mut self, round: usize) {
+        let app = round % self.apps.len();
+        let name = format!("held-{round:02}.tar.gz");
+        let bytes = std::fs::read(support::good_archive(
+            self.world.dir.path(),
+            &name,
+            "app",
+        ))
+        .unwrap();
+        let path = self.apps[app].1.join(&name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let half = bytes.len() / 2;
+        file.write_all(&bytes[..half]).unwrap();
+        file.flush().unwrap();
+        self.held.push((path, file, bytes[half..].to_vec()));
+        self.files.push((app, name));
+    }
+
+    /// Finishes and closes the files held open.
+    fn release_held(&mut self) {
+        for (_, mut file, rest) in self.held.drain(..) {
+            file.write_all(&rest).unwrap();
         }
     }
 
     /// Drops the next `n` archives (fewer if there are no more).
     fn drop_some(&mut self, n: usize) {
         let end = (self.dropped + n).min(self.files.len());
-        for (app, name) in &self.files[self.dropped..end] {
-            self.world.drop_archive(&self.apps[*app].1, name);
+        for index in self.dropped..end {
+            let (app, name) = &self.files[index];
+            let drop = &self.apps[*app].1;
+            if name.starts_with("held-") {
+                continue;
+            }
+            if index % 4 == 3 {
+                // The same bytes as the previous archive, under another name, at once.
+                let (_, previous) = &self.files[index - 1];
+                let made = support::good_archive(self.world.dir.path(), previous, "app");
+                let temp = drop.join(format!("{name}.partial"));
+                std::fs::rename(made, &temp).unwrap();
+                std::fs::rename(temp, drop.join(name)).unwrap();
+            } else if index % 7 == 5 {
+                // A hard link: no write, no close in the folder.
+                let made = support::good_archive(self.world.dir.path(), name, "app");
+                std::fs::hard_link(&made, drop.join(name)).unwrap();
+            } else {
+                self.world.drop_archive(drop, name);
+            }
         }
         self.dropped = end;
     }
@@ -129,13 +219,61 @@ retry_aborted = true
     /// Waits for one history line per archive; false on timeout (a stuck job).
     fn wait_all(&self, timeout: Duration) -> bool {
         let n = self.files.len();
-        wait_for(timeout, || self.world.history().len() >= n)
+        wait_for(timeout, || {
+            self.world
+                .history()
+                .iter()
+                .filter(|h| h["app"] != TREE_APP)
+                .count()
+                >= n
+                && self.tree_is_quiet()
+        })
+    }
+
+    /// The tree's newest deployment is finished, holds the tree's current content, and no
+    /// job of the tree is left in the spool. True when the storm has no tree.
+    fn tree_is_quiet(&self) -> bool {
+        let Some(root) = &self.tree else { return true };
+        let Ok(current) = std::fs::read_to_string(root.join("index.js")) else {
+            return false;
+        };
+        let deployments = self.world.fake.deployments(TREE_APP);
+        let Some(last) = deployments.iter().max_by_key(|d| d.created_at) else {
+            return false;
+        };
+        last.is_finished()
+            && self.deployed_index(&last.source_url).as_deref() == Some(current.as_str())
+            && !self
+                .world
+                .job_records()
+                .iter()
+                .any(|r| r.contains(&format!("\"app\": \"{TREE_APP}\"")))
+    }
+
+    /// `index.js` in the archive a deployment was made from.
+    fn deployed_index(&self, source_url: &str) -> Option<String> {
+        let bytes = self.world.fake.archive_at(source_url)?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        for entry in archive.entries().ok()? {
+            let mut entry = entry.ok()?;
+            if entry.path().ok()?.ends_with("index.js") {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).ok()?;
+                return Some(text);
+            }
+        }
+        None
     }
 
     /// Prints the table, then checks every invariant.
     fn report_and_check(&self, title: &str, p: &Params) {
         let world = &self.world;
-        let history = world.history();
+        let all_history = world.history();
+        let history: Vec<serde_json::Value> = all_history
+            .iter()
+            .filter(|h| h["app"] != TREE_APP)
+            .cloned()
+            .collect();
         let stats = world.fake.stats();
 
         // Files: every dropped file is in its folder, done/ or failed/.
@@ -153,7 +291,8 @@ retry_aborted = true
         let mut per_ref: HashMap<(String, String), usize> = HashMap::new();
         let mut deployments = 0;
         let mut without_ref = 0;
-        for (app, _) in &self.apps {
+        let tree_app = self.tree.as_ref().map(|_| (TREE_APP.to_string(), PathBuf::new()));
+        for (app, _) in self.apps.iter().chain(tree_app.iter()) {
             for d in world.fake.deployments(app) {
                 deployments += 1;
                 match d.git_ref {
@@ -193,6 +332,30 @@ retry_aborted = true
         }
         let max_lines_per_file = per_file.values().copied().max().unwrap_or(0);
         let failed_total: usize = failed.values().sum();
+        // A valid archive refused means it was taken before it was complete.
+        let refused = history.iter().filter(|h| h["step"] == "inspect").count();
+        // Every git_ref belongs to one job, across the whole history.
+        let mut refs = HashSet::new();
+        let mut shared_refs = Vec::new();
+        for h in &all_history {
+            if let Some(r) = h["git_ref"].as_str()
+                && !refs.insert(r.to_string())
+            {
+                shared_refs.push(r.to_string());
+            }
+        }
+        // The tree: consecutive deployments (an aborted one retried aside) differ in content.
+        let mut tree_deployments = 0;
+        let mut tree_repeats = 0;
+        if self.tree.is_some() {
+            let mut ds = world.fake.deployments(TREE_APP);
+            ds.sort_by_key(|d| d.created_at);
+            ds.retain(|d| d.status != "aborted");
+            tree_deployments = ds.len();
+            let contents: Vec<Option<String>> =
+                ds.iter().map(|d| self.deployed_index(&d.source_url)).collect();
+            tree_repeats = contents.windows(2).filter(|w| w[0] == w[1]).count();
+        }
 
         let mut table = format!(
             "\n== {title} (seed {}, p {}, {} apps, kills {}) ==\n",
@@ -215,6 +378,12 @@ retry_aborted = true
         row("max history lines per file", max_lines_per_file.to_string());
         row("files lost", lost.to_string());
         row("files never claimed", unclaimed.to_string());
+        row("valid archives refused", refused.to_string());
+        row("git_refs of two jobs", shared_refs.len().to_string());
+        if self.tree.is_some() {
+            row("tree deployments", tree_deployments.to_string());
+            row("tree content twice in a row", tree_repeats.to_string());
+        }
         row("faults injected", stats.faults_injected.to_string());
         row("requests", stats.requests.to_string());
         row("retries (attempts - 1)", retries.to_string());
@@ -242,6 +411,10 @@ retry_aborted = true
         assert_eq!(max_lines_per_file, 1, "one history line per archive{table}");
         assert_eq!(other, 0, "only succeeded or failed with queue = all{table}");
         assert!(max_per_ref <= 1, "a git_ref deployed twice{table}");
+        assert_eq!(refused, 0, "a valid archive refused{table}\n{history:#?}");
+        assert!(shared_refs.is_empty(), "git_refs of two jobs: {shared_refs:?}{table}");
+        assert_eq!(tree_repeats, 0, "the same tree content deployed twice in a row{table}");
+        assert!(self.tree_is_quiet(), "the tree's last deployment is not its content{table}");
         assert_eq!(without_ref, 0, "deployments without a git_ref{table}");
         assert!(
             without_reason.is_empty(),
@@ -317,17 +490,24 @@ fn a_fault_storm_loses_nothing_and_deploys_each_archive_at_most_once() {
 #[test]
 fn a_fault_storm_with_sigkill_loop_loses_nothing_and_deploys_each_archive_at_most_once() {
     let p = Params::from_env(0x5eed_0002);
-    let mut storm = Storm::new(&p);
+    let mut storm = Storm::new(&p).with_tree();
     let mut rng = fastrand::Rng::with_seed(p.seed ^ 0x6b11);
     let batch = p.archives.div_ceil(p.kills + 1);
     for round in 0..p.kills {
         let mut daemon = storm.start(&format!("round{round:02}"));
+        // A file held open across the kill and the next start is finished only then.
+        storm.release_held();
         storm.drop_some(batch);
+        storm.edit_tree(round);
+        if round % 3 == 1 {
+            storm.hold_one(round);
+        }
         std::thread::sleep(Duration::from_millis(rng.u64(50..1500)));
         daemon.kill9();
     }
     storm.drop_some(p.archives);
     let _daemon = storm.start("last");
+    storm.release_held();
     let done = storm.wait_all(budget(&p));
     storm.report_and_check("fault storm with SIGKILL", &p);
     assert!(done, "not every job finished (stuck)");
