@@ -4,13 +4,19 @@
 //! once it is complete, exactly once while it stays there. It only *notices*: the daemon claims a
 //! ready file by renaming it into its spool, and later moves it to `done/` or `failed/`.
 //!
-//! A file is complete when it was renamed into the folder (a rename is atomic), or when it was
-//! written in place, closed after its last write, and left unchanged for the settle time. Files
-//! already there when the folder is listed are complete once they are old and unchanged.
-//! Filesystem events are hints: an overflow, a watcher error or a full internal queue leads to a
-//! rescan of the whole folder, so nothing dropped is lost. Linux (inotify) is the target: the
-//! close-after-write signal comes from `IN_CLOSE_WRITE` (through [`DirWatcher`], which does
-//! not wake up for files that are only opened or read).
+//! A file is complete when no writer has it open and it stayed unchanged (size, mtime, ctime,
+//! inode) for the settle time; a file renamed into the folder (a rename is atomic) needs no settle
+//! time, and one found already there with an old mtime needs one unchanged check. Whether anyone
+//! has the file open for writing is asked of the kernel with a read lease (`F_SETLEASE`, released
+//! at once); where leases are refused (the daemon neither owns the files nor has `CAP_LEASE`)
+//! the log says so once and a file written in place must also be seen closed
+//! (`IN_CLOSE_WRITE`). One predicate (`Settling::check`) decides for every way a file is
+//! noticed: an event, the listing at start, a rescan, a recheck after a failed claim.
+//! Filesystem events are hints: every candidate is checked on a timer, an overflow, a watcher
+//! error or a full internal queue leads to a rescan of the whole folder, and the folder is listed
+//! again every 30 s in any case, so nothing dropped is missed, even a hard link that
+//! brings no write and no close. Files that wait are shown on the live board
+//! ([`crate::live`]) with the reason. Linux (inotify) is the target.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -50,10 +56,11 @@ const RESCAN_EVERY: Duration = Duration::from_secs(30);
 pub enum Readiness {
     /// Renamed into the folder: a rename is atomic, so the file was complete at once.
     RenamedIn,
-    /// Written in place, closed after its last write, then unchanged for the settle time.
+    /// Written in place (or linked in), no writer left, then unchanged for the settle time.
     Settled,
-    /// Already in the folder when it was listed (at start, or by a rescan) and no longer changing:
-    /// older than the settle time and unchanged for one check, or unchanged for the settle time.
+    /// Already in the folder when it was listed (at start, by a rescan, or again after a failed
+    /// claim), no writer has it open, and no longer changing: older than the settle time and
+    /// unchanged for one check, or unchanged for the settle time.
     FoundAtStart,
 }
 
