@@ -291,6 +291,9 @@ struct Settling {
     how: Readiness,
     /// Found with an mtime older than the settle time.
     old: bool,
+    /// When it became a candidate, in the folder's order: files are sent in the order they
+    /// arrived.
+    arrival: u64,
 }
 
 impl Settling {
@@ -301,6 +304,7 @@ impl Settling {
             closed,
             how,
             old,
+            arrival: 0,
         }
     }
 
@@ -663,6 +667,8 @@ struct Folder {
     warned: HashSet<PathBuf>,
     /// Whether the log already says that writers cannot be detected here.
     lease_note: bool,
+    /// The arrival number of the next candidate.
+    arrivals: u64,
     /// Where waiting candidates are shown for `status`.
     live: Option<Arc<Board>>,
     ready: mpsc::Sender<ReadyFile>,
@@ -683,6 +689,12 @@ impl Folder {
                 live.clear(&self.app, WaitKind::Claim, &subject);
             }
         }
+    }
+
+    fn add_candidate(&mut self, path: PathBuf, mut settling: Settling) {
+        settling.arrival = self.arrivals;
+        self.arrivals += 1;
+        self.candidates.insert(path, settling);
     }
 
     /// The path left the folder: a file dropped later under the same name is new work.
@@ -765,7 +777,7 @@ impl Folder {
         match hint {
             Hint::RenamedIn | Hint::Renamed => {
                 if let Some(seen) = self.look_at(&path) {
-                    self.candidates.insert(path, Settling::renamed(seen, now));
+                    self.add_candidate(path, Settling::renamed(seen, now));
                     return true;
                 }
             }
@@ -773,7 +785,7 @@ impl Folder {
                 if let Some(settling) = self.candidates.get_mut(&path) {
                     settling.on_write(now);
                 } else if let Some(seen) = self.look_at(&path) {
-                    self.candidates.insert(path, Settling::written(seen, now));
+                    self.add_candidate(path, Settling::written(seen, now));
                 }
             }
             Hint::Closed => {
@@ -782,20 +794,19 @@ impl Folder {
                 } else if let Some(seen) = self.look_at(&path) {
                     let mut settling = Settling::written(seen, now);
                     settling.on_close(now);
-                    self.candidates.insert(path, settling);
+                    self.add_candidate(path, settling);
                 }
             }
             // A tracked file's change shows in its next check; an unknown one is taken in
             // (a hard link made into the folder brings IN_CREATE and IN_ATTRIB, nothing more).
             Hint::Created if !known => {
                 if let Some(seen) = self.look_at(&path) {
-                    self.candidates.insert(path, Settling::created(seen, now));
+                    self.add_candidate(path, Settling::created(seen, now));
                 }
             }
             Hint::Touched if !known => {
                 if let Some(seen) = self.look_at(&path) {
-                    self.candidates
-                        .insert(path, Settling::found(seen, now, false));
+                    self.add_candidate(path, Settling::found(seen, now, false));
                 }
             }
             Hint::Created | Hint::Touched | Hint::Gone => {}
@@ -812,8 +823,7 @@ impl Folder {
         self.sent.remove(&path);
         if let Some(seen) = self.look_at(&path) {
             let old = is_old(seen.mtime, SystemTime::now(), self.settle);
-            self.candidates
-                .insert(path, Settling::found(seen, Instant::now(), old));
+            self.add_candidate(path, Settling::found(seen, Instant::now(), old));
         }
     }
 
@@ -844,7 +854,8 @@ impl Folder {
     /// Checks every waiting candidate against the completeness predicate, sends those that are
     /// complete, and shows why the others wait.
     async fn check_candidates(&mut self) -> Result<(), ReceiverGone> {
-        let paths: Vec<PathBuf> = self.candidates.keys().cloned().collect();
+        let mut paths: Vec<PathBuf> = self.candidates.keys().cloned().collect();
+        paths.sort_by_key(|p| self.candidates.get(p).map(|c| c.arrival));
         let observed = tokio::task::spawn_blocking(move || {
             paths
                 .into_iter()
@@ -950,8 +961,7 @@ impl Folder {
                 Some(Kind::Regular(seen)) => {
                     self.warned.remove(&path);
                     let old = is_old(seen.mtime, wall_now, self.settle);
-                    self.candidates
-                        .insert(path, Settling::found(seen, now, old));
+                    self.add_candidate(path, Settling::found(seen, now, old));
                 }
                 Some(Kind::Other(what)) => self.warn_once(&path, what),
                 None => {}
@@ -1208,6 +1218,7 @@ impl DropWatcher {
                 sent: HashSet::new(),
                 warned: HashSet::new(),
                 lease_note: false,
+                arrivals: 0,
                 live: live.clone(),
                 ready: tx,
             },
