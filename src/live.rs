@@ -141,6 +141,18 @@ impl Board {
         removed
     }
 
+    /// Takes off every wait of one kind of an app (what shows them stopped).
+    pub fn clear_kind(&self, app: &str, kind: WaitKind) {
+        let Ok(mut waits) = self.waits.lock() else {
+            return;
+        };
+        let before = waits.len();
+        waits.retain(|(a, k, _), _| !(a == app && *k == kind));
+        if waits.len() != before {
+            self.write(&waits);
+        }
+    }
+
     /// Takes off every wait of an app (it was removed or restarted).
     pub fn clear_app(&self, app: &str) {
         let Ok(mut waits) = self.waits.lock() else {
