@@ -131,10 +131,11 @@ retry_aborted = true
 
     /// Adds a watched source directory app (deployed at start when changed).
     fn with_tree(mut self) -> Storm {
-        let root = self
-            .world
-            .add_tree_app(TREE_APP, "deploy_on_start = true
-queue = \"latest\"");
+        let root = self.world.add_tree_app(
+            TREE_APP,
+            "deploy_on_start = true
+queue = \"latest\"",
+        );
         self.tree = Some(root);
         self
     }
@@ -162,12 +163,8 @@ queue = \"latest\"");
     fn hold_one(&mut self, round: usize) {
         let app = round % self.apps.len();
         let name = format!("held-{round:02}.tar.gz");
-        let bytes = std::fs::read(support::good_archive(
-            self.world.dir.path(),
-            &name,
-            "app",
-        ))
-        .unwrap();
+        let bytes =
+            std::fs::read(support::good_archive(self.world.dir.path(), &name, "app")).unwrap();
         let path = self.apps[app].1.join(&name);
         let mut file = std::fs::File::create(&path).unwrap();
         let half = bytes.len() / 2;
@@ -291,7 +288,10 @@ queue = \"latest\"");
         let mut per_ref: HashMap<(String, String), usize> = HashMap::new();
         let mut deployments = 0;
         let mut without_ref = 0;
-        let tree_app = self.tree.as_ref().map(|_| (TREE_APP.to_string(), PathBuf::new()));
+        let tree_app = self
+            .tree
+            .as_ref()
+            .map(|_| (TREE_APP.to_string(), PathBuf::new()));
         for (app, _) in self.apps.iter().chain(tree_app.iter()) {
             for d in world.fake.deployments(app) {
                 deployments += 1;
@@ -352,8 +352,10 @@ queue = \"latest\"");
             ds.sort_by_key(|d| d.created_at);
             ds.retain(|d| d.status != "aborted");
             tree_deployments = ds.len();
-            let contents: Vec<Option<String>> =
-                ds.iter().map(|d| self.deployed_index(&d.source_url)).collect();
+            let contents: Vec<Option<String>> = ds
+                .iter()
+                .map(|d| self.deployed_index(&d.source_url))
+                .collect();
             tree_repeats = contents.windows(2).filter(|w| w[0] == w[1]).count();
         }
 
@@ -412,9 +414,18 @@ queue = \"latest\"");
         assert_eq!(other, 0, "only succeeded or failed with queue = all{table}");
         assert!(max_per_ref <= 1, "a git_ref deployed twice{table}");
         assert_eq!(refused, 0, "a valid archive refused{table}\n{history:#?}");
-        assert!(shared_refs.is_empty(), "git_refs of two jobs: {shared_refs:?}{table}");
-        assert_eq!(tree_repeats, 0, "the same tree content deployed twice in a row{table}");
-        assert!(self.tree_is_quiet(), "the tree's last deployment is not its content{table}");
+        assert!(
+            shared_refs.is_empty(),
+            "git_refs of two jobs: {shared_refs:?}{table}"
+        );
+        assert_eq!(
+            tree_repeats, 0,
+            "the same tree content deployed twice in a row{table}"
+        );
+        assert!(
+            self.tree_is_quiet(),
+            "the tree's last deployment is not its content{table}"
+        );
         assert_eq!(without_ref, 0, "deployments without a git_ref{table}");
         assert!(
             without_reason.is_empty(),

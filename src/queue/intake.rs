@@ -138,11 +138,14 @@ pub fn enqueue_archive(
                     rejection,
                     kept,
                 },
-                InspectError::Io { source, .. } => IntakeError::Io {
-                    action: "cannot read",
-                    file: file.to_path_buf(),
-                    source,
-                },
+                InspectError::Io { source, .. } => {
+                    give_back(spool, &tmp, transfer);
+                    IntakeError::Io {
+                        action: "cannot read",
+                        file: file.to_path_buf(),
+                        source,
+                    }
+                }
             });
         }
     };
@@ -156,8 +159,28 @@ pub fn enqueue_archive(
         tree_digest: None,
     };
     let job = Job::new(id, app, git_ref, payload, created_at);
-    spool.commit_new(&tmp, &job)?;
+    if let Err(e) = spool.commit_new(&tmp, &job) {
+        give_back(spool, &tmp, transfer);
+        return Err(e.into());
+    }
     Ok(job)
+}
+
+/// After an I/O failure past the move (a full disk writing the record, say), a claimed file
+/// goes back to its drop folder at once, so the claim's retry finds it there (instead of it
+/// waiting in a half-made job until the next start).
+fn give_back(spool: &Spool, tmp: &Path, transfer: Transfer) {
+    let undone = match transfer {
+        Transfer::Move => spool.put_back(tmp).map(|_| ()),
+        Transfer::Copy => fs::remove_dir_all(tmp).map_err(|source| SpoolError::Io {
+            action: "cannot remove",
+            path: tmp.to_path_buf(),
+            source,
+        }),
+    };
+    if let Err(e) = undone {
+        tracing::warn!("{e}; the next start puts the file back");
+    }
 }
 
 /// Packs a watched directory straight into a new job directory and writes the job record.

@@ -414,24 +414,33 @@ impl Spool {
             if !entry.file_name().to_string_lossy().starts_with(".new-") {
                 continue;
             }
-            let path = entry.path();
-            let archive = path.join(ARCHIVE_NAME);
-            if archive.exists() {
-                let claim: Option<Claim> = fs::read(path.join(CLAIM_NAME))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
-                // A copy (the one-shot command) has no claim: the user still has the file.
-                if let Some(claim) = claim {
-                    let target = free_name(&claim.original, "recovered");
-                    fs::rename(&archive, &target).map_err(io("cannot put back", &target))?;
-                    if let Some(parent) = target.parent() {
-                        sync_dir(parent)?;
-                    }
-                    restored.push(target);
-                }
-            }
-            fs::remove_dir_all(&path).map_err(io("cannot remove", &path))?;
+            restored.extend(self.put_back(&entry.path())?);
         }
+        Ok(restored)
+    }
+
+    /// Undoes one job directory being made (`tmp_dir`, see [`Spool::new_job_dir`]): a dropped
+    /// file that was moved in goes back where it came from (beside it, with a `.recovered-N`
+    /// suffix, if that name was taken since), then the directory is removed. Returns where the
+    /// file went back, if one did.
+    pub fn put_back(&self, tmp_dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
+        let archive = tmp_dir.join(ARCHIVE_NAME);
+        let mut restored = None;
+        if archive.exists() {
+            let claim: Option<Claim> = fs::read(tmp_dir.join(CLAIM_NAME))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            // A copy (the one-shot command) has no claim: the user still has the file.
+            if let Some(claim) = claim {
+                let target = free_name(&claim.original, "recovered");
+                fs::rename(&archive, &target).map_err(io("cannot put back", &target))?;
+                if let Some(parent) = target.parent() {
+                    sync_dir(parent)?;
+                }
+                restored = Some(target);
+            }
+        }
+        fs::remove_dir_all(tmp_dir).map_err(io("cannot remove", tmp_dir))?;
         Ok(restored)
     }
 }
