@@ -2,7 +2,7 @@
 # Reliability bench: big fault storms (tests/chaos.rs) against the fake Scalingo platform,
 # with and without SIGKILL loops, at fixed seeds. Prints one table per storm.
 #
-#   bench/reliability.sh                       # 200 archives, 10 apps, 30 kills, 2 seeds
+#   bench/reliability.sh                       # 200 archives, 10 apps, 30 kills, p 0.3, 2 seeds
 #   CHAOS_ARCHIVES=60 bench/reliability.sh     # a medium run
 #   SEEDS="1 2 3" CHAOS_PROBABILITY=0.3 bench/reliability.sh
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 export CHAOS_ARCHIVES="${CHAOS_ARCHIVES:-200}"
 export CHAOS_APPS="${CHAOS_APPS:-10}"
 export CHAOS_KILLS="${CHAOS_KILLS:-30}"
-export CHAOS_PROBABILITY="${CHAOS_PROBABILITY:-0.2}"
+export CHAOS_PROBABILITY="${CHAOS_PROBABILITY:-0.3}"
 SEEDS="${SEEDS:-20240501 7}"
 
 cargo test --release --test chaos --no-run

@@ -147,20 +147,9 @@ pub async fn run<D, F>(
     for job in recovered {
         // In flight counts as deployed: whatever its end, this content is not packed again
         // until the tree changes.
-        let digest = tree_digest_of(&job).map(str::to_string);
-        last = digest.clone().or(last);
-        let id = job.id.clone();
-        let Some(state) = deploy(job).await else {
+        last = tree_digest_of(&job).map(str::to_string).or(last);
+        if drive(&cfg, &mut deploy, &on, job).await.is_none() {
             return;
-        };
-        on(&TreeEvent::Finished {
-            job_id: &id,
-            state: &state,
-        });
-        if let (JobState::Succeeded { .. }, Some(digest)) = (&state, digest)
-            && let Err(e) = remember(&cfg.state_dir, &cfg.app, &digest, &id)
-        {
-            tracing::warn!(app = %cfg.app, "cannot remember the deployed tree's digest: {e}");
         }
     }
     let mut due = cfg.deploy_on_start;
@@ -243,19 +232,37 @@ pub async fn run<D, F>(
             elapsed: started.elapsed(),
         });
         let digest = tree_digest_of(&job).map(str::to_string);
-        let id = job.id.clone();
-        let Some(state) = deploy(job).await else {
-            return;
-        };
-        on(&TreeEvent::Finished {
-            job_id: &id,
-            state: &state,
-        });
-        if let (JobState::Succeeded { .. }, Some(digest)) = (&state, digest) {
-            if let Err(e) = remember(&cfg.state_dir, &cfg.app, &digest, &id) {
-                tracing::warn!(app = %cfg.app, "cannot remember the deployed tree's digest: {e}");
-            }
-            last = Some(digest);
+        match drive(&cfg, &mut deploy, &on, job).await {
+            None => return,
+            Some(JobState::Succeeded { .. }) => last = digest,
+            Some(_) => {}
         }
     }
+}
+
+/// Hands a job on, waits for its end, and remembers its tree if it was deployed. `None`: it
+/// will not finish now (the daemon stops).
+async fn drive<D, F>(
+    cfg: &RedeployConfig,
+    deploy: &mut D,
+    on: &impl Fn(&TreeEvent<'_>),
+    job: Job,
+) -> Option<JobState>
+where
+    D: FnMut(Job) -> F,
+    F: Future<Output = Option<JobState>>,
+{
+    let digest = tree_digest_of(&job).map(str::to_string);
+    let id = job.id.clone();
+    let state = deploy(job).await?;
+    on(&TreeEvent::Finished {
+        job_id: &id,
+        state: &state,
+    });
+    if let (JobState::Succeeded { .. }, Some(digest)) = (&state, digest)
+        && let Err(e) = remember(&cfg.state_dir, &cfg.app, &digest, &id)
+    {
+        tracing::warn!(app = %cfg.app, "cannot remember the deployed tree's digest: {e}");
+    }
+    Some(state)
 }
