@@ -283,6 +283,17 @@ queue = \"latest\"",
                 + archives_in(&drop.join("failed")).len();
         }
         let lost = self.files.len().saturating_sub(found);
+        let missing: Vec<&String> = self
+            .files
+            .iter()
+            .filter(|(app, name)| {
+                let drop = &self.apps[*app].1;
+                ![drop.clone(), drop.join("done"), drop.join("failed")]
+                    .iter()
+                    .any(|d| archives_in(d).iter().any(|n| n == name))
+            })
+            .map(|(_, name)| name)
+            .collect();
 
         // Deployments per git_ref.
         let mut per_ref: HashMap<(String, String), usize> = HashMap::new();
@@ -403,7 +414,15 @@ queue = \"latest\"",
             support::assert_no_secret(&stdout, &world.fake.api_token());
         }
 
-        assert_eq!(lost, 0, "files lost{table}");
+        let sharing: Vec<&serde_json::Value> = all_history
+            .iter()
+            .filter(|h| shared_refs.iter().any(|r| h["git_ref"] == r.as_str()))
+            .collect();
+        assert!(
+            shared_refs.is_empty(),
+            "git_refs of two jobs: {sharing:#?}\nfiles lost: {missing:?}{table}"
+        );
+        assert_eq!(lost, 0, "files lost: {missing:?}{table}");
         assert_eq!(unclaimed, 0, "files never taken{table}");
         assert_eq!(
             history.len(),
