@@ -379,9 +379,25 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
-        self.inner.format_event(ctx, writer, event)
+        // journald reads the priority prefix line by line: every line of a multi-line event
+        // (an error whose cause is on the next line, e.g. a refused reload's file:line:col)
+        // carries it, or the lines after the first would be stored at priority info.
+        let priority = syslog_priority(event.metadata().level());
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        write!(writer, "{}", prefix_lines(priority, &line))
     }
+}
+
+/// `text` with `<priority>` at the start of each of its lines; the line breaks are kept.
+fn prefix_lines(priority: u8, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for line in text.split_inclusive('\n') {
+        out.push_str(&format!("<{priority}>"));
+        out.push_str(line);
+    }
+    out
 }
 
 /// The syslog priority of a tracing level.
@@ -693,5 +709,46 @@ mod tests {
         assert!(lines[3].starts_with("<7>DEBUG "), "{text}");
         // Each line starts with its priority and level: no timestamp before them.
         assert!(!text.contains('\u{1b}'), "colour escapes: {text:?}");
+    }
+
+    #[test]
+    fn each_line_of_a_multi_line_event_carries_the_priority() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(JournalFormat::new())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(
+                "reload refused, the running configuration is kept: \
+                 /etc/dropdeploy/dropdeploy.toml:3:1: unknown key `nope`\n  caused by: x"
+            );
+            tracing::warn!("first\nsecond\n\nfourth");
+            tracing::info!("one line");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        assert!(lines[0].starts_with("<3>ERROR "), "{text}");
+        assert!(
+            lines[0].contains("dropdeploy.toml:3:1: unknown key"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "<3>  caused by: x", "{text}");
+        assert!(lines[2].starts_with("<4> WARN ") && lines[2].ends_with("first"));
+        assert_eq!(lines[3], "<4>second");
+        assert_eq!(lines[4], "<4>");
+        assert_eq!(lines[5], "<4>fourth");
+        assert!(lines[6].starts_with("<6> INFO ") && lines[6].ends_with("one line"));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn prefixed_lines() {
+        assert_eq!(prefix_lines(3, "a\nb\n"), "<3>a\n<3>b\n");
+        assert_eq!(prefix_lines(4, "a"), "<4>a");
+        assert_eq!(prefix_lines(6, ""), "");
     }
 }
