@@ -6,6 +6,8 @@
 #   tests/systemd/run.sh              # builds the release binaries it needs first
 #   DROPDEPLOY_BIN=… FAKE_SCALINGO_BIN=… tests/systemd/run.sh   # or takes them as they are
 #
+# When `cargo deb` works (or DROPDEPLOY_DEB names a .deb), the package is checked as well.
+#
 # Needs: root with CAP_SYS_ADMIN, overlayfs, systemd at /usr/lib/systemd/systemd on this root,
 # and systemd-nspawn (taken from $SYSTEMD_NSPAWN, from the PATH, or unpacked from the Debian
 # packages systemd-container and libsystemd-shared fetched with `apt-get download`, without
@@ -67,7 +69,16 @@ if [[ -z ${DROPDEPLOY_SYSTEMD_INNER:-} ]]; then
             exit 1
         }
     done
-    export DROPDEPLOY_BIN FAKE_SCALINGO_BIN DROPDEPLOY_SYSTEMD_INNER=1
+    # The package too, when the packaging tool is there (cargo install cargo-deb).
+    if [[ -z ${DROPDEPLOY_DEB:-} ]] && (cd "$REPO" && cargo deb --version) >/dev/null 2>&1; then
+        echo "building: cargo deb"
+        (cd "$REPO" && cargo deb) || {
+            echo "FAIL cargo deb"
+            exit 1
+        }
+        DROPDEPLOY_DEB=$(ls -t "${CARGO_TARGET_DIR:-$REPO/target}"/debian/dropdeploy_*.deb | head -n 1)
+    fi
+    export DROPDEPLOY_BIN FAKE_SCALINGO_BIN DROPDEPLOY_DEB=${DROPDEPLOY_DEB:-} DROPDEPLOY_SYSTEMD_INNER=1
     exec unshare -m --propagation private -- "$0" "$@"
 fi
 
@@ -76,6 +87,7 @@ fi
 START=$(date +%s.%N)
 W=$(mktemp -d /tmp/dropdeploy-systemd.XXXXXX)
 NSPAWN_PID=
+STEP_PID=
 PID1=
 FAILED=0
 STEPS=0
@@ -83,6 +95,11 @@ STEPS=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n ${STEP_PID:-} ]]; then
+        kill "$STEP_PID" 2>/dev/null
+        wait "$STEP_PID" 2>/dev/null
+        echo "interrupted during a step"
+    fi
     if [[ -n $PID1 ]] && [[ -d /proc/$PID1 ]]; then
         # What the journal says about the unit when a step failed: the first thing to read.
         if ((FAILED > 0)); then
@@ -193,6 +210,9 @@ cp -a "$REPO/README.md" "$REPO/systemd" "$REPO/config" "$S/repo/"
 cp "$DROPDEPLOY_BIN" "$S/repo/target/release/dropdeploy"
 cp "$FAKE_SCALINGO_BIN" "$S/repo/target/release/examples/fake-scalingo"
 cp "$REPO/tests/systemd/"*.toml "$S/test/"
+if [[ -n ${DROPDEPLOY_DEB:-} ]]; then
+    mkdir -p "$S/repo/target/debian" && cp "$DROPDEPLOY_DEB" "$S/repo/target/debian/" || die "no $DROPDEPLOY_DEB"
+fi
 
 # ---- boot -------------------------------------------------------------------------------------
 for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup/*; do
@@ -254,8 +274,13 @@ step() {
     local name=$1 out rc t0
     t0=$(date +%s%N)
     STEPS=$((STEPS + 1))
-    out=$("$2" 2>&1)
+    # In the background, so that a signal interrupts `wait` and the trap runs at once.
+    "$2" >"$W/step.out" 2>&1 &
+    STEP_PID=$!
+    wait "$STEP_PID"
     rc=$?
+    STEP_PID=
+    out=$(cat "$W/step.out")
     local ms=$((($(date +%s%N) - t0) / 1000000))
     if ((rc == 0)); then
         printf 'PASS %s (%d ms)\n' "$name" "$ms"
@@ -289,25 +314,26 @@ START_LINE=
 
 # The README's "By hand" and "Then, either way" blocks, run in the container as root from the
 # checkout; `systemctl … --now` is kept for step 1.
-{
-    readme_block '^By hand:'
-    readme_block '^Then, either way'
-} >"$W/readme-commands"
-START_LINE=$(grep -m1 'systemctl' "$W/readme-commands" | sed 's/sudo //g')
+readme_block '^By hand:' >"$W/readme-by-hand"
+readme_block '^With a package' >"$W/readme-package"
+readme_block '^Then, either way' >"$W/readme-then"
+START_LINE=$(grep -m1 'systemctl' "$W/readme-then" | sed 's/sudo //g')
 
-install_by_hand() {
+# Runs the README commands in FILE inside the container, as root from the checkout: `sudo`
+# dropped, the build left to the host, `sudoedit` replaced by installing the test config, the
+# token fed on stdin, and the `systemctl … --now` line kept for step 1.
+run_readme_lines() {
     local line cmd
-    [[ -n $START_LINE ]] || fail "no systemctl line in README.md's service section"
-    in_ct useradd --create-home ci || fail "useradd ci"
+    [[ -s $1 ]] || fail "no commands found in README.md's service section ($(basename "$1"))"
     while IFS= read -r line; do
         cmd=${line//sudo /}
         case $cmd in
-        cargo\ build*)
-            echo "(built on the host: $line)"
+        cargo\ *)
+            echo "(run on the host: $line)"
             continue
             ;;
         *systemctl*)
-            echo "(kept for step 1: $line)"
+            echo "(kept for the start: $line)"
             continue
             ;;
         sudoedit\ *)
@@ -321,7 +347,14 @@ install_by_hand() {
         else
             sh_ct "cd /src/repo && $cmd" || fail "failed: $line"
         fi
-    done <"$W/readme-commands"
+    done <"$1"
+}
+
+install_by_hand() {
+    [[ -n $START_LINE ]] || fail "no systemctl line in README.md's service section"
+    in_ct useradd --create-home ci || fail "useradd ci"
+    run_readme_lines "$W/readme-by-hand"
+    run_readme_lines "$W/readme-then"
     # What a reader adapts to their site, and the test to the fake API (see the header).
     sh_ct "mkdir -p /etc/systemd/system/dropdeploy.service.d && cat >/etc/systemd/system/dropdeploy.service.d/test.conf" <<EOF
 [Service]
@@ -335,6 +368,27 @@ EOF
         /src/repo/target/release/examples/fake-scalingo --listen 127.0.0.1:4567 --step 1s \
         --app my-app --app my-app2 --token-file /etc/dropdeploy/token || fail "fake API"
     wait_for 10 "exec 3<>/dev/tcp/127.0.0.1/4567" || fail "the fake API does not listen"
+}
+
+# 10. The package: what the by-hand install put in place is removed (user and /srv/deploy
+# too), then the README's "With a package" and "Then, either way" steps, and a deploy.
+step10_package() {
+    local deb
+    deb=$(cd "$S/repo" && ls target/debian/dropdeploy_*.deb 2>/dev/null | head -n 1)
+    [[ -n $deb ]] || fail "no .deb was built"
+    sh_ct "systemctl disable --now dropdeploy &&
+        rm -rf /usr/bin/dropdeploy /etc/systemd/system/dropdeploy.service /etc/dropdeploy \
+            /etc/sysusers.d/dropdeploy.conf /etc/tmpfiles.d/dropdeploy.conf /srv/deploy &&
+        gpasswd -d ci dropdeploy >/dev/null; userdel dropdeploy; groupdel dropdeploy 2>/dev/null
+        systemctl daemon-reload" || fail "cannot remove the by-hand install"
+    # apt resolves nothing over the network here (private network): the dependencies are met.
+    run_readme_lines "$W/readme-package"
+    sh_ct "id dropdeploy && test -d /srv/deploy" || fail "the package did not create the user and /srv/deploy"
+    run_readme_lines "$W/readme-then"
+    sh_ct "$START_LINE" || fail "failed: $START_LINE"
+    [[ $(in_ct systemctl is-active dropdeploy) == active ]] || fail "not active"
+    drop my-app packaged || fail "drop"
+    wait_for 30 "test -e /srv/deploy/my-app/done/packaged.tar.gz" || fail "packaged.tar.gz not in done/"
 }
 
 # The daemon's PID; ends the step when there is none (never `kill 0`).
@@ -448,7 +502,8 @@ step7_resume() {
     drop my-app2 resumed || fail "drop"
     wait_for 20 "journalctl -u fake-scalingo -o cat | grep -q 'POST /v1/apps/my-app2/deployments '" ||
         fail "no deployment started"
-    sleep 0.5
+    wait_for 10 "systemctl show -P StatusText dropdeploy | grep -q 'my-app2 (building)'" ||
+        fail "my-app2 never showed as building"
     echo "stopping during: $(in_ct systemctl show -P StatusText dropdeploy)"
     t0=$(date +%s%N)
     in_ct systemctl stop dropdeploy || fail "systemctl stop failed"
@@ -520,3 +575,8 @@ step "7 stop during a deployment, start: resumed, one deployment" step7_resume
 step "8 failures reach journalctl -p warning" step8_priorities
 step "3 the token comes by credential and is nowhere in the journal" step3_token
 step "9 systemd-analyze security" step9_security
+if [[ -n ${DROPDEPLOY_DEB:-} ]]; then
+    step "10 the .deb, installed as README.md says" step10_package
+else
+    echo "note: the .deb part is skipped: cargo deb is not available (cargo install cargo-deb)"
+fi
