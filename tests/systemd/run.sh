@@ -130,8 +130,11 @@ cleanup() {
     if [[ -n ${RUN_SYSTEMD_TMPFS:-} ]]; then
         umount /run/systemd 2>/dev/null
     fi
-    printf 'systemd run: %d step(s), %d failed, %s s\n' "$STEPS" "$FAILED" \
-        "$(awk -v a="$START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+    # A skip (exit 0 before any step) says its one line and nothing more.
+    if ((STEPS > 0 || rc != 0)); then
+        printf 'systemd run: %d step(s), %d failed, %s s\n' "$STEPS" "$FAILED" \
+            "$(awk -v a="$START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+    fi
     if ((rc == 0 && FAILED > 0)); then rc=1; fi
     exit "$rc"
 }
