@@ -5,6 +5,9 @@
 //! cargo run --example fake-scalingo -- --listen 127.0.0.1:4567 --step 1s --app my-app
 //! ```
 //!
+//! `--step` sets how long each of the four deployment steps takes: `--step 3s` makes a
+//! deployment last about 12 s, e.g. to stop the daemon in the middle of one.
+//!
 //! It prints the environment to export, then one line per request on stderr (unless
 //! `--quiet`), until Ctrl-C or SIGTERM.
 
@@ -25,8 +28,12 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:4567")]
     listen: SocketAddr,
     /// The API token the exchange accepts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// Read the API token the exchange accepts from this file (trimmed), so that it shows in
+    /// no command line.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     /// Time spent in each of queued, building, pushing and starting.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     step: Duration,
@@ -64,6 +71,9 @@ fn main() -> std::io::Result<()> {
     };
     if let Some(token) = args.token {
         cfg.api_token = token;
+    }
+    if let Some(path) = &args.token_file {
+        cfg.api_token = std::fs::read_to_string(path)?.trim().to_string();
     }
     let apps = cfg.apps.join(", ");
     let server = FakeScalingo::start_on(args.listen, cfg)?;
