@@ -11,12 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::archive::inspect::{InspectError, Limits, inspect};
 use crate::config::{Config, Env, Loaded};
+use crate::deploy::scalingo::api::ScalingoClient;
+use crate::deploy::scalingo::driver::{Event, Observer, Runner};
 use crate::queue::intake::{
     IntakeError, PayloadKey, Transfer, enqueue_archive, enqueue_url, find_unfinished, valid_git_ref,
 };
-use crate::queue::runner::{Event, Observer, Runner};
 use crate::queue::spool::{Job, JobState, Spool, Step};
-use crate::target::scalingo::api::ScalingoClient;
 
 // Every line this module prints goes through the redaction, so a token pasted into any setting
 // or argument never reaches the terminal: these shadow the standard macros in this file.
@@ -1078,7 +1078,7 @@ fn describe(job: &Job) -> String {
         ),
         crate::queue::spool::Payload::Url { url } => format!(
             "deploying {} (downloaded by the platform)\n{}: job {}, git_ref {}",
-            crate::target::scalingo::api::display_url(url),
+            crate::deploy::scalingo::api::display_url(url),
             job.app,
             job.id,
             job.git_ref

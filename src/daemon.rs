@@ -17,21 +17,21 @@ use tokio::sync::mpsc;
 
 use crate::archive::inspect::Limits;
 use crate::config::{AppConfig, Config, ConfigError, Env, Loaded, RetryConfig, TargetConfig};
+use crate::deploy::local::LocalTarget;
+use crate::deploy::scalingo::api::ScalingoClient;
+use crate::deploy::scalingo::driver::{Event, Observer};
 use crate::hooks::{Hooks, hook_for};
 use crate::metrics::{Metrics, MetricsObserver};
 use crate::outcome::{HistoryEntry, Outcomes};
 use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
 use crate::queue::lane::{Finisher, LaneContext, LaneSettings, Lanes};
-use crate::queue::runner::LogObserver;
-use crate::queue::runner::{Event, Observer};
+use crate::queue::observe::LogObserver;
 use crate::queue::spool::{Job, Spool};
 use crate::service::{Notifier, WatchdogTimer, status_line};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
 use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
 use crate::source::tree::{TreeConfig, TreeWatcher};
-use crate::target::local::LocalTarget;
-use crate::target::scalingo::api::ScalingoClient;
 
 /// `done/` retention for a job whose app is no longer configured.
 const DEFAULT_KEEP_DONE: usize = 20;
@@ -138,8 +138,13 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         apps: std::sync::atomic::AtomicUsize::new(config.apps.len()),
         active: std::sync::Mutex::new(std::collections::BTreeMap::new()),
     });
-    let ctx = LaneContext::new(
+    let wiring = crate::deploy::Wiring {
         client,
+        spool: spool.clone(),
+        observer: board.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let ctx = LaneContext::new(
         spool.clone(),
         board.clone(),
         Arc::new(OutcomeFinisher {
@@ -149,14 +154,14 @@ pub async fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         }),
         config.max_parallel,
         shutdown,
-    )
-    .with_metrics(metrics.clone());
+    );
     let (ready_tx, ready_rx) = mpsc::channel(1024);
     let mut daemon = Daemon {
         config_path,
         env,
         config,
         spool,
+        wiring,
         outcomes,
         lanes: Lanes::new(ctx),
         watchers: HashMap::new(),
@@ -264,6 +269,8 @@ struct Daemon {
     env: Env,
     config: Config,
     spool: Spool,
+    /// What every app's target is built with (a reload may change the client).
+    wiring: crate::deploy::Wiring,
     outcomes: Arc<Outcomes>,
     lanes: Lanes,
     watchers: HashMap<String, (DropFolderConfig, DropWatcher)>,
@@ -311,6 +318,10 @@ impl StatusBoard {
 }
 
 impl Observer for StatusBoard {
+    fn lane(&self, app: &str, in_flight: usize, pending: usize) {
+        self.inner.lane(app, in_flight, pending);
+    }
+
     fn event(&self, job: &Job, event: &Event<'_>) {
         self.inner.event(job, event);
         let doing = match event {
@@ -523,9 +534,9 @@ async fn recover_releases(config: &Config) {
     }
 }
 
-fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
-    LaneSettings {
-        policy: app.queue,
+/// An app's lane settings, with its target built by the one factory.
+fn lane_settings(config: &Config, app: &AppConfig, wiring: &crate::deploy::Wiring) -> LaneSettings {
+    let pacing = crate::deploy::Pacing {
         retry: RetryConfig {
             budget: app.retry_budget.unwrap_or(config.retry.budget),
             ..config.retry.clone()
@@ -534,15 +545,18 @@ fn lane_settings(config: &Config, app: &AppConfig) -> LaneSettings {
             .follow_interval
             .unwrap_or(config.scalingo.follow_interval),
         deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
+    };
+    LaneSettings {
+        policy: app.queue,
         keep_done: app.keep_done,
-        target: app.target.clone(),
+        target: crate::deploy::build(&app.target, &pacing, wiring),
     }
 }
 
 impl Daemon {
     fn start_lane(&mut self, app: &AppConfig) {
         self.lanes
-            .ensure(&app.name, lane_settings(&self.config, app));
+            .ensure(&app.name, lane_settings(&self.config, app, &self.wiring));
     }
 
     fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
@@ -915,7 +929,7 @@ impl Daemon {
             return;
         }
         match scalingo_client(&new) {
-            Ok(client) => self.lanes.context().set_client(client),
+            Ok(client) => self.wiring.client = client,
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
                 return;

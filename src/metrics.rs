@@ -31,8 +31,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::deploy::scalingo::driver::{Event, Observer};
 use crate::outcome::{HistoryEntry, Outcome};
-use crate::queue::runner::{Event, Observer};
 use crate::queue::spool::{Job, Step};
 use crate::shutdown::Shutdown;
 
@@ -290,7 +290,7 @@ pub fn step_label(step: Step) -> String {
 }
 
 /// An [`Observer`] that counts retries and uploaded bytes in [`Metrics`], then hands every
-/// event to `inner` (the daemon's [`LogObserver`](crate::queue::runner::LogObserver)).
+/// event to `inner` (the daemon's [`LogObserver`](crate::queue::observe::LogObserver)).
 pub struct MetricsObserver {
     metrics: Arc<Metrics>,
     inner: Arc<dyn Observer>,
@@ -311,6 +311,11 @@ impl Observer for MetricsObserver {
             _ => {}
         }
         self.inner.event(job, event);
+    }
+
+    fn lane(&self, app: &str, in_flight: usize, pending: usize) {
+        self.metrics.set_queue_depth(app, in_flight, pending);
+        self.inner.lane(app, in_flight, pending);
     }
 }
 
@@ -470,8 +475,8 @@ mod tests {
 
     #[test]
     fn the_observer_counts_retries_and_uploads_and_forwards_everything() {
+        use crate::deploy::scalingo::api::ApiError;
         use crate::queue::spool::{JobState, Payload};
-        use crate::target::scalingo::api::ApiError;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::time::Duration;
 

@@ -192,8 +192,12 @@ queue = \"latest\"",
             }
             if index % 4 == 3 {
                 // The same bytes as the previous archive, under another name, at once.
+                // Made in a folder of its own: the previous archive's file may be a hard link
+                // into the drop folder, which must not be rewritten under the daemon.
                 let (_, previous) = &self.files[index - 1];
-                let made = support::good_archive(self.world.dir.path(), previous, "app");
+                let own = self.world.dir.path().join(format!("dup-{index}"));
+                std::fs::create_dir_all(&own).unwrap();
+                let made = support::good_archive(&own, previous, "app");
                 let temp = drop.join(format!("{name}.partial"));
                 std::fs::rename(made, &temp).unwrap();
                 std::fs::rename(temp, drop.join(name)).unwrap();

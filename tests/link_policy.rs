@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dropdeploy::archive::inspect::{InspectError, Limits, RejectionKind, inspect};
 use dropdeploy::config::LocalTargetConfig;
-use dropdeploy::target::local::{LocalStep, LocalTarget};
+use dropdeploy::deploy::local::{LocalStep, LocalTarget};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::{EntryType, Header};

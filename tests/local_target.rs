@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dropdeploy::config::LocalTargetConfig;
-use dropdeploy::target::local::{LocalStep, LocalTarget};
+use dropdeploy::deploy::local::{LocalStep, LocalTarget};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::{EntryType, Header};

@@ -7,31 +7,39 @@
 //! the [`Finisher`], which records their outcome.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{QueuePolicy, RetryConfig, TargetConfig};
-use crate::queue::release::ReleaseRunner;
-use crate::queue::runner::{Observer, Runner};
-use crate::queue::spool::{Job, JobState, Spool};
+use crate::config::QueuePolicy;
+use crate::queue::observe::Observer;
+use crate::queue::spool::{Job, JobState, Spool, SpoolError};
 use crate::shutdown::Shutdown;
-use crate::target::Target;
-use crate::target::local::LocalTarget;
-use crate::target::scalingo::api::ScalingoClient;
+
+/// A boxed future that [`Target`] returns (no async-trait crate needed).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a lane's jobs go. The lanes know no concrete target: each lane is handed a ready one,
+/// built from the app's configuration by [`crate::deploy::build`].
+pub trait Target: Send + Sync {
+    /// Drives `job` from its recorded state until it is finished, or until the shutdown the
+    /// target was built with fires (the job then stays unfinished, to resume after a restart).
+    /// Every step is recorded in the spool; only a failure to record is returned as an error.
+    fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>>;
+}
 
 /// How a lane runs its app's jobs; may change on reload.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LaneSettings {
     pub policy: QueuePolicy,
-    pub retry: RetryConfig,
-    pub follow_interval: Duration,
-    /// How long one deployment may run before its job fails.
-    pub deploy_timeout: Duration,
     pub keep_done: usize,
-    pub target: TargetConfig,
+    /// Where the jobs go; `Err` says why the app has no target now (its jobs wait in the
+    /// spool).
+    pub target: Result<Arc<dyn Target>, String>,
 }
 
 /// Records the outcome of a finished job (moves its file, appends the history). Called from a
@@ -42,19 +50,15 @@ pub trait Finisher: Send + Sync {
 
 /// What every lane shares.
 pub struct LaneContext {
-    /// `None` when no app deploys to Scalingo (no token needed then).
-    client: Mutex<Option<Arc<ScalingoClient>>>,
     spool: Spool,
     observer: Arc<dyn Observer>,
     finisher: Arc<dyn Finisher>,
     permits: Arc<Semaphore>,
     shutdown: Shutdown,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl LaneContext {
     pub fn new(
-        client: Option<Arc<ScalingoClient>>,
         spool: Spool,
         observer: Arc<dyn Observer>,
         finisher: Arc<dyn Finisher>,
@@ -62,36 +66,12 @@ impl LaneContext {
         shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(LaneContext {
-            client: Mutex::new(client),
             spool,
             observer,
             finisher,
             permits: Arc::new(Semaphore::new(max_parallel.max(1))),
             shutdown,
-            metrics: None,
         })
-    }
-
-    /// The same context, reporting each lane's queue depth to `metrics`.
-    pub fn with_metrics(self: Arc<Self>, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut ctx) => {
-                ctx.metrics = Some(metrics);
-                Arc::new(ctx)
-            }
-            Err(shared) => shared,
-        }
-    }
-
-    /// The client for jobs started from now on (a reload may change the account or the URLs).
-    pub fn set_client(&self, client: Option<Arc<ScalingoClient>>) {
-        if let Ok(mut c) = self.client.lock() {
-            *c = client;
-        }
-    }
-
-    fn client(&self) -> Option<Arc<ScalingoClient>> {
-        self.client.lock().ok().and_then(|c| c.clone())
     }
 }
 
@@ -264,9 +244,8 @@ async fn lane_task(
                 known.clone(),
             )));
         }
-        if let Some(m) = &ctx.metrics {
-            m.set_queue_depth(&app, usize::from(current.is_some()), pending.len());
-        }
+        ctx.observer
+            .lane(&app, usize::from(current.is_some()), pending.len());
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.
             return;
@@ -392,33 +371,11 @@ async fn run_job(
             return;
         }
     }
-    let target: Box<dyn Target> = match &settings.target {
-        TargetConfig::Local(local) => Box::new(ReleaseRunner::new(
-            Arc::new(LocalTarget::new(local)),
-            ctx.spool.clone(),
-            ctx.observer.clone(),
-            ctx.shutdown.clone(),
-        )),
-        TargetConfig::Scalingo => {
-            let Some(client) = ctx.client() else {
-                tracing::error!(
-                    app = %job.app,
-                    job = %job.id,
-                    "no Scalingo client (no API token); the job stays in the spool"
-                );
-                return;
-            };
-            Box::new(
-                Runner::new(
-                    client,
-                    ctx.spool.clone(),
-                    settings.retry.clone(),
-                    settings.follow_interval,
-                    ctx.observer.clone(),
-                )
-                .with_deploy_timeout(settings.deploy_timeout)
-                .with_shutdown(ctx.shutdown.clone()),
-            )
+    let target = match &settings.target {
+        Ok(target) => target.clone(),
+        Err(why) => {
+            tracing::error!(app = %job.app, job = %job.id, "{why}; the job stays in the spool");
+            return;
         }
     };
     if let Err(e) = target.run(&mut job).await {

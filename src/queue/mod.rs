@@ -1,9 +1,8 @@
-//! Durable jobs: the spool of job records, the retry policy, and the runner that drives a job
-//! through its state machine.
+//! Durable jobs and the lanes that run them: the spool of job records, making jobs, the retry
+//! policy, the observer events every target reports through, and one lane per app.
 
 pub mod intake;
 pub mod lane;
-pub mod release;
+pub mod observe;
 pub mod retry;
-pub mod runner;
 pub mod spool;

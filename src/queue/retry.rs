@@ -1,6 +1,6 @@
 //! The retry policy: which errors are worth another try, and how long to wait before it.
 //!
-//! Pure functions only; the one retry loop that uses them is in [`crate::queue::runner`].
+//! Pure functions only; the one retry loop that uses them is in [`crate::deploy::scalingo::driver`].
 
 use std::time::{Duration, SystemTime};
 

@@ -36,6 +36,8 @@
 //! The blocking API is meant for `spawn_blocking`. Calls for one app must not overlap (the
 //! app's lane runs one job at a time); calls for different apps are independent.
 
+pub mod driver;
+
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
+use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
+use crate::deploy::scalingo::follow::{Phase, explain, phase};
+pub use crate::queue::observe::{Event, LogObserver, Observer};
 use crate::queue::retry::next_delay;
 use crate::queue::spool::{
     Failure, Job, JobState, Payload, SOURCE_STALE_AFTER, Spool, SpoolError, Step, Timestamp, now,
 };
 use crate::shutdown::Shutdown;
-use crate::target::scalingo::api::{ApiError, Deployment, ScalingoClient};
-use crate::target::scalingo::follow::{Phase, explain, phase};
 
 /// Lines of build output kept with a failure.
 pub const LOG_TAIL_LINES: usize = 30;
@@ -57,86 +58,6 @@ pub fn next_action(job: &Job, now: Timestamp) -> Action {
         JobState::Deploying { .. } => Action::Follow,
         JobState::Succeeded { .. } | JobState::Failed(_) | JobState::Superseded { .. } => {
             Action::Done
-        }
-    }
-}
-
-/// What happens to a job, for whoever shows progress (the CLI's lines, the daemon's log).
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// The job was picked up in a state other than `queued`.
-    Resumed { state: &'static str },
-    /// A step starts.
-    Step(Step),
-    /// Bytes of the archive sent so far.
-    Uploading { sent: u64, total: u64 },
-    /// The upload finished.
-    Uploaded { bytes: u64, elapsed: Duration },
-    /// The platform accepted a new deployment.
-    DeploymentCreated { id: &'a str },
-    /// A deployment posted before (by an earlier run) was found and adopted.
-    DeploymentAdopted { id: &'a str },
-    /// The deployment's status changed.
-    Status { status: &'a str },
-    /// New lines of the build output (only with [`Runner::with_output`]).
-    Output { lines: &'a [String] },
-    /// A transient error; the step is tried again after `delay`.
-    Retrying {
-        step: Step,
-        error: &'a ApiError,
-        delay: Duration,
-        failures: u32,
-    },
-    /// The job is finished (see its state).
-    Finished,
-}
-
-/// Receives the runner's events.
-pub trait Observer: Send + Sync {
-    fn event(&self, job: &Job, event: &Event<'_>);
-}
-
-/// An observer that writes events to the `tracing` log.
-pub struct LogObserver;
-
-impl Observer for LogObserver {
-    fn event(&self, job: &Job, event: &Event<'_>) {
-        let (app, id) = (job.app.as_str(), job.id.as_str());
-        match event {
-            Event::Resumed { state } => tracing::info!(app, job = id, state, "resuming job"),
-            Event::Step(step) => tracing::debug!(app, job = id, %step, "step"),
-            Event::Uploading { .. } => {}
-            Event::Uploaded { bytes, elapsed } => {
-                tracing::info!(
-                    app,
-                    job = id,
-                    bytes,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "uploaded"
-                )
-            }
-            Event::DeploymentCreated { id: d } => {
-                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment created")
-            }
-            Event::DeploymentAdopted { id: d } => {
-                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment adopted")
-            }
-            Event::Status { status } => tracing::info!(app, job = id, status, "deployment status"),
-            Event::Output { .. } => {}
-            Event::Retrying {
-                step,
-                error,
-                delay,
-                failures,
-            } => tracing::warn!(
-                app,
-                job = id,
-                %step,
-                failures,
-                delay_ms = delay.as_millis() as u64,
-                "{error}; retrying"
-            ),
-            Event::Finished => {}
         }
     }
 }
@@ -706,8 +627,11 @@ pub fn strip_ansi(line: &str) -> String {
     out
 }
 
-impl crate::target::Target for Runner {
-    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
+impl crate::queue::lane::Target for Runner {
+    fn run<'a>(
+        &'a self,
+        job: &'a mut Job,
+    ) -> crate::queue::lane::BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(Runner::run(self, job))
     }
 }

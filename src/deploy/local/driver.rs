@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use crate::queue::runner::{Event, LOG_TAIL_LINES, Observer};
+use crate::deploy::local::{LocalFailure, LocalStep, LocalTarget};
+use crate::deploy::scalingo::driver::{Event, LOG_TAIL_LINES, Observer};
 use crate::queue::spool::{Failure, Job, JobState, Payload, Spool, SpoolError, Step, now};
 use crate::shutdown::Shutdown;
-use crate::target::local::{LocalFailure, LocalStep, LocalTarget};
 
 /// Deploys jobs as local releases.
 pub struct ReleaseRunner {
@@ -48,7 +48,7 @@ impl ReleaseRunner {
                 Step::Extract,
                 format!(
                     "a URL ({}) cannot be deployed to a local target: drop the archive itself",
-                    crate::target::scalingo::api::display_url(url)
+                    crate::deploy::scalingo::api::display_url(url)
                 ),
                 Vec::new(),
             ));
@@ -93,7 +93,7 @@ impl ReleaseRunner {
                 let mut f = failure(
                     step,
                     reason,
-                    crate::queue::runner::tail_lines(&output, LOG_TAIL_LINES),
+                    crate::deploy::scalingo::driver::tail_lines(&output, LOG_TAIL_LINES),
                 );
                 f.deployment_id = Some(name);
                 JobState::Failed(f)
@@ -122,8 +122,11 @@ fn failure(step: Step, reason: String, log_tail: Vec<String>) -> Failure {
     }
 }
 
-impl crate::target::Target for ReleaseRunner {
-    fn run<'a>(&'a self, job: &'a mut Job) -> crate::target::BoxFuture<'a, Result<(), SpoolError>> {
+impl crate::queue::lane::Target for ReleaseRunner {
+    fn run<'a>(
+        &'a self,
+        job: &'a mut Job,
+    ) -> crate::queue::lane::BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(ReleaseRunner::run(self, job))
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod api;
 pub mod auth;
+pub mod driver;
 pub mod follow;

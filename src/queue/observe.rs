@@ -1,0 +1,90 @@
+//! What happens to jobs, for whoever shows it: the CLI's lines, the daemon's log, the metrics,
+//! systemd's status line. Every target reports through the same [`Observer`], so that nothing
+//! downstream needs to know which target ran a job.
+
+use std::time::Duration;
+
+use crate::queue::spool::{Job, Step};
+
+/// What happens to a job, for whoever shows progress (the CLI's lines, the daemon's log).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The job was picked up in a state other than `queued`.
+    Resumed { state: &'static str },
+    /// A step starts.
+    Step(Step),
+    /// Bytes of the archive sent so far.
+    Uploading { sent: u64, total: u64 },
+    /// The upload finished.
+    Uploaded { bytes: u64, elapsed: Duration },
+    /// The platform accepted a new deployment.
+    DeploymentCreated { id: &'a str },
+    /// A deployment posted before (by an earlier run) was found and adopted.
+    DeploymentAdopted { id: &'a str },
+    /// The deployment's status changed.
+    Status { status: &'a str },
+    /// New lines of the build output (only with [`Runner::with_output`]).
+    Output { lines: &'a [String] },
+    /// A transient error; the step is tried again after `delay`.
+    Retrying {
+        step: Step,
+        error: &'a (dyn std::error::Error + Send + Sync),
+        delay: Duration,
+        failures: u32,
+    },
+    /// The job is finished (see its state).
+    Finished,
+}
+
+/// Receives the runner's events.
+pub trait Observer: Send + Sync {
+    fn event(&self, job: &Job, event: &Event<'_>);
+
+    /// An app's lane changed: `in_flight` jobs running (0 or 1), `pending` waiting.
+    fn lane(&self, _app: &str, _in_flight: usize, _pending: usize) {}
+}
+
+/// An observer that writes events to the `tracing` log.
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn event(&self, job: &Job, event: &Event<'_>) {
+        let (app, id) = (job.app.as_str(), job.id.as_str());
+        match event {
+            Event::Resumed { state } => tracing::info!(app, job = id, state, "resuming job"),
+            Event::Step(step) => tracing::debug!(app, job = id, %step, "step"),
+            Event::Uploading { .. } => {}
+            Event::Uploaded { bytes, elapsed } => {
+                tracing::info!(
+                    app,
+                    job = id,
+                    bytes,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "uploaded"
+                )
+            }
+            Event::DeploymentCreated { id: d } => {
+                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment created")
+            }
+            Event::DeploymentAdopted { id: d } => {
+                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment adopted")
+            }
+            Event::Status { status } => tracing::info!(app, job = id, status, "deployment status"),
+            Event::Output { .. } => {}
+            Event::Retrying {
+                step,
+                error,
+                delay,
+                failures,
+            } => tracing::warn!(
+                app,
+                job = id,
+                %step,
+                failures,
+                delay_ms = delay.as_millis() as u64,
+                "{error}; retrying"
+            ),
+            Event::Finished => {}
+        }
+    }
+}
