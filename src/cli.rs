@@ -472,8 +472,8 @@ fn pack(
                 output.display(),
                 summary.entries,
                 summary.files,
-                human_bytes(summary.bytes_in),
-                human_bytes(summary.bytes_out),
+                crate::human::bytes(summary.bytes_in),
+                crate::human::bytes(summary.bytes_out),
                 started.elapsed().as_secs_f64(),
                 summary.digest
             );
@@ -482,8 +482,8 @@ fn pack(
                 eprintln!(
                     "dropdeploy: note: {} uncompressed is over the platform's limit of {}: \
                      Scalingo would refuse this archive",
-                    human_bytes(summary.uncompressed_bytes),
-                    human_bytes(limit)
+                    crate::human::bytes(summary.uncompressed_bytes),
+                    crate::human::bytes(limit)
                 );
             }
             EXIT_OK
@@ -655,7 +655,7 @@ async fn watch(cli: &Cli) -> u8 {
         TreeEvent::Packed { job, elapsed } => println!(
             "{name}: packed {} in {:.1} s",
             crate::queue::intake::summary(job)
-                .map(|s| human_bytes(s.compressed_bytes))
+                .map(|s| crate::human::bytes(s.compressed_bytes))
                 .unwrap_or_default(),
             elapsed.as_secs_f64()
         ),
@@ -1131,7 +1131,7 @@ impl Observer for Printer {
                 let total = crate::queue::intake::summary(job)
                     .map(|s| s.compressed_bytes)
                     .unwrap_or(0);
-                self.line(&format!("{app}: uploading {}", human_bytes(total)));
+                self.line(&format!("{app}: uploading {}", crate::human::bytes(total)));
                 if self.terminal
                     && let Ok(mut bar) = self.bar.lock()
                 {
@@ -1157,13 +1157,16 @@ impl Observer for Printer {
                 self.finish();
                 let secs = elapsed.as_secs_f64();
                 let rate = if secs > 0.0 {
-                    format!(" ({}/s)", human_bytes((*bytes as f64 / secs) as u64))
+                    format!(
+                        " ({}/s)",
+                        crate::human::bytes((*bytes as f64 / secs) as u64)
+                    )
                 } else {
                     String::new()
                 };
                 self.line(&format!(
                     "{app}: uploaded {} in {secs:.2} s{rate}",
-                    human_bytes(*bytes)
+                    crate::human::bytes(*bytes)
                 ));
             }
             Event::DeploymentCreated { id } => {
@@ -1198,21 +1201,5 @@ impl Observer for Printer {
             }
             Event::Finished => self.finish(),
         }
-    }
-}
-
-/// Bytes in decimal units with one decimal: `1.2 MB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

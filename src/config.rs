@@ -59,8 +59,9 @@ const DEFAULT_KEEP_DONE: usize = 20;
 /// How long a stopping daemon lets in-flight steps finish.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// The environment variables read, as in Scalingo's CLI.
-const ENV_TOKEN: &str = "SCALINGO_API_TOKEN";
+/// The environment variables read, as in Scalingo's CLI. The token's is public: commands
+/// that dropdeploy runs (hooks, activate) never inherit it.
+pub const ENV_TOKEN: &str = "SCALINGO_API_TOKEN";
 const ENV_API_URL: &str = "SCALINGO_API_URL";
 const ENV_AUTH_URL: &str = "SCALINGO_AUTH_URL";
 const ENV_REGION: &str = "SCALINGO_REGION";

@@ -53,7 +53,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two webhook attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Environment variables a command never inherits.
-const HIDDEN_ENV: &[&str] = &["SCALINGO_API_TOKEN"];
+const HIDDEN_ENV: &[&str] = &[crate::config::ENV_TOKEN];
 /// How much of each of a command's output streams is kept (its end).
 const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 /// How many lines of a failing command's output go into its WARN event.
@@ -303,10 +303,13 @@ enum Verdict {
 }
 
 fn judge_status(status: u16) -> Verdict {
+    use crate::queue::retry::{Class, classify_status};
     match status {
         200..=299 => Verdict::Delivered,
-        408 | 429 | 500..=599 => Verdict::Retry,
-        _ => Verdict::GiveUp,
+        _ => match classify_status(status) {
+            Class::Transient => Verdict::Retry,
+            Class::Permanent => Verdict::GiveUp,
+        },
     }
 }
 
@@ -685,7 +688,7 @@ mod tests {
         for retry in [408, 429, 500, 502, 503] {
             assert_eq!(judge_status(retry), Verdict::Retry, "{retry}");
         }
-        for give_up in [301, 400, 401, 404, 410] {
+        for give_up in [301, 400, 401, 404, 409, 410] {
             assert_eq!(judge_status(give_up), Verdict::GiveUp, "{give_up}");
         }
     }

@@ -61,11 +61,14 @@
 //!   `src/main.rs`).
 
 pub mod archive;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deploy;
+pub mod durable;
 pub mod hooks;
+pub mod human;
 pub mod live;
 pub mod lock;
 pub mod metrics;

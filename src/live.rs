@@ -182,9 +182,8 @@ impl Board {
         let written = serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
-                let tmp = path.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, path)
+                crate::durable::write(path, &bytes)
+                    .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
             });
         if let Err(e) = written {
             tracing::warn!("cannot write {}: {e}", path.display());

@@ -190,6 +190,16 @@ pub enum OutcomeError {
     Spool(#[from] SpoolError),
 }
 
+impl From<crate::durable::DurableError> for OutcomeError {
+    fn from(e: crate::durable::DurableError) -> Self {
+        OutcomeError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OutcomeError {
     let path = path.to_path_buf();
     move |source| OutcomeError::Io {
@@ -476,7 +486,7 @@ impl Outcomes {
         if let Some(temp_dir) = temp_dir
             && is_temp(temp_dir)
             && let Err(error) = fs::remove_dir_all(temp_dir)
-                .and_then(|()| File::open(self.spool.dir()).and_then(|d| d.sync_all()))
+                .and_then(|()| crate::durable::sync_dir(self.spool.dir()).map_err(|e| e.source))
         {
             tracing::warn!(
                 app,
@@ -1309,17 +1319,8 @@ fn log_entry(entry: &HistoryEntry, step: Option<&str>) {
     }
 }
 
-/// `48 s`, `4.2 s`, `2 min 05 s`, `1 h 02 min`.
 fn human_duration(ms: u64) -> String {
-    if ms < 10_000 {
-        format!("{}.{} s", ms / 1000, (ms % 1000) / 100)
-    } else if ms < 60_000 {
-        format!("{} s", ms / 1000)
-    } else if ms < 3_600_000 {
-        format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{} h {:02} min", ms / 3_600_000, (ms / 60_000) % 60)
-    }
+    crate::human::duration(std::time::Duration::from_millis(ms))
 }
 
 /// One line of at most `max` characters, `…` marking a cut.
@@ -1360,11 +1361,8 @@ fn file_len(path: &Path) -> Result<u64, OutcomeError> {
     }
 }
 
-/// fsync a directory, so that a rename or link inside it survives a crash.
 fn sync_dir(dir: &Path) -> Result<(), OutcomeError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot sync directory", dir))
+    Ok(crate::durable::sync_dir(dir)?)
 }
 
 /// Creates `dir` if needed, making its entry in the parent durable.
@@ -1379,21 +1377,8 @@ fn ensure_dir(dir: &Path) -> Result<(), OutcomeError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder (fsync, rename, fsync
-/// folder): readers see the old content or the new, never a part.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutcomeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or(OsStr::new("file")));
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    file.write_all(bytes)
-        .map_err(io_err("cannot write", &tmp))?;
-    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))?;
-    sync_dir(dir)
+    Ok(crate::durable::write(path, bytes)?)
 }
 
 fn load_progress(path: &Path) -> Result<Option<Progress>, OutcomeError> {
@@ -1590,7 +1575,7 @@ mod tests {
 
     #[test]
     fn durations_read_like_a_person_would_say_them() {
-        assert_eq!(human_duration(420), "0.4 s");
+        assert_eq!(human_duration(420), "420 ms");
         assert_eq!(human_duration(4_250), "4.2 s");
         assert_eq!(human_duration(48_000), "48 s");
         assert_eq!(human_duration(125_000), "2 min 05 s");

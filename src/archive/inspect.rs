@@ -983,20 +983,8 @@ fn plural(count: u64, one: &str, many: &str) -> String {
     }
 }
 
-/// A size in decimal units with one decimal, as people read them: `512 bytes`, `1.2 MB`.
 pub(crate) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
-    if bytes < 1000 {
-        return plural(bytes, "byte", "bytes");
-    }
-    let mut value = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    // 999.95 would print as "1000.0", so it moves to the next unit.
-    while value >= 999.95 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    crate::human::bytes(bytes)
 }
 
 #[cfg(test)]

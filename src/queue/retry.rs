@@ -9,20 +9,22 @@ use crate::config::RetryConfig;
 /// Whether an error may go away by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Connect errors, timeouts, 408, 409, 429, 5xx, a broken upload: try again later.
+    /// Connect errors, timeouts, 408, 425, 429, 5xx, a broken upload: try again later.
     Transient,
     /// Everything else: trying again cannot help.
     Permanent,
 }
 
-/// Classifies an HTTP status code by the rules of DESIGN.md ("Retry").
+/// Classifies an HTTP status code: the one classification of every HTTP call the project
+/// makes (the platform's API, the upload storage, the outcome webhooks).
 ///
 /// A 401 that reaches here is permanent: it is the token exchange refusing the API token (an API
-/// call's 401 after a fresh exchange is reported as a transient error of its own); 409 (a
-/// conflict, such as a deployment already running) is transient.
+/// call's 401 after a fresh exchange is reported as a transient error of its own). 409 is
+/// permanent: the platform documents it as "already exists, or blocked by the resource
+/// state", and nothing says the state changes by itself; 425 (too early) is transient.
 pub fn classify_status(status: u16) -> Class {
     match status {
-        408 | 409 | 425 | 429 => Class::Transient,
+        408 | 425 | 429 => Class::Transient,
         500..=599 => Class::Transient,
         _ => Class::Permanent,
     }
@@ -81,10 +83,10 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_as_the_design_says() {
-        for s in [408, 409, 429, 500, 502, 503, 504] {
+        for s in [408, 425, 429, 500, 502, 503, 504] {
             assert_eq!(classify_status(s), Class::Transient, "{s}");
         }
-        for s in [400, 401, 402, 403, 404, 422] {
+        for s in [400, 401, 402, 403, 404, 409, 422] {
             assert_eq!(classify_status(s), Class::Permanent, "{s}");
         }
     }

@@ -447,19 +447,23 @@ impl Spool {
 
 fn write_record(dir: &Path, job: &Job) -> Result<(), SpoolError> {
     let path = dir.join(RECORD_NAME);
-    let tmp = dir.join(format!("{RECORD_NAME}.tmp"));
     let bytes = serde_json::to_vec_pretty(job).map_err(|source| SpoolError::Record {
         path: path.clone(),
         source,
     })?;
     // A token pasted where a name or URL goes (and so into an error message) is not recorded.
     let bytes = crate::redact::redact_vec(bytes);
-    let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
-    file.write_all(&bytes).map_err(io("cannot write", &tmp))?;
-    file.sync_all().map_err(io("cannot sync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
-    sync_dir(dir)
+    Ok(crate::durable::write(&path, &bytes)?)
+}
+
+impl From<crate::durable::DurableError> for SpoolError {
+    fn from(e: crate::durable::DurableError) -> Self {
+        SpoolError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// `path` if nothing is there, else the first free `<stem>.<tag>-N<ext>` beside it, keeping a
@@ -497,9 +501,7 @@ pub fn split_archive_name(name: &str) -> (&str, &str) {
 
 /// fsync a directory, so that a rename inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("cannot sync directory", dir))
+    Ok(crate::durable::sync_dir(dir)?)
 }
 
 /// `YYYYmmddHHMMSS` in UTC, for ids and git refs.
@@ -572,7 +574,7 @@ mod tests {
         };
         spool.save(&j).unwrap();
         assert_eq!(spool.load(&id).unwrap(), j);
-        assert!(!spool.job_dir(&id).join("job.json.tmp").exists());
+        assert!(!spool.job_dir(&id).join(".job.json.tmp").exists());
         let text = fs::read_to_string(spool.job_dir(&id).join(RECORD_NAME)).unwrap();
         assert!(text.contains("\"state\": \"deploying\""), "{text}");
     }

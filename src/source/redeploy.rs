@@ -115,15 +115,13 @@ fn remember(state_dir: &Path, app: &str, digest: &str, job: &str) -> std::io::Re
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(&LastDeploy {
         digest: digest.to_string(),
         job: job.to_string(),
     })
     .map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::durable::write(&path, &bytes)
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }
 
 /// Runs the loop until the watcher stops or `shutdown` fires. `deploy` hands a job on and

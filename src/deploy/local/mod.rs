@@ -66,8 +66,8 @@ const CURRENT_TMP: &str = "current.tmp";
 const PARTIAL_PREFIX: &str = ".partial-";
 /// Prefix of the note that records where `current` pointed before a release was switched in.
 const PREVIOUS_PREFIX: &str = ".previous-";
-/// The environment variable holding the platform token: never handed to a hook.
-const TOKEN_VAR: &str = "SCALINGO_API_TOKEN";
+/// The environment variable holding the platform token: never handed to a command.
+const TOKEN_VAR: &str = crate::config::ENV_TOKEN;
 /// How much of the activate command's output is kept (the end of it).
 pub const ACTIVATE_OUTPUT_LIMIT: usize = 64 * 1024;
 /// How long to wait for the output pipe to close once the command has ended: a background
@@ -505,7 +505,7 @@ impl LocalTarget {
             }) => Err(fail(
                 format!(
                     "timed out after {} and was killed",
-                    human_duration(self.activate_timeout)
+                    crate::human::duration(self.activate_timeout)
                 ),
                 output,
             )),
@@ -757,7 +757,7 @@ fn remove_previous_note(app_dir: &Path, release_name: &str) {
 
 /// fsync a directory, so that renames inside it survive a crash.
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::durable::sync_dir(dir).map_err(|e| e.source)
 }
 
 /// Removes a file, a link or a whole tree, even one with read-only folders; a missing path
@@ -1237,17 +1237,6 @@ fn shown_command(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// `60 s`, `300 ms`, `1.5 s`.
-fn human_duration(duration: Duration) -> String {
-    if duration.subsec_nanos() == 0 {
-        format!("{} s", duration.as_secs())
-    } else if duration < Duration::from_secs(1) {
-        format!("{} ms", duration.as_millis())
-    } else {
-        format!("{:.1} s", duration.as_secs_f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1509,9 +1498,9 @@ mod tests {
     fn commands_and_durations_read_as_typed() {
         let argv = ["sh", "-c", "echo boom; exit 3", "it's"].map(String::from);
         assert_eq!(shown_command(&argv), r"sh -c 'echo boom; exit 3' 'it'\''s'");
-        assert_eq!(human_duration(Duration::from_secs(60)), "60 s");
-        assert_eq!(human_duration(Duration::from_millis(300)), "300 ms");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(crate::human::duration(Duration::from_secs(60)), "60 s");
+        assert_eq!(crate::human::duration(Duration::from_millis(300)), "300 ms");
+        assert_eq!(crate::human::duration(Duration::from_millis(1500)), "1.5 s");
     }
 
     #[test]

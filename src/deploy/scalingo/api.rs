@@ -160,7 +160,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Transient errors (connection, timeout, 408, 409, 429, 5xx) may succeed if tried again.
+    /// Transient errors (connection, timeout, 408, 425, 429, 5xx) may succeed if tried again.
     pub fn class(&self) -> Class {
         match self {
             ApiError::Connect { .. } | ApiError::Timeout { .. } => Class::Transient,
