@@ -22,7 +22,6 @@
 //! - a `git_ref` must match `[A-Za-z0-9._-]{1,128}` and not start with `-` (else 422);
 //! - the deployment list pages 10 deployments by default, 50 at most;
 //! - the archive limit applies to the decompressed tar stream (headers and padding included).
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;

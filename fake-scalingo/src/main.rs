@@ -1,8 +1,8 @@
-//! Runs the fake Scalingo platform of the test suite as a standalone server, to try
-//! `dropdeploy` by hand against it:
+//! Runs the fake Scalingo platform of the test suite (this crate's library) as a standalone
+//! server, to try `dropdeploy` by hand against it:
 //!
 //! ```text
-//! cargo run --example fake-scalingo -- --listen 127.0.0.1:4567 --step 1s --app my-app
+//! cargo run -p fake-scalingo -- --listen 127.0.0.1:4567 --step 1s --app my-app
 //! ```
 //!
 //! `--step` sets how long each of the four deployment steps takes: `--step 3s` makes a
@@ -10,9 +10,6 @@
 //!
 //! It prints the environment to export, then one line per request on stderr (unless
 //! `--quiet`), until Ctrl-C or SIGTERM.
-
-#[path = "../tests/support/fake_scalingo.rs"]
-mod fake_scalingo;
 
 use std::net::SocketAddr;
 use std::time::Duration;

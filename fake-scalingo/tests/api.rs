@@ -1,9 +1,6 @@
 //! Tests of the fake Scalingo platform itself, over real HTTP with reqwest: if the fake lies,
 //! every test of the client built on it lies too.
 
-#[path = "support/fake_scalingo.rs"]
-mod fake_scalingo;
-
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 

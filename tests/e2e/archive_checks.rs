@@ -1,12 +1,10 @@
 //! Every kind of bad archive is refused before anything is uploaded, with a reason naming the
 //! file and the problem; `dropdeploy check` says the same without an account.
 
-mod support;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use support::World;
+use crate::support::World;
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -10,18 +10,18 @@
 //! archive is ever refused (taken before it was complete), and once quiet the tree's last
 //! deployment holds its current content, with no content deployed twice in a row.
 //!
-//! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones through
-//! `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED` and `CHAOS_KILLS`.
-
-mod support;
+//! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones (this module
+//! alone, in release) through `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED`
+//! and `CHAOS_KILLS`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::fake_scalingo::Chaos;
-use support::{FakeConfig, Proc, World, archives_in, wait_for};
+use fake_scalingo::Chaos;
+
+use crate::support::{self, FakeConfig, Proc, World, archives_in, wait_for};
 
 struct Params {
     archives: usize,

@@ -1,8 +1,6 @@
 //! `dropdeploy config check`: every problem with its line and column, or what each app does.
 
-mod support;
-
-use support::World;
+use crate::support::World;
 
 #[test]
 fn a_broken_file_is_reported_with_line_and_column() {

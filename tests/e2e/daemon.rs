@@ -1,11 +1,9 @@
 //! `dropdeploy run`: the real daemon binary, real drop folders and inotify, the fake API.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
-use support::{Endpoint, FakeConfig, Fault, World, archives_in, wait_for};
+use crate::support::{self, Endpoint, FakeConfig, Fault, World, archives_in, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,11 +1,9 @@
 //! `dropdeploy deploy` and `dropdeploy check` end to end: the real binary against the fake
 //! Scalingo API over loopback, with real files and real archives.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Endpoint, FakeConfig, Fault, World, wait_for};
+use crate::support::{self, Endpoint, FakeConfig, Fault, World, wait_for};
 
 fn deploy(world: &World, app: &str, archive: &std::path::Path) -> support::Run {
     world.run(&["deploy", "--app", app, archive.to_str().unwrap()])

@@ -2,8 +2,6 @@
 //! reason and are never uploaded, things that are not regular files are left alone with one
 //! warning, odd but good names deploy, and after each case a good archive still deploys.
 
-mod support;
-
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{World, archives_in, good_archive, wait_for};
+use crate::support::{self, World, archives_in, good_archive, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,10 @@
 //! The local release target end to end: the real daemon, real drop folders, releases on disk,
 //! and no Scalingo account at all.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::{World, archives_in, site_archive, wait_for};
+use crate::support::{self, World, archives_in, site_archive, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,13 +1,11 @@
 //! The daemon's metrics endpoint and outcome hooks, end to end over loopback.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{World, wait_for};
+use crate::support::{self, World, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

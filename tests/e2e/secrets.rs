@@ -2,14 +2,13 @@
 //! not in a `.reason.txt`, not in any file under the state directory, not in an error message;
 //! and the bearer JWTs the platform issued stay out of the logs too.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
 use base64::Engine as _;
-use support::{FakeConfig, Proc, World, archives_in, wait_for};
+
+use crate::support::{FakeConfig, Proc, World, archives_in, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tk-us-SECRET-canary-7f3a9c5e1d2b4a6f8091";

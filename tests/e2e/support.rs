@@ -1,15 +1,12 @@
-//! Test harness: the fake Scalingo API, archives made on the fly, and a runner for the real
-//! `dropdeploy` binary that checks every output for the API token.
-#![allow(dead_code)]
-
-pub mod fake_scalingo;
+//! Test harness: a world around the fake Scalingo API (the `fake-scalingo` crate), archives made
+//! on the fly, and a runner for the real `dropdeploy` binary that checks every output for the
+//! API token.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
 pub use fake_scalingo::{Endpoint, FakeConfig, FakeScalingo, Fault};
 
 /// Polls `pred` every 10 ms until it holds or `timeout` passes.

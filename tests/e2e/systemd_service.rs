@@ -2,14 +2,12 @@
 //! made by the test, standing in for systemd), the token as a systemd credential, log lines for
 //! the journal, and the unit file itself.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Proc, World, wait_for};
+use crate::support::{self, Proc, World, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

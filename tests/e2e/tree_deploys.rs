@@ -2,12 +2,10 @@
 //! ignore rules, debounce and no watch on ignored directories; `dropdeploy pack` and
 //! `dropdeploy watch` as a developer uses them.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::{FakeConfig, World, inotify_watches, wait_for};
+use crate::support::{self, FakeConfig, World, inotify_watches, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 

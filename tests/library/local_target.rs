@@ -337,7 +337,7 @@ fn activate_never_sees_the_api_token() {
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            "activate_never_sees_the_api_token",
+            "local_target::activate_never_sees_the_api_token",
             "--exact",
             "--nocapture",
             "--test-threads=1",

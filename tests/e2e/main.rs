@@ -1,0 +1,32 @@
+//! End to end: the real `dropdeploy` binary (one-shot commands and the daemon) against the fake
+//! Scalingo API over loopback, with real files, real archives and real inotify. One module per
+//! area; `support` is the harness (`World`: a fake API, a temporary directory, a config file).
+//!
+//! Run one area with a filter, e.g. `cargo test --test e2e daemon::`.
+
+mod support;
+
+/// Bad archives refused before any upload, by `deploy` and by `check`.
+mod archive_checks;
+/// Seeded fault storms, with and without SIGKILL (big ones: `bench/reliability.sh`).
+mod chaos;
+/// `dropdeploy config check`.
+mod config_command;
+/// `dropdeploy run`: drops, queues, signals, restarts, recovery.
+mod daemon;
+/// `dropdeploy deploy` and its retries, faults and token handling.
+mod deploy_command;
+/// The daemon claiming what the drop folder watcher reports.
+mod drop_claims;
+/// `dropdeploy run` survives anything dropped on it.
+mod hostile_drops;
+/// The local release target, driven by the daemon.
+mod local_releases;
+/// The daemon's metrics endpoint and outcome hooks.
+mod observability;
+/// The API token and bearer tokens never leak.
+mod secrets;
+/// Running under systemd: notify protocol, credentials, journal, the unit file.
+mod systemd_service;
+/// Watched source directories deployed by the daemon; `pack` and `watch`.
+mod tree_deploys;
