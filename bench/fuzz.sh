@@ -16,7 +16,7 @@
 # fuzz/corpus/<target> are only read. A crash or timeout is written to
 # fuzz/artifacts/<target>/; minimise it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz tmin <target> artifacts/<target>/<file>
-# then keep it in tests/fuzz_inputs/<target>/ (replayed by tests/fuzz_regressions.rs).
+# then keep it in tests/fuzz_inputs/<target>/ (replayed by tests/library/fuzz_regressions.rs).
 # If the sanitizer fails to link somewhere, add `--sanitizer none` after `run`.
 set -uo pipefail
 cd "$(dirname "$0")/../fuzz"

@@ -40,7 +40,7 @@ from io import BytesIO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/dropdeploy")
-FAKE = os.path.join(ROOT, "target/release/examples/fake-scalingo")
+FAKE = os.path.join(ROOT, "target/release/fake-scalingo")
 GNU_TIME = "/usr/bin/time"
 SECTIONS = ["pack", "memory", "upload", "latency", "watch", "drop"]
 MiB = 1 << 20

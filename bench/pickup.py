@@ -40,14 +40,14 @@ def wait_for(pred, timeout=60.0):
 def main():
     subprocess.run(
         ["cargo", "build", "--release", "--locked", "--quiet", "--bin", "dropdeploy",
-         "--example", "fake-scalingo"],
+         "--bin", "fake-scalingo"],
         cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="dropdeploy-pickup-")
     fake = daemon = None
     try:
         fake_log = open(os.path.join(work, "fake.log"), "w+")
         fake = subprocess.Popen(
-            [os.path.join(ROOT, "target/release/examples/fake-scalingo"),
+            [os.path.join(ROOT, "target/release/fake-scalingo"),
              "--listen", "127.0.0.1:0", "--step", "10ms"],
             stdout=fake_log, stderr=subprocess.DEVNULL)
         line = wait_for(lambda: next((l for l in open(fake_log.name) if l.startswith("export ")), None))

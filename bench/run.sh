@@ -44,7 +44,7 @@ if ! command -v watchexec >/dev/null && [[ ! -x "$HOME/.cargo/bin/watchexec" ]];
     echo "bench/run.sh: watchexec not found: its column will say 'not installed'" >&2
 fi
 
-cargo build --release --locked --bin dropdeploy --example fake-scalingo
+cargo build --release --locked --bin dropdeploy --bin fake-scalingo
 
 # exec: Ctrl-C and SIGTERM reach perf.py itself, which stops every child it started.
 BENCH_COMMAND="${BENCH_COMMAND:-$(

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --bin dropdeploy --example fake-scalingo
+cargo build --release --locked --bin dropdeploy --bin fake-scalingo
 bin=target/release/dropdeploy
 work=$(mktemp -d)
 pids=()
@@ -30,7 +30,7 @@ wait_for() {
   return 1
 }
 
-target/release/examples/fake-scalingo --listen 127.0.0.1:0 --step 1s >"$work/fake.log" 2>&1 &
+target/release/fake-scalingo --listen 127.0.0.1:0 --step 1s >"$work/fake.log" 2>&1 &
 pids+=($!)
 wait_for "$work/fake.log" '^export '
 head -n 1 "$work/fake.log"

@@ -54,14 +54,14 @@ if [[ -z ${DROPDEPLOY_SYSTEMD_INNER:-} ]]; then
     fi
     if [[ -z ${DROPDEPLOY_BIN:-} || -z ${FAKE_SCALINGO_BIN:-} ]]; then
         target=${CARGO_TARGET_DIR:-$REPO/target}
-        echo "building: cargo build --release --locked --bin dropdeploy --example fake-scalingo"
-        (cd "$REPO" && cargo build --release --locked --bin dropdeploy --example fake-scalingo) ||
+        echo "building: cargo build --release --locked --bin dropdeploy --bin fake-scalingo"
+        (cd "$REPO" && cargo build --release --locked --bin dropdeploy --bin fake-scalingo) ||
             {
                 echo "FAIL build"
                 exit 1
             }
         export DROPDEPLOY_BIN=$target/release/dropdeploy
-        export FAKE_SCALINGO_BIN=$target/release/examples/fake-scalingo
+        export FAKE_SCALINGO_BIN=$target/release/fake-scalingo
     fi
     for bin in "$DROPDEPLOY_BIN" "$FAKE_SCALINGO_BIN"; do
         [[ -x $bin ]] || {
@@ -187,7 +187,7 @@ fi
 
 # ---- the root: an overlay of this one ---------------------------------------------------------
 L=$W/lower R=$W/root U=$W/upper S=$W/src
-mkdir -p "$L" "$R" "$U/up" "$U/work" "$S/repo/target/release/examples" "$S/test"
+mkdir -p "$L" "$R" "$U/up" "$U/work" "$S/repo/target/release" "$S/test"
 mount --bind / "$L" && mount -o remount,bind,ro "$L" || die "read-only bind of /"
 mount -t overlay overlay -o "lowerdir=$L,upperdir=$U/up,workdir=$U/work" "$R" || die "overlay"
 # journald will not link journals without a machine id of the container's own.
@@ -211,7 +211,7 @@ fi
 # What the README's commands use, as in a checkout: the repository's files and the binaries.
 cp -a "$REPO/README.md" "$REPO/systemd" "$REPO/config" "$S/repo/"
 cp "$DROPDEPLOY_BIN" "$S/repo/target/release/dropdeploy"
-cp "$FAKE_SCALINGO_BIN" "$S/repo/target/release/examples/fake-scalingo"
+cp "$FAKE_SCALINGO_BIN" "$S/repo/target/release/fake-scalingo"
 cp "$REPO/tests/systemd/"*.toml "$S/test/"
 if [[ -n ${DROPDEPLOY_DEB:-} ]]; then
     mkdir -p "$S/repo/target/debian" && cp "$DROPDEPLOY_DEB" "$S/repo/target/debian/" || die "no $DROPDEPLOY_DEB"
@@ -368,7 +368,7 @@ EOF
     # a file so that it shows in no command line or journal entry.
     in_ct systemd-run --quiet --unit=fake-scalingo --description="fake Scalingo API" \
         -p StandardOutput=null -p StandardError=journal \
-        /src/repo/target/release/examples/fake-scalingo --listen 127.0.0.1:4567 --step 1s \
+        /src/repo/target/release/fake-scalingo --listen 127.0.0.1:4567 --step 1s \
         --app my-app --app my-app2 --token-file /etc/dropdeploy/token || fail "fake API"
     wait_for 10 "exec 3<>/dev/tcp/127.0.0.1/4567" || fail "the fake API does not listen"
 }
