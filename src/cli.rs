@@ -336,8 +336,36 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
 }
 
+/// SIGTERM and SIGINT stop the daemon, SIGHUP reloads it: the signals are taken over here, at
+/// the edge, before the daemon says it is ready (one that came earlier would kill it), and
+/// handed to it as a [`crate::daemon::Control`].
+fn signal_control() -> std::io::Result<crate::daemon::Control> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (handle, control) = crate::daemon::control();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => handle.stop("SIGTERM"),
+                _ = sigint.recv() => handle.stop("SIGINT"),
+                _ = sighup.recv() => handle.reload(),
+            }
+        }
+    });
+    Ok(control)
+}
+
 async fn run_daemon(cli: &Cli) -> u8 {
-    match crate::daemon::run(config_path(cli), Env::from_process()).await {
+    let control = match signal_control() {
+        Ok(control) => control,
+        Err(e) => {
+            eprintln!("dropdeploy: cannot handle signals: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match crate::daemon::run(config_path(cli), Env::from_process(), control).await {
         Ok(()) => EXIT_OK,
         Err(e @ (crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Setup(_))) => {
             eprintln!("dropdeploy: {e}");

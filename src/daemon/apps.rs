@@ -1,0 +1,310 @@
+//! The apps' lanes and watchers: starting them, recovering the spool's jobs into them, and a
+//! reload's changes.
+
+use super::*;
+
+/// An app's lane settings, with its target built by the one factory.
+pub(super) fn lane_settings(
+    config: &Config,
+    app: &AppConfig,
+    wiring: &crate::deploy::Wiring,
+) -> LaneSettings {
+    let pacing = crate::deploy::Pacing {
+        retry: RetryConfig {
+            budget: app.retry_budget.unwrap_or(config.retry.budget),
+            ..config.retry.clone()
+        },
+        follow_interval: app
+            .follow_interval
+            .unwrap_or(config.scalingo.follow_interval),
+        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
+    };
+    LaneSettings {
+        policy: app.queue,
+        keep_done: app.keep_done,
+        target: crate::deploy::build(&app.target, &pacing, wiring),
+    }
+}
+
+impl Daemon {
+    pub(super) fn start_lane(&mut self, app: &AppConfig) {
+        self.lanes
+            .ensure(&app.name, lane_settings(&self.config, app, &self.wiring));
+    }
+
+    pub(super) fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
+        TreeConfig {
+            app: app.name.clone(),
+            root: root.to_path_buf(),
+            ignore: app.ignore.clone(),
+            include: app.include.clone(),
+            // The daemon's own files never trigger a deploy nor get packed.
+            always_ignore: vec![self.config.state_dir.clone()],
+            quiet: app.quiet,
+            max_wait: app.max_wait,
+            poll: app.poll,
+            // A service waits for a lost source directory for ever, visibly (`status`).
+            give_up: None,
+        }
+    }
+
+    /// Starts watching an app's source directory, and its redeploy loop.
+    pub(super) fn start_tree(
+        &mut self,
+        app: &AppConfig,
+        root: &std::path::Path,
+    ) -> Result<(), String> {
+        let cfg = self.tree_config(app, root);
+        let watcher = TreeWatcher::start(cfg.clone()).map_err(|e| e.to_string())?;
+        watcher.publish_gaps(self.live.clone());
+        let Some(lane) = self.lanes.sender(&app.name) else {
+            return Err(format!("app {}: no lane", app.name));
+        };
+        // The loop stops with the daemon, or alone when its app is removed or changed.
+        let (trigger, stop) = shutdown::channel();
+        let redeploy_cfg = RedeployConfig {
+            app: app.name.clone(),
+            label: app.ref_label().to_string(),
+            prefix: app.name.clone(),
+            limits: Limits {
+                max_uncompressed: self.config.max_archive_bytes,
+            },
+            deploy_on_start: app.deploy_on_start,
+            state_dir: self.config.state_dir.clone(),
+        };
+        let spool = self.spool.clone();
+        let name = app.name.clone();
+        tracing::info!(
+            app = %app.name,
+            source_dir = %root.display(),
+            watches = watcher.watch_count(),
+            "watching source directory"
+        );
+        let deploy = move |job: Job| {
+            let lane = lane.clone();
+            async move {
+                let done = lane.submit_watched(job)?;
+                done.await.ok()
+            }
+        };
+        tokio::spawn(async move {
+            redeploy::run(redeploy_cfg, watcher, spool, deploy, stop, |event| {
+                log_tree_event(&name, event)
+            })
+            .await;
+        });
+        self.trees.insert(app.name.clone(), (cfg, trigger));
+        Ok(())
+    }
+
+    pub(super) fn start_watcher(&mut self, app: &AppConfig) -> Result<(), String> {
+        if let Some(root) = &app.source_dir {
+            return self.start_tree(app, &root.clone());
+        }
+        let Some(dir) = &app.drop_dir else {
+            return Ok(());
+        };
+        let cfg = DropFolderConfig {
+            app: app.name.clone(),
+            dir: dir.clone(),
+            settle: app.settle,
+        };
+        let watcher =
+            DropWatcher::start_with_board(cfg.clone(), self.ready_tx.clone(), self.live.clone())
+                .map_err(|e| e.to_string())?;
+        tracing::info!(app = %app.name, drop_dir = %dir.display(), "watching drop folder");
+        self.watchers.insert(app.name.clone(), (cfg, watcher));
+        Ok(())
+    }
+
+    /// Hands every unfinished job of a configured app to its lane, oldest first, and records
+    /// the outcome of finished jobs whose outcome was not recorded yet.
+    pub(super) async fn recover(&mut self) {
+        let spool = self.spool.clone();
+        let jobs = match tokio::task::spawn_blocking(move || spool.jobs()).await {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(e)) => {
+                tracing::error!("cannot list the spool: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("cannot list the spool: {e}");
+                return;
+            }
+        };
+        for job in jobs {
+            let job = match job {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::error!("{e}; left in place");
+                    continue;
+                }
+            };
+            if self.lanes.knows(&job.id) {
+                continue;
+            }
+            if job.state.is_finished() {
+                let keep = self
+                    .config
+                    .app(&job.app)
+                    .map(|a| a.keep_done)
+                    .unwrap_or(DEFAULT_KEEP_DONE);
+                let outcomes = self.outcomes.clone();
+                let id = job.id.clone();
+                let state_dir = self.config.state_dir.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    remember_tree(&state_dir, &job);
+                    outcomes.record(&job, keep)
+                })
+                .await;
+                match done {
+                    Ok(Ok(entry)) => self.after.done(&entry),
+                    Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
+                    Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
+                }
+                continue;
+            }
+            // A watched tree's loop resumes its own jobs before it packs anything, so that the
+            // same content is never in flight twice.
+            if redeploy::tree_digest_of(&job).is_some()
+                && self
+                    .config
+                    .app(&job.app)
+                    .is_some_and(|a| a.source_dir.is_some())
+            {
+                continue;
+            }
+            tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
+            if let Err(job) = self.lanes.submit(job) {
+                tracing::warn!(
+                    app = %job.app,
+                    job = %job.id,
+                    state = job.state.name(),
+                    "job for an app that is not configured; left in the spool until the app is configured again"
+                );
+            }
+        }
+    }
+
+    /// Re-reads the configuration. A configuration with errors is refused whole; otherwise
+    /// removed apps stop after their job in flight, added apps start, changed apps take their
+    /// new settings.
+    pub(super) async fn reload(&mut self) {
+        tracing::info!(config = %self.config_path.display(), "reloading the configuration");
+        let loaded = match Config::load(&self.config_path, &self.env) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept:\n{e}");
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let new = loaded.config;
+        if let Err(e) = check_apps(&new, &self.spool) {
+            tracing::error!("reload refused, the running configuration is kept: {e}");
+            return;
+        }
+        match scalingo_client(&new) {
+            Ok(client) => self.wiring.client = client,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept: {e}");
+                return;
+            }
+        }
+        for app in &new.apps {
+            self.after.metrics.register_app(&app.name);
+        }
+        if new.metrics_listen != self.config.metrics_listen {
+            tracing::warn!("metrics_listen changed: it takes effect at the next restart");
+        }
+        if let Ok(mut shared) = self.after.config.write() {
+            *shared = new.clone();
+        }
+        let old = std::mem::replace(&mut self.config, new);
+        for app in &old.apps {
+            if self.config.app(&app.name).is_none() {
+                if let Some((_, watcher)) = self.watchers.remove(&app.name) {
+                    watcher.stop();
+                }
+                if let Some((_, tree)) = self.trees.remove(&app.name) {
+                    tree.fire();
+                }
+                self.lanes.retire(&app.name);
+                self.live.clear_app(&app.name);
+                tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
+            }
+        }
+        let mut added = false;
+        for app in self.config.apps.clone() {
+            self.start_lane(&app);
+            let unchanged = match (&app.source_dir, &app.drop_dir) {
+                (Some(root), _) => {
+                    let wanted = self.tree_config(&app, root);
+                    self.trees
+                        .get(&app.name)
+                        .is_some_and(|(cfg, _)| *cfg == wanted)
+                }
+                (None, Some(dir)) => self
+                    .watchers
+                    .get(&app.name)
+                    .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle),
+                (None, None) => true,
+            };
+            if unchanged {
+                continue;
+            }
+            let old_drop = self.watchers.remove(&app.name);
+            let old_tree = self.trees.remove(&app.name);
+            if old_drop.is_none() && old_tree.is_none() {
+                added = true;
+                tracing::info!(app = %app.name, "app added");
+            }
+            if let Some((_, watcher)) = old_drop {
+                watcher.stop();
+            }
+            if let Some((_, tree)) = old_tree {
+                tree.fire();
+            }
+            if let Err(e) = self.start_watcher(&app) {
+                tracing::error!(app = %app.name, "cannot watch: {e}");
+            }
+        }
+        if added {
+            self.recover().await;
+        }
+        tracing::info!(apps = self.config.apps.len(), "configuration reloaded");
+    }
+}
+
+/// One log line per step of a watched directory's redeploy loop.
+pub(super) fn log_tree_event(app: &str, event: &TreeEvent<'_>) {
+    match event {
+        TreeEvent::Changed(burst) => tracing::info!(
+            app,
+            changed = burst.changed_paths,
+            overflow = burst.overflow,
+            "source directory changed"
+        ),
+        TreeEvent::Unchanged => {
+            tracing::info!(
+                app,
+                "unchanged: the tree is the one last deployed; nothing to do"
+            )
+        }
+        TreeEvent::Packing => tracing::debug!(app, "packing"),
+        TreeEvent::Packed { job, elapsed } => tracing::info!(
+            app,
+            job = %job.id,
+            git_ref = %job.git_ref,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "packed"
+        ),
+        TreeEvent::PackFailed { error } => tracing::warn!(
+            app,
+            "cannot pack the source directory: {error}; waiting for the next change"
+        ),
+        TreeEvent::Finished { .. } => {}
+    }
+}

@@ -1,0 +1,303 @@
+//! The daemon: wiring, recovery, signals, reload.
+//!
+//! Start-up order matters: the configuration is validated, half-made jobs are put back,
+//! every unfinished job in the spool is handed to its lane (and finished ones get their
+//! outcome recorded) *before* any new file is claimed. Then drop folders are watched and ready
+//! files are claimed one at a time, in arrival order. SIGTERM/SIGINT stop the claiming, let
+//! each job in flight reach its next persisted state within the grace period, and exit; SIGHUP
+//! reloads the configuration, keeping the old one if the new one has errors.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::archive::inspect::Limits;
+use crate::config::{AppConfig, Config, ConfigError, Env, Loaded, RetryConfig, TargetConfig};
+use crate::deploy::local::LocalTarget;
+use crate::deploy::scalingo::api::ScalingoClient;
+use crate::deploy::scalingo::driver::{Event, Observer};
+use crate::hooks::{Hooks, hook_for};
+use crate::metrics::{Metrics, MetricsObserver};
+use crate::outcome::{HistoryEntry, Outcomes};
+use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
+use crate::queue::lane::{Finisher, LaneContext, LaneSettings, Lanes};
+use crate::queue::observe::LogObserver;
+use crate::queue::spool::{Job, Spool};
+use crate::service::{Notifier, WatchdogTimer, status_line};
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::source::drop::{DropFolderConfig, DropWatcher, ReadyFile};
+use crate::source::redeploy::{self, RedeployConfig, TreeEvent};
+use crate::source::tree::{TreeConfig, TreeWatcher};
+
+mod apps;
+mod claims;
+mod observe;
+mod startup;
+
+use claims::ClaimRetry;
+use observe::{AfterOutcome, OutcomeFinisher, StatusBoard, remember_tree};
+use startup::{check_apps, scalingo_client};
+
+/// `done/` retention for a job whose app is no longer configured.
+const DEFAULT_KEEP_DONE: usize = 20;
+/// Why the daemon could not start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Something outside the daemon is in the way and retrying will not help: another
+    /// daemon owns the state_dir, a folder it must write is not writable. Exit status 2.
+    #[error("{0}")]
+    Setup(String),
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// What the daemon is told from outside: stop (with the reason shown in the log, such as the
+/// signal's name) and reload. The binary turns signals into these at its edge
+/// ([`crate::cli`]); tests send them directly, running the real daemon in-process.
+pub struct Control {
+    stop: mpsc::UnboundedReceiver<&'static str>,
+    reload: mpsc::UnboundedReceiver<()>,
+}
+
+/// The sending side of a [`Control`]. Dropping it stops the daemon.
+#[derive(Clone)]
+pub struct ControlHandle {
+    stop: mpsc::UnboundedSender<&'static str>,
+    reload: mpsc::UnboundedSender<()>,
+}
+
+impl ControlHandle {
+    /// Stop: no new claims, jobs in flight stop at their next recorded state.
+    pub fn stop(&self, reason: &'static str) {
+        let _ = self.stop.send(reason);
+    }
+
+    /// Read the configuration again.
+    pub fn reload(&self) {
+        let _ = self.reload.send(());
+    }
+}
+
+/// A control channel for [`run`].
+pub fn control() -> (ControlHandle, Control) {
+    let (stop_tx, stop) = mpsc::unbounded_channel();
+    let (reload_tx, reload) = mpsc::unbounded_channel();
+    (
+        ControlHandle {
+            stop: stop_tx,
+            reload: reload_tx,
+        },
+        Control { stop, reload },
+    )
+}
+
+/// Runs the daemon until `control` says stop (or its handle is dropped). The one place where
+/// the pipeline is put together: source → spool → lanes → targets → outcomes.
+pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(), DaemonError> {
+    let Loaded { config, warnings } = Config::load(&config_path, &env)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let client = scalingo_client(&config)?;
+    let state = startup::open_state(&config).await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let (ready_tx, ready_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon::assemble(
+        config_path,
+        env,
+        config,
+        client,
+        state,
+        &trigger,
+        shutdown,
+        ready_tx,
+    )
+    .await?;
+    for app in daemon.config.apps.clone() {
+        daemon.start_lane(&app);
+    }
+    daemon.recover().await;
+    for app in daemon.config.apps.clone() {
+        daemon
+            .start_watcher(&app)
+            .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    }
+    tracing::info!(
+        apps = daemon.config.apps.len(),
+        state_dir = %daemon.config.state_dir.display(),
+        "dropdeploy is running"
+    );
+    daemon.notifier.ready();
+    daemon.board.publish();
+    daemon.serve(ready_rx, trigger, control).await
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    env: Env,
+    config: Config,
+    spool: Spool,
+    /// What every app's target is built with (a reload may change the client).
+    wiring: crate::deploy::Wiring,
+    outcomes: Arc<Outcomes>,
+    lanes: Lanes,
+    watchers: HashMap<String, (DropFolderConfig, DropWatcher)>,
+    /// Watched source directories: the settings they started with, and their own stop.
+    trees: HashMap<String, (TreeConfig, ShutdownTrigger)>,
+    ready_tx: mpsc::Sender<ReadyFile>,
+    after: Arc<AfterOutcome>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
+    notifier: Notifier,
+    board: Arc<StatusBoard>,
+    /// What the daemon waits on, for `status`.
+    live: Arc<crate::live::Board>,
+    /// Drop files whose claim failed for an I/O reason, by path: tried again on a timer.
+    claim_retries: HashMap<PathBuf, ClaimRetry>,
+    /// Held while the daemon runs: one daemon per state_dir.
+    _state_lock: crate::lock::StateLock,
+}
+
+impl Daemon {
+    /// Wires the parts: metrics (and their server), hooks, outcomes, the status board, the
+    /// targets' wiring and the lanes.
+    #[allow(clippy::too_many_arguments)]
+    async fn assemble(
+        config_path: PathBuf,
+        env: Env,
+        config: Config,
+        client: Option<Arc<ScalingoClient>>,
+        state: startup::State,
+        trigger: &ShutdownTrigger,
+        shutdown: shutdown::Shutdown,
+        ready_tx: mpsc::Sender<ReadyFile>,
+    ) -> Result<Daemon, DaemonError> {
+        let notifier = Notifier::from_env();
+        let metrics = Metrics::new();
+        for app in &config.apps {
+            metrics.register_app(&app.name);
+        }
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => {
+                let (bound, task) =
+                    crate::metrics::serve(addr, metrics.clone(), trigger.subscribe())
+                        .await
+                        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+                tracing::info!(address = %bound, "serving /metrics and /healthz");
+                Some(task)
+            }
+            None => None,
+        };
+        let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
+        let after = Arc::new(AfterOutcome {
+            metrics: metrics.clone(),
+            hooks,
+            config: std::sync::RwLock::new(config.clone()),
+        });
+        let startup::State { lock, live, spool } = state;
+        let outcomes = Arc::new(Outcomes::new(&config.state_dir, spool.clone()));
+        let board = Arc::new(StatusBoard {
+            inner: Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
+            notifier: notifier.clone(),
+            metrics,
+            apps: std::sync::atomic::AtomicUsize::new(config.apps.len()),
+            active: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        });
+        let wiring = crate::deploy::Wiring {
+            client,
+            spool: spool.clone(),
+            observer: board.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let finisher = Arc::new(OutcomeFinisher {
+            outcomes: outcomes.clone(),
+            after: after.clone(),
+            state_dir: config.state_dir.clone(),
+        });
+        let ctx = LaneContext::new(
+            spool.clone(),
+            board.clone(),
+            finisher,
+            config.max_parallel,
+            shutdown,
+        );
+        Ok(Daemon {
+            config_path,
+            env,
+            config,
+            spool,
+            wiring,
+            outcomes,
+            lanes: Lanes::new(ctx),
+            watchers: HashMap::new(),
+            trees: HashMap::new(),
+            ready_tx,
+            after,
+            metrics_server,
+            notifier,
+            board,
+            live,
+            claim_retries: HashMap::new(),
+            _state_lock: lock,
+        })
+    }
+
+    async fn serve(
+        mut self,
+        mut ready_rx: mpsc::Receiver<ReadyFile>,
+        trigger: ShutdownTrigger,
+        mut control: Control,
+    ) -> Result<(), DaemonError> {
+        // The watchdog is pinged from this loop, which claims all new work: if it stalls,
+        // the pings stop and systemd restarts the daemon.
+        let mut watchdog = WatchdogTimer::new(&self.notifier);
+        let reason = loop {
+            tokio::select! {
+                Some(ready) = ready_rx.recv() => self.claim(ready).await,
+                reason = control.stop.recv() => break reason.unwrap_or("the control handle was dropped"),
+                Some(()) = control.reload.recv() => {
+                    self.notifier.reloading();
+                    self.reload().await;
+                    self.notifier.reloaded();
+                    self.board.apps.store(self.config.apps.len(), std::sync::atomic::Ordering::Relaxed);
+                    self.board.publish();
+                }
+                _ = watchdog.tick() => self.notifier.watchdog(),
+            }
+        };
+        self.notifier.stopping();
+        let grace = self.config.shutdown_grace;
+        tracing::info!(
+            signal = reason,
+            grace_ms = grace.as_millis() as u64,
+            "stopping: no new claims; jobs in flight stop at their next persisted state"
+        );
+        for (_, (_, watcher)) in self.watchers.drain() {
+            watcher.stop();
+        }
+        for (_, (_, tree)) in self.trees.drain() {
+            tree.fire();
+        }
+        trigger.fire();
+        let deadline = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, self.lanes.join()).await {
+            Ok(()) => {}
+            Err(_) => tracing::warn!(
+                "grace period over: steps still in flight were abandoned; their jobs resume at the next start"
+            ),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.after.hooks.drain(left).await {
+            tracing::warn!("outcome hooks still running at exit were abandoned");
+        }
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
