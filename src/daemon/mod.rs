@@ -301,3 +301,6 @@ impl Daemon {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
