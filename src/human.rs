@@ -29,9 +29,9 @@ pub fn duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     if ms < 1000 {
         format!("{ms} ms")
-    } else if ms < 10_000 && ms % 1000 != 0 {
+    } else if ms < 10_000 && !ms.is_multiple_of(1000) {
         format!("{}.{} s", ms / 1000, (ms % 1000) / 100)
-    } else if ms < 60_000 || (ms < 3_600_000 && ms % 60_000 == 0 && ms / 60_000 <= 1) {
+    } else if ms < 60_000 || (ms < 3_600_000 && ms.is_multiple_of(60_000) && ms / 60_000 <= 1) {
         format!("{} s", ms / 1000)
     } else if ms < 3_600_000 {
         format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)

@@ -50,7 +50,11 @@ async fn the_daemon_runs_in_process_deploys_a_drop_reloads_and_stops_on_request(
     )
     .unwrap();
     let (handle, control) = control();
-    let daemon = tokio::spawn(run(config.clone(), Env::from_pairs(Vec::<(String, String)>::new()), control));
+    let daemon = tokio::spawn(run(
+        config.clone(),
+        Env::from_pairs(Vec::<(String, String)>::new()),
+        control,
+    ));
 
     let drop = root.join("drop/site");
     eventually("the drop folder", || drop.join("failed").is_dir()).await;

@@ -1,0 +1,275 @@
+//! `dropdeploy deploy`: one archive (or URL), from any recorded state to its end.
+
+use super::*;
+
+pub(super) async fn deploy(cli: &Cli) -> u8 {
+    let Command::Deploy {
+        app,
+        git_ref,
+        no_follow,
+        state_dir,
+        interval,
+        archive,
+    } = &cli.command
+    else {
+        return EXIT_USAGE;
+    };
+    let fail = |msg: String| {
+        eprintln!("dropdeploy: {app}: {msg}");
+        EXIT_USAGE
+    };
+    if let Some(r) = git_ref
+        && !valid_git_ref(r)
+    {
+        return fail(format!(
+            "--git-ref {r:?} is not accepted by the platform: use only letters, digits, '.', '_' and '-', not starting with '-'"
+        ));
+    }
+    let OneShot {
+        config,
+        token,
+        spool,
+        ..
+    } = match OneShot::set_up(cli, &Env::from_process(), state_dir.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let label = config
+        .app(app)
+        .and_then(|a| a.git_ref_label.clone())
+        .unwrap_or_else(|| app.clone());
+    let limits = Limits {
+        max_uncompressed: config.max_archive_bytes,
+    };
+
+    let is_url = archive.starts_with("http://") || archive.starts_with("https://");
+    let job = if is_url {
+        match find_unfinished(&spool, app, &PayloadKey::Url(archive), None) {
+            Some(job) => job,
+            None => match enqueue_url(&spool, app, archive, &label, git_ref.as_deref()) {
+                Ok(job) => job,
+                Err(e) => return fail(e.to_string()),
+            },
+        }
+    } else {
+        match archive_job(&spool, app, archive, &label, git_ref.as_deref(), limits).await {
+            Ok(job) => job,
+            Err(code) => return code,
+        }
+    };
+    run_job(config, token, spool, job, *no_follow, *interval).await
+}
+
+/// The job for an archive file: copied into the spool and checked, or the unfinished job of
+/// the same archive for this app (an earlier run interrupted), which is then resumed. `Err`:
+/// the exit status, the reason printed.
+async fn archive_job(
+    spool: &Spool,
+    app: &str,
+    archive: &str,
+    label: &str,
+    git_ref: Option<&str>,
+    limits: Limits,
+) -> Result<Job, u8> {
+    let fail = |msg: String| {
+        eprintln!("dropdeploy: {app}: {msg}");
+        EXIT_USAGE
+    };
+    let (spool2, file) = (spool.clone(), PathBuf::from(archive));
+    let (app2, label2, git_ref2) = (
+        app.to_string(),
+        label.to_string(),
+        git_ref.map(str::to_string),
+    );
+    let made = crate::blocking::run(move || {
+        enqueue_archive(
+            &spool2,
+            &app2,
+            &file,
+            Transfer::Copy,
+            &label2,
+            git_ref2.as_deref(),
+            &limits,
+        )
+    })
+    .await;
+    let new_job = match made {
+        Ok(job) => job,
+        Err(crate::blocking::BlockingError::Failed(IntakeError::Rejected {
+            file,
+            rejection,
+            ..
+        })) => {
+            eprintln!(
+                "dropdeploy: {app}: refused {} at step {}: {rejection}; nothing was uploaded",
+                file.display(),
+                Step::Inspect
+            );
+            return Err(EXIT_FAILED);
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let sha = match &new_job.payload {
+        crate::queue::spool::Payload::Archive { summary, .. } => summary.sha256.clone(),
+        crate::queue::spool::Payload::Url { .. } => String::new(),
+    };
+    // The same archive interrupted earlier for this app: resume that job instead.
+    match find_unfinished(spool, app, &PayloadKey::Sha256(&sha), Some(&new_job.id)) {
+        Some(old) => {
+            spool.remove(&new_job.id).map_err(|e| fail(e.to_string()))?;
+            Ok(old)
+        }
+        None => Ok(new_job),
+    }
+}
+
+pub(super) async fn run_job(
+    config: Config,
+    token: crate::config::Secret,
+    spool: Spool,
+    mut job: Job,
+    no_follow: bool,
+    interval: Option<std::time::Duration>,
+) -> u8 {
+    let app = job.app.clone();
+    let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            eprintln!(
+                "dropdeploy: {app}: job {} (the same archive) is being deployed by another \
+                 dropdeploy process; not deploying it twice (see `dropdeploy status`)",
+                job.id
+            );
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: cannot lock job {}: {e}", job.id);
+            return EXIT_USAGE;
+        }
+    };
+    // The record may have moved on while another process held it.
+    if let Ok(fresh) = spool.load(&job.id) {
+        job = fresh;
+    }
+    let client = match ScalingoClient::new(&config.scalingo, token) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
+        printer.line(&format!("{app}: {}", describe(&job)));
+    }
+    let mut runner = Runner::new(
+        client,
+        spool.clone(),
+        config.retry.clone(),
+        interval.unwrap_or(config.scalingo.follow_interval),
+        printer.clone(),
+    )
+    .with_deploy_timeout(
+        config
+            .app(&app)
+            .and_then(|a| a.deploy_timeout)
+            .unwrap_or(config.scalingo.deploy_timeout),
+    );
+    if no_follow {
+        runner = runner.without_follow();
+    }
+    let started = Instant::now();
+    if let Err(e) = runner.run(&mut job).await {
+        eprintln!("dropdeploy: {app}: job {} cannot be recorded: {e}", job.id);
+        return EXIT_USAGE;
+    }
+    printer.finish();
+    let elapsed =
+        humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
+    let code = report(&job, &elapsed.to_string());
+    if (job.state.is_finished() || no_follow)
+        && let Err(e) = spool.remove(&job.id)
+    {
+        eprintln!("dropdeploy: {app}: {e}");
+    }
+    code
+}
+
+/// Prints how the job ended and returns the exit status.
+fn report(job: &Job, elapsed: &str) -> u8 {
+    let app = &job.app;
+    match &job.state {
+        JobState::Succeeded { deployment_id } => {
+            println!(
+                "{app}: success: deployment {deployment_id} (git_ref {}) in {elapsed}",
+                job.git_ref
+            );
+            EXIT_OK
+        }
+        JobState::Deploying { deployment_id, .. } => {
+            println!(
+                "{app}: deployment {deployment_id} created (git_ref {}); not following it",
+                job.git_ref
+            );
+            EXIT_OK
+        }
+        JobState::Failed(failure) => {
+            let what = match &job.payload {
+                crate::queue::spool::Payload::Archive { original, .. } => {
+                    original.display().to_string()
+                }
+                crate::queue::spool::Payload::Url { url } => url.clone(),
+            };
+            println!(
+                "{app}: FAILED deploying {what} at step {}: {}",
+                failure.step, failure.reason
+            );
+            if !failure.log_tail.is_empty() {
+                println!(
+                    "--- last {} lines of the build output ---",
+                    failure.log_tail.len()
+                );
+                for line in &failure.log_tail {
+                    println!("{line}");
+                }
+                println!("---");
+            }
+            if failure.gave_up {
+                EXIT_GAVE_UP
+            } else if failure.http_status == Some(401) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            }
+        }
+        JobState::Superseded { by } => {
+            println!("{app}: superseded by job {by}");
+            EXIT_FAILED
+        }
+        other => {
+            println!("{app}: stopped in state {}", other.name());
+            EXIT_FAILED
+        }
+    }
+}
+
+pub(super) fn describe(job: &Job) -> String {
+    match &job.payload {
+        crate::queue::spool::Payload::Archive {
+            original, summary, ..
+        } => format!(
+            "checked {}: {summary}\n{}: job {}, git_ref {}",
+            original.display(),
+            job.app,
+            job.id,
+            job.git_ref
+        ),
+        crate::queue::spool::Payload::Url { url } => format!(
+            "deploying {} (downloaded by the platform)\n{}: job {}, git_ref {}",
+            crate::deploy::scalingo::api::display_url(url),
+            job.app,
+            job.id,
+            job.git_ref
+        ),
+    }
+}

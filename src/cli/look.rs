@@ -1,0 +1,170 @@
+//! The commands that only look: `history`, `status`, `config check`.
+
+use super::*;
+
+/// The state directory of `history` and `status`: the config's.
+pub(super) fn state_dir_for_reading(cli: &Cli) -> Result<(Config, PathBuf), u8> {
+    let env = Env::from_process();
+    let path = config_path(cli);
+    match Config::load(&path, &env) {
+        Ok(Loaded { config, .. }) => {
+            let dir = config.state_dir.clone();
+            Ok((config, dir))
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+pub(super) fn history(cli: &Cli, app: Option<&str>, limit: usize, json: bool) -> u8 {
+    let (_, state_dir) = match state_dir_for_reading(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let path = state_dir.join("history.jsonl");
+    match crate::outcome::read_history(&path, app, Some(limit)) {
+        Ok(entries) => {
+            if json {
+                for e in &entries {
+                    match serde_json::to_string(e) {
+                        Ok(line) => println!("{line}"),
+                        Err(err) => eprintln!("dropdeploy: {err}"),
+                    }
+                }
+            } else if entries.is_empty() {
+                println!("no finished jobs in {}", path.display());
+            } else {
+                print!("{}", crate::outcome::format_history_table(&entries));
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+pub(super) fn status(cli: &Cli) -> u8 {
+    let (config, state_dir) = match state_dir_for_reading(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let spool = match Spool::open(state_dir.join("spool")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let apps: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
+    let live = crate::live::read(&state_dir);
+    match crate::outcome::status_report(
+        &spool,
+        &state_dir.join("history.jsonl"),
+        &apps,
+        live.as_ref(),
+    ) {
+        Ok(text) => {
+            match crate::lock::StateLock::holder(&state_dir) {
+                Some(pid) => println!("daemon: running (pid {pid})"),
+                None => println!("daemon: not running"),
+            }
+            print!("{text}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+pub(super) fn config_check(path: PathBuf) -> u8 {
+    let loaded = match Config::load(&path, &Env::from_process()) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    print!("{}", describe_config(&path, &loaded));
+    EXIT_OK
+}
+
+/// What a valid configuration will do, in a few lines a person can check.
+pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
+    use crate::config::TargetConfig;
+    use std::fmt::Write;
+    let c = &loaded.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", path.display());
+    for w in &loaded.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "state_dir {} (spool/, history.jsonl); at most {} apps deploying at once",
+        c.state_dir.display(),
+        c.max_parallel
+    );
+    let scalingo_apps = c
+        .apps
+        .iter()
+        .filter(|a| a.target == TargetConfig::Scalingo)
+        .count();
+    if scalingo_apps > 0 {
+        let token = match (&c.scalingo.token, &c.scalingo.token_origin) {
+            (Some(_), Some(origin)) => format!("token from {origin}"),
+            (Some(_), None) => "token set".to_string(),
+            (None, _) => "NO TOKEN: set SCALINGO_API_TOKEN or token_file".to_string(),
+        };
+        let _ = writeln!(out, "Scalingo API {} ({token})", c.scalingo.api_url);
+    }
+    if c.apps.is_empty() {
+        let _ = writeln!(out, "no [[app]]: the daemon would watch nothing");
+    }
+    for app in &c.apps {
+        let from = match (&app.drop_dir, &app.source_dir) {
+            (Some(dir), _) => format!(
+                "archives dropped in {} (settle {}, keep {} in done/)",
+                dir.display(),
+                humantime::format_duration(app.settle),
+                app.keep_done
+            ),
+            (None, Some(dir)) => format!(
+                "source directory {} packed after {} quiet (max wait {}){}",
+                dir.display(),
+                humantime::format_duration(app.quiet),
+                humantime::format_duration(app.max_wait),
+                if app.deploy_on_start {
+                    ", deployed at start if changed"
+                } else {
+                    ""
+                }
+            ),
+            (None, None) => "nothing".to_string(),
+        };
+        let to = match &app.target {
+            TargetConfig::Scalingo => format!("Scalingo app {}", app.name),
+            TargetConfig::Local(l) => format!(
+                "local releases in {} (keep {}{})",
+                l.releases_dir.join(&app.name).display(),
+                l.keep_releases,
+                if l.activate.is_empty() {
+                    String::new()
+                } else {
+                    format!(", then run {:?}", l.activate)
+                }
+            ),
+        };
+        let policy = match app.queue {
+            crate::config::QueuePolicy::Latest => "latest",
+            crate::config::QueuePolicy::All => "all",
+        };
+        let _ = writeln!(out, "app {}: {from} → {to}; queue {policy}", app.name);
+    }
+    out
+}

@@ -1,0 +1,298 @@
+//! The command line: argument parsing, logging set-up, and the one-shot commands. The
+//! `dropdeploy` binary is `cli::main()` and nothing else.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::archive::inspect::{InspectError, Limits, inspect};
+use crate::config::{Config, Env, Loaded};
+use crate::deploy::scalingo::api::ScalingoClient;
+use crate::deploy::scalingo::driver::{Event, Observer, Runner};
+use crate::queue::intake::{
+    IntakeError, PayloadKey, Transfer, enqueue_archive, enqueue_url, find_unfinished, valid_git_ref,
+};
+use crate::queue::spool::{Job, JobState, Spool, Step};
+
+// Every line this module prints goes through the redaction, so a token pasted into any setting
+// or argument never reaches the terminal: these shadow the standard macros in this file.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        ::std::eprintln!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+macro_rules! println {
+    ($($arg:tt)*) => {
+        ::std::println!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        ::std::print!("{}", $crate::redact::redact(&format!($($arg)*)))
+    };
+}
+
+mod archives;
+mod deploy;
+mod look;
+mod printer;
+mod setup;
+mod watch;
+
+use archives::{check, pack};
+use deploy::deploy;
+pub use look::describe_config;
+use look::{config_check, history, status};
+use printer::Printer;
+use setup::{OneShot, config_path, load_config, run_daemon};
+use watch::watch;
+
+/// Exit status: the deployment succeeded (or the archive is fine).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the deployment failed or was refused (bad archive, failure status, a
+/// permanent API error such as an unknown app).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: usage or configuration error (bad flags, config file, missing or refused token).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: gave up after retrying transient errors for the whole retry budget.
+pub const EXIT_GAVE_UP: u8 = 3;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the deployment failed or was refused (bad archive, failure status, unknown app, …)
+  2  usage or configuration error (flags, config file, missing or refused API token)
+  3  gave up after retrying transient errors for the whole retry budget";
+
+/// dropdeploy: deploy code archives to Scalingo.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dropdeploy",
+    version,
+    about = "Deploy code archives to the Scalingo platform: check, upload, deploy, follow.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, defaults and the environment are used.
+    #[arg(long, global = true, value_name = "FILE", env = "DROPDEPLOY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file: print every problem with its line and column, or what
+    /// each app will do. Exit status 0 when valid, 2 when not.
+    Check {
+        /// The file (default: --config, then /etc/dropdeploy/dropdeploy.toml).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: watch each app's drop folder and deploy what lands there.
+    ///
+    /// Reads --config (default /etc/dropdeploy/dropdeploy.toml). SIGTERM or SIGINT stop it
+    /// cleanly (jobs in flight stop at their next persisted state and resume at the next
+    /// start); SIGHUP reloads the configuration.
+    Run,
+    /// Show finished jobs from the history (state_dir/history.jsonl), oldest first.
+    History {
+        /// Only this app.
+        #[arg(long, short)]
+        app: Option<String>,
+        /// At most this many, the most recent.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each app's lane (in flight, pending, last outcome) from the spool and the
+    /// history, without talking to the daemon.
+    Status,
+    /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
+    ///
+    /// The archive is checked first, then uploaded, then deployed, and the deployment is
+    /// followed to its end. Running the same command again after an interruption resumes the
+    /// same job: it never deploys the same archive twice.
+    #[command(after_help = EXIT_CODES)]
+    Deploy {
+        /// The Scalingo app.
+        #[arg(long, short)]
+        app: String,
+        /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-');
+        /// default: <app>-<YYYYmmddHHMMSS>-<first 8 hex of the archive's sha256>.
+        #[arg(long)]
+        git_ref: Option<String>,
+        /// Return once the deployment is created, without following it.
+        #[arg(long)]
+        no_follow: bool,
+        /// Where jobs are kept while they run (default: the config's state_dir with a config
+        /// file, else $XDG_STATE_HOME/dropdeploy or ~/.local/state/dropdeploy).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Time between two polls of the deployment's status, e.g. `3s` (overrides follow_interval).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// The archive file, or an http(s) URL.
+        archive: String,
+    },
+    /// Pack a directory into a .tar.gz the way the daemon does for a watched directory.
+    ///
+    /// One top-level folder, entries sorted, owner 0/0, modes and symlinks kept; .gitignore,
+    /// .ignore and .deployignore files apply, plus built-in defaults (.git/, editor swap files).
+    /// Two packs of the same tree are byte for byte identical.
+    Pack {
+        /// The directory to pack.
+        dir: PathBuf,
+        /// The archive to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// The top-level folder in the archive (default: the directory's name).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// More gitignore-style patterns to leave out.
+        #[arg(long, value_name = "PATTERN")]
+        ignore: Vec<String>,
+        /// Gitignore-style patterns to pack even when ignored.
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+    },
+    /// Watch a source directory and redeploy it on every change: the developer's loop.
+    ///
+    /// No config file needed: the token comes from SCALINGO_API_TOKEN and the region from
+    /// --region or SCALINGO_REGION. Ctrl-C stops cleanly (exit status 0). A source directory
+    /// that is removed or replaced is watched again when it is back; if it is not back within
+    /// --give-up-after, watch stops with exit status 1.
+    Watch {
+        /// The Scalingo app.
+        #[arg(long, short)]
+        app: String,
+        /// The region (overrides SCALINGO_REGION and the config file).
+        #[arg(long)]
+        region: Option<String>,
+        /// Quiet time after the last change before packing.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        quiet: std::time::Duration,
+        /// Longest wait after the first change of a burst, for trees that never stop changing.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        max_wait: std::time::Duration,
+        /// More gitignore-style patterns to leave out.
+        #[arg(long, value_name = "PATTERN")]
+        ignore: Vec<String>,
+        /// Gitignore-style patterns to pack even when ignored.
+        #[arg(long, value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Do not deploy at start; wait for the first change.
+        #[arg(long)]
+        no_deploy_on_start: bool,
+        /// Watch by polling at this interval instead of inotify (NFS and similar).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        poll: Option<std::time::Duration>,
+        /// How long a removed source directory is waited for before watch gives up.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        give_up_after: std::time::Duration,
+        /// Time between two polls of the deployment's status.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Where jobs are kept while they run (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The source directory.
+        dir: PathBuf,
+    },
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check archives as the platform would, without uploading anything.
+    #[command(
+        after_help = "Exit status: 0 when every archive is fine, 1 when one is refused, 2 on usage errors."
+    )]
+    Check {
+        /// Largest uncompressed size accepted, in bytes (default: max_archive_size, 314572800).
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+        /// Archives to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
+    let code = match &cli.command {
+        Command::Run => run_async(run_daemon(&cli)),
+        Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
+        Command::Status => status(&cli),
+        Command::Pack {
+            dir,
+            output,
+            prefix,
+            ignore,
+            include,
+        } => pack(dir, output, prefix.as_deref(), ignore, include),
+        Command::Watch { .. } => run_async(watch(&cli)),
+        Command::Config(ConfigCommand::Check { file }) => {
+            config_check(file.clone().unwrap_or_else(|| config_path(&cli)))
+        }
+        Command::Check { max_size, files } => check(&cli, *max_size, files),
+        Command::Deploy { .. } => run_async(deploy(&cli)),
+    };
+    ExitCode::from(code)
+}
+
+fn run_async(fut: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("dropdeploy: cannot start the async runtime: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what (default: `default_level`), colours only on a
+/// terminal. When stderr is the journal (a systemd service), text lines carry a syslog
+/// priority and no timestamp, since journald adds its own; `--log-format json` is unchanged.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let journal = crate::service::stderr_is_journal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // Every format (text, JSON, journal) writes through the redaction.
+        .with_writer(crate::redact::RedactingMakeWriter::new(std::io::stderr))
+        .with_ansi(!journal && std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text if journal => builder
+            .event_format(crate::service::JournalFormat::new())
+            .init(),
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

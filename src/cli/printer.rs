@@ -1,0 +1,121 @@
+//! The runner's events for a person: one line per step and status, and a progress bar on a terminal.
+
+use super::*;
+
+/// Prints the runner's events for a person: one line per step and status, and a progress bar
+/// for the upload when stderr is a terminal.
+pub(super) struct Printer {
+    pub(super) bar: Mutex<Option<indicatif::ProgressBar>>,
+    pub(super) terminal: bool,
+}
+
+impl Printer {
+    pub(super) fn new(terminal: bool) -> Self {
+        Printer {
+            bar: Mutex::new(None),
+            terminal,
+        }
+    }
+
+    pub(super) fn line(&self, text: &str) {
+        match self.bar.lock().ok().and_then(|b| b.clone()) {
+            Some(bar) => bar.println(crate::redact::redact(text)),
+            None => println!("{text}"),
+        }
+    }
+
+    pub(super) fn finish(&self) {
+        if let Ok(mut bar) = self.bar.lock()
+            && let Some(bar) = bar.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Printer {
+    fn event(&self, job: &Job, event: &Event<'_>) {
+        let app = &job.app;
+        match event {
+            Event::Resumed { state } => {
+                self.line(&format!(
+                    "{app}: resuming job {} (git_ref {}) from state {state}",
+                    job.id, job.git_ref
+                ));
+            }
+            Event::Step(Step::Upload) => {
+                let total = crate::queue::intake::summary(job)
+                    .map(|s| s.compressed_bytes)
+                    .unwrap_or(0);
+                self.line(&format!("{app}: uploading {}", crate::human::bytes(total)));
+                if self.terminal
+                    && let Ok(mut bar) = self.bar.lock()
+                {
+                    let pb = indicatif::ProgressBar::new(total);
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    ) {
+                        pb.set_style(style);
+                    }
+                    *bar = Some(pb);
+                }
+            }
+            Event::Step(Step::CreateSource) => self.line(&format!("{app}: creating source")),
+            Event::Step(_) => {}
+            Event::Uploading { sent, .. } => {
+                if let Ok(bar) = self.bar.lock()
+                    && let Some(bar) = bar.as_ref()
+                {
+                    bar.set_position(*sent);
+                }
+            }
+            Event::Uploaded { bytes, elapsed } => {
+                self.finish();
+                let secs = elapsed.as_secs_f64();
+                let rate = if secs > 0.0 {
+                    format!(
+                        " ({}/s)",
+                        crate::human::bytes((*bytes as f64 / secs) as u64)
+                    )
+                } else {
+                    String::new()
+                };
+                self.line(&format!(
+                    "{app}: uploaded {} in {secs:.2} s{rate}",
+                    crate::human::bytes(*bytes)
+                ));
+            }
+            Event::DeploymentCreated { id } => {
+                self.line(&format!(
+                    "{app}: deployment {id} created (git_ref {})",
+                    job.git_ref
+                ));
+            }
+            Event::DeploymentAdopted { id } => {
+                self.line(&format!(
+                    "{app}: found deployment {id} already posted for git_ref {}; following it",
+                    job.git_ref
+                ));
+            }
+            Event::Status { status } => self.line(&format!("{app}: status {status}")),
+            Event::Output { lines } => {
+                for line in lines.iter() {
+                    self.line(&format!("  | {line}"));
+                }
+            }
+            Event::Retrying {
+                step,
+                error,
+                delay,
+                failures,
+            } => {
+                self.finish();
+                self.line(&format!(
+                    "{app}: {step} failed ({error}); retry {failures} in {:.1} s",
+                    delay.as_secs_f64()
+                ));
+            }
+            Event::Finished => self.finish(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! What every command needs first: the configuration, the token, a spool; and the daemon run with signals turned into its control channel.
+
+use super::*;
+
+/// What `deploy` and `watch` need before they start: the configuration, the token, and a
+/// spool (in the config's state_dir with a config file, else in the user's state directory).
+pub(super) struct OneShot {
+    pub(super) config: Config,
+    pub(super) token: crate::config::Secret,
+    pub(super) state_dir: PathBuf,
+    pub(super) spool: Spool,
+}
+
+impl OneShot {
+    pub(super) fn set_up(
+        cli: &Cli,
+        env: &Env,
+        state_dir: Option<&PathBuf>,
+    ) -> Result<OneShot, String> {
+        let config = load_config_with(cli, env)?;
+        let token = config
+            .scalingo
+            .require_token()
+            .map_err(|e| e.to_string())?
+            .clone();
+        let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
+            Some(_) => config.state_dir.clone(),
+            None => default_user_state_dir(),
+        });
+        let spool = Spool::open(state_dir.join("spool")).map_err(|e| e.to_string())?;
+        Ok(OneShot {
+            config,
+            token,
+            state_dir,
+            spool,
+        })
+    }
+}
+
+pub(super) fn load_config(cli: &Cli) -> Result<Config, String> {
+    load_config_with(cli, &Env::from_process())
+}
+
+pub(super) fn load_config_with(cli: &Cli, env: &Env) -> Result<Config, String> {
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path, env),
+        None => Config::from_env(env),
+    };
+    let Loaded { config, warnings } = loaded.map_err(|e| e.to_string())?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+        eprintln!("dropdeploy: warning: {warning}");
+    }
+    Ok(config)
+}
+
+pub(super) fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+}
+
+/// SIGTERM and SIGINT stop the daemon, SIGHUP reloads it: the signals are taken over here, at
+/// the edge, before the daemon says it is ready (one that came earlier would kill it), and
+/// handed to it as a [`crate::daemon::Control`].
+pub(super) fn signal_control() -> std::io::Result<crate::daemon::Control> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (handle, control) = crate::daemon::control();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => handle.stop("SIGTERM"),
+                _ = sigint.recv() => handle.stop("SIGINT"),
+                _ = sighup.recv() => handle.reload(),
+            }
+        }
+    });
+    Ok(control)
+}
+
+pub(super) async fn run_daemon(cli: &Cli) -> u8 {
+    let control = match signal_control() {
+        Ok(control) => control,
+        Err(e) => {
+            eprintln!("dropdeploy: cannot handle signals: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match crate::daemon::run(config_path(cli), Env::from_process(), control).await {
+        Ok(()) => EXIT_OK,
+        Err(e @ (crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Setup(_))) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("dropdeploy: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The default place for the one-shot command's jobs, for a user without a config file.
+pub(super) fn default_user_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("dropdeploy");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/dropdeploy");
+    }
+    std::env::temp_dir().join("dropdeploy")
+}
