@@ -19,7 +19,7 @@
 //! ([`crate::live`]) with the reason. Linux (inotify) is the target.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,8 +36,65 @@ use super::inotify::DirWatcher;
 use super::watch::{forward_events, inotify_limit};
 use crate::live::{Board, WaitKind};
 
-/// The subfolders where finished files go (defined by the outcome, created here at start).
-pub use crate::outcome::{DONE_DIR, FAILED_DIR};
+/// A drop folder's layout: the folder where archives are dropped, `done/` for the deployed (and
+/// superseded) ones, `failed/` for the failed and refused ones, each beside its reason file.
+/// The drop folder owns these names; `prepare` creates the subfolders at start, and whoever
+/// records an outcome puts the archive back through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropLayout {
+    dir: PathBuf,
+}
+
+impl DropLayout {
+    /// The folder, inside a drop folder, where deployed (and superseded) archives go.
+    pub const DONE: &'static str = "done";
+    /// The folder, inside a drop folder, where failed and refused archives go, with their
+    /// reasons.
+    pub const FAILED: &'static str = "failed";
+    /// Appended to an archive's name in `failed/` to name its reason file.
+    pub const REASON_SUFFIX: &'static str = ".reason.txt";
+
+    /// The layout of the drop folder `dir`. Touches nothing on disk.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DropLayout { dir: dir.into() }
+    }
+
+    /// The layout of the drop folder `original` was dropped into (`.` for a bare name), and the
+    /// name it was dropped under (`archive.tar.gz` if it has none).
+    pub fn of_dropped(original: &Path) -> (Self, OsString) {
+        let dir = match original.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = original
+            .file_name()
+            .map(OsStr::to_os_string)
+            .unwrap_or_else(|| OsString::from("archive.tar.gz"));
+        (DropLayout { dir }, name)
+    }
+
+    /// The drop folder itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/done`.
+    pub fn done(&self) -> PathBuf {
+        self.dir.join(Self::DONE)
+    }
+
+    /// `<dir>/failed`.
+    pub fn failed(&self) -> PathBuf {
+        self.dir.join(Self::FAILED)
+    }
+
+    /// The reason file beside `archive` (a file in `failed/`): `<archive>.reason.txt`.
+    pub fn reason_path(archive: &Path) -> PathBuf {
+        let mut name = archive.as_os_str().to_os_string();
+        name.push(Self::REASON_SUFFIX);
+        PathBuf::from(name)
+    }
+}
 
 /// Room for this many filesystem events between notify's thread and the watcher task; past that
 /// the events are dropped and the folder is rescanned instead.
@@ -163,8 +220,8 @@ pub fn prepare(dir: &Path) -> Result<(), DropError> {
             });
         }
     }
-    for sub in [DONE_DIR, FAILED_DIR] {
-        let path = dir.join(sub);
+    let layout = DropLayout::new(dir);
+    for path in [layout.done(), layout.failed()] {
         fs::create_dir_all(&path).map_err(|source| DropError::CreateSubfolder {
             dir: dir.to_path_buf(),
             path: path.clone(),

@@ -1,0 +1,206 @@
+//! `dropdeploy status`: each app's jobs in the spool, its waits on the running daemon's board,
+//! and its last recorded outcome, read from disk without talking to the daemon.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::history::last_outcomes;
+use super::{HistoryEntry, OutcomeError, exists, file_label, rfc3339_utc};
+use crate::live::{LiveFile, Wait};
+use crate::queue::spool::{Job, JobState, Spool};
+
+/// The text of `dropdeploy status`: for each app, the job in flight (state, file, id, since
+/// when), the pending jobs (count and files), and the last recorded outcome (outcome, file,
+/// time), read from the spool and the history without talking to the daemon.
+///
+/// `apps` are the configured app names, shown in that order; apps found only in the spool
+/// follow, marked as not configured. A job is in flight when it is neither `queued` nor
+/// finished, pending when `queued`; a finished job still in the spool (its outcome not yet
+/// recorded) is shown as such. A missing spool directory or history file counts as empty;
+/// unreadable job records are listed at the end.
+///
+/// `live` is the running daemon's board ([`crate::live::read`]): each app's waits (a file it
+/// cannot claim yet, a folder it cannot watch) are shown with their cause and next try; `None`
+/// when no daemon runs.
+pub fn status_report(
+    spool: &Spool,
+    history: &Path,
+    apps: &[String],
+    live: Option<&LiveFile>,
+) -> Result<String, OutcomeError> {
+    let (jobs, unreadable) = read_jobs(spool)?;
+    let unconfigured = unconfigured_apps(apps, &jobs);
+    let mut names: Vec<String> = apps.to_vec();
+    names.extend(unconfigured.iter().cloned());
+
+    let last = last_outcomes(history, &names)?;
+    let mut out = String::new();
+    if names.is_empty() {
+        out.push_str("no apps configured, and no jobs in the spool\n");
+    }
+    for app in &names {
+        out.push_str(&app_section(
+            app,
+            unconfigured.contains(app),
+            &jobs,
+            live,
+            &last,
+        ));
+    }
+    for error in unreadable {
+        out.push_str(&format!("warning: {error}\n"));
+    }
+    Ok(out)
+}
+
+/// The jobs in the spool (none if it does not exist), and why the unreadable ones are.
+fn read_jobs(spool: &Spool) -> Result<(Vec<Job>, Vec<String>), OutcomeError> {
+    let mut jobs = Vec::new();
+    let mut unreadable = Vec::new();
+    if exists(spool.dir())? {
+        for job in spool.jobs()? {
+            match job {
+                Ok(job) => jobs.push(job),
+                Err(error) => unreadable.push(error.to_string()),
+            }
+        }
+    }
+    Ok((jobs, unreadable))
+}
+
+/// The apps that have jobs in the spool but are not among `apps`, sorted, each once.
+fn unconfigured_apps(apps: &[String], jobs: &[Job]) -> Vec<String> {
+    let mut unconfigured: Vec<String> = jobs
+        .iter()
+        .map(|j| j.app.clone())
+        .filter(|a| !apps.contains(a))
+        .collect();
+    unconfigured.sort();
+    unconfigured.dedup();
+    unconfigured
+}
+
+/// One app's part of the report: its name, then one line per kind of job, wait and outcome.
+fn app_section(
+    app: &str,
+    unconfigured: bool,
+    jobs: &[Job],
+    live: Option<&LiveFile>,
+    last: &HashMap<String, HistoryEntry>,
+) -> String {
+    let mut out = app.to_string();
+    if unconfigured {
+        out.push_str(" (not in the configuration)");
+    }
+    out.push('\n');
+    let mine: Vec<&Job> = jobs.iter().filter(|j| j.app == app).collect();
+    out.push_str(&in_flight_lines(&mine));
+    out.push_str(&pending_line(&mine));
+    out.push_str(&unrecorded_line(&mine));
+    for wait in live.iter().flat_map(|l| &l.waits).filter(|w| w.app == app) {
+        out.push_str(&wait_line(wait));
+    }
+    out.push_str(&last_line(last.get(app)));
+    out
+}
+
+/// The jobs neither queued nor finished, each with its state, file, id, deployment and start.
+fn in_flight_lines(jobs: &[&Job]) -> String {
+    let in_flight: Vec<&&Job> = jobs
+        .iter()
+        .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
+        .collect();
+    if in_flight.is_empty() {
+        return "  in flight: none\n".to_string();
+    }
+    let mut out = String::new();
+    for job in in_flight {
+        let platform = match &job.state {
+            JobState::Deploying {
+                deployment_id,
+                platform_status,
+                ..
+            } => format!(
+                ", deployment {deployment_id}, platform status {}",
+                platform_status.as_deref().unwrap_or("not seen yet")
+            ),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  in flight: {} {} (job {}{platform}, since {})\n",
+            job.state.name(),
+            file_label(job),
+            job.id,
+            rfc3339_utc(job.started_at.unwrap_or(job.created_at))
+        ));
+    }
+    out
+}
+
+/// How many jobs are queued, and their files.
+fn pending_line(jobs: &[&Job]) -> String {
+    let pending: Vec<&&Job> = jobs
+        .iter()
+        .filter(|j| matches!(j.state, JobState::Queued))
+        .collect();
+    if pending.is_empty() {
+        return "  pending:   none\n".to_string();
+    }
+    let files: Vec<String> = pending.iter().map(|j| file_label(j)).collect();
+    format!("  pending:   {} ({})\n", pending.len(), files.join(", "))
+}
+
+/// The finished jobs whose outcome is not recorded yet, if any.
+fn unrecorded_line(jobs: &[&Job]) -> String {
+    let unrecorded: Vec<&&Job> = jobs.iter().filter(|j| j.state.is_finished()).collect();
+    if unrecorded.is_empty() {
+        return String::new();
+    }
+    let files: Vec<String> = unrecorded
+        .iter()
+        .map(|j| format!("{} {}", j.state.name(), file_label(j)))
+        .collect();
+    format!(
+        "  finished, not yet recorded: {} ({})\n",
+        unrecorded.len(),
+        files.join(", ")
+    )
+}
+
+/// What the daemon waits on, with its cause and next try.
+fn wait_line(wait: &Wait) -> String {
+    let next = wait
+        .retry_at
+        .map(|t| format!(", next try {}", rfc3339_utc(t)))
+        .unwrap_or_default();
+    format!(
+        "  {}: {}: {} (since {}{next})\n",
+        wait.kind.label(),
+        wait.subject,
+        wait.cause,
+        rfc3339_utc(wait.since)
+    )
+}
+
+/// The last recorded outcome, with its deployment and status when known.
+fn last_line(last: Option<&HistoryEntry>) -> String {
+    let Some(e) = last else {
+        return "  last:      none recorded\n".to_string();
+    };
+    let mut detail = Vec::new();
+    if let Some(id) = &e.deployment_id {
+        detail.push(format!("deployment {id}"));
+    }
+    if let Some(status) = &e.status {
+        detail.push(format!("status {status}"));
+    }
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", detail.join(", "))
+    };
+    format!(
+        "  last:      {} {} at {}{detail}\n",
+        e.outcome, e.file, e.time
+    )
+}
