@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::ignore::IgnoreRules;
 use crate::archive::inspect::Limits;
 use crate::archive::pack::{PackOptions, tree_digest};
+use crate::blocking::BlockingError;
 use crate::queue::intake::{IntakeError, enqueue_packed};
 use crate::queue::spool::{Job, JobState, Payload, Spool};
 use crate::shutdown::Shutdown;
@@ -167,68 +169,14 @@ pub async fn run<D, F>(
             return;
         }
         let rules = watcher.rules();
-
-        // At start the tree is most likely the one last deployed: reading it is cheaper than
-        // compressing it, so look before packing. After a change, pack at once (the packer
-        // computes the same digest and throws the archive away if it is unchanged after all).
-        if std::mem::take(&mut starting) {
-            let check = rules.clone();
-            match tokio::task::spawn_blocking(move || tree_digest(&check)).await {
-                Ok(Ok(digest)) if last.as_deref() == Some(digest.as_str()) => {
-                    on(&TreeEvent::Unchanged);
-                    continue;
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(source)) => {
-                    let error = IntakeError::Pack {
-                        root: rules.root().to_path_buf(),
-                        source,
-                    };
-                    on(&TreeEvent::PackFailed { error: &error });
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(app = %cfg.app, "digest task failed: {e}");
-                    continue;
-                }
-            }
+        if std::mem::take(&mut starting)
+            && !differs_from_last(&cfg, &rules, last.as_deref(), &on).await
+        {
+            continue;
         }
-
-        on(&TreeEvent::Packing);
-        let started = Instant::now();
-        let (spool2, cfg2, last2) = (spool.clone(), cfg.clone(), last.clone());
-        let made = tokio::task::spawn_blocking(move || {
-            let opts = PackOptions::new(cfg2.prefix.clone());
-            enqueue_packed(
-                &spool2,
-                &cfg2.app,
-                &rules,
-                &opts,
-                &cfg2.label,
-                &cfg2.limits,
-                last2.as_deref(),
-            )
-        })
-        .await;
-        let job = match made {
-            Ok(Ok(Some(job))) => job,
-            Ok(Ok(None)) => {
-                on(&TreeEvent::Unchanged);
-                continue;
-            }
-            Ok(Err(error)) => {
-                on(&TreeEvent::PackFailed { error: &error });
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(app = %cfg.app, "pack task failed: {e}");
-                continue;
-            }
+        let Some(job) = pack_job(&cfg, &spool, rules, last.clone(), &on).await else {
+            continue;
         };
-        on(&TreeEvent::Packed {
-            job: &job,
-            elapsed: started.elapsed(),
-        });
         let digest = tree_digest_of(&job).map(str::to_string);
         match drive(&cfg, &mut deploy, &on, job).await {
             None => return,
@@ -236,6 +184,86 @@ pub async fn run<D, F>(
             Some(_) => {}
         }
     }
+}
+
+/// The start check. At start the tree is most likely the one last deployed: reading it is
+/// cheaper than compressing it, so look before packing. After a change, the loop packs at once
+/// (the packer computes the same digest and throws the archive away if it is unchanged after
+/// all). Returns whether the tree is to be packed; says why not through `on` or the log.
+async fn differs_from_last(
+    cfg: &RedeployConfig,
+    rules: &IgnoreRules,
+    last: Option<&str>,
+    on: &impl Fn(&TreeEvent<'_>),
+) -> bool {
+    let check = rules.clone();
+    match crate::blocking::run(move || tree_digest(&check)).await {
+        Ok(digest) if last == Some(digest.as_str()) => {
+            on(&TreeEvent::Unchanged);
+            false
+        }
+        Ok(_) => true,
+        Err(BlockingError::Failed(source)) => {
+            let error = IntakeError::Pack {
+                root: rules.root().to_path_buf(),
+                source,
+            };
+            on(&TreeEvent::PackFailed { error: &error });
+            false
+        }
+        Err(BlockingError::Crashed(e)) => {
+            tracing::error!(app = %cfg.app, "digest task failed: {e}");
+            false
+        }
+    }
+}
+
+/// Packs the tree as it is now into a job in the spool. `None` when there is nothing to
+/// deploy: the tree is the one `last` deployed, or it could not be packed (said through `on`
+/// or the log).
+async fn pack_job(
+    cfg: &RedeployConfig,
+    spool: &Spool,
+    rules: IgnoreRules,
+    last: Option<String>,
+    on: &impl Fn(&TreeEvent<'_>),
+) -> Option<Job> {
+    on(&TreeEvent::Packing);
+    let started = Instant::now();
+    let (spool2, cfg2) = (spool.clone(), cfg.clone());
+    let made = crate::blocking::run(move || {
+        let opts = PackOptions::new(cfg2.prefix.clone());
+        enqueue_packed(
+            &spool2,
+            &cfg2.app,
+            &rules,
+            &opts,
+            &cfg2.label,
+            &cfg2.limits,
+            last.as_deref(),
+        )
+    })
+    .await;
+    let job = match made {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            on(&TreeEvent::Unchanged);
+            return None;
+        }
+        Err(BlockingError::Failed(error)) => {
+            on(&TreeEvent::PackFailed { error: &error });
+            return None;
+        }
+        Err(BlockingError::Crashed(e)) => {
+            tracing::error!(app = %cfg.app, "pack task failed: {e}");
+            return None;
+        }
+    };
+    on(&TreeEvent::Packed {
+        job: &job,
+        elapsed: started.elapsed(),
+    });
+    Some(job)
 }
 
 /// Hands a job on, waits for its end, and remembers its tree if it was deployed. `None`: it
