@@ -455,29 +455,7 @@ impl CommandRun {
                 output_held: false,
                 stdout,
                 stderr,
-            }) => {
-                let out = String::from_utf8_lossy(stdout.bytes());
-                let err = String::from_utf8_lossy(stderr.bytes());
-                tracing::debug!(
-                    app,
-                    job,
-                    command = %program,
-                    %status,
-                    stdout = %out.trim_end(),
-                    stderr = %err.trim_end(),
-                    "on_outcome command ended"
-                );
-                if !status.success() {
-                    let shown = if err.trim().is_empty() { &out } else { &err };
-                    tracing::warn!(
-                        app,
-                        job,
-                        command = %program,
-                        "on_outcome command failed ({status}); its last lines:\n{}",
-                        last_lines(shown, WARN_LINES)
-                    );
-                }
-            }
+            }) => log_ended(app, job, program, status, &stdout, &stderr),
             // It ended, and left a background process holding its output open: the whole
             // group went at the timeout.
             Ok(Finished {
@@ -506,6 +484,39 @@ impl CommandRun {
                 tracing::warn!(app, job, command = %program, "cannot wait for the on_outcome command: {e}");
             }
         }
+    }
+}
+
+/// A command that ended in time: its output at DEBUG, and a failing status at WARN with the
+/// last lines of its stderr (or of its stdout, when stderr is empty).
+fn log_ended(
+    app: &str,
+    job: &str,
+    program: &str,
+    status: std::process::ExitStatus,
+    stdout: &process::OutputTail,
+    stderr: &process::OutputTail,
+) {
+    let out = String::from_utf8_lossy(stdout.bytes());
+    let err = String::from_utf8_lossy(stderr.bytes());
+    tracing::debug!(
+        app,
+        job,
+        command = %program,
+        %status,
+        stdout = %out.trim_end(),
+        stderr = %err.trim_end(),
+        "on_outcome command ended"
+    );
+    if !status.success() {
+        let shown = if err.trim().is_empty() { &out } else { &err };
+        tracing::warn!(
+            app,
+            job,
+            command = %program,
+            "on_outcome command failed ({status}); its last lines:\n{}",
+            last_lines(shown, WARN_LINES)
+        );
     }
 }
 
