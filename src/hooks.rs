@@ -34,15 +34,15 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
+use crate::blocking::BlockingError;
 use crate::config::Config;
 use crate::outcome::HistoryEntry;
+use crate::process::{self, Ending, Finished, RunError};
 
 /// How long one webhook attempt, or the whole command, may take when `timeout` is not given.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -433,126 +433,91 @@ impl CommandRun {
         let Some((program, args)) = self.argv.split_first() else {
             return;
         };
-        let mut child = match tokio::process::Command::new(program)
+        let mut command = std::process::Command::new(program);
+        command
             .args(args)
             .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A group of its own, so that a timeout also kills what it started.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => {
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Dropped with this task (a runtime shutting down): the command's group goes too.
+        let (_abandon, abandoned) = process::Abandon::new();
+        let options = process::Options {
+            timeout: self.timeout,
+            stdin: Some(self.stdin),
+            capture: process::Capture::Separate,
+            tail_bytes: OUTPUT_TAIL_BYTES,
+            output_wait: process::OutputWait::WithinTimeout,
+            abandoned: Some(abandoned),
+        };
+        let after = humantime::format_duration(self.timeout);
+        match crate::blocking::run(move || process::run(command, options)).await {
+            Ok(Finished {
+                ending: Ending::Exited(status),
+                output_held: false,
+                stdout,
+                stderr,
+            }) => log_ended(app, job, program, status, &stdout, &stderr),
+            // It ended, and left a background process holding its output open: the whole
+            // group went at the timeout.
+            Ok(Finished {
+                ending: Ending::Exited(status),
+                ..
+            }) => tracing::warn!(
+                app,
+                job,
+                command = %program,
+                "on_outcome command ended ({status}) but a process it started still held \
+                 its output after {after}; killed it"
+            ),
+            Ok(Finished {
+                ending: Ending::TimedOut,
+                ..
+            }) => tracing::warn!(
+                app,
+                job,
+                command = %program,
+                "on_outcome command killed: still running after {after}"
+            ),
+            Err(BlockingError::Failed(RunError::Start(e))) => {
                 tracing::warn!(app, job, command = %program, "cannot start the on_outcome command: {e}");
-                return;
             }
-        };
-        // The group's id, kept before the child is reaped: a group id is not reused while any
-        // of its members lives.
-        let group = child.id();
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let input = self.stdin;
-        let write = async move {
-            if let Some(mut pipe) = stdin {
-                // A command that does not read its input is not an error.
-                let _ = pipe.write_all(&input).await;
-            }
-        };
-        let ran = tokio::time::timeout(self.timeout, async {
-            tokio::join!(write, read_tail(stdout), read_tail(stderr), child.wait())
-        })
-        .await;
-        match ran {
-            Ok(((), out, err, Ok(status))) => {
-                let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
-                tracing::debug!(
-                    app,
-                    job,
-                    command = %program,
-                    %status,
-                    stdout = %out.trim_end(),
-                    stderr = %err.trim_end(),
-                    "on_outcome command ended"
-                );
-                if !status.success() {
-                    let shown = if err.trim().is_empty() { &out } else { &err };
-                    tracing::warn!(
-                        app,
-                        job,
-                        command = %program,
-                        "on_outcome command failed ({status}); its last lines:\n{}",
-                        last_lines(shown, WARN_LINES)
-                    );
-                }
-            }
-            Ok((_, _, _, Err(e))) => {
+            Err(e) => {
                 tracing::warn!(app, job, command = %program, "cannot wait for the on_outcome command: {e}");
             }
-            Err(_) => {
-                // Either the command still runs, or it ended and left a background process
-                // holding its output open: the whole group goes.
-                let ended = child.try_wait().ok().flatten();
-                kill_group(group);
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                let after = humantime::format_duration(self.timeout);
-                match ended {
-                    Some(status) => tracing::warn!(
-                        app,
-                        job,
-                        command = %program,
-                        "on_outcome command ended ({status}) but a process it started still held \
-                         its output after {after}; killed it"
-                    ),
-                    None => tracing::warn!(
-                        app,
-                        job,
-                        command = %program,
-                        "on_outcome command killed: still running after {after}"
-                    ),
-                }
-            }
         }
     }
 }
 
-/// SIGKILL to a hook command's process group (`group` is the command's pid: it leads one).
-fn kill_group(group: Option<u32>) {
-    let pid = group
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+/// A command that ended in time: its output at DEBUG, and a failing status at WARN with the
+/// last lines of its stderr (or of its stdout, when stderr is empty).
+fn log_ended(
+    app: &str,
+    job: &str,
+    program: &str,
+    status: std::process::ExitStatus,
+    stdout: &process::OutputTail,
+    stderr: &process::OutputTail,
+) {
+    let out = String::from_utf8_lossy(stdout.bytes());
+    let err = String::from_utf8_lossy(stderr.bytes());
+    tracing::debug!(
+        app,
+        job,
+        command = %program,
+        %status,
+        stdout = %out.trim_end(),
+        stderr = %err.trim_end(),
+        "on_outcome command ended"
+    );
+    if !status.success() {
+        let shown = if err.trim().is_empty() { &out } else { &err };
+        tracing::warn!(
+            app,
+            job,
+            command = %program,
+            "on_outcome command failed ({status}); its last lines:\n{}",
+            last_lines(shown, WARN_LINES)
+        );
     }
-}
-
-/// Everything `reader` gives until its end, keeping only the last [`OUTPUT_TAIL_BYTES`].
-async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
-    let Some(mut reader) = reader else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&chunk[..n]);
-                if kept.len() > 2 * OUTPUT_TAIL_BYTES {
-                    kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
-                }
-            }
-        }
-    }
-    if kept.len() > OUTPUT_TAIL_BYTES {
-        kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
-    }
-    kept
 }
 
 /// The last `n` non-empty lines of `text`.

@@ -43,6 +43,9 @@
 //!   history entry as JSON (retried on transient errors) and/or a command run without a shell
 //!   with `DROPDEPLOY_*` variables. Fire-and-forget: a hook never changes a job's outcome, and
 //!   never sees the API token.
+//! - [`process`]: the one way a command is run (the local target's `activate`, the hooks'
+//!   command): in a process group of its own, with a timeout that kills the whole group, stdin
+//!   bytes if any, and only the end of its output kept.
 //! - [`redact`]: the one function that replaces anything shaped like a Scalingo API token
 //!   (`tk-us-…`) or a bearer JWT with a fixed marker. It is applied where text leaves the
 //!   process, whatever setting or answer the text came from: every log line (a wrapped log
@@ -73,6 +76,7 @@ pub mod live;
 pub mod lock;
 pub mod metrics;
 pub mod outcome;
+pub mod process;
 pub mod queue;
 pub mod redact;
 pub mod service;

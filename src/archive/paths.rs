@@ -1,6 +1,6 @@
 //! The one policy for tar entry paths and links, shared by `dropdeploy check`
 //! ([`inspect`](crate::archive::inspect)) and the local extractor
-//! ([`target::local`](crate::deploy::local)), so that what one accepts the other extracts.
+//! (the local target, `deploy::local`), so that what one accepts the other extracts.
 //!
 //! Entries are given to a [`Policy`] in archive order. It refuses:
 //! - an empty name, an absolute path, a `..` component;

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::blocking::BlockingError;
 use crate::deploy::local::{LocalFailure, LocalStep, LocalTarget};
 use crate::deploy::scalingo::driver::{Event, LOG_TAIL_LINES, Observer};
 use crate::queue::spool::{Failure, Job, JobState, Payload, Spool, SpoolError, Step, now};
@@ -65,10 +66,9 @@ impl ReleaseRunner {
             name.clone(),
         );
         let result =
-            tokio::task::spawn_blocking(move || target.deploy(&app, &release, &git_ref, &archive))
-                .await;
+            crate::blocking::run(move || target.deploy(&app, &release, &git_ref, &archive)).await;
         job.state = match result {
-            Ok(Ok(deployed)) => {
+            Ok(deployed) => {
                 tracing::info!(
                     app = %job.app,
                     job = %job.id,
@@ -80,7 +80,7 @@ impl ReleaseRunner {
                     deployment_id: name,
                 }
             }
-            Ok(Err(LocalFailure {
+            Err(BlockingError::Failed(LocalFailure {
                 step,
                 reason,
                 output,
@@ -98,7 +98,7 @@ impl ReleaseRunner {
                 f.deployment_id = Some(name);
                 JobState::Failed(f)
             }
-            Err(e) => JobState::Failed(failure(
+            Err(BlockingError::Crashed(e)) => JobState::Failed(failure(
                 Step::Extract,
                 format!("the release task crashed: {e}"),
                 Vec::new(),
