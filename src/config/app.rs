@@ -54,80 +54,87 @@ pub(super) fn build_app(
     let app = name.get_ref();
     let sources = app_sources(raw, app, header, base, report, &mut seen.drop_dirs);
     let queue = queue_policy(raw.queue.as_ref(), report);
-    let quiet = duration_value(&raw.quiet, "quiet", "app", DEFAULT_QUIET, true, report);
     let git_ref_label = git_ref_label(raw.git_ref_label.as_ref(), report);
-    let settle = duration_value(&raw.settle, "settle", "app", DEFAULT_SETTLE, true, report);
     let keep_done = keep_done(raw.keep_done.as_ref(), report);
-    let follow_interval = optional_duration(
-        &raw.follow_interval,
-        "follow_interval",
-        Duration::from_secs(3),
-        report,
-    );
-    let retry_budget = optional_duration(
-        &raw.retry_budget,
-        "retry_budget",
-        Duration::from_secs(3600),
-        report,
-    );
-    let deploy_timeout = optional_duration(
-        &raw.deploy_timeout,
-        "deploy_timeout",
-        DEFAULT_DEPLOY_TIMEOUT,
-        report,
-    );
-    let max_wait = duration_value(
-        &raw.max_wait,
-        "max_wait",
-        "app",
-        Duration::from_secs(10),
-        false,
-        report,
-    );
-    let poll = optional_duration(&raw.poll, "poll", Duration::from_secs(2), report);
+    let timings = app_timings(raw, report);
     let target = build_target(raw, app, base, report);
     let on_outcome = app_hook(raw.on_outcome.as_ref(), report);
 
-    let (
-        Ok(()),
-        Ok((drop_dir, source_dir)),
-        Ok(queue),
-        Ok(git_ref_label),
-        Ok(keep_done),
-        Ok(target),
-        Ok(on_outcome),
-    ) = (
-        named,
-        sources,
-        queue,
-        git_ref_label,
-        keep_done,
-        target,
-        on_outcome,
-    )
-    else {
-        return None;
-    };
+    // Every check above has run, so that all of the app's problems are reported.
+    named.ok()?;
+    let (drop_dir, source_dir) = sources.ok()?;
+    let queue = queue.ok()?;
+    let git_ref_label = git_ref_label.ok()?;
+    let keep_done = keep_done.ok()?;
+    let target = target.ok()?;
+    let on_outcome = on_outcome.ok()?;
     Some(AppConfig {
         name: app.clone(),
         drop_dir,
         source_dir,
         queue,
-        quiet,
+        quiet: timings.quiet,
         ignore: raw.ignore.clone(),
         git_ref_label,
-        settle,
+        settle: timings.settle,
         keep_done,
-        follow_interval,
-        retry_budget,
-        deploy_timeout,
+        follow_interval: timings.follow_interval,
+        retry_budget: timings.retry_budget,
+        deploy_timeout: timings.deploy_timeout,
         include: raw.include.clone(),
-        max_wait,
-        poll,
+        max_wait: timings.max_wait,
+        poll: timings.poll,
         deploy_on_start: raw.deploy_on_start.unwrap_or(true),
         target,
         on_outcome,
     })
+}
+
+/// An app's timings; a bad one is reported and does not leave the app out.
+struct AppTimings {
+    quiet: Duration,
+    settle: Duration,
+    follow_interval: Option<Duration>,
+    retry_budget: Option<Duration>,
+    deploy_timeout: Option<Duration>,
+    max_wait: Duration,
+    poll: Option<Duration>,
+}
+
+/// `quiet`, `settle`, `max_wait` and `poll` for the app's source, and the app's own
+/// `follow_interval`, `retry_budget` and `deploy_timeout`.
+fn app_timings(raw: &RawApp, report: &mut Report<'_>) -> AppTimings {
+    AppTimings {
+        quiet: duration_value(&raw.quiet, "quiet", "app", DEFAULT_QUIET, true, report),
+        settle: duration_value(&raw.settle, "settle", "app", DEFAULT_SETTLE, true, report),
+        follow_interval: optional_duration(
+            &raw.follow_interval,
+            "follow_interval",
+            Duration::from_secs(3),
+            report,
+        ),
+        retry_budget: optional_duration(
+            &raw.retry_budget,
+            "retry_budget",
+            Duration::from_secs(3600),
+            report,
+        ),
+        deploy_timeout: optional_duration(
+            &raw.deploy_timeout,
+            "deploy_timeout",
+            DEFAULT_DEPLOY_TIMEOUT,
+            report,
+        ),
+        max_wait: duration_value(
+            &raw.max_wait,
+            "max_wait",
+            "app",
+            Duration::from_secs(10),
+            false,
+            report,
+        ),
+        poll: optional_duration(&raw.poll, "poll", Duration::from_secs(2), report),
+    }
 }
 
 /// `name`: a valid Scalingo app name, not declared by an earlier `[[app]]`. A name is recorded
