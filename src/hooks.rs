@@ -41,13 +41,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::blocking::BlockingError;
 use crate::config::Config;
+pub use crate::config::{DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HookConfig, redact_url};
 use crate::outcome::HistoryEntry;
 use crate::process::{self, Ending, Finished, RunError};
 
-/// How long one webhook attempt, or the whole command, may take when `timeout` is not given.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many times a webhook is tried in all when `retries` is not given.
-pub const DEFAULT_HOOK_RETRIES: u32 = 3;
 /// The wait before the second webhook attempt; it doubles after each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two webhook attempts.
@@ -58,32 +55,6 @@ const HIDDEN_ENV: &[&str] = &[crate::config::ENV_TOKEN];
 const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 /// How many lines of a failing command's output go into its WARN event.
 const WARN_LINES: usize = 10;
-
-/// One `on_outcome` hook: a webhook, a command, or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookConfig {
-    /// `webhook`: an http:// or https:// URL the outcome is POSTed to.
-    pub webhook: Option<String>,
-    /// `command`: a program and its arguments, run without a shell; empty for none.
-    pub command: Vec<String>,
-    /// `timeout`: the limit of one webhook attempt, and of the command's whole run
-    /// (default 10 s).
-    pub timeout: Duration,
-    /// `retries`: how many times the webhook is tried in all (default 3, at least 1).
-    pub retries: u32,
-}
-
-impl Default for HookConfig {
-    /// No webhook, no command, the default timeout and attempts.
-    fn default() -> Self {
-        HookConfig {
-            webhook: None,
-            command: Vec::new(),
-            timeout: DEFAULT_HOOK_TIMEOUT,
-            retries: DEFAULT_HOOK_RETRIES,
-        }
-    }
-}
 
 /// The hook for `app`'s outcomes: the app's own `on_outcome` if it has one, else the global
 /// `[on_outcome]`, else none. An app not in the config gets the global one.
@@ -214,49 +185,6 @@ impl Hooks {
             .is_ok();
         self.tasks.reopen();
         done
-    }
-}
-
-/// `url` without what may hold a secret: query string, fragment and user info, for messages.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            parsed.set_query(None);
-            parsed.set_fragment(None);
-            if !parsed.username().is_empty() || parsed.password().is_some() {
-                let _ = parsed.set_password(None);
-                let _ = parsed.set_username("redacted");
-            }
-            parsed.to_string()
-        }
-        Err(_) => {
-            let end = url.find(['?', '#']).unwrap_or(url.len());
-            let base = &url[..end];
-            // Without a parser, a user info part is anything up to an '@' in the authority.
-            match (base.find("://"), base.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end => {
-                    format!("{}redacted{}", &base[..scheme_end + 3], &base[at..])
-                }
-                _ => base.to_string(),
-            }
-        }
-    }
-}
-
-/// Whether `url` can be a webhook: an absolute http:// or https:// URL with a host. The error
-/// is a sentence that shows the URL redacted.
-pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
-        Ok(parsed)
-            if matches!(parsed.scheme(), "http" | "https")
-                && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "\"{}\" is not an http:// or https:// URL, e.g. https://hooks.example.com/deploys",
-            redact_url(url)
-        )),
     }
 }
 
@@ -633,17 +561,6 @@ mod tests {
         assert_eq!(redact_url("not a url?token=s3cret"), "not a url");
         assert_eq!(redact_url("ftp:/a:b@c?d"), "ftp://redacted@c/");
         assert_eq!(redact_url("weird://u:p@host?q"), "weird://redacted@host");
-    }
-
-    #[test]
-    fn only_http_urls_are_webhooks() {
-        assert!(check_webhook_url("https://hooks.example.com/deploys").is_ok());
-        assert!(check_webhook_url("http://127.0.0.1:8080").is_ok());
-        let why = check_webhook_url("ftp://hooks.example.com/?key=s3cret").unwrap_err();
-        assert!(why.contains("is not an http:// or https:// URL"), "{why}");
-        assert!(!why.contains("s3cret"), "{why}");
-        assert!(check_webhook_url("hooks.example.com").is_err());
-        assert!(check_webhook_url("https://").is_err());
     }
 
     #[test]

@@ -1,0 +1,387 @@
+//! Passes 1 to 3 over a config file's text: TOML syntax (an inline API token is refused
+//! before any other message), key names against the keys each table accepts, and value types
+//! through `serde` into raw structs that keep each value's span for pass 4.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::report::{Report, table_label};
+
+/// Key names that mean "the API token written inline", refused wherever they appear.
+const INLINE_TOKEN_KEYS: [&str; 3] = ["token", "api_token", "scalingo_api_token"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) state_dir: Option<Spanned<String>>,
+    pub(super) max_parallel: Option<Spanned<i64>>,
+    pub(super) max_archive_size: Option<Spanned<i64>>,
+    pub(super) shutdown_grace: Option<Spanned<DurationText>>,
+    pub(super) metrics_listen: Option<Spanned<String>>,
+    pub(super) scalingo: Option<RawScalingo>,
+    pub(super) retry: Option<RawRetry>,
+    pub(super) on_outcome: Option<Spanned<RawHook>>,
+    #[serde(default)]
+    pub(super) app: Vec<Spanned<RawApp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScalingo {
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) api_url: Option<Spanned<String>>,
+    pub(super) auth_url: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<DurationText>>,
+    pub(super) follow_interval: Option<Spanned<DurationText>>,
+    pub(super) deploy_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetry {
+    pub(super) initial: Option<Spanned<DurationText>>,
+    pub(super) max_delay: Option<Spanned<DurationText>>,
+    pub(super) budget: Option<Spanned<DurationText>>,
+    pub(super) retry_aborted: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApp {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) drop_dir: Option<Spanned<String>>,
+    pub(super) source_dir: Option<Spanned<String>>,
+    pub(super) queue: Option<Spanned<String>>,
+    pub(super) quiet: Option<Spanned<DurationText>>,
+    #[serde(default)]
+    pub(super) ignore: Vec<String>,
+    pub(super) git_ref_label: Option<Spanned<String>>,
+    pub(super) settle: Option<Spanned<DurationText>>,
+    pub(super) keep_done: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) include: Vec<String>,
+    pub(super) max_wait: Option<Spanned<DurationText>>,
+    pub(super) poll: Option<Spanned<DurationText>>,
+    pub(super) deploy_on_start: Option<bool>,
+    pub(super) target: Option<Spanned<String>>,
+    pub(super) releases_dir: Option<Spanned<String>>,
+    pub(super) activate: Option<Spanned<Vec<String>>>,
+    pub(super) activate_timeout: Option<Spanned<DurationText>>,
+    pub(super) keep_releases: Option<Spanned<i64>>,
+    pub(super) follow_interval: Option<Spanned<DurationText>>,
+    pub(super) retry_budget: Option<Spanned<DurationText>>,
+    pub(super) deploy_timeout: Option<Spanned<DurationText>>,
+    pub(super) on_outcome: Option<Spanned<RawHook>>,
+}
+
+/// An `on_outcome` table, global or in an `[[app]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHook {
+    pub(super) webhook: Option<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) timeout: Option<Spanned<DurationText>>,
+    pub(super) retries: Option<Spanned<i64>>,
+}
+
+/// A duration as written (`"30s"`); parsed in pass 4 so that every bad one is reported. A bare
+/// number is refused here with a hint, since its unit would be a guess.
+pub(super) struct DurationText(pub(super) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string with a unit, e.g. "30s", "5m" or "1h""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<DurationText, E> {
+                Ok(DurationText(value.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<DurationText, E> {
+                Err(E::custom(format!(
+                    r#"a duration needs a unit and quotes: write "{value}s" for {value} seconds"#
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<DurationText, E> {
+                Err(E::custom(format!(
+                    r#"a duration needs a unit and quotes: write "{value}s" for {value} seconds"#
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The keys each table accepts, in the order of DESIGN.md.
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "max_parallel",
+    "max_archive_size",
+    "shutdown_grace",
+    "metrics_listen",
+    "scalingo",
+    "retry",
+    "on_outcome",
+    "app",
+];
+const SCALINGO_KEYS: &[&str] = &[
+    "region",
+    "api_url",
+    "auth_url",
+    "token_file",
+    "timeout",
+    "follow_interval",
+    "deploy_timeout",
+];
+const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
+const APP_KEYS: &[&str] = &[
+    "name",
+    "drop_dir",
+    "source_dir",
+    "queue",
+    "quiet",
+    "ignore",
+    "git_ref_label",
+    "settle",
+    "keep_done",
+    "follow_interval",
+    "retry_budget",
+    "deploy_timeout",
+    "include",
+    "max_wait",
+    "poll",
+    "deploy_on_start",
+    "target",
+    "releases_dir",
+    "activate",
+    "activate_timeout",
+    "keep_releases",
+    "on_outcome",
+];
+const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries"];
+
+/// Passes 1 to 3. `None` when there were problems (already in `report`).
+pub(super) fn parse_raw(text: &str, report: &mut Report<'_>) -> Option<RawConfig> {
+    let (table, syntax_errors) = DeTable::parse_recoverable(text);
+
+    // The inline token wins over every other message, so that none of them can echo it.
+    let mut tokens = Vec::new();
+    find_inline_tokens(table.get_ref(), "", &mut tokens);
+    if tokens.is_empty() && !syntax_errors.is_empty() {
+        // A broken line may be missing from the recovered table: look at the raw lines too.
+        tokens = scan_inline_tokens(text);
+    }
+    if !tokens.is_empty() {
+        for (span, key, table) in tokens {
+            report.at(span, inline_token_message(&key, &table));
+        }
+        return None;
+    }
+
+    if !syntax_errors.is_empty() {
+        for error in &syntax_errors {
+            let span = error.span().unwrap_or(0..0);
+            report.at(span, format!("invalid TOML: {}", error.message()));
+        }
+        return None;
+    }
+
+    check_keys(table.get_ref(), report);
+    if report.has_problems() {
+        return None;
+    }
+
+    let root = table.get_ref().clone();
+    match RawConfig::deserialize(toml::de::Deserializer::from(table)) {
+        Ok(raw) => Some(raw),
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            let message = match key_at(&root, &span) {
+                Some(key) => format!("{key}: {}", error.message()),
+                None => error.message().to_string(),
+            };
+            report.at(span, message);
+            None
+        }
+    }
+}
+
+fn inline_token_message(key: &str, table: &str) -> String {
+    format!(
+        "`{key}` {table}: do not put the API token in the config file; \
+         put it in a file of its own, readable only by the daemon \
+         (token_file = \"/etc/dropdeploy/token\" in [scalingo], \
+         then chmod 600 /etc/dropdeploy/token), \
+         or set the SCALINGO_API_TOKEN environment variable"
+    )
+}
+
+fn join_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Every key, at any depth, that holds an inline token: (key span, key, table label).
+fn find_inline_tokens(
+    table: &DeTable<'_>,
+    path: &str,
+    found: &mut Vec<(Range<usize>, String, String)>,
+) {
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref().as_ref();
+        if INLINE_TOKEN_KEYS.contains(&name.to_ascii_lowercase().as_str()) {
+            found.push((key.span(), name.to_string(), table_label(path)));
+        }
+        let inner = join_path(path, name);
+        match value.get_ref() {
+            DeValue::Table(t) => find_inline_tokens(t, &inner, found),
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let DeValue::Table(t) = item.get_ref() {
+                        find_inline_tokens(t, &inner, found);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Lines that assign an inline token (`token = …`, `scalingo.token = …`, `"api_token" = …`),
+/// found without a TOML parser, for files too broken to parse.
+pub(super) fn scan_inline_tokens(text: &str) -> Vec<(Range<usize>, String, String)> {
+    let mut found = Vec::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(eq) = line.find('=') {
+            let lhs = &line[..eq];
+            let last = lhs.rsplit('.').next().unwrap_or(lhs);
+            let key = last.trim().trim_matches(|c| c == '"' || c == '\'');
+            if INLINE_TOKEN_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                let indent = line.len() - line.trim_start().len();
+                let start = line_start + indent;
+                let table = if lhs.trim_start().starts_with("scalingo.") {
+                    table_label("scalingo")
+                } else {
+                    "in the config file".to_string()
+                };
+                found.push((start..start + eq - indent, key.to_string(), table));
+            }
+        }
+        line_start += line.len();
+    }
+    found
+}
+
+/// Pass 2: every unknown key, and `[app]` written where `[[app]]` was meant.
+fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
+    check_table_keys(root, "", TOP_KEYS, report);
+    for (key, value) in root.iter() {
+        let name: &str = key.get_ref().as_ref();
+        match (name, value.get_ref()) {
+            ("scalingo", DeValue::Table(t)) => {
+                check_table_keys(t, "scalingo", SCALINGO_KEYS, report)
+            }
+            ("retry", DeValue::Table(t)) => check_table_keys(t, "retry", RETRY_KEYS, report),
+            ("on_outcome", DeValue::Table(t)) => {
+                check_table_keys(t, "on_outcome", HOOK_KEYS, report)
+            }
+            ("app", DeValue::Array(items)) => {
+                for item in items.iter() {
+                    if let DeValue::Table(t) = item.get_ref() {
+                        check_table_keys(t, "app", APP_KEYS, report);
+                        check_app_hook_keys(t, report);
+                    }
+                }
+            }
+            ("app", DeValue::Table(_)) => report.at(
+                value.span(),
+                "`app` must be an array of tables: write [[app]] (two brackets) above each app",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Pass 2 for an app's `on_outcome = { … }`.
+fn check_app_hook_keys(app: &DeTable<'_>, report: &mut Report<'_>) {
+    for (key, value) in app.iter() {
+        if key.get_ref().as_ref() as &str == "on_outcome"
+            && let DeValue::Table(t) = value.get_ref()
+        {
+            check_table_keys(t, "app.on_outcome", HOOK_KEYS, report);
+        }
+    }
+}
+
+fn check_table_keys(table: &DeTable<'_>, path: &str, allowed: &[&str], report: &mut Report<'_>) {
+    let unknown = table
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| !allowed.contains(&key.get_ref().as_ref()));
+    for key in unknown {
+        let expected: Vec<String> = allowed
+            .iter()
+            .map(|name| match (path, *name) {
+                ("", "scalingo" | "retry" | "on_outcome") => format!("[{name}]"),
+                ("", "app") => "[[app]]".to_string(),
+                _ => name.to_string(),
+            })
+            .collect();
+        report.at(
+            key.span(),
+            format!(
+                "unknown key `{}` {}; expected one of {}",
+                key.get_ref().as_ref() as &str,
+                table_label(path),
+                expected.join(", ")
+            ),
+        );
+    }
+}
+
+/// The key whose value holds `span`, for type errors: "`timeout` in [scalingo]".
+fn key_at(root: &DeTable<'_>, span: &Range<usize>) -> Option<String> {
+    fn walk(
+        table: &DeTable<'_>,
+        path: &str,
+        span: &Range<usize>,
+        best: &mut Option<(usize, String)>,
+    ) {
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref().as_ref();
+            let inner = join_path(path, name);
+            let vspan = value.span();
+            if vspan.start <= span.start && span.end <= vspan.end {
+                let size = vspan.end - vspan.start;
+                if best.as_ref().is_none_or(|(best_size, _)| size < *best_size) {
+                    *best = Some((size, format!("`{name}` {}", table_label(path))));
+                }
+            }
+            match value.get_ref() {
+                DeValue::Table(t) => walk(t, &inner, span, best),
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        if let DeValue::Table(t) = item.get_ref() {
+                            walk(t, &inner, span, best);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut best = None;
+    walk(root, "", span, &mut best);
+    best.map(|(_, key)| key)
+}
