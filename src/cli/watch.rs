@@ -139,10 +139,7 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
         token,
         state_dir,
         spool,
-    } = match OneShot::set_up(cli, &env, state_dir.as_ref()) {
-        Ok(x) => x,
-        Err(e) => return Err(e),
-    };
+    } = OneShot::set_up(cli, &env, state_dir.as_ref())?;
     let root = match std::path::absolute(dir) {
         Ok(r) => r,
         Err(e) => return Err(format!("{}: {e}", dir.display())),
