@@ -11,6 +11,8 @@ mod fuzz_regressions;
 mod inspect_gnu;
 /// `inspect` and the local extractor judge paths and links by one policy.
 mod link_policy;
+/// The module graph follows the layers of the data flow.
+mod layers;
 /// `LocalTarget`: releases, the `current` switch, activation, rollback, recovery, pruning.
 mod local_target;
 /// Metrics over HTTP and outcome hooks (webhooks, commands).
