@@ -403,3 +403,6 @@ async fn run_job(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

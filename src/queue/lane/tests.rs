@@ -1,0 +1,199 @@
+//! The busy policy with an in-memory target: no network, no platform, milliseconds each.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::queue::observe::Event;
+use crate::queue::spool::{Job, JobState, Spool};
+
+/// Deploys by recording the job and waiting for a permit from the test, so the test decides
+/// how long each job stays in flight.
+struct Held {
+    ran: Mutex<Vec<String>>,
+    release: Semaphore,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+impl Held {
+    fn new() -> Arc<Held> {
+        Arc::new(Held {
+            ran: Mutex::new(Vec::new()),
+            release: Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+        })
+    }
+
+    fn ran(&self) -> Vec<String> {
+        self.ran.lock().unwrap().clone()
+    }
+}
+
+/// The target of one app, backed by the shared [`Held`] and its spool.
+struct HeldTarget(Arc<Held>, Spool);
+
+impl Target for HeldTarget {
+    fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(async move {
+            self.0.ran.lock().unwrap().push(job.id.clone());
+            let now = self.0.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.0.most_at_once.fetch_max(now, Ordering::SeqCst);
+            if let Ok(permit) = self.0.release.acquire().await {
+                permit.forget();
+            }
+            self.0.running.fetch_sub(1, Ordering::SeqCst);
+            job.state = JobState::Succeeded {
+                deployment_id: format!("d-{}", job.id),
+            };
+            self.1.save(job)
+        })
+    }
+}
+
+/// Remembers every finished job's final state.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<(String, &'static str)>>);
+
+impl Finisher for Recorded {
+    fn finish(&self, job: &Job, _keep_done: usize) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((job.id.clone(), job.state.name()));
+    }
+}
+
+struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&self, _: &Job, _: &Event<'_>) {}
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    spool: Spool,
+    held: Arc<Held>,
+    recorded: Arc<Recorded>,
+    lanes: Lanes,
+}
+
+impl Bench {
+    fn new(max_parallel: usize) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let recorded = Arc::new(Recorded::default());
+        let ctx = LaneContext::new(
+            spool.clone(),
+            Arc::new(Quiet),
+            recorded.clone(),
+            max_parallel,
+            Shutdown::never(),
+        );
+        Bench {
+            _dir: dir,
+            spool,
+            held: Held::new(),
+            recorded,
+            lanes: Lanes::new(ctx),
+        }
+    }
+
+    fn lane(&mut self, app: &str, policy: QueuePolicy) {
+        let target: Arc<dyn Target> = Arc::new(HeldTarget(self.held.clone(), self.spool.clone()));
+        self.lanes.ensure(
+            app,
+            LaneSettings {
+                policy,
+                keep_done: 10,
+                target: Ok(target),
+            },
+        );
+    }
+
+    fn job(&mut self, app: &str) -> String {
+        let job =
+            crate::queue::intake::enqueue_url(&self.spool, app, "https://x/a.tar.gz", app, None)
+                .unwrap();
+        let id = job.id.clone();
+        self.lanes.submit(job).unwrap();
+        id
+    }
+
+    fn finished(&self) -> Vec<(String, &'static str)> {
+        self.recorded.0.lock().unwrap().clone()
+    }
+
+    async fn until(&self, what: &str, check: impl Fn(&Bench) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_latest_a_newer_job_supersedes_the_one_waiting_and_never_the_one_running() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::Latest);
+    let first = b.job("a");
+    b.until("the first job to start", |b| {
+        b.held.ran() == [first.clone()]
+    })
+    .await;
+    let second = b.job("a");
+    let third = b.job("a");
+    b.until("the second to be superseded", |b| b.finished().len() == 1)
+        .await;
+    assert_eq!(b.finished(), [(second, "superseded")]);
+    b.held.release.add_permits(2);
+    b.until("both to finish", |b| b.finished().len() == 3).await;
+    assert_eq!(b.held.ran(), [first.clone(), third.clone()]);
+    assert_eq!(
+        b.finished()[1..],
+        [(first, "succeeded"), (third, "succeeded")]
+    );
+}
+
+#[tokio::test]
+async fn with_all_every_job_runs_in_arrival_order_one_at_a_time() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::All);
+    let ids: Vec<String> = (0..4).map(|_| b.job("a")).collect();
+    b.held.release.add_permits(4);
+    b.until("all four to finish", |b| b.finished().len() == 4)
+        .await;
+    assert_eq!(b.held.ran(), ids);
+    assert!(b.finished().iter().all(|(_, state)| *state == "succeeded"));
+    assert_eq!(
+        b.held.most_at_once.load(Ordering::SeqCst),
+        1,
+        "one app, one at a time"
+    );
+}
+
+#[tokio::test]
+async fn max_parallel_caps_apps_deploying_at_once() {
+    let mut b = Bench::new(2);
+    for app in ["a", "b", "c"] {
+        b.lane(app, QueuePolicy::All);
+        b.job(app);
+    }
+    b.until("two apps to start", |b| b.held.ran().len() == 2)
+        .await;
+    // The third waits for a place while the two run.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        b.held.ran().len(),
+        2,
+        "a third app started past max_parallel"
+    );
+    b.held.release.add_permits(3);
+    b.until("all three to finish", |b| b.finished().len() == 3)
+        .await;
+    assert_eq!(b.held.most_at_once.load(Ordering::SeqCst), 2);
+}
