@@ -2,10 +2,11 @@
 //! storage URLs, archive deployments built in the background, and build output, served over real
 //! HTTP on loopback.
 //!
-//! It models the platform as described in `SCALINGO_API.md`, picking the stricter behaviour
-//! where sources disagree, and it can inject faults (`fail_next`) that a real network and a
-//! real platform produce: 5xx, 429 in plain text, dropped connections, slow answers, answers
-//! that come after the side effect, expired tokens and expired upload URLs.
+//! It models the platform's archive-deploy API as its public documentation, official Go client
+//! and CLI describe it, picking the stricter behaviour where they disagree, and it can inject
+//! faults (`fail_next`) that a real network and a real platform produce: 5xx, 429 in plain
+//! text, dropped connections, slow answers, answers that come after the side effect, expired
+//! tokens and expired upload URLs.
 //!
 //! It is independent of the `dropdeploy` library on purpose: it is a model of the platform,
 //! not of the client.

@@ -1,4 +1,4 @@
-//! The configuration: TOML in the shape of DESIGN.md, typed and validated.
+//! The configuration: TOML typed and validated, in the shape of `config/dropdeploy.toml`.
 //!
 //! A config file is read in four passes; each problem is reported at `file:line:column`, and
 //! a pass that finds any stops the load after reporting them all:

@@ -119,7 +119,7 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
-/// The keys each table accepts, in the order of DESIGN.md.
+/// The keys each table accepts, in the order `config/dropdeploy.toml` documents them.
 const TOP_KEYS: &[&str] = &[
     "state_dir",
     "max_parallel",
