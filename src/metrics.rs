@@ -152,83 +152,11 @@ impl Metrics {
             "Whether dropdeploy is running (always 1).",
         );
         out.push_str("dropdeploy_up 1\n");
-
-        family(
-            &mut out,
-            "dropdeploy_deployments_total",
-            "counter",
-            "Jobs finished, by app and outcome (succeeded, failed, superseded).",
-        );
-        for ((app, outcome), n) in &s.deployments {
-            sample(
-                &mut out,
-                "dropdeploy_deployments_total",
-                &[("app", app), ("outcome", outcome)],
-                *n,
-            );
-        }
-
-        family(
-            &mut out,
-            "dropdeploy_retries_total",
-            "counter",
-            "Transient failures retried, by app and step.",
-        );
-        for ((app, step), n) in &s.retries {
-            sample(
-                &mut out,
-                "dropdeploy_retries_total",
-                &[("app", app), ("step", step)],
-                *n,
-            );
-        }
-
-        family(
-            &mut out,
-            "dropdeploy_upload_bytes_total",
-            "counter",
-            "Bytes of archives uploaded (complete uploads), by app.",
-        );
-        for (app, n) in &s.upload_bytes {
-            sample(
-                &mut out,
-                "dropdeploy_upload_bytes_total",
-                &[("app", app)],
-                *n,
-            );
-        }
-
-        family(
-            &mut out,
-            "dropdeploy_queue_depth",
-            "gauge",
-            "Jobs in an app's lane: in_flight (running, 0 or 1) and pending (waiting).",
-        );
-        for (app, (in_flight, pending)) in &s.queue_depth {
-            for (state, n) in [("in_flight", in_flight), ("pending", pending)] {
-                sample(
-                    &mut out,
-                    "dropdeploy_queue_depth",
-                    &[("app", app), ("state", state)],
-                    *n as u64,
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "dropdeploy_last_success_timestamp_seconds",
-            "gauge",
-            "When the app's last successful deployment finished, in seconds since the epoch.",
-        );
-        for (app, at) in &s.last_success {
-            sample(
-                &mut out,
-                "dropdeploy_last_success_timestamp_seconds",
-                &[("app", app)],
-                *at,
-            );
-        }
+        s.render_deployments(&mut out);
+        s.render_retries(&mut out);
+        s.render_upload_bytes(&mut out);
+        s.render_queue_depth(&mut out);
+        s.render_last_success(&mut out);
         out
     }
 
@@ -237,6 +165,91 @@ impl Metrics {
         self.series
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One writer per family, each appending its `# HELP`/`# TYPE` lines and its samples.
+impl Series {
+    fn render_deployments(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_deployments_total",
+            "counter",
+            "Jobs finished, by app and outcome (succeeded, failed, superseded).",
+        );
+        for ((app, outcome), n) in &self.deployments {
+            sample(
+                out,
+                "dropdeploy_deployments_total",
+                &[("app", app), ("outcome", outcome)],
+                *n,
+            );
+        }
+    }
+
+    fn render_retries(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_retries_total",
+            "counter",
+            "Transient failures retried, by app and step.",
+        );
+        for ((app, step), n) in &self.retries {
+            sample(
+                out,
+                "dropdeploy_retries_total",
+                &[("app", app), ("step", step)],
+                *n,
+            );
+        }
+    }
+
+    fn render_upload_bytes(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_upload_bytes_total",
+            "counter",
+            "Bytes of archives uploaded (complete uploads), by app.",
+        );
+        for (app, n) in &self.upload_bytes {
+            sample(out, "dropdeploy_upload_bytes_total", &[("app", app)], *n);
+        }
+    }
+
+    fn render_queue_depth(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_queue_depth",
+            "gauge",
+            "Jobs in an app's lane: in_flight (running, 0 or 1) and pending (waiting).",
+        );
+        for (app, (in_flight, pending)) in &self.queue_depth {
+            for (state, n) in [("in_flight", in_flight), ("pending", pending)] {
+                sample(
+                    out,
+                    "dropdeploy_queue_depth",
+                    &[("app", app), ("state", state)],
+                    *n as u64,
+                );
+            }
+        }
+    }
+
+    fn render_last_success(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_last_success_timestamp_seconds",
+            "gauge",
+            "When the app's last successful deployment finished, in seconds since the epoch.",
+        );
+        for (app, at) in &self.last_success {
+            sample(
+                out,
+                "dropdeploy_last_success_timestamp_seconds",
+                &[("app", app)],
+                *at,
+            );
+        }
     }
 }
 

@@ -31,6 +31,52 @@ impl Printer {
             bar.finish_and_clear();
         }
     }
+
+    /// The upload's first line, and its progress bar on a terminal.
+    fn upload_starts(&self, job: &Job) {
+        let total = crate::queue::intake::summary(job)
+            .map(|s| s.compressed_bytes)
+            .unwrap_or(0);
+        self.line(&format!(
+            "{}: uploading {}",
+            job.app,
+            crate::human::bytes(total)
+        ));
+        if self.terminal
+            && let Ok(mut bar) = self.bar.lock()
+        {
+            let pb = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                pb.set_style(style);
+            }
+            *bar = Some(pb);
+        }
+    }
+
+    fn upload_progress(&self, sent: u64) {
+        if let Ok(bar) = self.bar.lock()
+            && let Some(bar) = bar.as_ref()
+        {
+            bar.set_position(sent);
+        }
+    }
+
+    /// The progress bar cleared, and the upload's size, time and rate.
+    fn upload_finished(&self, app: &str, bytes: u64, elapsed: std::time::Duration) {
+        self.finish();
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            format!(" ({}/s)", crate::human::bytes((bytes as f64 / secs) as u64))
+        } else {
+            String::new()
+        };
+        self.line(&format!(
+            "{app}: uploaded {} in {secs:.2} s{rate}",
+            crate::human::bytes(bytes)
+        ));
+    }
 }
 
 impl Observer for Printer {
@@ -43,48 +89,11 @@ impl Observer for Printer {
                     job.id, job.git_ref
                 ));
             }
-            Event::Step(Step::Upload) => {
-                let total = crate::queue::intake::summary(job)
-                    .map(|s| s.compressed_bytes)
-                    .unwrap_or(0);
-                self.line(&format!("{app}: uploading {}", crate::human::bytes(total)));
-                if self.terminal
-                    && let Ok(mut bar) = self.bar.lock()
-                {
-                    let pb = indicatif::ProgressBar::new(total);
-                    if let Ok(style) = indicatif::ProgressStyle::with_template(
-                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    ) {
-                        pb.set_style(style);
-                    }
-                    *bar = Some(pb);
-                }
-            }
+            Event::Step(Step::Upload) => self.upload_starts(job),
             Event::Step(Step::CreateSource) => self.line(&format!("{app}: creating source")),
             Event::Step(_) => {}
-            Event::Uploading { sent, .. } => {
-                if let Ok(bar) = self.bar.lock()
-                    && let Some(bar) = bar.as_ref()
-                {
-                    bar.set_position(*sent);
-                }
-            }
-            Event::Uploaded { bytes, elapsed } => {
-                self.finish();
-                let secs = elapsed.as_secs_f64();
-                let rate = if secs > 0.0 {
-                    format!(
-                        " ({}/s)",
-                        crate::human::bytes((*bytes as f64 / secs) as u64)
-                    )
-                } else {
-                    String::new()
-                };
-                self.line(&format!(
-                    "{app}: uploaded {} in {secs:.2} s{rate}",
-                    crate::human::bytes(*bytes)
-                ));
-            }
+            Event::Uploading { sent, .. } => self.upload_progress(*sent),
+            Event::Uploaded { bytes, elapsed } => self.upload_finished(app, *bytes, *elapsed),
             Event::DeploymentCreated { id } => {
                 self.line(&format!(
                     "{app}: deployment {id} created (git_ref {})",

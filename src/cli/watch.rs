@@ -3,8 +3,7 @@
 use super::*;
 
 pub(super) async fn watch(cli: &Cli) -> u8 {
-    use crate::source::redeploy::{self, RedeployConfig};
-    use crate::source::tree::TreeState;
+    use crate::source::redeploy;
     let Command::Watch {
         app,
         no_deploy_on_start,
@@ -43,31 +42,15 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     tokio::spawn(say_gaps(app.clone(), watcher.state()));
     let interrupted = shutdown.clone();
     let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
-    let runner = Arc::new(
-        Runner::new(
-            client,
-            spool.clone(),
-            config.retry.clone(),
-            interval.unwrap_or(config.scalingo.follow_interval),
-            printer.clone(),
-        )
-        .with_deploy_timeout(config.scalingo.deploy_timeout)
-        .with_shutdown(shutdown.clone())
-        .with_output(),
+    let runner = foreground_runner(
+        &config,
+        client,
+        &spool,
+        *interval,
+        printer.clone(),
+        &shutdown,
     );
-    let cfg = RedeployConfig {
-        app: app.clone(),
-        label: config
-            .app(app)
-            .map(|a| a.ref_label().to_string())
-            .unwrap_or_else(|| app.clone()),
-        prefix: app.clone(),
-        limits: Limits {
-            max_uncompressed: config.max_archive_bytes,
-        },
-        deploy_on_start: !no_deploy_on_start,
-        state_dir,
-    };
+    let cfg = redeploy_config(&config, app, !no_deploy_on_start, state_dir);
     let deploy = {
         let (runner, spool, printer) = (runner.clone(), spool.clone(), printer.clone());
         move |job: Job| drive(runner.clone(), spool.clone(), printer.clone(), job)
@@ -77,6 +60,64 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
         print_tree_event(&name, event)
     })
     .await;
+    say_stopped(app, &interrupted, &states)
+}
+
+/// The runner that drives the loop's jobs in the foreground, telling `printer` each step and
+/// stopping at `shutdown`.
+fn foreground_runner(
+    config: &Config,
+    client: Arc<ScalingoClient>,
+    spool: &Spool,
+    interval: Option<std::time::Duration>,
+    printer: Arc<Printer>,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Arc<Runner> {
+    Arc::new(
+        Runner::new(
+            client,
+            spool.clone(),
+            config.retry.clone(),
+            interval.unwrap_or(config.scalingo.follow_interval),
+            printer,
+        )
+        .with_deploy_timeout(config.scalingo.deploy_timeout)
+        .with_shutdown(shutdown.clone())
+        .with_output(),
+    )
+}
+
+/// The loop's settings for `app`: its ref label from the configuration if it is configured
+/// there, else its name.
+fn redeploy_config(
+    config: &Config,
+    app: &str,
+    deploy_on_start: bool,
+    state_dir: PathBuf,
+) -> crate::source::redeploy::RedeployConfig {
+    crate::source::redeploy::RedeployConfig {
+        app: app.to_string(),
+        label: config
+            .app(app)
+            .map(|a| a.ref_label().to_string())
+            .unwrap_or_else(|| app.to_string()),
+        prefix: app.to_string(),
+        limits: Limits {
+            max_uncompressed: config.max_archive_bytes,
+        },
+        deploy_on_start,
+        state_dir,
+    }
+}
+
+/// Says why the loop ended, and the exit code: success after Ctrl-C, failure when it ended by
+/// itself.
+fn say_stopped(
+    app: &str,
+    interrupted: &crate::shutdown::Shutdown,
+    states: &tokio::sync::watch::Receiver<crate::source::tree::TreeState>,
+) -> u8 {
+    use crate::source::tree::TreeState;
     if interrupted.is_requested() {
         println!("{app}: stopped");
         return EXIT_OK;

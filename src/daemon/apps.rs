@@ -191,11 +191,25 @@ impl Daemon {
     /// new settings.
     pub(super) async fn reload(&mut self) {
         tracing::info!(config = %self.config_path.display(), "reloading the configuration");
+        let Some(new) = self.load_for_reload() else {
+            return;
+        };
+        let old = self.adopt(new);
+        self.remove_apps(&old);
+        if self.start_or_restart_apps() {
+            self.recover().await;
+        }
+        tracing::info!(apps = self.config.apps.len(), "configuration reloaded");
+    }
+
+    /// The configuration file read again and checked, with the platform client it needs (taken
+    /// into the wiring). `None`: refused, already said; the running configuration is kept.
+    fn load_for_reload(&mut self) -> Option<Config> {
         let loaded = match Config::load(&self.config_path, &self.env) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept:\n{e}");
-                return;
+                return None;
             }
         };
         for w in &loaded.warnings {
@@ -204,15 +218,21 @@ impl Daemon {
         let new = loaded.config;
         if let Err(e) = check_apps(&new, &self.spool) {
             tracing::error!("reload refused, the running configuration is kept: {e}");
-            return;
+            return None;
         }
         match scalingo_client(&new) {
             Ok(client) => self.wiring.client = client,
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
-                return;
+                return None;
             }
         }
+        Some(new)
+    }
+
+    /// Makes `new` the running configuration (and the one the hooks read); returns the one it
+    /// replaces.
+    fn adopt(&mut self, new: Config) -> Config {
         for app in &new.apps {
             self.after.metrics.register_app(&app.name);
         }
@@ -222,7 +242,12 @@ impl Daemon {
         if let Ok(mut shared) = self.after.config.write() {
             *shared = new.clone();
         }
-        let old = std::mem::replace(&mut self.config, new);
+        std::mem::replace(&mut self.config, new)
+    }
+
+    /// Stops the watchers and retires the lanes of the apps of `old` that are no longer
+    /// configured.
+    fn remove_apps(&mut self, old: &Config) {
         for app in &old.apps {
             if self.config.app(&app.name).is_none() {
                 if let Some((_, watcher)) = self.watchers.remove(&app.name) {
@@ -236,23 +261,15 @@ impl Daemon {
                 tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
             }
         }
+    }
+
+    /// Gives every configured app its lane's settings, and starts the watchers of added apps
+    /// and of apps whose watched directory changed. `true` if an app was added.
+    fn start_or_restart_apps(&mut self) -> bool {
         let mut added = false;
         for app in self.config.apps.clone() {
             self.start_lane(&app);
-            let unchanged = match (&app.source_dir, &app.drop_dir) {
-                (Some(root), _) => {
-                    let wanted = self.tree_config(&app, root);
-                    self.trees
-                        .get(&app.name)
-                        .is_some_and(|(cfg, _)| *cfg == wanted)
-                }
-                (None, Some(dir)) => self
-                    .watchers
-                    .get(&app.name)
-                    .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle),
-                (None, None) => true,
-            };
-            if unchanged {
+            if self.watches_as_configured(&app) {
                 continue;
             }
             let old_drop = self.watchers.remove(&app.name);
@@ -271,10 +288,24 @@ impl Daemon {
                 tracing::error!(app = %app.name, "cannot watch: {e}");
             }
         }
-        if added {
-            self.recover().await;
+        added
+    }
+
+    /// Whether the app's running watcher (or its absence) already matches its configuration.
+    fn watches_as_configured(&self, app: &AppConfig) -> bool {
+        match (&app.source_dir, &app.drop_dir) {
+            (Some(root), _) => {
+                let wanted = self.tree_config(app, root);
+                self.trees
+                    .get(&app.name)
+                    .is_some_and(|(cfg, _)| *cfg == wanted)
+            }
+            (None, Some(dir)) => self
+                .watchers
+                .get(&app.name)
+                .is_some_and(|(cfg, _)| &cfg.dir == dir && cfg.settle == app.settle),
+            (None, None) => true,
         }
-        tracing::info!(apps = self.config.apps.len(), "configuration reloaded");
     }
 }
 

@@ -409,20 +409,7 @@ impl Runner {
             return unreachable_state(&job.state);
         };
         self.observer.event(job, &Event::Step(Step::Follow));
-        // A record from before the limit existed has no start: it counts from now.
-        let since = match since {
-            Some(at) => at,
-            None => {
-                let at = now();
-                job.state = JobState::Deploying {
-                    deployment_id: deployment_id.clone(),
-                    platform_status: platform_status.clone(),
-                    since: Some(at),
-                };
-                self.spool.save(job)?;
-                at
-            }
-        };
+        let since = self.follow_start(job, &deployment_id, platform_status, since)?;
         let mut last_status = String::new();
         let mut shutdown = self.shutdown.clone();
         let mut shown_lines = 0usize;
@@ -435,35 +422,10 @@ impl Runner {
                 .get_deployment(&job.app, &deployment_id)
                 .await
                 .map_err(|e| api_failure(Step::Follow, e))?;
-            if self.output
-                && let Ok(Some(text)) = self.client.output(&deployment).await
-            {
-                let lines: Vec<String> = text.lines().map(strip_ansi).collect();
-                if lines.len() > shown_lines {
-                    self.observer.event(
-                        job,
-                        &Event::Output {
-                            lines: &lines[shown_lines..],
-                        },
-                    );
-                    shown_lines = lines.len();
-                }
-            }
+            self.show_new_output(job, &deployment, &mut shown_lines)
+                .await;
             if deployment.status != last_status {
-                if let JobState::Deploying {
-                    platform_status, ..
-                } = &mut job.state
-                    && platform_status.as_deref() != Some(deployment.status.as_str())
-                {
-                    *platform_status = Some(deployment.status.clone());
-                    self.spool.save(job)?;
-                }
-                self.observer.event(
-                    job,
-                    &Event::Status {
-                        status: &deployment.status,
-                    },
-                );
+                self.record_status(job, &deployment)?;
                 last_status = deployment.status.clone();
             }
             match phase(&deployment.status) {
@@ -484,6 +446,69 @@ impl Runner {
                 Phase::Failed => return self.deployment_failed(job, deployment).await,
             }
         }
+    }
+
+    /// When the following started, for the time limit. A record from before the limit existed
+    /// has no start: it counts from now, and the job records it.
+    fn follow_start(
+        &self,
+        job: &mut Job,
+        deployment_id: &str,
+        platform_status: Option<String>,
+        since: Option<Timestamp>,
+    ) -> Result<Timestamp, StepError> {
+        if let Some(at) = since {
+            return Ok(at);
+        }
+        let at = now();
+        job.state = JobState::Deploying {
+            deployment_id: deployment_id.to_string(),
+            platform_status,
+            since: Some(at),
+        };
+        self.spool.save(job)?;
+        Ok(at)
+    }
+
+    /// Hands the observer the deployment's output lines not shown yet (when output is wanted);
+    /// `shown_lines` counts the lines already shown.
+    async fn show_new_output(&self, job: &Job, deployment: &Deployment, shown_lines: &mut usize) {
+        if !self.output {
+            return;
+        }
+        let Ok(Some(text)) = self.client.output(deployment).await else {
+            return;
+        };
+        let lines: Vec<String> = text.lines().map(strip_ansi).collect();
+        if lines.len() > *shown_lines {
+            self.observer.event(
+                job,
+                &Event::Output {
+                    lines: &lines[*shown_lines..],
+                },
+            );
+            *shown_lines = lines.len();
+        }
+    }
+
+    /// A new platform status: recorded in the job (if it is not there yet) and told to the
+    /// observer.
+    fn record_status(&self, job: &mut Job, deployment: &Deployment) -> Result<(), StepError> {
+        if let JobState::Deploying {
+            platform_status, ..
+        } = &mut job.state
+            && platform_status.as_deref() != Some(deployment.status.as_str())
+        {
+            *platform_status = Some(deployment.status.clone());
+            self.spool.save(job)?;
+        }
+        self.observer.event(
+            job,
+            &Event::Status {
+                status: &deployment.status,
+            },
+        );
+        Ok(())
     }
 
     /// The failure of a deployment followed for longer than the limit, if it is.
