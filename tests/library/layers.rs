@@ -131,7 +131,10 @@ fn no_module_imports_from_a_layer_above_its_own() {
 
 #[test]
 fn the_check_sees_an_upward_import() {
-    assert_eq!(crate_paths("use crate::daemon::run; // crate::cli"), ["daemon::run"]);
+    assert_eq!(
+        crate_paths("use crate::daemon::run; // crate::cli"),
+        ["daemon::run"]
+    );
     let (config, _) = layer_of("config::raw").unwrap();
     let (hooks, _) = layer_of("hooks").unwrap();
     assert!(hooks > config, "config sits below the hooks");

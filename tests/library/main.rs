@@ -9,10 +9,10 @@ mod drop_folders;
 mod fuzz_regressions;
 /// `inspect` against archives made by GNU tar and gzip.
 mod inspect_gnu;
-/// `inspect` and the local extractor judge paths and links by one policy.
-mod link_policy;
 /// The module graph follows the layers of the data flow.
 mod layers;
+/// `inspect` and the local extractor judge paths and links by one policy.
+mod link_policy;
 /// `LocalTarget`: releases, the `current` switch, activation, rollback, recovery, pruning.
 mod local_target;
 /// Metrics over HTTP and outcome hooks (webhooks, commands).
