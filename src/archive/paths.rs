@@ -140,6 +140,25 @@ impl Policy {
     pub fn admit(&mut self, path: &[u8], kind: EntryKind<'_>) -> Result<Place, Refusal> {
         self.entries += 1;
         let shown = shown(path);
+        let parts = self.named_components(path, &shown)?;
+        let Some((top, rel)) = parts.split_first() else {
+            return archive_root_entry(kind, &shown);
+        };
+        self.claim_top(top, &shown)?;
+        if rel.is_empty() {
+            return top_level_entry(kind, &shown);
+        }
+        let existing = self.existing_below_folders(rel, &shown)?;
+        let hard_link_to = self.record_entry(kind, rel, existing, &shown)?;
+        Ok(Place::Inside {
+            path: rel.iter().map(|part| part.to_vec()).collect(),
+            hard_link_to,
+        })
+    }
+
+    /// The entry's path components, once its name is known to be neither empty, absolute nor
+    /// stepping back with `..`.
+    fn named_components<'p>(&self, path: &'p [u8], shown: &str) -> Result<Vec<&'p [u8]>, Refusal> {
         if path.is_empty() {
             return Err(refusal(
                 RefusalKind::Unnamed,
@@ -157,18 +176,14 @@ impl Policy {
                 format!("path {shown} contains a .. component")
             }));
         }
-        let Some((top, rel)) = parts.split_first() else {
-            return match kind {
-                EntryKind::Folder => Ok(Place::ArchiveRoot),
-                _ => Err(refusal(
-                    RefusalKind::Unnamed,
-                    format!("entry {shown} has no name"),
-                )),
-            };
-        };
+        Ok(parts)
+    }
+
+    /// The first entry names the top-level folder; every later one must be under it.
+    fn claim_top(&mut self, top: &[u8], shown: &str) -> Result<(), Refusal> {
         match &self.root {
             None => self.root = Some(top.to_vec()),
-            Some(root) if root[..] == **top => {}
+            Some(root) if root[..] == *top => {}
             Some(root) => {
                 return Err(refusal(
                     RefusalKind::Root,
@@ -179,23 +194,12 @@ impl Policy {
                 ));
             }
         }
-        if rel.is_empty() {
-            return match kind {
-                EntryKind::Folder => Ok(Place::Inside {
-                    path: Vec::new(),
-                    hard_link_to: None,
-                }),
-                other => Err(refusal(
-                    RefusalKind::Root,
-                    format!(
-                        "the top-level entry {shown} is {}, not a folder",
-                        describe(other)
-                    ),
-                )),
-            };
-        }
+        Ok(())
+    }
 
-        // Every folder above the entry: never a symlink made earlier.
+    /// What the model knows at the entry's own name, once every folder above it is known not
+    /// to be a symlink made earlier.
+    fn existing_below_folders(&self, rel: &[&[u8]], shown: &str) -> Result<Option<u32>, Refusal> {
         let (parents, name) = rel.split_at(rel.len() - 1);
         let mut node = Some(0);
         for part in parents {
@@ -208,25 +212,35 @@ impl Policy {
                 )));
             }
         }
-        let existing = node.and_then(|node| self.child(node, name[0]));
+        Ok(node.and_then(|node| self.child(node, name[0])))
+    }
 
-        let hard_link_to = match kind {
+    /// Checks the entry against what is at its name (`existing`) and records it; for a hard
+    /// link, returns the member it links to.
+    fn record_entry(
+        &mut self,
+        kind: EntryKind<'_>,
+        rel: &[&[u8]],
+        existing: Option<u32>,
+        shown: &str,
+    ) -> Result<Option<Vec<Vec<u8>>>, Refusal> {
+        match kind {
             EntryKind::Folder => {
                 if existing.is_some_and(|node| self.nodes[node as usize].link.is_some()) {
                     return Err(unsafe_path(format!(
                         "folder {shown} would replace a symlink of the same name"
                     )));
                 }
-                None
+                Ok(None)
             }
             EntryKind::File => {
-                self.replace(existing, &shown)?;
-                None
+                self.replace(existing, shown)?;
+                Ok(None)
             }
             EntryKind::HardLink(target) => {
-                let to = self.hard_link(&shown, target)?;
-                self.replace(existing, &shown)?;
-                Some(to)
+                let to = self.hard_link(shown, target)?;
+                self.replace(existing, shown)?;
+                Ok(Some(to))
             }
             EntryKind::Symlink(target) => {
                 if let Some(by) = existing.and_then(|node| self.nodes[node as usize].pinned_by) {
@@ -236,15 +250,11 @@ impl Policy {
                         self.links[by as usize].entry
                     )));
                 }
-                self.replace(existing, &shown)?;
-                self.symlink(rel, &shown, target)?;
-                None
+                self.replace(existing, shown)?;
+                self.symlink(rel, shown, target)?;
+                Ok(None)
             }
-        };
-        Ok(Place::Inside {
-            path: rel.iter().map(|part| part.to_vec()).collect(),
-            hard_link_to,
-        })
+        }
     }
 
     fn child(&self, node: u32, name: &[u8]) -> Option<u32> {
@@ -475,6 +485,34 @@ impl Policy {
             ))),
             None => Err(outside()),
         }
+    }
+}
+
+/// An entry naming the archive's root (`./`): only a folder may.
+fn archive_root_entry(kind: EntryKind<'_>, shown: &str) -> Result<Place, Refusal> {
+    match kind {
+        EntryKind::Folder => Ok(Place::ArchiveRoot),
+        _ => Err(refusal(
+            RefusalKind::Unnamed,
+            format!("entry {shown} has no name"),
+        )),
+    }
+}
+
+/// The top-level entry itself: it must be a folder.
+fn top_level_entry(kind: EntryKind<'_>, shown: &str) -> Result<Place, Refusal> {
+    match kind {
+        EntryKind::Folder => Ok(Place::Inside {
+            path: Vec::new(),
+            hard_link_to: None,
+        }),
+        other => Err(refusal(
+            RefusalKind::Root,
+            format!(
+                "the top-level entry {shown} is {}, not a folder",
+                describe(other)
+            ),
+        )),
     }
 }
 
