@@ -23,7 +23,7 @@ pub enum Event<'a> {
     DeploymentAdopted { id: &'a str },
     /// The deployment's status changed.
     Status { status: &'a str },
-    /// New lines of the build output (only with [`Runner::with_output`]).
+    /// New lines of the build output (only with the Scalingo driver's `with_output`).
     Output { lines: &'a [String] },
     /// A transient error; the step is tried again after `delay`.
     Retrying {
