@@ -552,7 +552,7 @@ impl State {
             name: name.to_string(),
             id: format!("5f3c{}", random_hex(20)),
             created_at: SystemTime::now(),
-            lane: Arc::new(tokio::sync::Mutex::new(())),
+            last_build: None,
             deployments: Vec::new(),
         });
     }
@@ -578,8 +578,10 @@ struct App {
     name: String,
     id: String,
     created_at: SystemTime,
-    /// Held by the deployment that runs; tokio's mutex is fair, so deployments run in order.
-    lane: Arc<tokio::sync::Mutex<()>>,
+    /// Ends when the app's newest deployment has finished: each new deployment takes it and
+    /// waits on it, so deployments run one at a time in the order they were created (a fair
+    /// mutex would order them by when their tasks first ran, which a busy runtime can swap).
+    last_build: Option<tokio::sync::oneshot::Receiver<()>>,
     deployments: Vec<DeploymentRecord>,
 }
 
@@ -1476,12 +1478,14 @@ async fn create_deployment(
         output: String::new(),
     };
     app.deployments.push(record.clone());
-    let lane = app.lane.clone();
+    let (done, next) = tokio::sync::oneshot::channel();
+    let turn = app.last_build.replace(next);
     st.stats.deployments_created += 1;
     drop(st);
     tokio::spawn(run_deployment(
         cx.shared.clone(),
-        lane,
+        turn,
+        done,
         record.app.clone(),
         record.id.clone(),
     ));
@@ -1677,11 +1681,16 @@ impl Build {
 
 async fn run_deployment(
     shared: Arc<Shared>,
-    lane: Arc<tokio::sync::Mutex<()>>,
+    turn: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: tokio::sync::oneshot::Sender<()>,
     app: String,
     id: String,
 ) {
-    let _running = lane.lock().await;
+    if let Some(previous) = turn {
+        // Sent, or dropped when the previous build ends either way.
+        let _ = previous.await;
+    }
+    let _done = done;
     let build = Build { shared, app, id };
     build.step().await;
 
