@@ -135,9 +135,9 @@ pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
                 app.keep_done
             ),
             (None, Some(dir)) => format!(
-                "source directory {} packed after {} quiet (max wait {}){}",
+                "source directory {} packed after {} without change (debounce; max wait {}){}",
                 dir.display(),
-                humantime::format_duration(app.quiet),
+                humantime::format_duration(app.debounce),
                 humantime::format_duration(app.max_wait),
                 if app.deploy_on_start {
                     ", deployed at start if changed"

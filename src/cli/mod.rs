@@ -187,9 +187,11 @@ pub enum Command {
         /// The region (overrides SCALINGO_REGION and the config file).
         #[arg(long)]
         region: Option<String>,
-        /// Quiet time after the last change before packing.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        quiet: std::time::Duration,
+        /// How long the tree must stay unchanged after the last change before it is packed
+        /// (the `debounce` key of a config file). Formerly `--quiet`, which is no longer
+        /// accepted here: `-q/--quiet` is the global flag for less output.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        debounce: std::time::Duration,
         /// Longest wait after the first change of a burst, for trees that never stop changing.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         max_wait: std::time::Duration,
