@@ -145,13 +145,36 @@ fn describe_io(action: &str, path: &Path, source: &io::Error) -> String {
 /// `BufWriter`, does not fsync. On error the partial archive is removed (best effort) and the
 /// error names the path that failed: an unreadable source file fails the whole pack.
 pub fn pack(rules: &IgnoreRules, out: &Path, opts: &PackOptions) -> Result<PackSummary, PackError> {
+    pack_with_progress(rules, out, opts, &mut |_| {})
+}
+
+/// How far a pack is: called after each entry is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackProgress {
+    /// Entries written so far, the top-level folder included.
+    pub entries: u64,
+    /// Entries the pack will write at most (some may still be skipped).
+    pub total_entries: u64,
+    /// Regular files written so far.
+    pub files: u64,
+    /// File content bytes written so far.
+    pub bytes_in: u64,
+}
+
+/// Like [`pack`], telling `progress` after each entry how far it is (for a progress bar).
+pub fn pack_with_progress(
+    rules: &IgnoreRules,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &mut dyn FnMut(PackProgress),
+) -> Result<PackSummary, PackError> {
     check_prefix(&opts.prefix)?;
     let file = File::create(out).map_err(|source| PackError::Io {
         path: out.to_path_buf(),
         action: "create",
         source,
     })?;
-    match pack_to_writer(rules, file, opts) {
+    match checked_limit(write_tar_gz(rules, file, opts, progress), opts) {
         Ok(summary) => Ok(summary),
         Err(error) => {
             let _ = fs::remove_file(out);
@@ -177,8 +200,15 @@ pub fn pack_to_writer(
     opts: &PackOptions,
 ) -> Result<PackSummary, PackError> {
     check_prefix(&opts.prefix)?;
-    // Every write error, wherever it surfaced, is checked here for the size limit.
-    write_tar_gz(rules, out, opts).map_err(|error| match error {
+    checked_limit(write_tar_gz(rules, out, opts, &mut |_| {}), opts)
+}
+
+/// Every write error, wherever it surfaced, is checked here for the size limit.
+fn checked_limit(
+    packed: Result<PackSummary, PackError>,
+    opts: &PackOptions,
+) -> Result<PackSummary, PackError> {
+    packed.map_err(|error| match error {
         PackError::Io { source, .. }
             if source.get_ref().is_some_and(|e| e.is::<LimitReached>()) =>
         {
@@ -194,6 +224,7 @@ fn write_tar_gz(
     rules: &IgnoreRules,
     out: impl Write,
     opts: &PackOptions,
+    progress: &mut dyn FnMut(PackProgress),
 ) -> Result<PackSummary, PackError> {
     let write_error = |source| PackError::Io {
         path: PathBuf::new(),
@@ -227,8 +258,15 @@ fn write_tar_gz(
 
     let mut walker = Walker::new();
     walker.summary.entries = 1;
+    let total_entries = entries.len() as u64 + 1;
     for entry in &entries {
         walker.entry(entry, Some((&mut builder, &opts.prefix)))?;
+        progress(PackProgress {
+            entries: walker.summary.entries,
+            total_entries,
+            files: walker.summary.files,
+            bytes_in: walker.summary.bytes_in,
+        });
     }
 
     let counted = builder.into_inner().map_err(write_error)?;

@@ -10,7 +10,7 @@ pub(super) fn pack(
     include: &[String],
 ) -> u8 {
     use crate::archive::ignore::IgnoreRules;
-    use crate::archive::pack::{PackOptions, pack};
+    use crate::archive::pack::{PackOptions, pack_with_progress};
     let prefix = prefix.map(str::to_string).unwrap_or_else(|| {
         std::path::absolute(dir)
             .ok()
@@ -33,7 +33,22 @@ pub(super) fn pack(
         prefix,
         ..PackOptions::default()
     };
-    match pack(&rules, output, &opts) {
+    let bar = std::io::stderr().is_terminal().then(pack_bar);
+    let packed = pack_with_progress(&rules, output, &opts, &mut |p| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total_entries);
+            bar.set_position(p.entries);
+            bar.set_message(format!(
+                "{} files, {}",
+                p.files,
+                crate::human::bytes(p.bytes_in)
+            ));
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match packed {
         Ok(summary) => {
             for (path, why) in &summary.skipped {
                 eprintln!("dropdeploy: skipped {}: {why}", path.display());
@@ -65,6 +80,17 @@ pub(super) fn pack(
             EXIT_FAILED
         }
     }
+}
+
+/// The progress bar of `pack` on a terminal: entries packed of the tree's, files and bytes.
+fn pack_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("packing {bar:40} {pos}/{len} entries, {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 pub(super) fn check(cli: &Cli, max_size: Option<u64>, files: &[PathBuf]) -> u8 {

@@ -9,6 +9,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         no_follow,
         state_dir,
         interval,
+        json,
         archive,
     } = &cli.command
     else {
@@ -52,12 +53,37 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             },
         }
     } else {
-        match archive_job(&spool, app, archive, &label, git_ref.as_deref(), limits).await {
+        match archive_job(
+            &spool,
+            app,
+            archive,
+            &label,
+            git_ref.as_deref(),
+            limits,
+            *json,
+        )
+        .await
+        {
             Ok(job) => job,
             Err(code) => return code,
         }
     };
-    run_job(config, token, spool, job, *no_follow, *interval).await
+    let follow = Follow {
+        no_follow: *no_follow,
+        interval: *interval,
+        json: *json,
+    };
+    run_job(config, token, spool, job, follow).await
+}
+
+/// How `deploy` follows a job and says how it ended.
+pub(super) struct Follow {
+    /// Return once the deployment is created.
+    pub(super) no_follow: bool,
+    /// Time between two polls of the deployment's status (default: the config's).
+    pub(super) interval: Option<std::time::Duration>,
+    /// The result as one JSON line on stdout, the human lines on stderr.
+    pub(super) json: bool,
 }
 
 /// The job for an archive file: copied into the spool and checked, or the unfinished job of
@@ -70,6 +96,7 @@ async fn archive_job(
     label: &str,
     git_ref: Option<&str>,
     limits: Limits,
+    json: bool,
 ) -> Result<Job, u8> {
     let fail = |msg: String| {
         eprintln!("dropdeploy: {app}: {msg}");
@@ -105,6 +132,20 @@ async fn archive_job(
                 file.display(),
                 Step::Inspect
             );
+            if json {
+                let result = serde_json::json!({
+                    "app": app,
+                    "job": null,
+                    "git_ref": null,
+                    "deployment_id": null,
+                    "outcome": "failed",
+                    "status": null,
+                    "step": Step::Inspect.to_string(),
+                    "duration_ms": 0,
+                    "reason": rejection.to_string(),
+                });
+                println!("{result}");
+            }
             return Err(EXIT_FAILED);
         }
         Err(e) => return Err(fail(e.to_string())),
@@ -128,9 +169,13 @@ pub(super) async fn run_job(
     token: crate::config::Secret,
     spool: Spool,
     mut job: Job,
-    no_follow: bool,
-    interval: Option<std::time::Duration>,
+    follow: Follow,
 ) -> u8 {
+    let Follow {
+        no_follow,
+        interval,
+        json,
+    } = follow;
     let app = job.app.clone();
     let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
         Ok(Some(lock)) => lock,
@@ -158,7 +203,7 @@ pub(super) async fn run_job(
             return EXIT_USAGE;
         }
     };
-    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    let printer = Arc::new(Printer::on_stderr(std::io::stderr().is_terminal()));
     if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
         printer.line(&format!("{app}: {}", describe(&job)));
     }
@@ -184,9 +229,12 @@ pub(super) async fn run_job(
         return EXIT_USAGE;
     }
     printer.finish();
-    let elapsed =
-        humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
-    let code = report(&job, &elapsed.to_string());
+    let took = started.elapsed();
+    let elapsed = humantime::format_duration(std::time::Duration::from_secs(took.as_secs()));
+    let code = report(&job, &elapsed.to_string(), json);
+    if json {
+        println!("{}", json_result(&job, no_follow, took));
+    }
     if (job.state.is_finished() || no_follow)
         && let Err(e) = spool.remove(&job.id)
     {
@@ -195,22 +243,90 @@ pub(super) async fn run_job(
     code
 }
 
-/// Prints how the job ended and returns the exit status.
-fn report(job: &Job, elapsed: &str) -> u8 {
+/// The last line of `deploy --json`: how the job ended, for scripts.
+///
+/// `outcome` is `succeeded`, `failed` or `superseded` as in the history, `created` for a
+/// deployment not followed (`--no-follow`), else `stopped`; `status` is the platform's
+/// status when known.
+fn json_result(job: &Job, no_follow: bool, took: std::time::Duration) -> serde_json::Value {
+    let (outcome, deployment_id, status, step, reason) = match &job.state {
+        JobState::Succeeded { deployment_id } => (
+            "succeeded",
+            Some(deployment_id.clone()),
+            Some("success".to_string()),
+            None,
+            None,
+        ),
+        JobState::Failed(f) => (
+            "failed",
+            f.deployment_id.clone(),
+            f.status.clone(),
+            Some(f.step.to_string()),
+            Some(f.reason.clone()),
+        ),
+        JobState::Superseded { by } => (
+            "superseded",
+            None,
+            None,
+            None,
+            Some(format!("superseded by job {by}")),
+        ),
+        JobState::Deploying {
+            deployment_id,
+            platform_status,
+            ..
+        } => (
+            if no_follow { "created" } else { "stopped" },
+            Some(deployment_id.clone()),
+            platform_status.clone(),
+            None,
+            None,
+        ),
+        other => (
+            "stopped",
+            None,
+            None,
+            None,
+            Some(format!("stopped in state {}", other.name())),
+        ),
+    };
+    serde_json::json!({
+        "app": job.app,
+        "job": job.id,
+        "git_ref": job.git_ref,
+        "deployment_id": deployment_id,
+        "outcome": outcome,
+        "status": status,
+        "step": step,
+        "duration_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        "reason": reason,
+    })
+}
+
+/// Prints how the job ended (on stdout, or on stderr when stdout is for `--json`) and returns
+/// the exit status.
+fn report(job: &Job, elapsed: &str, json: bool) -> u8 {
+    let say = |line: &str| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let app = &job.app;
     match &job.state {
         JobState::Succeeded { deployment_id } => {
-            println!(
+            say(&format!(
                 "{app}: success: deployment {deployment_id} (git_ref {}) in {elapsed}",
                 job.git_ref
-            );
+            ));
             EXIT_OK
         }
         JobState::Deploying { deployment_id, .. } => {
-            println!(
+            say(&format!(
                 "{app}: deployment {deployment_id} created (git_ref {}); not following it",
                 job.git_ref
-            );
+            ));
             EXIT_OK
         }
         JobState::Failed(failure) => {
@@ -220,19 +336,19 @@ fn report(job: &Job, elapsed: &str) -> u8 {
                 }
                 crate::queue::spool::Payload::Url { url } => url.clone(),
             };
-            println!(
+            say(&format!(
                 "{app}: FAILED deploying {what} at step {}: {}",
                 failure.step, failure.reason
-            );
+            ));
             if !failure.log_tail.is_empty() {
-                println!(
+                say(&format!(
                     "--- last {} lines of the build output ---",
                     failure.log_tail.len()
-                );
+                ));
                 for line in &failure.log_tail {
-                    println!("{line}");
+                    say(line);
                 }
-                println!("---");
+                say("---");
             }
             if failure.gave_up {
                 EXIT_GAVE_UP
@@ -243,11 +359,11 @@ fn report(job: &Job, elapsed: &str) -> u8 {
             }
         }
         JobState::Superseded { by } => {
-            println!("{app}: superseded by job {by}");
+            say(&format!("{app}: superseded by job {by}"));
             EXIT_FAILED
         }
         other => {
-            println!("{app}: stopped in state {}", other.name());
+            say(&format!("{app}: stopped in state {}", other.name()));
             EXIT_FAILED
         }
     }

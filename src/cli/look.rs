@@ -47,7 +47,7 @@ pub(super) fn history(cli: &Cli, app: Option<&str>, limit: usize, json: bool) ->
     }
 }
 
-pub(super) fn status(cli: &Cli) -> u8 {
+pub(super) fn status(cli: &Cli, json: bool) -> u8 {
     let (config, state_dir) = match state_dir_for_reading(cli) {
         Ok(x) => x,
         Err(code) => return code,
@@ -61,17 +61,22 @@ pub(super) fn status(cli: &Cli) -> u8 {
     };
     let apps: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
     let live = crate::live::read(&state_dir);
-    match crate::outcome::status_report(
-        &spool,
-        &state_dir.join("history.jsonl"),
-        &apps,
-        live.as_ref(),
-    ) {
+    let history = state_dir.join("history.jsonl");
+    let pid = crate::lock::StateLock::holder(&state_dir);
+    let shown = if json {
+        crate::outcome::status_json(&spool, &history, &apps, live.as_ref(), pid)
+            .map(|doc| format!("{doc}\n"))
+    } else {
+        crate::outcome::status_report(&spool, &history, &apps, live.as_ref()).map(|text| {
+            let daemon = match pid {
+                Some(pid) => format!("daemon: running (pid {pid})"),
+                None => "daemon: not running".to_string(),
+            };
+            format!("{daemon}\n{text}")
+        })
+    };
+    match shown {
         Ok(text) => {
-            match crate::lock::StateLock::holder(&state_dir) {
-                Some(pid) => println!("daemon: running (pid {pid})"),
-                None => println!("daemon: not running"),
-            }
             print!("{text}");
             EXIT_OK
         }
@@ -135,9 +140,9 @@ pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
                 app.keep_done
             ),
             (None, Some(dir)) => format!(
-                "source directory {} packed after {} quiet (max wait {}){}",
+                "source directory {} packed after {} without change (debounce; max wait {}){}",
                 dir.display(),
-                humantime::format_duration(app.quiet),
+                humantime::format_duration(app.debounce),
                 humantime::format_duration(app.max_wait),
                 if app.deploy_on_start {
                     ", deployed at start if changed"

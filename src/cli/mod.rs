@@ -125,7 +125,12 @@ pub enum Command {
     },
     /// Show each app's lane (in flight, pending, last outcome) from the spool and the
     /// history, without talking to the daemon.
-    Status,
+    Status {
+        /// One JSON document: the daemon's pid (or null) and each app's in-flight jobs,
+        /// pending jobs, waits and last outcome.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
     ///
     /// The archive is checked first, then uploaded, then deployed, and the deployment is
@@ -150,6 +155,10 @@ pub enum Command {
         /// Time between two polls of the deployment's status, e.g. `3s` (overrides follow_interval).
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
+        /// Print the result as one JSON line on stdout (app, job, git_ref, deployment_id,
+        /// outcome, status, duration_ms, reason); every human line goes to stderr.
+        #[arg(long)]
+        json: bool,
         /// The archive file, or an http(s) URL.
         archive: String,
     },
@@ -187,9 +196,11 @@ pub enum Command {
         /// The region (overrides SCALINGO_REGION and the config file).
         #[arg(long)]
         region: Option<String>,
-        /// Quiet time after the last change before packing.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        quiet: std::time::Duration,
+        /// How long the tree must stay unchanged after the last change before it is packed
+        /// (the `debounce` key of a config file). Formerly `--quiet`, which is no longer
+        /// accepted here: `-q/--quiet` is the global flag for less output.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        debounce: std::time::Duration,
         /// Longest wait after the first change of a burst, for trees that never stop changing.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         max_wait: std::time::Duration,
@@ -245,7 +256,7 @@ pub fn main() -> ExitCode {
     let code = match &cli.command {
         Command::Run => run_async(run_daemon(&cli)),
         Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
-        Command::Status => status(&cli),
+        Command::Status { json } => status(&cli, *json),
         Command::Pack {
             dir,
             output,

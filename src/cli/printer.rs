@@ -3,24 +3,40 @@
 use super::*;
 
 /// Prints the runner's events for a person: one line per step and status, and a progress bar
-/// for the upload when stderr is a terminal.
+/// for the upload when stderr is a terminal. Every line goes to one stream, the bar or not.
 pub(super) struct Printer {
     pub(super) bar: Mutex<Option<indicatif::ProgressBar>>,
     pub(super) terminal: bool,
+    /// Lines to stderr (`deploy`, whose stdout is its result) rather than stdout (`watch`).
+    on_stderr: bool,
 }
 
 impl Printer {
+    /// Lines on stdout; the bar, when there is one, on stderr.
     pub(super) fn new(terminal: bool) -> Self {
         Printer {
             bar: Mutex::new(None),
             terminal,
+            on_stderr: false,
+        }
+    }
+
+    /// Lines and the bar on stderr, leaving stdout to the command's result.
+    pub(super) fn on_stderr(terminal: bool) -> Self {
+        Printer {
+            on_stderr: true,
+            ..Printer::new(terminal)
         }
     }
 
     pub(super) fn line(&self, text: &str) {
-        match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.println(crate::redact::redact(text)),
-            None => println!("{text}"),
+        let bar = self.bar.lock().ok().and_then(|b| b.clone());
+        match (bar, self.on_stderr) {
+            (Some(bar), true) => bar.println(crate::redact::redact(text)),
+            // The bar steps aside while the line is printed on the other stream.
+            (Some(bar), false) => bar.suspend(|| println!("{text}")),
+            (None, true) => eprintln!("{text}"),
+            (None, false) => println!("{text}"),
         }
     }
 

@@ -158,7 +158,7 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
     let Command::Watch {
         app,
         region,
-        quiet,
+        debounce,
         max_wait,
         ignore,
         include,
@@ -191,7 +191,7 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
         ignore: ignore.clone(),
         include: include.clone(),
         always_ignore: vec![state_dir.clone()],
-        quiet: *quiet,
+        quiet: *debounce,
         max_wait: *max_wait,
         poll: *poll,
         give_up: Some(*give_up_after),

@@ -14,7 +14,7 @@ use super::on_outcome::build_hook;
 use super::raw::{DurationText, RawApp, RawHook};
 use super::report::Report;
 use super::{
-    AppConfig, DEFAULT_DEPLOY_TIMEOUT, DEFAULT_KEEP_DONE, DEFAULT_QUIET, DEFAULT_SETTLE,
+    AppConfig, DEFAULT_DEBOUNCE, DEFAULT_DEPLOY_TIMEOUT, DEFAULT_KEEP_DONE, DEFAULT_SETTLE,
     HookConfig, LocalTargetConfig, QueuePolicy, TargetConfig,
 };
 
@@ -73,7 +73,7 @@ pub(super) fn build_app(
         drop_dir,
         source_dir,
         queue,
-        quiet: timings.quiet,
+        debounce: timings.debounce,
         ignore: raw.ignore.clone(),
         git_ref_label,
         settle: timings.settle,
@@ -92,7 +92,7 @@ pub(super) fn build_app(
 
 /// An app's timings; a bad one is reported and does not leave the app out.
 struct AppTimings {
-    quiet: Duration,
+    debounce: Duration,
     settle: Duration,
     follow_interval: Option<Duration>,
     retry_budget: Option<Duration>,
@@ -101,11 +101,11 @@ struct AppTimings {
     poll: Option<Duration>,
 }
 
-/// `quiet`, `settle`, `max_wait` and `poll` for the app's source, and the app's own
+/// `debounce`, `settle`, `max_wait` and `poll` for the app's source, and the app's own
 /// `follow_interval`, `retry_budget` and `deploy_timeout`.
 fn app_timings(raw: &RawApp, report: &mut Report<'_>) -> AppTimings {
     AppTimings {
-        quiet: duration_value(&raw.quiet, "quiet", "app", DEFAULT_QUIET, true, report),
+        debounce: debounce(raw, report),
         settle: duration_value(&raw.settle, "settle", "app", DEFAULT_SETTLE, true, report),
         follow_interval: optional_duration(
             &raw.follow_interval,
@@ -134,6 +134,36 @@ fn app_timings(raw: &RawApp, report: &mut Report<'_>) -> AppTimings {
             report,
         ),
         poll: optional_duration(&raw.poll, "poll", Duration::from_secs(2), report),
+    }
+}
+
+/// `debounce`, or its old name `quiet` with a warning naming its line; both at once is an
+/// error, since they would disagree.
+fn debounce(raw: &RawApp, report: &mut Report<'_>) -> Duration {
+    match (&raw.debounce, &raw.quiet) {
+        (Some(_), Some(old)) => {
+            report.at(
+                old.span(),
+                "`quiet` and `debounce` in [[app]] are the same setting (`quiet` is its old \
+                 name): keep only `debounce`",
+            );
+            DEFAULT_DEBOUNCE
+        }
+        (None, Some(old)) => {
+            report.warn_at(
+                old.span(),
+                "`quiet` in [[app]] is now called `debounce`; rename it (`quiet` still works)",
+            );
+            duration_value(&raw.quiet, "quiet", "app", DEFAULT_DEBOUNCE, true, report)
+        }
+        _ => duration_value(
+            &raw.debounce,
+            "debounce",
+            "app",
+            DEFAULT_DEBOUNCE,
+            true,
+            report,
+        ),
     }
 }
 

@@ -66,7 +66,7 @@ pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(2);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60 * 60);
-const DEFAULT_QUIET: Duration = Duration::from_secs(1);
+const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How long a file written in place must stay unchanged before it is taken.
 const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 /// How many archives a drop folder's `done/` keeps.
@@ -253,8 +253,9 @@ pub struct AppConfig {
     pub source_dir: Option<PathBuf>,
     /// `queue`: the busy policy (default `latest`).
     pub queue: QueuePolicy,
-    /// `quiet`: how long a source directory must stay unchanged before it is packed (default 1 s).
-    pub quiet: Duration,
+    /// `debounce` (formerly `quiet`): how long a source directory must stay unchanged before
+    /// it is packed (default 1 s).
+    pub debounce: Duration,
     /// `ignore`: gitignore-style patterns left out when packing a source directory.
     pub ignore: Vec<String>,
     /// `git_ref_label`: the first part of each job's git_ref (default: the app name).
@@ -354,8 +355,8 @@ impl Config {
             return Err(report.into_error());
         };
         let base = config_dir(origin);
-        let mut warnings = Vec::new();
         let (mut config, left) = build(raw, &base, &mut report);
+        let mut warnings = report.take_warnings();
         config.file = Some(origin.to_path_buf());
         config.scalingo.config_file = Some(origin.to_path_buf());
         apply_env(&mut config, left, env, &mut report, &mut warnings);

@@ -57,6 +57,8 @@ pub(super) struct RawApp {
     pub(super) drop_dir: Option<Spanned<String>>,
     pub(super) source_dir: Option<Spanned<String>>,
     pub(super) queue: Option<Spanned<String>>,
+    pub(super) debounce: Option<Spanned<DurationText>>,
+    /// The old name of `debounce`, still accepted with a warning.
     pub(super) quiet: Option<Spanned<DurationText>>,
     #[serde(default)]
     pub(super) ignore: Vec<String>,
@@ -146,7 +148,7 @@ const APP_KEYS: &[&str] = &[
     "drop_dir",
     "source_dir",
     "queue",
-    "quiet",
+    "debounce",
     "ignore",
     "git_ref_label",
     "settle",
@@ -166,6 +168,8 @@ const APP_KEYS: &[&str] = &[
     "on_outcome",
 ];
 const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries"];
+/// Old names an `[[app]]` still accepts (with a warning, pass 4), never suggested.
+const APP_OLD_KEYS: &[&str] = &["quiet"];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
 pub(super) fn parse_raw(text: &str, report: &mut Report<'_>) -> Option<RawConfig> {
@@ -285,21 +289,21 @@ pub(super) fn scan_inline_tokens(text: &str) -> Vec<(Range<usize>, String, Strin
 
 /// Pass 2: every unknown key, and `[app]` written where `[[app]]` was meant.
 fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
-    check_table_keys(root, "", TOP_KEYS, report);
+    check_table_keys(root, "", TOP_KEYS, &[], report);
     for (key, value) in root.iter() {
         let name: &str = key.get_ref().as_ref();
         match (name, value.get_ref()) {
             ("scalingo", DeValue::Table(t)) => {
-                check_table_keys(t, "scalingo", SCALINGO_KEYS, report)
+                check_table_keys(t, "scalingo", SCALINGO_KEYS, &[], report)
             }
-            ("retry", DeValue::Table(t)) => check_table_keys(t, "retry", RETRY_KEYS, report),
+            ("retry", DeValue::Table(t)) => check_table_keys(t, "retry", RETRY_KEYS, &[], report),
             ("on_outcome", DeValue::Table(t)) => {
-                check_table_keys(t, "on_outcome", HOOK_KEYS, report)
+                check_table_keys(t, "on_outcome", HOOK_KEYS, &[], report)
             }
             ("app", DeValue::Array(items)) => {
                 for item in items.iter() {
                     if let DeValue::Table(t) = item.get_ref() {
-                        check_table_keys(t, "app", APP_KEYS, report);
+                        check_table_keys(t, "app", APP_KEYS, APP_OLD_KEYS, report);
                         check_app_hook_keys(t, report);
                     }
                 }
@@ -319,16 +323,24 @@ fn check_app_hook_keys(app: &DeTable<'_>, report: &mut Report<'_>) {
         if key.get_ref().as_ref() as &str == "on_outcome"
             && let DeValue::Table(t) = value.get_ref()
         {
-            check_table_keys(t, "app.on_outcome", HOOK_KEYS, report);
+            check_table_keys(t, "app.on_outcome", HOOK_KEYS, &[], report);
         }
     }
 }
 
-fn check_table_keys(table: &DeTable<'_>, path: &str, allowed: &[&str], report: &mut Report<'_>) {
-    let unknown = table
-        .iter()
-        .map(|(key, _)| key)
-        .filter(|key| !allowed.contains(&key.get_ref().as_ref()));
+/// Reports the keys of `table` that are neither `allowed` nor `old` names; the message lists
+/// only the `allowed` ones.
+fn check_table_keys(
+    table: &DeTable<'_>,
+    path: &str,
+    allowed: &[&str],
+    old: &[&str],
+    report: &mut Report<'_>,
+) {
+    let unknown = table.iter().map(|(key, _)| key).filter(|key| {
+        let name: &str = key.get_ref().as_ref();
+        !allowed.contains(&name) && !old.contains(&name)
+    });
     for key in unknown {
         let expected: Vec<String> = allowed
             .iter()

@@ -95,6 +95,7 @@ pub(super) struct Report<'a> {
     text: &'a str,
     origin: String,
     problems: Vec<Problem>,
+    warnings: Vec<String>,
 }
 
 impl<'a> Report<'a> {
@@ -103,7 +104,21 @@ impl<'a> Report<'a> {
             text,
             origin: origin.to_string(),
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// A warning at a byte span of the text (`file:line: message`): the file loads, but
+    /// should be changed.
+    pub(super) fn warn_at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let line = position(self.text, span.start).line;
+        self.warnings
+            .push(format!("{}:{line}: {}", self.origin, message.into()));
+    }
+
+    /// The warnings reported so far, in the order they were found; the report keeps none.
+    pub(super) fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// A problem at a byte span of the text. Its message quotes values as given, so it is

@@ -79,7 +79,7 @@ fn an_app_gets_the_app_defaults() {
     let c = config("[[app]]\nname = \"my-app\"\ndrop_dir = \"/srv/drop\"\n");
     let app = c.app("my-app").unwrap();
     assert_eq!(app.queue, QueuePolicy::Latest);
-    assert_eq!(app.quiet, Duration::from_secs(1));
+    assert_eq!(app.debounce, Duration::from_secs(1));
     assert!(app.ignore.is_empty());
     assert_eq!(app.git_ref_label, None);
     assert_eq!(app.ref_label(), "my-app");
@@ -116,7 +116,7 @@ git_ref_label = "Prod_1.x"
 [[app]]
 name = "staging"
 source_dir = "/src/app"
-quiet = "2s"
+debounce = "2s"
 ignore = ["*.log", "tmp/"]
 "#,
     );
@@ -142,7 +142,7 @@ ignore = ["*.log", "tmp/"]
     let staging = &c.apps[1];
     assert_eq!(staging.source_dir, Some(PathBuf::from("/src/app")));
     assert_eq!(staging.drop_dir, None);
-    assert_eq!(staging.quiet, Duration::from_secs(2));
+    assert_eq!(staging.debounce, Duration::from_secs(2));
     assert_eq!(
         staging.ignore,
         vec!["*.log".to_string(), "tmp/".to_string()]
@@ -187,7 +187,7 @@ fn an_unknown_key_names_its_line_column_and_the_expected_keys() {
     assert_eq!(
         message,
         "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
-         of name, drop_dir, source_dir, queue, quiet, ignore, git_ref_label, settle, \
+         of name, drop_dir, source_dir, queue, debounce, ignore, git_ref_label, settle, \
          keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
          deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
     );
@@ -238,10 +238,10 @@ fn a_bare_number_as_duration_asks_for_a_unit() {
 #[test]
 fn bad_durations_are_all_reported() {
     let problems = problems(
-        "[retry]\ninitial = \"0s\"\nbudget = \"soon\"\n[[app]]\nname = \"a\"\ndrop_dir = \"/d\"\nquiet = \"x\"\n",
+        "[retry]\ninitial = \"0s\"\nbudget = \"soon\"\n[[app]]\nname = \"a\"\ndrop_dir = \"/d\"\ndebounce = \"x\"\n",
     );
     let located: Vec<_> = problems.iter().map(|p| p.position).collect();
-    assert_eq!(located, vec![at(2, 11), at(3, 10), at(7, 9)]);
+    assert_eq!(located, vec![at(2, 11), at(3, 10), at(7, 12)]);
     assert!(problems[0].message.contains("longer than zero"));
 }
 
@@ -879,4 +879,41 @@ fn an_empty_credential_is_an_error_naming_the_variable() {
 #[test]
 fn credentials_directory_is_read_from_the_process() {
     assert!(ENV_VARS.contains(&"CREDENTIALS_DIRECTORY"));
+}
+
+#[test]
+fn the_old_name_quiet_still_sets_debounce_with_one_warning_naming_its_line() {
+    let text = "[[app]]\nname = \"a\"\nsource_dir = \"/src\"\nquiet = \"3s\"\n";
+    let loaded = match parse(text) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    };
+    assert_eq!(loaded.config.apps[0].debounce, Duration::from_secs(3));
+    assert_eq!(
+        loaded.warnings,
+        vec![format!(
+            "{FILE}:4: `quiet` in [[app]] is now called `debounce`; rename it (`quiet` still works)"
+        )]
+    );
+}
+
+#[test]
+fn debounce_gives_no_warning() {
+    let text = "[[app]]\nname = \"a\"\nsource_dir = \"/src\"\ndebounce = \"250ms\"\n";
+    let loaded = match parse(text) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    };
+    assert_eq!(loaded.config.apps[0].debounce, Duration::from_millis(250));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn quiet_and_debounce_together_are_refused() {
+    let text = "[[app]]\nname = \"a\"\nsource_dir = \"/src\"\ndebounce = \"1s\"\nquiet = \"2s\"\n";
+    let message = error(text);
+    assert!(
+        message.starts_with(&format!("{FILE}:5:9: `quiet` and `debounce`")),
+        "{message}"
+    );
 }

@@ -40,7 +40,7 @@ impl Daemon {
             include: app.include.clone(),
             // The daemon's own files never trigger a deploy nor get packed.
             always_ignore: vec![self.config.state_dir.clone()],
-            quiet: app.quiet,
+            quiet: app.debounce,
             max_wait: app.max_wait,
             poll: app.poll,
             // A service waits for a lost source directory for ever, visibly (`status`).

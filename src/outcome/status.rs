@@ -53,6 +53,112 @@ pub fn status_report(
     Ok(out)
 }
 
+/// `dropdeploy status --json`: the same facts as [`status_report`], as one JSON document for
+/// scripts:
+///
+/// ```json
+/// {"daemon_pid": 4242,
+///  "apps": [{"app": "my-app", "configured": true,
+///            "in_flight": [{"state": "deploying", "file": "a.tar.gz", "job": "…",
+///                           "deployment_id": "…", "platform_status": "building",
+///                           "since": "2026-11-25T17:42:58Z"}],
+///            "pending": [{"job": "…", "file": "b.tar.gz", "since": "…"}],
+///            "unrecorded": [{"job": "…", "state": "succeeded", "file": "…"}],
+///            "waits": [{"kind": "claim", "subject": "…", "cause": "…", "since": "…",
+///                       "retry_at": null}],
+///            "last": {"time": "…", "outcome": "succeeded", …} or null}],
+///  "unreadable": ["…"]}
+/// ```
+///
+/// `daemon_pid` is the running daemon's, or `null`; `last` is the app's last history line as
+/// stored. Times are RFC 3339 in UTC.
+pub fn status_json(
+    spool: &Spool,
+    history: &Path,
+    apps: &[String],
+    live: Option<&LiveFile>,
+    daemon_pid: Option<u32>,
+) -> Result<serde_json::Value, OutcomeError> {
+    use serde_json::json;
+    let (jobs, unreadable) = read_jobs(spool)?;
+    let unconfigured = unconfigured_apps(apps, &jobs);
+    let mut names: Vec<String> = apps.to_vec();
+    names.extend(unconfigured.iter().cloned());
+    let last = last_outcomes(history, &names)?;
+    let sections: Vec<serde_json::Value> = names
+        .iter()
+        .map(|app| {
+            let mine: Vec<&Job> = jobs.iter().filter(|j| &j.app == app).collect();
+            let in_flight: Vec<_> = mine
+                .iter()
+                .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
+                .map(|job| {
+                    let (deployment_id, platform_status) = match &job.state {
+                        JobState::Deploying {
+                            deployment_id,
+                            platform_status,
+                            ..
+                        } => (Some(deployment_id.clone()), platform_status.clone()),
+                        _ => (None, None),
+                    };
+                    json!({
+                        "state": job.state.name(),
+                        "file": file_label(job),
+                        "job": job.id,
+                        "deployment_id": deployment_id,
+                        "platform_status": platform_status,
+                        "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
+                    })
+                })
+                .collect();
+            let pending: Vec<_> = mine
+                .iter()
+                .filter(|j| matches!(j.state, JobState::Queued))
+                .map(|job| {
+                    json!({
+                        "job": job.id,
+                        "file": file_label(job),
+                        "since": rfc3339_utc(job.created_at),
+                    })
+                })
+                .collect();
+            let unrecorded: Vec<_> = mine
+                .iter()
+                .filter(|j| j.state.is_finished())
+                .map(|job| json!({"job": job.id, "state": job.state.name(), "file": file_label(job)}))
+                .collect();
+            let waits: Vec<_> = live
+                .iter()
+                .flat_map(|l| &l.waits)
+                .filter(|w| &w.app == app)
+                .map(|wait| {
+                    json!({
+                        "kind": wait.kind,
+                        "subject": wait.subject,
+                        "cause": wait.cause,
+                        "since": rfc3339_utc(wait.since),
+                        "retry_at": wait.retry_at.map(rfc3339_utc),
+                    })
+                })
+                .collect();
+            json!({
+                "app": app,
+                "configured": !unconfigured.contains(app),
+                "in_flight": in_flight,
+                "pending": pending,
+                "unrecorded": unrecorded,
+                "waits": waits,
+                "last": last.get(app),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "daemon_pid": daemon_pid,
+        "apps": sections,
+        "unreadable": unreadable,
+    }))
+}
+
 /// The jobs in the spool (none if it does not exist), and why the unreadable ones are.
 fn read_jobs(spool: &Spool) -> Result<(Vec<Job>, Vec<String>), OutcomeError> {
     let mut jobs = Vec::new();

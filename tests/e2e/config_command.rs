@@ -50,3 +50,34 @@ fn a_valid_file_says_what_each_app_will_do() {
         .assert_contains("(keep 3)")
         .assert_contains("token from $SCALINGO_API_TOKEN");
 }
+
+#[test]
+fn the_old_key_quiet_still_works_and_warns_once_naming_its_line() {
+    let world = World::new();
+    let root = world.path("src");
+    std::fs::create_dir_all(&root).unwrap();
+    world.append_config(&format!(
+        "\n[[app]]\nname = \"my-app\"\nsource_dir = \"{}\"\nquiet = \"300ms\"\n",
+        root.display()
+    ));
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    let line = text.lines().position(|l| l.starts_with("quiet =")).unwrap() + 1;
+    let run = world.run(&["config", "check"]);
+    run.assert_code(0)
+        .assert_contains("packed after 300ms without change");
+    let warning = format!(
+        "{}:{line}: `quiet` in [[app]] is now called `debounce`; rename it",
+        world.config.display()
+    );
+    assert_eq!(run.all().matches(&warning).count(), 1, "{}", run.all());
+}
+
+#[test]
+fn the_debounce_key_sets_the_wait_without_a_warning() {
+    let world = World::new();
+    world.add_tree_app("my-app", "");
+    let run = world.run(&["config", "check"]);
+    run.assert_code(0)
+        .assert_contains("packed after 200ms without change");
+    assert!(!run.all().contains("warning"), "{}", run.all());
+}

@@ -600,3 +600,114 @@ fn a_token_exchange_time_out_names_the_time_waited() {
         run.all()
     );
 }
+
+#[test]
+fn steps_go_to_stderr_and_the_result_to_stdout() {
+    let world = World::new();
+    let run = deploy(&world, "my-app", &world.archive("a.tar.gz"));
+    run.assert_code(0);
+    assert!(run.stderr.contains("status building"), "{}", run.stderr);
+    assert!(run.stderr.contains("uploading"), "{}", run.stderr);
+    assert!(!run.stdout.contains("status building"), "{}", run.stdout);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    assert!(run.stdout.contains("success: deployment"), "{}", run.stdout);
+}
+
+#[test]
+fn deploy_json_ends_with_one_json_line_on_stdout() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let run = world.run(&[
+        "deploy",
+        "--json",
+        "--app",
+        "my-app",
+        archive.to_str().unwrap(),
+    ]);
+    run.assert_code(0);
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "only the result: {}",
+        run.stdout
+    );
+    let last = run.stdout.lines().last().unwrap();
+    let result: serde_json::Value = serde_json::from_str(last).unwrap();
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(result["outcome"], "succeeded");
+    assert_eq!(result["app"], "my-app");
+    assert_eq!(result["status"], "success");
+    assert_eq!(result["deployment_id"], deployments[0].id.as_str());
+    assert_eq!(
+        result["git_ref"].as_str(),
+        deployments[0].git_ref.as_deref()
+    );
+    assert!(result["job"].as_str().is_some_and(|j| !j.is_empty()));
+    assert!(result["duration_ms"].is_u64());
+    assert!(result["reason"].is_null());
+    // The human result line moved to stderr with the steps.
+    assert!(run.stderr.contains("success: deployment"), "{}", run.stderr);
+}
+
+#[test]
+fn deploy_json_says_why_a_deployment_failed() {
+    let world = World::new();
+    world.fake.set_next_outcome("my-app", "build-error");
+    let archive = world.archive("a.tar.gz");
+    let run = world.run(&[
+        "deploy",
+        "--json",
+        "--app",
+        "my-app",
+        archive.to_str().unwrap(),
+    ]);
+    run.assert_code(1);
+    let result: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["outcome"], "failed");
+    assert_eq!(result["status"], "build-error");
+    assert!(result["deployment_id"].is_string(), "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("build-error"))
+    );
+    // The build output's tail is for people: on stderr.
+    assert!(
+        run.stderr.contains("lines of the build output"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn status_json_has_the_daemon_each_app_and_its_last_outcome() {
+    let world = World::new();
+    let drop = world.add_drop_app("my-app", "");
+    world.add_drop_app("other", "");
+    let mut daemon = world.start_daemon("daemon");
+    world.drop_archive(&drop, "a.tar.gz");
+    world.wait_history(1, Duration::from_secs(30));
+    let run = world.run(&["status", "--json"]);
+    run.assert_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["daemon_pid"], daemon.0.id(), "{doc}");
+    let apps = doc["apps"].as_array().unwrap();
+    let names: Vec<&str> = apps.iter().map(|a| a["app"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["my-app", "other"]);
+    for app in apps {
+        assert!(app["in_flight"].as_array().unwrap().is_empty(), "{app}");
+        assert!(app["pending"].as_array().unwrap().is_empty(), "{app}");
+        assert!(app["waits"].is_array(), "{app}");
+    }
+    let last = &apps[0]["last"];
+    assert_eq!(last["outcome"], "succeeded", "{doc}");
+    assert_eq!(last["file"], "a.tar.gz", "{doc}");
+    assert!(last["deployment_id"].is_string(), "{doc}");
+    assert!(apps[1]["last"].is_null(), "{doc}");
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(30));
+    let run = world.run(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc["daemon_pid"].is_null(), "{doc}");
+}

@@ -381,7 +381,7 @@ pub fn inotify_watches(pid: u32) -> usize {
 
 impl World {
     /// Adds an app whose work comes from the source directory `<dir>/src/<app>` (made with a
-    /// few files), quiet 200 ms, not deployed at start unless `extra` says so. Returns it.
+    /// few files), debounce 200 ms, not deployed at start unless `extra` says so. Returns it.
     pub fn add_tree_app(&self, app: &str, extra: &str) -> PathBuf {
         let root = self.dir.path().join("src").join(app);
         std::fs::create_dir_all(root.join("lib")).unwrap();
@@ -394,7 +394,7 @@ impl World {
             "deploy_on_start = false\n".to_string()
         };
         self.append_config(&format!(
-            "\n[[app]]\nname = \"{app}\"\nsource_dir = \"{}\"\nquiet = \"200ms\"\n{deploy_on_start}{extra}\n",
+            "\n[[app]]\nname = \"{app}\"\nsource_dir = \"{}\"\ndebounce = \"200ms\"\n{deploy_on_start}{extra}\n",
             root.display()
         ));
         self.fake.add_app(app);

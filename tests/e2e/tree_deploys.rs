@@ -262,7 +262,7 @@ fn watch_is_the_developers_loop_and_stops_on_ctrl_c() {
             "watch",
             "--app",
             "my-app",
-            "--quiet",
+            "--debounce",
             "200ms",
             "--no-deploy-on-start",
             "--interval",
@@ -382,7 +382,7 @@ fn watch_exits_non_zero_when_the_source_dir_does_not_come_back() {
             "watch",
             "--app",
             "my-app",
-            "--quiet",
+            "--debounce",
             "200ms",
             "--no-deploy-on-start",
             "--give-up-after",
@@ -414,4 +414,15 @@ fn watch_exits_non_zero_when_the_source_dir_does_not_come_back() {
         "{}",
         read()
     );
+}
+
+#[test]
+fn pack_shows_no_progress_bar_when_stderr_is_not_a_terminal() {
+    let world = World::new();
+    let root = world.add_tree_app("my-app", "");
+    let out = world.path("out.tar.gz");
+    let run = world.run(&["pack", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    run.assert_code(0).assert_contains("packed ");
+    assert!(run.stderr.is_empty(), "no bar on a pipe: {:?}", run.stderr);
+    assert!(!run.stdout.contains('\r') && !run.stdout.contains('\u{1b}'));
 }

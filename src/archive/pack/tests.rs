@@ -244,3 +244,26 @@ fn io_errors_name_the_path() {
     };
     assert_eq!(error.to_string(), "cannot write the archive: write zero");
 }
+
+#[test]
+fn progress_counts_each_entry_up_to_the_summary() {
+    let dir = tree(&[("a.txt", "hello"), ("b/c.txt", "see"), ("b/d.txt", "")]);
+    let rules = rules(dir.path());
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("p.tar.gz");
+    let mut seen = Vec::new();
+    let summary =
+        pack_with_progress(&rules, &out, &PackOptions::new("p"), &mut |p| seen.push(p)).unwrap();
+    // One call per entry under the top folder: a.txt, b/, b/c.txt, b/d.txt.
+    let entries: Vec<u64> = seen.iter().map(|p| p.entries).collect();
+    assert_eq!(entries, vec![2, 3, 4, 5]);
+    assert!(seen.iter().all(|p| p.total_entries == 5), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.entries, last.files, last.bytes_in),
+        (summary.entries, summary.files, summary.bytes_in)
+    );
+    assert_eq!((last.files, last.bytes_in), (3, 8));
+    // Counts only grow.
+    assert!(seen.windows(2).all(|w| w[0].bytes_in <= w[1].bytes_in));
+}
