@@ -5,6 +5,7 @@ use super::*;
 pub(super) async fn deploy(cli: &Cli) -> u8 {
     let Command::Deploy {
         app,
+        region,
         git_ref,
         no_follow,
         state_dir,
@@ -30,7 +31,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         token,
         spool,
         ..
-    } = match OneShot::set_up(cli, &Env::from_process(), state_dir.as_ref()) {
+    } = match OneShot::set_up(cli, &region_env(region.as_deref()), state_dir.as_ref()) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
@@ -57,7 +58,16 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             Err(code) => return code,
         }
     };
-    run_job(config, token, spool, job, *no_follow, *interval).await
+    run_job(
+        config,
+        token,
+        spool,
+        job,
+        *no_follow,
+        *interval,
+        cli.progress_bar(),
+    )
+    .await
 }
 
 /// The job for an archive file: copied into the spool and checked, or the unfinished job of
@@ -130,6 +140,7 @@ pub(super) async fn run_job(
     mut job: Job,
     no_follow: bool,
     interval: Option<std::time::Duration>,
+    progress_bar: bool,
 ) -> u8 {
     let app = job.app.clone();
     let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
@@ -158,7 +169,7 @@ pub(super) async fn run_job(
             return EXIT_USAGE;
         }
     };
-    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    let printer = Arc::new(Printer::new(progress_bar));
     if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
         printer.line(&format!("{app}: {}", describe(&job)));
     }
