@@ -5,6 +5,7 @@ use super::*;
 pub(super) async fn deploy(cli: &Cli) -> u8 {
     let Command::Deploy {
         app,
+        region,
         git_ref,
         no_follow,
         state_dir,
@@ -31,7 +32,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         token,
         spool,
         ..
-    } = match OneShot::set_up(cli, &Env::from_process(), state_dir.as_ref()) {
+    } = match OneShot::set_up(cli, &region_env(region.as_deref()), state_dir.as_ref()) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
@@ -72,6 +73,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         no_follow: *no_follow,
         interval: *interval,
         json: *json,
+        progress_bar: cli.progress_bar(),
     };
     run_job(config, token, spool, job, follow).await
 }
@@ -84,6 +86,8 @@ pub(super) struct Follow {
     pub(super) interval: Option<std::time::Duration>,
     /// The result as one JSON line on stdout, the human lines on stderr.
     pub(super) json: bool,
+    /// A progress bar for the upload (a terminal, and not `-q`).
+    pub(super) progress_bar: bool,
 }
 
 /// The job for an archive file: copied into the spool and checked, or the unfinished job of
@@ -175,6 +179,7 @@ pub(super) async fn run_job(
         no_follow,
         interval,
         json,
+        progress_bar,
     } = follow;
     let app = job.app.clone();
     let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
@@ -203,7 +208,7 @@ pub(super) async fn run_job(
             return EXIT_USAGE;
         }
     };
-    let printer = Arc::new(Printer::on_stderr(std::io::stderr().is_terminal()));
+    let printer = Arc::new(Printer::on_stderr(progress_bar));
     if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
         printer.line(&format!("{app}: {}", describe(&job)));
     }

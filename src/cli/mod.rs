@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use tracing_subscriber::EnvFilter;
 
 use crate::archive::inspect::{InspectError, Limits, inspect};
 use crate::config::{Config, Env, Loaded};
@@ -48,7 +50,7 @@ use deploy::deploy;
 pub use look::describe_config;
 use look::{config_check, history, status};
 use printer::Printer;
-use setup::{OneShot, config_path, load_config, run_daemon};
+use setup::{OneShot, config_path, load_config, region_env, run_daemon};
 use watch::watch;
 
 /// Exit status: the deployment succeeded (or the archive is fine).
@@ -83,6 +85,22 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Colours in the logs: `auto` on a terminal unless NO_COLOR is set (to anything but
+    /// empty), `always` even then, `never`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
+    pub color: ColorWhen,
+    /// More log lines: -v info, -vv debug, -vvv trace (RUST_LOG, when set, wins).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Errors only in the logs, and no progress bar (RUST_LOG, when set, wins).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -101,6 +119,14 @@ pub enum ConfigCommand {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// When the logs are coloured (`--color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,8 +165,11 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Deploy {
         /// The Scalingo app.
-        #[arg(long, short)]
+        #[arg(long, short, env = "SCALINGO_APP")]
         app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
         /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-');
         /// default: <app>-<YYYYmmddHHMMSS>-<first 8 hex of the archive's sha256>.
         #[arg(long)]
@@ -191,10 +220,10 @@ pub enum Command {
     /// --give-up-after, watch stops with exit status 1.
     Watch {
         /// The Scalingo app.
-        #[arg(long, short)]
+        #[arg(long, short, env = "SCALINGO_APP")]
         app: String,
-        /// The region (overrides SCALINGO_REGION and the config file).
-        #[arg(long)]
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
         region: Option<String>,
         /// How long the tree must stay unchanged after the last change before it is packed
         /// (the `debounce` key of a config file). Formerly `--quiet`, which is no longer
@@ -243,6 +272,18 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print a shell completion script on stdout.
+    ///
+    /// For example: `dropdeploy completions bash >
+    /// ~/.local/share/bash-completion/completions/dropdeploy`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, made from the same definition as --help.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Parses the command line and runs it.
@@ -252,7 +293,19 @@ pub fn main() -> ExitCode {
         Command::Run => "info",
         _ => "warn",
     };
-    init_logging(cli.log_format, default_level);
+    let journal = crate::service::stderr_is_journal();
+    let filter = log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        default_level,
+        cli.verbose,
+        cli.quiet,
+    );
+    let colour = use_colour(
+        cli.color,
+        std::env::var_os("NO_COLOR").as_deref(),
+        !journal && std::io::stderr().is_terminal(),
+    );
+    init_logging(cli.log_format, filter, colour, journal);
     let code = match &cli.command {
         Command::Run => run_async(run_daemon(&cli)),
         Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
@@ -270,6 +323,8 @@ pub fn main() -> ExitCode {
         }
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
+        Command::Completions { shell } => completions(*shell),
+        Command::Manpage => manpage(),
     };
     ExitCode::from(code)
 }
@@ -287,23 +342,151 @@ fn run_async(fut: impl std::future::Future<Output = u8>) -> u8 {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what (default: `default_level`), colours only on a
-/// terminal. When stderr is the journal (a systemd service), text lines carry a syslog
-/// priority and no timestamp, since journald adds its own; `--log-format json` is unchanged.
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let journal = crate::service::stderr_is_journal();
+impl Cli {
+    /// Whether the upload shows a progress bar: on a terminal, unless `-q`.
+    fn progress_bar(&self) -> bool {
+        !self.quiet && std::io::stderr().is_terminal()
+    }
+}
+
+/// What the logs show: `RUST_LOG` when set (and valid), else `-q` (errors only), else the
+/// command's default raised by `-v` (info), `-vv` (debug), `-vvv` (trace). Up to debug,
+/// only dropdeploy's own lines are raised, not those of the libraries under it.
+fn log_filter(rust_log: Option<&str>, default_level: &str, verbose: u8, quiet: bool) -> EnvFilter {
+    if let Some(spec) = rust_log.filter(|s| !s.is_empty())
+        && let Ok(filter) = EnvFilter::try_new(spec)
+    {
+        return filter;
+    }
+    EnvFilter::new(filter_spec(default_level, verbose, quiet))
+}
+
+fn filter_spec(default_level: &str, verbose: u8, quiet: bool) -> String {
+    let asked = match verbose {
+        _ if quiet => return "error".to_string(),
+        0 => return default_level.to_string(),
+        1 => "info",
+        2 => "debug",
+        _ => return "trace".to_string(),
+    };
+    let rank = |level: &str| {
+        ["error", "warn", "info", "debug", "trace"]
+            .iter()
+            .position(|l| *l == level)
+    };
+    if rank(asked) <= rank(default_level) {
+        return default_level.to_string();
+    }
+    format!("{default_level},dropdeploy={asked}")
+}
+
+/// Colour for `--color`: `always` and `never` as said; `auto` on a terminal unless `NO_COLOR`
+/// is set to something (no-color.org: an empty value does not count).
+fn use_colour(when: ColorWhen, no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
+    match when {
+        ColorWhen::Always => true,
+        ColorWhen::Never => false,
+        ColorWhen::Auto => terminal && no_color.is_none_or(|v| v.is_empty()),
+    }
+}
+
+/// `dropdeploy completions <shell>`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> u8 {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "dropdeploy", &mut std::io::stdout());
+    EXIT_OK
+}
+
+/// `dropdeploy manpage`: the man page (section 1) on stdout.
+fn manpage() -> u8 {
+    let page = clap_mangen::Man::new(Cli::command());
+    let mut out = std::io::stdout().lock();
+    match page.render(&mut out) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("dropdeploy: cannot write the man page: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `filter` (see [`log_filter`]), coloured when `colour`. When
+/// stderr is the journal (a systemd service), text lines carry a syslog priority and no
+/// timestamp, since journald adds its own; `--log-format json` is unchanged.
+fn init_logging(format: LogFormat, filter: EnvFilter, colour: bool, journal: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Every format (text, JSON, journal) writes through the redaction.
         .with_writer(crate::redact::RedactingMakeWriter::new(std::io::stderr))
-        .with_ansi(!journal && std::io::stderr().is_terminal());
+        .with_ansi(colour);
     match format {
         LogFormat::Text if journal => builder
             .event_format(crate::service::JournalFormat::new())
             .init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn verbosity_raises_the_default_and_quiet_keeps_errors() {
+        assert_eq!(filter_spec("warn", 0, false), "warn");
+        assert_eq!(filter_spec("warn", 1, false), "warn,dropdeploy=info");
+        assert_eq!(filter_spec("warn", 2, false), "warn,dropdeploy=debug");
+        assert_eq!(filter_spec("warn", 3, false), "trace");
+        assert_eq!(filter_spec("info", 1, false), "info");
+        assert_eq!(filter_spec("info", 2, false), "info,dropdeploy=debug");
+        assert_eq!(filter_spec("info", 0, true), "error");
+    }
+
+    #[test]
+    fn rust_log_wins_when_set_and_valid() {
+        let shown = |f: EnvFilter| f.to_string();
+        assert_eq!(shown(log_filter(Some("debug"), "warn", 0, true)), "debug");
+        assert_eq!(shown(log_filter(Some(""), "warn", 0, true)), "error");
+        assert_eq!(shown(log_filter(None, "info", 0, false)), "info");
+    }
+
+    #[test]
+    fn no_color_turns_auto_off_unless_empty_and_always_wins() {
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(use_colour(ColorWhen::Auto, None, true));
+        assert!(use_colour(ColorWhen::Auto, empty, true));
+        assert!(!use_colour(ColorWhen::Auto, set, true));
+        assert!(!use_colour(ColorWhen::Auto, None, false));
+        assert!(use_colour(ColorWhen::Always, set, false));
+        assert!(!use_colour(ColorWhen::Never, None, true));
+    }
+
+    #[test]
+    fn deploy_accepts_a_region() {
+        let cli = Cli::try_parse_from([
+            "dropdeploy",
+            "deploy",
+            "--region",
+            "osc-secnum-fr1",
+            "-a",
+            "x",
+            "f.tar.gz",
+        ]);
+        let Ok(Cli {
+            command: Command::Deploy { app, region, .. },
+            ..
+        }) = cli
+        else {
+            panic!("deploy --region is refused: {cli:?}");
+        };
+        assert_eq!(app, "x");
+        assert_eq!(region.as_deref(), Some("osc-secnum-fr1"));
     }
 }

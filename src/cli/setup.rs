@@ -37,6 +37,16 @@ impl OneShot {
     }
 }
 
+/// The process's environment, with `--region` (or SCALINGO_REGION, which clap read for the flag)
+/// as the region: for the commands that make a Scalingo client from the command line.
+pub(super) fn region_env(region: Option<&str>) -> Env {
+    let env = Env::from_process();
+    match region {
+        Some(region) => env.with("SCALINGO_REGION", region),
+        None => env,
+    }
+}
+
 pub(super) fn load_config(cli: &Cli) -> Result<Config, String> {
     load_config_with(cli, &Env::from_process())
 }

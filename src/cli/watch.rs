@@ -41,7 +41,7 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     let states = watcher.state();
     tokio::spawn(say_gaps(app.clone(), watcher.state()));
     let interrupted = shutdown.clone();
-    let printer = Arc::new(Printer::new(std::io::stderr().is_terminal()));
+    let printer = Arc::new(Printer::new(cli.progress_bar()));
     let runner = foreground_runner(
         &config,
         client,
@@ -171,16 +171,12 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
     else {
         return Err("not the watch command".to_string());
     };
-    let mut env = Env::from_process();
-    if let Some(region) = region {
-        env = env.with("SCALINGO_REGION", region);
-    }
     let OneShot {
         config,
         token,
         state_dir,
         spool,
-    } = OneShot::set_up(cli, &env, state_dir.as_ref())?;
+    } = OneShot::set_up(cli, &region_env(region.as_deref()), state_dir.as_ref())?;
     let root = match std::path::absolute(dir) {
         Ok(r) => r,
         Err(e) => return Err(format!("{}: {e}", dir.display())),

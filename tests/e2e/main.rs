@@ -10,6 +10,8 @@ mod support;
 mod archive_checks;
 /// Seeded fault storms, with and without SIGKILL (big ones: `bench/reliability.sh`).
 mod chaos;
+/// Colours, verbosity, completions, the man page, SCALINGO_APP and --region.
+mod command_line;
 /// `dropdeploy config check`.
 mod config_command;
 /// `dropdeploy run`: drops, queues, signals, restarts, recovery.

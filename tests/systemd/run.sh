@@ -71,8 +71,8 @@ if [[ -z ${DROPDEPLOY_SYSTEMD_INNER:-} ]]; then
     done
     # The package too, when the packaging tool is there (cargo install cargo-deb).
     if [[ -z ${DROPDEPLOY_DEB:-} ]] && (cd "$REPO" && cargo deb --version) >/dev/null 2>&1; then
-        echo "building: cargo deb"
-        (cd "$REPO" && cargo deb) || {
+        echo "building: scripts/deb-assets.sh, cargo deb"
+        (cd "$REPO" && DROPDEPLOY_BIN=$DROPDEPLOY_BIN scripts/deb-assets.sh && cargo deb) || {
             echo "FAIL cargo deb"
             exit 1
         }
