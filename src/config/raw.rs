@@ -87,6 +87,7 @@ pub(super) struct RawHook {
     pub(super) command: Option<Spanned<Vec<String>>>,
     pub(super) timeout: Option<Spanned<DurationText>>,
     pub(super) retries: Option<Spanned<i64>>,
+    pub(super) only: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A duration as written (`"30s"`); parsed in pass 4 so that every bad one is reported. A bare
@@ -165,7 +166,7 @@ const APP_KEYS: &[&str] = &[
     "keep_releases",
     "on_outcome",
 ];
-const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries"];
+const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries", "only"];
 
 /// Passes 1 to 3. `None` when there were problems (already in `report`).
 pub(super) fn parse_raw(text: &str, report: &mut Report<'_>) -> Option<RawConfig> {
