@@ -5,16 +5,22 @@
 //! the global one for that app; see [`hook_for`]). It has a webhook, a command, or both:
 //!
 //! - **webhook**: the [`HistoryEntry`] is POSTed as JSON (`Content-Type: application/json`,
-//!   `User-Agent: dropdeploy/<version>`). A 2xx answer is a success; connect errors, timeouts,
-//!   408, 429 and 5xx are tried again after 0.5 s, 1 s, 2 s, … up to `retries` attempts in
-//!   all; other answers (and redirects, which are not followed) are failures at once. The
-//!   URL's query string, fragment and user info may hold a secret: they never appear in a
-//!   message.
+//!   `User-Agent: dropdeploy/<version>`). A 2xx answer is a success. Connect errors, timeouts
+//!   and the statuses [`classify_status`] calls transient (408, 425, 429, 5xx) are tried again,
+//!   up to `retries` attempts in all, with the project's one retry policy
+//!   ([`crate::queue::retry::next_delay`]): full jitter below a ceiling of 0.5 s, 1 s, 2 s, …
+//!   ≤ 60 s, but never sooner than a 429's or 503's `Retry-After`, and no more than 10 min of
+//!   waiting in all. Other answers (and redirects, which are not followed) are failures at
+//!   once. The URL's query string, fragment and user info may hold a secret: they never
+//!   appear in a message.
 //! - **command**: an argv, run without a shell, with the entry's JSON on its stdin, the
 //!   `DROPDEPLOY_*` variables below, and the daemon's environment minus `SCALINGO_API_TOKEN`,
 //!   in the daemon's working directory and a process group of its own. After `timeout` the
 //!   group is killed (the command and anything it started). Its output is logged at DEBUG; a failing exit status at
 //!   WARN with the last lines of its output.
+//!
+//! A hook with `only = ["failed", …]` runs for those outcomes only (both its webhook and its
+//! command); without `only` it runs for every outcome.
 //!
 //! [`Hooks::notify`] is fire-and-forget: it spawns the work and returns at once. A hook never
 //! changes a job's outcome; its failures are logged at WARN with the app, the job and the
@@ -34,21 +40,28 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::blocking::BlockingError;
 use crate::config::Config;
-pub use crate::config::{DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HookConfig, redact_url};
+use crate::config::RetryConfig;
+pub use crate::config::{
+    DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,
+};
 use crate::outcome::HistoryEntry;
 use crate::process::{self, Ending, Finished, RunError};
+use crate::queue::retry::{Class, classify_status, next_delay, parse_retry_after};
 
-/// The wait before the second webhook attempt; it doubles after each further failure.
+/// The ceiling of the wait before the second webhook attempt; it doubles after each further
+/// failure. The wait itself is drawn below it (full jitter).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest wait between two webhook attempts.
+/// The highest ceiling of one wait between two webhook attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The most a delivery waits between its attempts, in all (a long `Retry-After` included).
+const RETRY_BUDGET: Duration = Duration::from_secs(600);
 /// Environment variables a command never inherits.
 const HIDDEN_ENV: &[&str] = &[crate::config::ENV_TOKEN];
 /// How much of each of a command's output streams is kept (its end).
@@ -119,7 +132,8 @@ impl Hooks {
     }
 
     /// Sends the notifications of `hook` for one finished job (`entry`, as written to the
-    /// history) and returns at once: the webhook and the command run in spawned tasks. Never
+    /// history) and returns at once: the webhook and the command run in spawned tasks. Does
+    /// nothing when the hook's `only` leaves the entry's outcome out. Never
     /// fails the job and never panics; failures are logged at WARN with the app, the job and
     /// the cause.
     ///
@@ -127,6 +141,9 @@ impl Hooks {
     /// `spawn_blocking`); outside any Tokio runtime it uses the one `Hooks::new` was called
     /// in, if any, and otherwise logs that it cannot run.
     pub fn notify(&self, hook: &HookConfig, entry: &HistoryEntry) {
+        if !hook.wants(entry.outcome.name()) {
+            return;
+        }
         let (app, job) = (entry.app.clone(), entry.job.clone());
         let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
             tracing::warn!(
@@ -224,28 +241,46 @@ where
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Delivered,
-    /// Worth another attempt.
-    Retry,
+    /// Worth another attempt, not before the wait the server asked for, if any.
+    Retry {
+        asked: Option<Duration>,
+    },
     /// Another attempt would get the same answer.
     GiveUp,
 }
 
-fn judge_status(status: u16) -> Verdict {
-    use crate::queue::retry::{Class, classify_status};
+/// Judges an answer: its status, and for a 429 or 503 its `Retry-After` header (`now` is
+/// the time an HTTP date in it is measured from).
+fn judge_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
         _ => match classify_status(status) {
-            Class::Transient => Verdict::Retry,
+            Class::Transient => Verdict::Retry {
+                asked: match status {
+                    429 | 503 => retry_after.and_then(|v| parse_retry_after(v, now)),
+                    _ => None,
+                },
+            },
             Class::Permanent => Verdict::GiveUp,
         },
     }
 }
 
-/// The wait after the `failures`-th failed attempt (1-based): 0.5 s, 1 s, 2 s, … ≤ 60 s.
-fn backoff(failures: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF)
+/// The project's retry policy with the webhooks' steps: ceilings of 0.5 s, 1 s, 2 s, … ≤ 60 s.
+fn hook_policy() -> RetryConfig {
+    RetryConfig {
+        initial: FIRST_BACKOFF,
+        max_delay: MAX_BACKOFF,
+        budget: RETRY_BUDGET,
+        retry_aborted: false,
+    }
+}
+
+/// The wait after the `failures`-th failed attempt in a row (1-based): drawn below the
+/// ceiling with `unit` in `[0, 1)`, at least what the server `asked` for, and at most the
+/// `left` of the budget.
+fn hook_delay(failures: u32, asked: Option<Duration>, unit: f64, left: Duration) -> Duration {
+    next_delay(&hook_policy(), failures.saturating_sub(1), asked, unit).min(left)
 }
 
 /// One webhook delivery, with its attempts.
@@ -263,6 +298,7 @@ impl Webhook {
     async fn deliver(self) {
         let shown = redact_url(&self.url);
         let (app, job) = (self.app.as_str(), self.job.as_str());
+        let mut waited = Duration::ZERO;
         for attempt in 1..=self.attempts {
             let sent = self
                 .client
@@ -275,18 +311,26 @@ impl Webhook {
             let (verdict, cause) = match sent {
                 Ok(answer) => {
                     let status = answer.status();
-                    (judge_status(status.as_u16()), format!("HTTP {status}"))
+                    let retry_after = answer
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok());
+                    (
+                        judge_status(status.as_u16(), retry_after, SystemTime::now()),
+                        format!("HTTP {status}"),
+                    )
                 }
                 Err(e) if e.is_builder() => (Verdict::GiveUp, self.describe(e)),
-                Err(e) => (Verdict::Retry, self.describe(e)),
+                Err(e) => (Verdict::Retry { asked: None }, self.describe(e)),
             };
+            let left = RETRY_BUDGET.saturating_sub(waited);
             match verdict {
                 Verdict::Delivered => {
                     tracing::debug!(app, job, webhook = %shown, attempt, "on_outcome webhook delivered");
                     return;
                 }
-                Verdict::Retry if attempt < self.attempts => {
-                    let delay = backoff(attempt);
+                Verdict::Retry { asked } if attempt < self.attempts && !left.is_zero() => {
+                    let delay = hook_delay(attempt, asked, fastrand::f64(), left);
                     tracing::debug!(
                         app,
                         job,
@@ -295,7 +339,9 @@ impl Webhook {
                         delay_ms = delay.as_millis() as u64,
                         "on_outcome webhook: {cause}; trying again"
                     );
+                    let slept = Instant::now();
                     tokio::time::sleep(delay).await;
+                    waited = waited.saturating_add(slept.elapsed());
                 }
                 _ => {
                     tracing::warn!(
@@ -564,24 +610,92 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_judged() {
-        assert_eq!(judge_status(200), Verdict::Delivered);
-        assert_eq!(judge_status(204), Verdict::Delivered);
-        for retry in [408, 429, 500, 502, 503] {
-            assert_eq!(judge_status(retry), Verdict::Retry, "{retry}");
+    fn answers_are_judged_by_the_shared_classification() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(judge_status(200, None, now), Verdict::Delivered);
+        assert_eq!(judge_status(204, Some("5"), now), Verdict::Delivered);
+        for retry in [408, 425, 429, 500, 502, 503] {
+            assert_eq!(
+                judge_status(retry, None, now),
+                Verdict::Retry { asked: None },
+                "{retry}"
+            );
         }
         for give_up in [301, 400, 401, 404, 409, 410] {
-            assert_eq!(judge_status(give_up), Verdict::GiveUp, "{give_up}");
+            assert_eq!(
+                judge_status(give_up, Some("1"), now),
+                Verdict::GiveUp,
+                "{give_up}"
+            );
         }
     }
 
     #[test]
-    fn backoff_doubles_from_half_a_second_up_to_a_minute() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(2));
-        assert_eq!(backoff(10), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    fn a_429_or_503_retry_after_is_heard_and_no_other() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let asked = |secs| Verdict::Retry {
+            asked: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(judge_status(429, Some("1"), now), asked(1));
+        assert_eq!(judge_status(503, Some(" 30 "), now), asked(30));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(judge_status(503, Some(&date), now), asked(90));
+        let unreadable = Verdict::Retry { asked: None };
+        assert_eq!(judge_status(429, Some("soon"), now), unreadable);
+        assert_eq!(judge_status(500, Some("30"), now), unreadable);
+    }
+
+    #[test]
+    fn waits_are_jittered_below_a_doubling_ceiling() {
+        let lots = Duration::from_secs(3600);
+        // The ceiling after the n-th failure: 0.5 s, 1 s, 2 s, …, 60 s.
+        for (failures, ceiling) in [
+            (1, 500),
+            (2, 1000),
+            (3, 2000),
+            (10, 60_000),
+            (u32::MAX, 60_000),
+        ] {
+            let ceiling = Duration::from_millis(ceiling);
+            assert_eq!(hook_delay(failures, None, 0.0, lots), Duration::ZERO);
+            assert_eq!(hook_delay(failures, None, 0.5, lots), ceiling / 2);
+            assert!(
+                hook_delay(failures, None, 0.999, lots) < ceiling,
+                "{failures}"
+            );
+        }
+        for _ in 0..200 {
+            let delay = hook_delay(3, None, fastrand::f64(), lots);
+            assert!(delay < Duration::from_secs(2), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn waits_honour_retry_after_within_the_budget() {
+        let lots = Duration::from_secs(3600);
+        let asked = Some(Duration::from_secs(1));
+        assert_eq!(hook_delay(1, asked, 0.0, lots), Duration::from_secs(1));
+        assert_eq!(hook_delay(1, asked, 0.999, lots), Duration::from_secs(1));
+        let long = Some(Duration::from_secs(7200));
+        assert_eq!(
+            hook_delay(1, long, 0.5, lots),
+            lots,
+            "never past the budget left"
+        );
+    }
+
+    #[test]
+    fn only_names_are_the_outcomes() {
+        for outcome in [Outcome::Succeeded, Outcome::Failed, Outcome::Superseded] {
+            assert!(HOOK_OUTCOMES.contains(&outcome.name()), "{outcome:?}");
+        }
+        let failures_only = HookConfig {
+            only: vec!["failed".into()],
+            ..HookConfig::default()
+        };
+        assert!(failures_only.wants("failed"));
+        assert!(!failures_only.wants("succeeded"));
+        assert!(HookConfig::default().wants("superseded"));
     }
 
     const FILE: &str = "/etc/dropdeploy/dropdeploy.toml";
@@ -626,6 +740,7 @@ on_outcome = { command = ["/usr/local/bin/notify", "--quiet"] }
             command: Vec::new(),
             timeout: Duration::from_secs(5),
             retries: 5,
+            only: Vec::new(),
         };
         assert_eq!(c.on_outcome.as_ref(), Some(&global));
         assert_eq!(hook_for(&c, "a"), Some(&global));
@@ -729,7 +844,7 @@ on_outcome = { command = ["/usr/local/bin/notify", "--quiet"] }
             message,
             format!(
                 "{FILE}:2:1: unknown key `webhok` in [on_outcome]; expected one of webhook, \
-                 command, timeout, retries"
+                 command, timeout, retries, only"
             )
         );
         let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { url = \"x\" }\n";
@@ -739,6 +854,56 @@ on_outcome = { command = ["/usr/local/bin/notify", "--quiet"] }
             )),
             "{}",
             error(text)
+        );
+    }
+
+    #[test]
+    fn config_only_keeps_the_outcomes_named() {
+        let text = r#"
+[on_outcome]
+webhook = "https://hooks.example.com/deploys"
+only = ["failed", "superseded", "failed"]
+
+[[app]]
+name = "a"
+drop_dir = "/a"
+on_outcome = { command = ["/bin/true"], only = ["succeeded"] }
+"#;
+        let c = load(text).unwrap();
+        let global = c.on_outcome.as_ref().unwrap();
+        assert_eq!(global.only, ["failed", "superseded"]);
+        assert!(global.wants("failed") && !global.wants("succeeded"));
+        assert_eq!(hook_for(&c, "a").unwrap().only, ["succeeded"]);
+    }
+
+    #[test]
+    fn config_an_unknown_only_value_is_located_with_the_valid_ones() {
+        let message = error(
+            "[on_outcome]\nwebhook = \"https://h.example\"\nonly = [\"failed\", \"error\"]\n",
+        );
+        assert_eq!(
+            message,
+            format!(
+                "{FILE}:3:19: `only` in [on_outcome]: \"error\" is not an outcome; expected \
+                 one of succeeded, failed, superseded"
+            )
+        );
+        let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { command = [\"/bin/true\"], only = [\"Failed\"] }\n";
+        let message = error(text);
+        assert!(
+            message.starts_with(&format!(
+                "{FILE}:4:49: `only` in on_outcome of [[app]]: \"Failed\" is not an outcome"
+            )),
+            "{message}"
+        );
+        let message = error("[on_outcome]\ncommand = [\"/bin/true\"]\nonly = []\n");
+        assert!(
+            message.starts_with(&format!("{FILE}:3:8: `only` in [on_outcome] is empty")),
+            "{message}"
+        );
+        assert!(
+            message.contains("succeeded, failed, superseded"),
+            "{message}"
         );
     }
 

@@ -39,7 +39,9 @@ use std::time::Duration;
 use crate::redact::redact_owned;
 
 pub use env::{ENV_TOKEN, Env};
-pub use on_outcome::{DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HookConfig, redact_url};
+pub use on_outcome::{
+    DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,
+};
 pub use report::{ConfigError, Position, Problem};
 
 use build::{build, config_dir};

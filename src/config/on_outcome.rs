@@ -14,6 +14,8 @@ use super::report::{Report, table_label};
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a webhook is tried in all when `retries` is not given.
 pub const DEFAULT_HOOK_RETRIES: u32 = 3;
+/// The outcome names `only` accepts (a history entry's `outcome`).
+pub const HOOK_OUTCOMES: [&str; 3] = ["succeeded", "failed", "superseded"];
 
 /// One `on_outcome` hook: a webhook, a command, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,15 @@ pub struct HookConfig {
     pub timeout: Duration,
     /// `retries`: how many times the webhook is tried in all (default 3, at least 1).
     pub retries: u32,
+    /// `only`: the outcomes the hook runs for (names from [`HOOK_OUTCOMES`]); empty for all.
+    pub only: Vec<String>,
+}
+
+impl HookConfig {
+    /// Whether the hook runs for an outcome named `outcome` (`succeeded`, `failed`, …).
+    pub fn wants(&self, outcome: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == outcome)
+    }
 }
 
 impl Default for HookConfig {
@@ -37,6 +48,7 @@ impl Default for HookConfig {
             command: Vec::new(),
             timeout: DEFAULT_HOOK_TIMEOUT,
             retries: DEFAULT_HOOK_RETRIES,
+            only: Vec::new(),
         }
     }
 }
@@ -150,12 +162,59 @@ pub(super) fn build_hook(
             DEFAULT_HOOK_RETRIES
         }),
     };
+    let only = match &raw.only {
+        None => Vec::new(),
+        Some(names) => hook_only(names, &label, report).unwrap_or_else(|| {
+            ok = false;
+            Vec::new()
+        }),
+    };
     ok.then_some(HookConfig {
         webhook,
         command,
         timeout,
         retries,
+        only,
     })
+}
+
+/// `only`: a non-empty list of outcome names, each reported where it is written when it is
+/// not one of [`HOOK_OUTCOMES`]. `None` when there was a problem (reported).
+fn hook_only(
+    names: &Spanned<Vec<Spanned<String>>>,
+    label: &str,
+    report: &mut Report<'_>,
+) -> Option<Vec<String>> {
+    let valid = HOOK_OUTCOMES.join(", ");
+    if names.get_ref().is_empty() {
+        report.at(
+            names.span(),
+            format!(
+                "`only` {label} is empty: the hook would never run; leave `only` out to run it \
+                 for every outcome, or list some of {valid}"
+            ),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut only = Vec::new();
+    for name in names.get_ref() {
+        if HOOK_OUTCOMES.contains(&name.get_ref().as_str()) {
+            if !only.contains(name.get_ref()) {
+                only.push(name.get_ref().clone());
+            }
+        } else {
+            report.at(
+                name.span(),
+                format!(
+                    "`only` {label}: {:?} is not an outcome; expected one of {valid}",
+                    name.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(only)
 }
 
 /// `retries`: at least 1. `None` when it is not (reported).

@@ -89,6 +89,7 @@ pub(super) struct RawHook {
     pub(super) command: Option<Spanned<Vec<String>>>,
     pub(super) timeout: Option<Spanned<DurationText>>,
     pub(super) retries: Option<Spanned<i64>>,
+    pub(super) only: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A duration as written (`"30s"`); parsed in pass 4 so that every bad one is reported. A bare
@@ -167,7 +168,7 @@ const APP_KEYS: &[&str] = &[
     "keep_releases",
     "on_outcome",
 ];
-const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries"];
+const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries", "only"];
 /// Old names an `[[app]]` still accepts (with a warning, pass 4), never suggested.
 const APP_OLD_KEYS: &[&str] = &["quiet"];
 

@@ -1,6 +1,7 @@
 //! The retry policy: which errors are worth another try, and how long to wait before it.
 //!
-//! Pure functions only; the one retry loop that uses them is in [`crate::deploy::scalingo::driver`].
+//! Pure functions only; the retry loops that use them are the deployments' (in
+//! `deploy/scalingo/driver.rs`) and the outcome webhooks' (in `hooks.rs`).
 
 use std::time::{Duration, SystemTime};
 

@@ -96,6 +96,84 @@ fn metrics_show_a_finished_deployment() {
     support::assert_no_secret(&metrics, &world.fake.api_token());
 }
 
+/// The `_bucket` values of one histogram series (`head` is the name and labels before `le`),
+/// in the order they are written.
+fn buckets(metrics: &str, head: &str) -> Vec<(String, u64)> {
+    let prefix = format!("{head},le=\"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_time_a_deployment_its_upload_and_its_build() {
+    let world = World::new();
+    let port = free_port();
+    top_level(&world, &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let drop = world.add_drop_app("my-app", "");
+    let _daemon = world.start_daemon("d");
+    world.drop_archive(&drop, "a.tar.gz");
+    world.wait_history(1, LONG);
+    let done =
+        r#"dropdeploy_deployment_duration_seconds_count{app="my-app",outcome="succeeded"} 1"#;
+    assert!(wait_for(LONG, || http_get(port, "/metrics")
+        .is_some_and(|m| m.contains(done))));
+    let metrics = http_get(port, "/metrics").unwrap();
+    for name in [
+        "dropdeploy_deployment_duration_seconds",
+        "dropdeploy_upload_duration_seconds",
+        "dropdeploy_build_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} histogram\r\n"))
+                || metrics.contains(&format!("# TYPE {name} histogram\n")),
+            "{metrics}"
+        );
+    }
+    for (head, name, labels) in [
+        (
+            r#"dropdeploy_deployment_duration_seconds_bucket{app="my-app",outcome="succeeded""#,
+            "dropdeploy_deployment_duration_seconds",
+            r#"{app="my-app",outcome="succeeded"}"#,
+        ),
+        (
+            r#"dropdeploy_upload_duration_seconds_bucket{app="my-app""#,
+            "dropdeploy_upload_duration_seconds",
+            r#"{app="my-app"}"#,
+        ),
+        (
+            r#"dropdeploy_build_duration_seconds_bucket{app="my-app""#,
+            "dropdeploy_build_duration_seconds",
+            r#"{app="my-app"}"#,
+        ),
+    ] {
+        let series = buckets(&metrics, head);
+        assert!(series.len() > 5, "{head}: {series:?}\n{metrics}");
+        assert!(
+            series.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{head}: buckets are cumulative: {series:?}"
+        );
+        assert_eq!(
+            series.last(),
+            Some(&("+Inf".to_string(), 1)),
+            "{head}: one deployment, one upload, one build"
+        );
+        assert!(
+            metrics.contains(&format!("{name}_count{labels} 1")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("{name}_sum{labels} ")),
+            "{metrics}"
+        );
+    }
+}
+
 #[test]
 fn a_webhook_receives_the_outcome() {
     let world = World::new();

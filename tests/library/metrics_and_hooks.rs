@@ -134,6 +134,7 @@ async fn a_busy_metrics_address_is_a_startup_error_naming_it() {
 /// One request a receiver got.
 #[derive(Debug, Clone)]
 struct Hit {
+    at: Instant,
     content_type: String,
     user_agent: String,
     query: String,
@@ -142,18 +143,24 @@ struct Hit {
 
 struct Receiver {
     hits: Mutex<Vec<Hit>>,
-    /// How many requests are answered 503 before the others get 200.
-    fail_first: usize,
+    /// The answers to the first requests in turn (status, `Retry-After`); then 200.
+    script: Vec<(StatusCode, Option<&'static str>)>,
 }
 
-/// A webhook receiver on 127.0.0.1: its URL (with a secret-looking query) and what it got.
+/// A webhook receiver on 127.0.0.1 that answers 503 to the first `fail_first` requests: its
+/// URL (with a secret-looking query) and what it got.
 async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
+    scripted(vec![(StatusCode::SERVICE_UNAVAILABLE, None); fail_first]).await
+}
+
+/// A webhook receiver on 127.0.0.1 that answers its first requests from `script`, then 200.
+async fn scripted(script: Vec<(StatusCode, Option<&'static str>)>) -> (String, Arc<Receiver>) {
     async fn hook(
         State(receiver): State<Arc<Receiver>>,
         uri: Uri,
         headers: HeaderMap,
         body: Bytes,
-    ) -> StatusCode {
+    ) -> (StatusCode, HeaderMap) {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -163,20 +170,26 @@ async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
         };
         let mut hits = receiver.hits.lock().unwrap();
         hits.push(Hit {
+            at: Instant::now(),
             content_type: header("content-type"),
             user_agent: header("user-agent"),
             query: uri.query().unwrap_or("").to_string(),
             body: body.to_vec(),
         });
-        if hits.len() <= receiver.fail_first {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
+        let (status, retry_after) = receiver
+            .script
+            .get(hits.len() - 1)
+            .copied()
+            .unwrap_or((StatusCode::OK, None));
+        let mut answer = HeaderMap::new();
+        if let Some(value) = retry_after {
+            answer.insert("retry-after", value.parse().unwrap());
         }
+        (status, answer)
     }
     let state = Arc::new(Receiver {
         hits: Mutex::new(Vec::new()),
-        fail_first,
+        script,
     });
     let app = Router::new()
         .route("/hook", post(hook))
@@ -219,7 +232,6 @@ async fn a_webhook_gets_the_outcome_once() {
 async fn a_webhook_answering_503_twice_gets_it_on_the_third_try() {
     let (url, receiver) = receiver(2).await;
     let hooks = Hooks::new().unwrap();
-    let started = Instant::now();
     hooks.notify(&webhook(&url), &entry());
     assert!(eventually(|| receiver.hits.lock().unwrap().len() >= 3).await);
     assert!(hooks.drain(DEADLINE).await);
@@ -232,12 +244,75 @@ async fn a_webhook_answering_503_twice_gets_it_on_the_third_try() {
             entry()
         );
     }
-    // Backoff of 0.5 s, then 1 s.
-    assert!(
-        started.elapsed() >= Duration::from_millis(1400),
-        "{:?}",
-        started.elapsed()
-    );
+    // The waits are jittered (drawn below 0.5 s, then 1 s): only their order is certain.
+    assert!(hits.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[tokio::test]
+async fn a_webhook_answering_429_with_retry_after_is_tried_again_no_sooner() {
+    let (url, receiver) = scripted(vec![(StatusCode::TOO_MANY_REQUESTS, Some("1"))]).await;
+    let hooks = Hooks::new().unwrap();
+    hooks.notify(&webhook(&url), &entry());
+    assert!(eventually(|| receiver.hits.lock().unwrap().len() >= 2).await);
+    assert!(hooks.drain(DEADLINE).await);
+
+    let hits = receiver.hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 2, "delivered on the second try: {hits:?}");
+    let waited = hits[1].at.duration_since(hits[0].at);
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_answering_503_with_retry_after_is_tried_again_no_sooner() {
+    let (url, receiver) = scripted(vec![(StatusCode::SERVICE_UNAVAILABLE, Some("1"))]).await;
+    let hooks = Hooks::new().unwrap();
+    hooks.notify(&webhook(&url), &entry());
+    assert!(eventually(|| receiver.hits.lock().unwrap().len() >= 2).await);
+    assert!(hooks.drain(DEADLINE).await);
+
+    let hits = receiver.hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert!(hits[1].at.duration_since(hits[0].at) >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_webhook_answering_400_is_not_tried_again() {
+    let (url, receiver) = scripted(vec![(StatusCode::BAD_REQUEST, None)]).await;
+    let hooks = Hooks::new().unwrap();
+    let hook = HookConfig {
+        retries: 5,
+        ..webhook(&url)
+    };
+    hooks.notify(&hook, &entry());
+    assert!(eventually(|| !receiver.hits.lock().unwrap().is_empty()).await);
+    assert!(hooks.drain(DEADLINE).await);
+    assert_eq!(receiver.hits.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_hook_with_only_failed_hears_of_failures_and_not_of_successes() {
+    let (url, receiver) = receiver(0).await;
+    let hooks = Hooks::new().unwrap();
+    let hook = HookConfig {
+        only: vec!["failed".into()],
+        ..webhook(&url)
+    };
+    let failed = HistoryEntry {
+        job: "20261125-174300-cd34".into(),
+        outcome: Outcome::Failed,
+        status: Some("build-error".into()),
+        reason: Some("the build failed".into()),
+        ..entry()
+    };
+    hooks.notify(&hook, &entry());
+    hooks.notify(&hook, &failed);
+    assert!(eventually(|| !receiver.hits.lock().unwrap().is_empty()).await);
+    assert!(hooks.drain(DEADLINE).await);
+
+    let hits = receiver.hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 1, "only the failure: {hits:?}");
+    let got: HistoryEntry = serde_json::from_slice(&hits[0].body).unwrap();
+    assert_eq!(got, failed);
 }
 
 #[tokio::test]
