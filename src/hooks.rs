@@ -101,8 +101,7 @@ impl Hooks {
     /// dropdeploy/<version>`). Remembers the current Tokio runtime, if any, so that
     /// [`Hooks::notify`] also works from a thread outside it.
     pub fn new() -> Result<Hooks, HooksError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("dropdeploy/", env!("CARGO_PKG_VERSION")))
+        let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(HooksError::Client)?;

@@ -19,6 +19,8 @@
 //! and table. [`durable`] writes files that survive a crash whole (temporary file, fsync,
 //! rename, fsync of the folder). [`blocking`] runs blocking work (fsync, tar, gzip, directory
 //! walks) on tokio's blocking threads, with one error for the work failing or panicking.
+//! [`http`] builds every HTTP client: reqwest over rustls, with `ring` installed as the crypto
+//! provider first and certificates checked against the system's roots.
 //!
 //! [`shutdown`] is the stop signal handed to every task, checked between steps. [`lock`] keeps
 //! one daemon per `state_dir` and one driver per job, with `flock(2)` locks the kernel releases
@@ -127,6 +129,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod durable;
 pub mod hooks;
+pub mod http;
 pub mod human;
 pub mod live;
 pub mod lock;

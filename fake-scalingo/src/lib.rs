@@ -263,8 +263,7 @@ impl FakeScalingo {
         let storage = tempfile::Builder::new()
             .prefix("fake-scalingo-")
             .tempdir()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = http_client_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(600))
             .build()
@@ -2106,6 +2105,18 @@ fn unix_now_f64() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A reqwest client builder for talking to the fake (and for the fake's own fetches): no
+/// proxy, and rustls' `ring` provider installed first, since reqwest is built without a
+/// provider of its own (`rustls-no-provider`, as in dropdeploy).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err means a provider is already installed (dropdeploy's, in its tests): it is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().no_proxy()
 }
 
 /// `2024-05-01T12:34:56.789Z`

@@ -20,8 +20,7 @@ fn fast() -> FakeConfig {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    fake_scalingo::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -951,8 +950,7 @@ async fn redirected_uploads_follow_a_307() {
     let http = client();
     let jwt = exchange(&server, &http).await;
     let (up, down) = create_source(&server, &http, &jwt).await;
-    let no_redirect = reqwest::Client::builder()
-        .no_proxy()
+    let no_redirect = fake_scalingo::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -73,7 +73,7 @@ async fn prometheus_scrapes_the_deployments_and_healthz_says_ok() {
     assert_ne!(addr.port(), 0);
     metrics.deployment_finished("my-app", "succeeded", 1_764_092_578);
 
-    let client = reqwest::Client::new();
+    let client = dropdeploy::http::client_builder().build().unwrap();
     let page = client
         .get(format!("http://{addr}/metrics"))
         .send()

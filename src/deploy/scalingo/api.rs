@@ -378,8 +378,7 @@ impl ScalingoClient {
     /// A client for the account in `config`, whose token must be set.
     pub fn new(config: &ScalingoConfig, token: Secret) -> Result<Self, ApiError> {
         let build = |redirects: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
-                .user_agent(concat!("dropdeploy/", env!("CARGO_PKG_VERSION")))
+            crate::http::client_builder()
                 .connect_timeout(config.timeout.min(Duration::from_secs(15)))
                 .redirect(redirects)
                 .build()
@@ -670,6 +669,22 @@ impl ScalingoClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_builds_over_rustls_on_ring_and_takes_https_urls() {
+        let config = ScalingoConfig::default();
+        assert!(config.api_url.starts_with("https://"), "{}", config.api_url);
+        let client = ScalingoClient::new(&config, Secret::new("tk-us-test")).expect("client");
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider");
+        // ring's random source is the unit struct `Ring` (aws-lc-rs's is `AwsLcRs`).
+        assert_eq!(format!("{:?}", provider.secure_random), "Ring");
+        let request = client
+            .http
+            .get(format!("{}/v1/apps", client.api_url()))
+            .build()
+            .expect("an https URL is accepted");
+        assert_eq!(request.url().scheme(), "https");
+    }
 
     #[tokio::test]
     async fn file_chunks_give_the_whole_file_in_full_chunks() {
