@@ -9,7 +9,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundations",
         &[
-            "redact", "human", "durable", "blocking", "shutdown", "lock", "process",
+            "redact", "human", "durable", "blocking", "shutdown", "lock", "process", "http",
         ],
     ),
     ("config", &["config"]),
