@@ -331,7 +331,7 @@ run_readme_lines() {
     while IFS= read -r line; do
         cmd=${line//sudo /}
         case $cmd in
-        cargo\ *)
+        cargo\ * | scripts/deb-assets.sh*)
             echo "(run on the host: $line)"
             continue
             ;;
