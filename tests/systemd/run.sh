@@ -564,8 +564,9 @@ step9_security() {
     echo "$out" | grep 'Overall exposure level'
     score=$(echo "$out" | sed -n 's/.*Overall exposure level for dropdeploy.service: \([0-9.]*\).*/\1/p')
     [[ -n $score ]] || fail "no score"
-    awk -v s="$score" -v max="${DROPDEPLOY_MAX_EXPOSURE:-1.5}" 'BEGIN { exit !(s <= max) }' ||
-        fail "exposure $score above ${DROPDEPLOY_MAX_EXPOSURE:-1.5}"
+    # 1.6: the unit's one capability, CAP_LEASE (the drop folders' writer check), costs 0.1.
+    awk -v s="$score" -v max="${DROPDEPLOY_MAX_EXPOSURE:-1.6}" 'BEGIN { exit !(s <= max) }' ||
+        fail "exposure $score above ${DROPDEPLOY_MAX_EXPOSURE:-1.6}"
 }
 
 step "0 install by hand as README.md says" install_by_hand
