@@ -28,6 +28,17 @@ fn fail(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Dur
 /// Replaces `path` with `bytes` atomically and durably (the temporary file is
 /// `.<name>.tmp` beside it).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` atomically, without fsync: readers never see a part, but a
+/// crash may keep the old content. For files that are rewritten often and whose loss costs
+/// nothing (a status board), so that writing them never waits on the disk.
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], synced: bool) -> Result<(), DurableError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -38,10 +49,12 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     let tmp = dir.join(tmp_name);
     let mut file = File::create(&tmp).map_err(fail("cannot create", &tmp))?;
     file.write_all(bytes).map_err(fail("cannot write", &tmp))?;
-    file.sync_all().map_err(fail("cannot sync", &tmp))?;
+    if synced {
+        file.sync_all().map_err(fail("cannot sync", &tmp))?;
+    }
     drop(file);
     fs::rename(&tmp, path).map_err(fail("cannot rename into", path))?;
-    sync_dir(dir)
+    if synced { sync_dir(dir) } else { Ok(()) }
 }
 
 /// fsyncs a folder, so that a rename, link or removal inside it survives a crash.

@@ -31,7 +31,7 @@ pub fn duration(duration: Duration) -> String {
         format!("{ms} ms")
     } else if ms < 10_000 && !ms.is_multiple_of(1000) {
         format!("{}.{} s", ms / 1000, (ms % 1000) / 100)
-    } else if ms < 60_000 || (ms < 3_600_000 && ms.is_multiple_of(60_000) && ms / 60_000 <= 1) {
+    } else if ms <= 60_000 {
         format!("{} s", ms / 1000)
     } else if ms < 3_600_000 {
         format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)

@@ -179,10 +179,12 @@ impl Board {
             pid: std::process::id(),
             waits: waits.values().cloned().collect(),
         };
+        // Written under the board's lock, from async code: an atomic replace without fsync
+        // (the board says what is true now; a crash loses nothing worth waiting on the disk).
         let written = serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
-                crate::durable::write(path, &bytes)
+                crate::durable::replace(path, &bytes)
                     .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
             });
         if let Err(e) = written {

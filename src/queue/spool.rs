@@ -6,8 +6,7 @@
 //! the steps are written so that repeating one is safe: a new source, a new upload, a look in
 //! the deployment list before posting again).
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -397,10 +396,7 @@ impl Spool {
             path: path.clone(),
             source,
         })?;
-        let mut file = File::create(&path).map_err(io("cannot create", &path))?;
-        file.write_all(&bytes).map_err(io("cannot write", &path))?;
-        file.sync_all().map_err(io("cannot sync", &path))?;
-        sync_dir(tmp_dir)
+        Ok(crate::durable::write(&path, &bytes)?)
     }
 
     /// Cleans up after a process that died while making a job: a dropped file that had been
