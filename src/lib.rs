@@ -83,6 +83,10 @@
 //! turns a job into a release. [`deploy::build`] is the one factory that turns an app's
 //! configuration into a ready target: a new target is a new module and a new arm there.
 //!
+//! [`verify`] wraps an app's target with its health check (warmup, probes, soak, each step
+//! recorded in the job) and rolls an unhealthy deployment back to the app's last verified
+//! archive, which it keeps in the state directory.
+//!
 //! ## Outcomes
 //!
 //! [`outcome`] is what happens when a job is finished: the archive moves from the spool to
@@ -141,3 +145,4 @@ pub mod redact;
 pub mod service;
 pub mod shutdown;
 pub mod source;
+pub mod verify;

@@ -28,6 +28,10 @@ pub enum WaitKind {
     Settle,
     /// A watched folder (drop folder or source directory) that cannot be watched right now.
     Watch,
+    /// A deployment's health check (warmup, probes, soak), bounded by its settings.
+    Verify,
+    /// An app whose rollback was unhealthy too: it waits for a new job or `dropdeploy resume`.
+    Attention,
 }
 
 impl WaitKind {
@@ -37,6 +41,8 @@ impl WaitKind {
             WaitKind::Claim => "waiting to claim",
             WaitKind::Settle => "waiting for a writer",
             WaitKind::Watch => "not watched",
+            WaitKind::Verify => "verifying",
+            WaitKind::Attention => "needs attention",
         }
     }
 }

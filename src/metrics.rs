@@ -9,7 +9,8 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `dropdeploy_up` | gauge | (always 1) |
-//! | `dropdeploy_deployments_total` | counter | `app`, `outcome` (`succeeded`, `failed`, `superseded`) |
+//! | `dropdeploy_deployments_total` | counter | `app`, `outcome` (`succeeded`, `failed`, `superseded`; with a health check `verified`, `unhealthy`, `rolled_back`) |
+//! | `dropdeploy_needs_attention` | gauge | `app` (1 while a rollback was unhealthy too) |
 //! | `dropdeploy_retries_total` | counter | `app`, `step` (`create_source`, `upload`, …) |
 //! | `dropdeploy_upload_bytes_total` | counter | `app` |
 //! | `dropdeploy_queue_depth` | gauge | `app`, `state` (`in_flight`, `pending`) |
@@ -142,6 +143,7 @@ struct Series {
     /// (in flight, pending)
     queue_depth: BTreeMap<String, (usize, usize)>,
     last_success: BTreeMap<String, u64>,
+    needs_attention: BTreeMap<String, bool>,
     deployment_duration: BTreeMap<(String, String), Histogram>,
     upload_duration: BTreeMap<String, Histogram>,
     build_duration: BTreeMap<String, Histogram>,
@@ -186,7 +188,8 @@ impl Metrics {
         *s.deployments
             .entry((app.to_string(), outcome.to_string()))
             .or_insert(0) += 1;
-        if outcome == Outcome::Succeeded.name() {
+        let live = [Outcome::Succeeded, Outcome::Verified, Outcome::RolledBack];
+        if live.iter().any(|o| o.name() == outcome) {
             let last = s.last_success.entry(app.to_string()).or_insert(0);
             *last = (*last).max(finished_at_unix);
         }
@@ -265,6 +268,11 @@ impl Metrics {
     }
 
     /// Jobs waiting behind the ones in flight, over all apps (for the service status line).
+    /// Whether `app` needs attention (its rollback was unhealthy too).
+    pub fn set_needs_attention(&self, app: &str, needs: bool) {
+        self.lock().needs_attention.insert(app.to_string(), needs);
+    }
+
     pub fn pending_total(&self) -> usize {
         self.lock()
             .queue_depth
@@ -290,6 +298,7 @@ impl Metrics {
         s.render_upload_bytes(&mut out);
         s.render_queue_depth(&mut out);
         s.render_last_success(&mut out);
+        s.render_attention(&mut out);
         s.render_durations(&mut out);
         out
     }
@@ -388,6 +397,23 @@ impl Series {
 }
 
 impl Series {
+    fn render_attention(&self, out: &mut String) {
+        family(
+            out,
+            "dropdeploy_needs_attention",
+            "gauge",
+            "1 while an app's rollback was unhealthy too (until a new job or `dropdeploy resume`).",
+        );
+        for (app, needs) in &self.needs_attention {
+            sample(
+                out,
+                "dropdeploy_needs_attention",
+                &[("app", app)],
+                u64::from(*needs),
+            );
+        }
+    }
+
     fn render_durations(&self, out: &mut String) {
         family(
             out,
@@ -552,6 +578,11 @@ impl Observer for MetricsObserver {
             Event::Uploaded { bytes, elapsed } => {
                 self.metrics.upload_bytes(&job.app, *bytes);
                 self.metrics.upload_duration(&job.app, *elapsed);
+            }
+            Event::NeedsAttention { .. } => self.metrics.set_needs_attention(&job.app, true),
+            Event::Step(step) if *step != Step::Verify && job.rollback().is_none() => {
+                self.metrics.set_needs_attention(&job.app, false);
+                self.follow_build(job, event);
             }
             _ => self.follow_build(job, event),
         }
@@ -749,6 +780,7 @@ mod tests {
             failed_attempts: 0,
             aborted_retries: 0,
             source_renewals: 0,
+            check: None,
             state: JobState::Queued,
         };
         let error = ApiError::Timeout {
@@ -927,6 +959,7 @@ mod tests {
             failed_attempts: 0,
             aborted_retries: 0,
             source_renewals: 0,
+            check: None,
             state: JobState::Queued,
         }
     }

@@ -24,6 +24,8 @@
 //! - the deployment list pages 10 deployments by default, 50 at most;
 //! - the archive limit applies to the decompressed tar stream (headers and padding included).
 
+pub mod app_server;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::io::{self, Read};
@@ -414,6 +416,18 @@ impl FakeScalingo {
 
     /// Serves `bytes` at a new URL of this server (`GET`, no token, never expires), as a
     /// `source_url` that needs no source nor upload. Requests to it are `Endpoint::Download`.
+    /// The address of the app itself (its health page is any path under it): it answers as
+    /// its last successful deployment's archive says (see [`app_server`]).
+    pub fn app_url(&self, app: &str) -> String {
+        format!("{}/app/{app}", self.url())
+    }
+
+    /// Serves the local releases in `app_dir` (whose `current` link says which) at
+    /// [`FakeScalingo::app_url`]`(name)`.
+    pub fn serve_release(&self, name: &str, app_dir: &Path) {
+        self.shared.lock().serving.serve_release(name, app_dir);
+    }
+
     pub fn host_archive(&self, bytes: &[u8]) -> String {
         let name = format!("{}.tar.gz", random_hex(16));
         let path = self.shared.storage_dir.join(format!("hosted-{name}"));
@@ -540,6 +554,8 @@ struct State {
     chaos_rng: Option<fastrand::Rng>,
     stats: Stats,
     requests: Vec<RequestRecord>,
+    /// What the apps answer on `/app/<name>/…` (see [`app_server`]).
+    serving: app_server::Apps,
 }
 
 impl State {
@@ -681,6 +697,10 @@ enum Route {
     GetApp {
         app: String,
     },
+    /// The app itself (see [`app_server`]).
+    AppServe {
+        app: String,
+    },
     MethodNotAllowed,
     NotFound,
 }
@@ -710,6 +730,7 @@ impl Route {
                 }
             }
             ["files", name] if !name.is_empty() => is(Method::GET, Route::Hosted { name: s(name) }),
+            ["app", app, ..] if !app.is_empty() => is(Method::GET, Route::AppServe { app: s(app) }),
             ["v1", "apps", app, "deployments"] if !app.is_empty() => match m {
                 Method::POST => Route::CreateDeployment { app: s(app) },
                 Method::GET => Route::ListDeployments { app: s(app) },
@@ -752,7 +773,7 @@ impl Route {
             Route::GetDeployment { .. } => Endpoint::GetDeployment,
             Route::Output { .. } => Endpoint::Output,
             Route::GetApp { .. } => Endpoint::GetApp,
-            Route::MethodNotAllowed | Route::NotFound => return None,
+            Route::AppServe { .. } | Route::MethodNotAllowed | Route::NotFound => return None,
         })
     }
 }
@@ -1054,6 +1075,7 @@ async fn dispatch(cx: &mut Cx, route: &Route, body: &mut Incoming, expire_source
             | Route::StoragePut { .. }
             | Route::StorageGet { .. }
             | Route::Hosted { .. }
+            | Route::AppServe { .. }
             | Route::NotFound
             | Route::MethodNotAllowed
     );
@@ -1079,6 +1101,10 @@ async fn dispatch(cx: &mut Cx, route: &Route, body: &mut Incoming, expire_source
         Route::GetDeployment { app, id } => get_deployment(cx, app, id),
         Route::Output { app, id } => output(cx, app, id),
         Route::GetApp { app } => get_app(cx, app),
+        Route::AppServe { app } => {
+            let (status, body) = cx.shared.lock().serving.answer(app);
+            text_resp(status, "text/plain; charset=utf-8", body)
+        }
         Route::MethodNotAllowed => json_error(405, "method not allowed"),
         Route::NotFound => json_error(404, "not found"),
     }
@@ -1831,6 +1857,13 @@ async fn run_deployment(
             "{RED} !     Deployment ended with status {other}{RESET}"
         )],
     };
+    if outcome == "success" {
+        build
+            .shared
+            .lock()
+            .serving
+            .deployed(&app, info.behaviour.clone(), git_ref.clone());
+    }
     build.finish(&outcome, &last);
 }
 
@@ -1839,6 +1872,8 @@ struct ArchiveInfo {
     uncompressed: u64,
     entries: u64,
     root: String,
+    /// What the app does once deployed.
+    behaviour: app_server::Behaviour,
 }
 
 /// Fetches the source over HTTP into the storage directory and checks it as the platform
@@ -1881,8 +1916,13 @@ async fn fetch_and_inspect(shared: &Arc<Shared>, url: &str) -> Result<ArchiveInf
         drop(file);
         let max = shared.cfg.max_archive_bytes;
         let inspect_path = path.clone();
-        let mut info = tokio::task::spawn_blocking(move || inspect_archive(&inspect_path, max))
-            .await
+        let mut info = tokio::task::spawn_blocking(move || {
+            inspect_archive(&inspect_path, max).map(|info| ArchiveInfo {
+                behaviour: app_server::Behaviour::from_archive(&inspect_path),
+                ..info
+            })
+        })
+        .await
             .map_err(|e| format!("inspection crashed: {e}"))??;
         info.compressed = compressed;
         Ok(info)
@@ -1993,6 +2033,7 @@ fn inspect_archive(path: &Path, max: u64) -> Result<ArchiveInfo, String> {
         uncompressed: limited.count,
         entries,
         root: roots.into_iter().next().unwrap_or_default(),
+        behaviour: app_server::Behaviour::default(),
     })
 }
 

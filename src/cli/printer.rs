@@ -140,7 +140,30 @@ impl Observer for Printer {
                     delay.as_secs_f64()
                 ));
             }
+            Event::Checking { phase, wait } => self.line(&format!(
+                "{app}: health check: {phase} ({})",
+                crate::human::duration(*wait)
+            )),
+            Event::Probed { probe } => self.line(&format!("{app}: probe: {}", probe.describe())),
+            Event::Checked {
+                verdict, reason, ..
+            } => self.line(&format!("{app}: {}: {reason}", verdict_name(*verdict))),
+            Event::RollingBack { job: id, to_ref } => {
+                self.line(&format!("{app}: rolling back to {to_ref} (job {id})"))
+            }
+            Event::NeedsAttention { reason } => {
+                self.line(&format!("{app}: needs attention: {reason}"))
+            }
             Event::Finished => self.finish(),
         }
+    }
+}
+
+/// A check's verdict as the history writes it.
+fn verdict_name(verdict: crate::queue::check::Verdict) -> &'static str {
+    match verdict {
+        crate::queue::check::Verdict::Verified => "verified",
+        crate::queue::check::Verdict::Unhealthy => "unhealthy",
+        crate::queue::check::Verdict::Skipped => "check skipped",
     }
 }

@@ -59,6 +59,11 @@ pub(super) fn build_app(
     let timings = app_timings(raw, report);
     let target = build_target(raw, app, base, report);
     let on_outcome = app_hook(raw.on_outcome.as_ref(), report);
+    let verify = raw
+        .verify
+        .as_ref()
+        .map(|v| super::verify::build_verify(v, report))
+        .transpose();
 
     // Every check above has run, so that all of the app's problems are reported.
     named.ok()?;
@@ -68,6 +73,7 @@ pub(super) fn build_app(
     let keep_done = keep_done.ok()?;
     let target = target.ok()?;
     let on_outcome = on_outcome.ok()?;
+    let verify = verify.ok()?;
     Some(AppConfig {
         name: app.clone(),
         drop_dir,
@@ -87,6 +93,7 @@ pub(super) fn build_app(
         deploy_on_start: raw.deploy_on_start.unwrap_or(true),
         target,
         on_outcome,
+        verify,
     })
 }
 

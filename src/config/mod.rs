@@ -28,6 +28,7 @@ mod env;
 mod on_outcome;
 mod raw;
 mod report;
+mod verify;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,7 @@ pub use on_outcome::{
     DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,
 };
 pub use report::{ConfigError, Position, Problem};
+pub use verify::VerifyConfig;
 
 use build::{build, config_dir};
 use env::{LeftForEnv, apply_env};
@@ -288,6 +290,8 @@ pub struct AppConfig {
     pub target: TargetConfig,
     /// `on_outcome`: this app's hook, replacing the global `[on_outcome]` for it.
     pub on_outcome: Option<HookConfig>,
+    /// `verify`: the health check after each deployment, and the rollback of an unhealthy one.
+    pub verify: Option<VerifyConfig>,
 }
 
 impl AppConfig {

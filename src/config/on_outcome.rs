@@ -15,7 +15,14 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a webhook is tried in all when `retries` is not given.
 pub const DEFAULT_HOOK_RETRIES: u32 = 3;
 /// The outcome names `only` accepts (a history entry's `outcome`).
-pub const HOOK_OUTCOMES: [&str; 3] = ["succeeded", "failed", "superseded"];
+pub const HOOK_OUTCOMES: [&str; 6] = [
+    "succeeded",
+    "failed",
+    "superseded",
+    "verified",
+    "unhealthy",
+    "rolled_back",
+];
 
 /// One `on_outcome` hook: a webhook, a command, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -79,6 +79,7 @@ pub(super) struct RawApp {
     pub(super) retry_budget: Option<Spanned<DurationText>>,
     pub(super) deploy_timeout: Option<Spanned<DurationText>>,
     pub(super) on_outcome: Option<Spanned<RawHook>>,
+    pub(super) verify: Option<Spanned<super::verify::RawVerify>>,
 }
 
 /// An `on_outcome` table, global or in an `[[app]]`.
@@ -167,6 +168,7 @@ const APP_KEYS: &[&str] = &[
     "activate_timeout",
     "keep_releases",
     "on_outcome",
+    "verify",
 ];
 const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries", "only"];
 /// Old names an `[[app]]` still accepts (with a warning, pass 4), never suggested.
@@ -325,6 +327,12 @@ fn check_app_hook_keys(app: &DeTable<'_>, report: &mut Report<'_>) {
             && let DeValue::Table(t) = value.get_ref()
         {
             check_table_keys(t, "app.on_outcome", HOOK_KEYS, &[], report);
+        }
+        if key.get_ref().as_ref() as &str == "verify"
+            && let DeValue::Table(t) = value.get_ref()
+        {
+            let keys = super::verify::VERIFY_KEYS;
+            check_table_keys(t, "app.verify", keys, &[], report);
         }
     }
 }

@@ -190,6 +190,7 @@ pub(super) fn table_label(path: &str) -> String {
         "" => "at the top level".to_string(),
         "app" => "in [[app]]".to_string(),
         "app.on_outcome" => "in on_outcome of [[app]]".to_string(),
+        "app.verify" => "in verify of [[app]]".to_string(),
         _ => format!("in [{path}]"),
     }
 }

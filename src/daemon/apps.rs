@@ -28,8 +28,30 @@ pub(super) fn lane_settings(
 
 impl Daemon {
     pub(super) fn start_lane(&mut self, app: &AppConfig) {
-        self.lanes
-            .ensure(&app.name, lane_settings(&self.config, app, &self.wiring));
+        let mut settings = lane_settings(&self.config, app, &self.wiring);
+        if let Some(check) = &app.verify {
+            settings.target = settings.target.and_then(|target| {
+                let wiring = self.verify_wiring()?;
+                Ok(crate::verify::VerifiedTarget::wrap(
+                    target,
+                    Some(check),
+                    &wiring,
+                ))
+            });
+        }
+        self.lanes.ensure(&app.name, settings);
+    }
+
+    /// What an app's health check and rollback are built with.
+    fn verify_wiring(&self) -> Result<crate::verify::Wiring, String> {
+        Ok(crate::verify::Wiring {
+            spool: self.spool.clone(),
+            store: crate::verify::store::Store::new(&self.config.state_dir),
+            observer: self.wiring.observer.clone(),
+            board: self.live.clone(),
+            shutdown: self.wiring.shutdown.clone(),
+            http: crate::verify::Wiring::probe_client()?,
+        })
     }
 
     pub(super) fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
@@ -143,7 +165,7 @@ impl Daemon {
             if self.lanes.knows(&job.id) {
                 continue;
             }
-            if job.state.is_finished() {
+            if job.is_done() {
                 let keep = self
                     .config
                     .app(&job.app)

@@ -62,6 +62,12 @@ pub enum Outcome {
     Failed,
     /// A newer archive for the same app replaced this one before it started.
     Superseded,
+    /// The deployment succeeded and its health check passed.
+    Verified,
+    /// The deployment succeeded but its health check failed.
+    Unhealthy,
+    /// A rollback deployed an earlier verified archive again, and it passed its check.
+    RolledBack,
     /// A value this version does not know (a line written by a newer version), or none.
     #[default]
     #[serde(other)]
@@ -69,12 +75,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The name written in the history: `succeeded`, `failed`, `superseded` (or `unknown`).
+    /// The name written in the history: `succeeded`, `failed`, `superseded`, `verified`,
+    /// `unhealthy`, `rolled_back` (or `unknown`).
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
             Outcome::Superseded => "superseded",
+            Outcome::Verified => "verified",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::RolledBack => "rolled_back",
             Outcome::Unknown => "unknown",
         }
     }
@@ -105,7 +115,8 @@ pub struct HistoryEntry {
     pub file: String,
     /// The git_ref given to the platform; `null` for a refused archive.
     pub git_ref: Option<String>,
-    /// `succeeded`, `failed` or `superseded`.
+    /// `succeeded`, `failed`, `superseded`, or with a health check `verified`, `unhealthy`,
+    /// `rolled_back`.
     pub outcome: Outcome,
     /// The deployment's final status on the platform (`success`, `build-error`, …), or `null`
     /// when no deployment reached an end.
@@ -132,6 +143,19 @@ pub struct HistoryEntry {
     /// Where the archive was moved (`<drop_dir>/done/…` or `<drop_dir>/failed/…`), `null` when
     /// there was no file. `done/` is pruned later, so the file may have gone since.
     pub moved_to: Option<String>,
+    /// The health check's deciding probe (status, latency, body excerpt), when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::queue::check::Probe>,
+}
+
+impl Outcome {
+    /// Whether the deployment went live (succeeded, verified or rolled back).
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            Outcome::Succeeded | Outcome::Verified | Outcome::RolledBack
+        )
+    }
 }
 
 /// Errors while recording an outcome or reading the history: each names the file and what was

@@ -8,6 +8,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use crate::verify::store::Protected;
+
 use super::record::crash_point;
 use super::{OutcomeError, exists, io_err, sync_dir};
 use crate::source::drop::DropLayout;
@@ -197,11 +199,13 @@ fn same_file(_: &Path, _: &Path) -> bool {
 
 /// Keeps the newest `keep` archives (`*.tar.gz`, `*.tgz`, regular files not starting with `.`)
 /// in `done`, by modification time, `newest` (the archive just placed) counted as the newest
-/// whatever its time; deletes the others, oldest first. Anything else is left alone.
+/// whatever its time; deletes the others, oldest first, except those that are `protected` (the
+/// archives of verified deployments). Anything else is left alone.
 pub(super) fn prune_done(
     done: &Path,
     keep: usize,
     newest: Option<&Path>,
+    protected: &[Protected],
 ) -> Result<Vec<PathBuf>, OutcomeError> {
     let entries = match fs::read_dir(done) {
         Ok(entries) => entries,
@@ -229,6 +233,9 @@ pub(super) fn prune_done(
     archives.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
     let mut deleted = Vec::new();
     for (_, _, _, path) in archives.into_iter().skip(keep).rev() {
+        if protected.iter().any(|p| p.matches(&path)) {
+            continue;
+        }
         match fs::remove_file(&path) {
             Ok(()) => deleted.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -19,6 +19,7 @@ use super::{
     rfc3339_utc,
 };
 use crate::archive::inspect::Rejection;
+use crate::queue::check::Verdict;
 use crate::queue::spool::{ARCHIVE_NAME, Failure, Job, JobState, Payload, Step, compact_utc};
 use crate::redact::{redact, redact_owned};
 use crate::source::drop::DropLayout;
@@ -118,10 +119,10 @@ impl Outcomes {
         log_entry(&entry, failed_step(job).as_deref());
 
         // 5. Retention in done/.
-        if outcome != Outcome::Failed
+        if !matches!(outcome, Outcome::Failed | Outcome::Unhealthy)
             && let Some(placed) = &placed
         {
-            prune_after(placed, keep_done, &entry);
+            self.prune_after(placed, keep_done, &entry);
         }
 
         // 6. The spool forgets the job.
@@ -162,9 +163,13 @@ impl Outcomes {
         else {
             return Ok(None);
         };
+        // A rollback's archive is a copy of a kept one: it leaves with the spool directory.
+        if job.rollback().is_some() {
+            return Ok(None);
+        }
         let (layout, name) = DropLayout::of_dropped(original);
         let dest_dir = match recording.progress.entry.outcome {
-            Outcome::Failed => layout.failed(),
+            Outcome::Failed | Outcome::Unhealthy => layout.failed(),
             _ => layout.done(),
         };
         let src = self.spool.archive_path(&job.id);
@@ -187,15 +192,11 @@ impl Outcomes {
         // The reason is fixed by the entry (itself fixed in the progress record), so a re-run
         // writes the same text and recognises a reason file it wrote before.
         let entry = recording.progress.entry.clone();
-        let reason = |dest: &Path| match &job.state {
-            JobState::Failed(failure) => Some(redact_owned(reason_text(
-                &entry,
-                original,
-                dest,
-                layout.dir(),
-                failure,
-            ))),
-            _ => None,
+        let failure = failure_of(job);
+        let reason = |dest: &Path| {
+            failure.as_ref().map(|failure| {
+                redact_owned(reason_text(&entry, original, dest, layout.dir(), failure))
+            })
         };
         let dest = place(
             &src,
@@ -322,9 +323,10 @@ fn write_missing_reason(
     entry: &HistoryEntry,
     placed: &Placed,
 ) -> Result<(), OutcomeError> {
-    let (JobState::Failed(failure), Some(dest)) = (&job.state, &placed.dest) else {
+    let (Some(failure), Some(dest)) = (failure_of(job), &placed.dest) else {
         return Ok(());
     };
+    let failure = &failure;
     let path = DropLayout::reason_path(dest);
     if exists(&path)? {
         return Ok(());
@@ -344,20 +346,49 @@ fn write_missing_reason(
     write_atomic(&path, text.as_bytes())
 }
 
-/// Step 5: keeps the newest `keep_done` archives in `done/`, the one just placed among them.
-/// A failure is only logged.
-fn prune_after(placed: &Placed, keep_done: usize, entry: &HistoryEntry) {
-    if let Err(error) = prune_done(&placed.layout.done(), keep_done, placed.dest.as_deref()) {
-        tracing::warn!(app = %entry.app, job = %entry.job, "cannot prune done/: {error}");
+impl Outcomes {
+    /// Step 5: keeps the newest `keep_done` archives in `done/`, the one just placed among
+    /// them, and the archives of the last verified deployments whatever `keep_done` says (a
+    /// rollback needs them). A failure is only logged.
+    fn prune_after(&self, placed: &Placed, keep_done: usize, entry: &HistoryEntry) {
+        let protected = crate::verify::store::Store::new(&self.state_dir).protected();
+        if let Err(error) = prune_done(
+            &placed.layout.done(),
+            keep_done,
+            placed.dest.as_deref(),
+            &protected,
+        ) {
+            tracing::warn!(app = %entry.app, job = %entry.job, "cannot prune done/: {error}");
+        }
+    }
+}
+
+/// The failure a reason file describes: a failed job's, or an unhealthy one's check.
+fn failure_of(job: &Job) -> Option<Failure> {
+    match &job.state {
+        JobState::Failed(failure) => Some(failure.clone()),
+        JobState::Unhealthy {
+            deployment_id,
+            reason,
+        } => {
+            let probe = job.check.as_ref().and_then(|c| c.last.as_ref());
+            Some(Failure {
+                step: Step::Verify,
+                reason: reason.clone(),
+                status: Some("success".to_string()),
+                deployment_id: deployment_id.clone(),
+                log_tail: probe.map(|p| vec![p.describe()]).unwrap_or_default(),
+                http_status: probe.and_then(|p| p.status),
+                gave_up: false,
+            })
+        }
+        _ => None,
     }
 }
 
 /// The step a failed job failed at, in words, for the log.
 fn failed_step(job: &Job) -> Option<String> {
-    match &job.state {
-        JobState::Failed(failure) => Some(failure.step.to_string()),
-        _ => None,
-    }
+    failure_of(job).map(|failure| failure.step.to_string())
 }
 
 /// The id of a refused archive: that of the job directory intake was making for it
@@ -402,6 +433,7 @@ fn rejected_entry(
         sha256: None,
         bytes: Some(bytes),
         moved_to: None,
+        check: None,
     }
 }
 
@@ -440,13 +472,50 @@ pub(super) fn crash_point(point: &'static str) -> Result<(), OutcomeError> {
 
 /// The history entry for a finished job, decided now (`finished_ms`, Unix milliseconds).
 fn entry_for(job: &Job, finished_ms: u64) -> HistoryEntry {
+    let check = job.check.as_ref();
+    let verdict = check.and_then(|c| c.verdict);
     let (outcome, status, deployment_id, step, reason) = match &job.state {
+        JobState::Succeeded { deployment_id } if verdict == Some(Verdict::Verified) => {
+            let (outcome, reason) = match job.rollback() {
+                Some(of) => (
+                    Outcome::RolledBack,
+                    format!("rolled_back {} → {}", of.from_ref, of.to_ref),
+                ),
+                None => (
+                    Outcome::Verified,
+                    check.and_then(|c| c.reason.clone()).unwrap_or_default(),
+                ),
+            };
+            (
+                outcome,
+                Some("success".to_string()),
+                Some(deployment_id.clone()),
+                None,
+                Some(reason),
+            )
+        }
+        JobState::Unhealthy {
+            deployment_id,
+            reason,
+        } => (
+            Outcome::Unhealthy,
+            Some("success".to_string()),
+            deployment_id.clone(),
+            Some(step_name(Step::Verify)),
+            Some(match job.rollback() {
+                Some(of) => format!(
+                    "rollback {} → {} unhealthy: {reason}",
+                    of.from_ref, of.to_ref
+                ),
+                None => reason.clone(),
+            }),
+        ),
         JobState::Succeeded { deployment_id } => (
             Outcome::Succeeded,
             Some("success".to_string()),
             Some(deployment_id.clone()),
             None,
-            None,
+            check.and_then(|c| c.reason.clone()),
         ),
         JobState::Failed(failure) => (
             Outcome::Failed,
@@ -490,6 +559,7 @@ fn entry_for(job: &Job, finished_ms: u64) -> HistoryEntry {
         sha256,
         bytes,
         moved_to: None,
+        check: check.and_then(|c| c.last.clone()),
     }
 }
 
@@ -521,17 +591,22 @@ fn log_entry(entry: &HistoryEntry, step: Option<&str>) {
     let (attempts, duration_ms) = (entry.attempts, entry.duration_ms);
     let moved_to = entry.moved_to.as_deref();
     match entry.outcome {
-        Outcome::Succeeded => tracing::info!(
+        Outcome::Succeeded | Outcome::Verified | Outcome::RolledBack => tracing::info!(
             app = %app, job = %job, file = %file, git_ref, deployment, status, attempts,
             duration_ms, moved_to,
-            "deployed {file} to {app} (deployment {}, git_ref {git_ref}) in {}",
+            "deployed {file} to {app} (deployment {}, git_ref {git_ref}) in {}{}",
             deployment.unwrap_or("-"),
-            human_duration(duration_ms)
+            human_duration(duration_ms),
+            match entry.outcome {
+                Outcome::Succeeded => String::new(),
+                other => format!("; {other}: {reason}"),
+            }
         ),
-        Outcome::Failed => tracing::warn!(
+        Outcome::Failed | Outcome::Unhealthy => tracing::warn!(
             app = %app, job = %job, file = %file, git_ref, deployment, status, attempts,
             duration_ms, moved_to,
-            "failed to deploy {file} to {app} at step {}: {reason}",
+            "{} {file} to {app} at step {}: {reason}",
+            if entry.outcome == Outcome::Unhealthy { "unhealthy after deploying" } else { "failed to deploy" },
             step.or(entry.step.as_deref()).unwrap_or("unknown")
         ),
         Outcome::Superseded | Outcome::Unknown => tracing::warn!(

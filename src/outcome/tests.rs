@@ -136,7 +136,7 @@ fn pruning_keeps_the_newest_archives_and_nothing_else_is_touched() {
     fs::write(done.join("notes.txt"), "keep me").unwrap();
     fs::write(done.join(".x.tar.gz.tmp"), "keep me").unwrap();
     // "a" was just placed: it counts as the newest whatever its time.
-    let deleted = prune_done(done, 2, Some(&done.join("a.tar.gz"))).unwrap();
+    let deleted = prune_done(done, 2, Some(&done.join("a.tar.gz")), &[]).unwrap();
     assert_eq!(deleted, [done.join("b.tgz"), done.join("c.tar.gz")]);
     for kept in ["a.tar.gz", "d.tar.gz", "notes.txt", ".x.tar.gz.tmp"] {
         assert!(done.join(kept).exists(), "{kept}");
@@ -243,6 +243,7 @@ fn attempts_count_the_final_try_once() {
         failed_attempts: 2,
         aborted_retries: 1,
         source_renewals: 0,
+        check: None,
         state: JobState::Succeeded {
             deployment_id: "d".into(),
         },
@@ -298,6 +299,7 @@ fn finished_job(state: JobState) -> (tempfile::TempDir, Outcomes, Job) {
         failed_attempts: 0,
         aborted_retries: 0,
         source_renewals: 0,
+        check: None,
         state,
     };
     spool.commit_new(&tmp, &job).unwrap();

@@ -30,6 +30,10 @@ pub trait Target: Send + Sync {
     /// target was built with fires (the job then stays unfinished, to resume after a restart).
     /// Every step is recorded in the spool; only a failure to record is returned as an error.
     fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>>;
+
+    /// Told how many jobs wait behind the one in flight, whenever that changes: a target
+    /// that only waits (a health check) stops early for newer work.
+    fn lane_waiting(&self, _pending: usize) {}
 }
 
 /// How a lane runs its app's jobs; may change on reload.
@@ -228,7 +232,7 @@ async fn lane_task(
     known: Arc<Mutex<HashSet<String>>>,
 ) {
     let mut pending: VecDeque<(Job, Done)> = VecDeque::new();
-    let mut current: Option<JoinHandle<()>> = None;
+    let mut current: Option<JoinHandle<Option<Job>>> = None;
     let mut open = true;
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -246,6 +250,9 @@ async fn lane_task(
         }
         ctx.observer
             .lane(&app, usize::from(current.is_some()), pending.len());
+        if let Ok(target) = &settings.target {
+            target.lane_waiting(pending.len());
+        }
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.
             return;
@@ -258,8 +265,11 @@ async fn lane_task(
                 Some(LaneMsg::Settings(s)) => settings = s,
                 None => open = false,
             },
-            _ = async { if let Some(c) = current.as_mut() { let _ = c.await; } }, if current.is_some() => {
+            next = async { match current.as_mut() { Some(c) => c.await.ok().flatten(), None => None } }, if current.is_some() => {
                 current = None;
+                if let Some(next) = next {
+                    follow_up(&app, next, &mut pending, &ctx, &settings, &known).await;
+                }
             }
             _ = shutdown.requested(), if !shutdown.is_requested() => {}
         }
@@ -309,6 +319,44 @@ async fn accept(
     pending.push_back((job, done));
 }
 
+/// A job made by the one that just finished (a rollback) runs next, unless newer work waits:
+/// then the newer work wins and the follow-up ends superseded by it.
+async fn follow_up(
+    app: &str,
+    mut next: Job,
+    pending: &mut VecDeque<(Job, Done)>,
+    ctx: &Arc<LaneContext>,
+    settings: &LaneSettings,
+    known: &Arc<Mutex<HashSet<String>>>,
+) {
+    if known.lock().is_ok_and(|mut k| !k.insert(next.id.clone())) {
+        return;
+    }
+    let Some(newer) = pending.back().map(|(j, _)| j.id.clone()) else {
+        pending.push_back((next, None));
+        return;
+    };
+    if !matches!(next.state, JobState::Queued) {
+        pending.push_back((next, None));
+        return;
+    }
+    tracing::info!(app, job = %next.id, by = %newer, "a newer job waits; it runs instead");
+    next.state = JobState::Superseded { by: newer };
+    let (spool, finisher, keep) = (ctx.spool.clone(), ctx.finisher.clone(), settings.keep_done);
+    let id = next.id.clone();
+    let recorded = tokio::task::spawn_blocking(move || match spool.save(&next) {
+        Ok(()) => finisher.finish(&next, keep),
+        Err(e) => tracing::error!(job = %next.id, "cannot record superseded job: {e}"),
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(app, "superseding a job failed: {e}");
+    }
+    if let Ok(mut known) = known.lock() {
+        known.remove(&id);
+    }
+}
+
 /// How often a lane looks again at a job that another process drives.
 const LOCKED_JOB_RECHECK: Duration = Duration::from_secs(2);
 
@@ -344,38 +392,39 @@ async fn job_lock(
     }
 }
 
-/// Runs one job to its end (or to the shutdown), then records its outcome.
+/// Runs one job to its end (or to the shutdown), then records its outcome. Returns the job it
+/// made to run next in the lane, if it made one (see [`Job::check`]).
 async fn run_job(
     mut job: Job,
     done: Done,
     settings: LaneSettings,
     ctx: Arc<LaneContext>,
     known: Arc<Mutex<HashSet<String>>>,
-) {
+) -> Option<Job> {
     let mut shutdown = ctx.shutdown.clone();
     let permit = tokio::select! {
         permit = ctx.permits.clone().acquire_owned() => permit.ok(),
         _ = shutdown.requested() => None,
     };
     if permit.is_none() {
-        return;
+        return None;
     }
     // Another process sharing the state_dir (a one-shot `deploy`) may be driving this job.
     let Some(_lock) = job_lock(&ctx.spool, &job, &mut shutdown).await else {
-        return;
+        return None;
     };
     match ctx.spool.load(&job.id) {
         Ok(fresh) => job = fresh,
         Err(e) => {
             tracing::warn!(app = %job.app, job = %job.id, "the job is gone from the spool (finished by another process?): {e}");
-            return;
+            return None;
         }
     }
     let target = match &settings.target {
         Ok(target) => target.clone(),
         Err(why) => {
             tracing::error!(app = %job.app, job = %job.id, "{why}; the job stays in the spool");
-            return;
+            return None;
         }
     };
     if let Err(e) = target.run(&mut job).await {
@@ -384,10 +433,11 @@ async fn run_job(
             job = %job.id,
             "the job record cannot be written, the job is left in the spool: {e}"
         );
-        return;
+        return None;
     }
     drop(permit);
-    if job.state.is_finished() {
+    if job.is_done() {
+        let next = job.check.as_ref().and_then(|c| c.follow_up.clone());
         let finisher = ctx.finisher.clone();
         let id = job.id.clone();
         let keep = settings.keep_done;
@@ -401,7 +451,16 @@ async fn run_job(
         if let Ok(mut known) = known.lock() {
             known.remove(&id);
         }
+        let spool = ctx.spool.clone();
+        return match next {
+            Some(next) => tokio::task::spawn_blocking(move || spool.load(&next))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
     }
+    None
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Durable jobs and the lanes that run them: the spool of job records, making jobs, the retry
 //! policy, the observer events every target reports through, and one lane per app.
 
+pub mod check;
 pub mod intake;
 pub mod lane;
 pub mod observe;

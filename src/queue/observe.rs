@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::queue::check::{Probe, Verdict};
 use crate::queue::spool::{Job, Step};
 
 /// What happens to a job, for whoever shows progress (the CLI's lines, the daemon's log).
@@ -32,6 +33,20 @@ pub enum Event<'a> {
         delay: Duration,
         failures: u32,
     },
+    /// The health check waits before its next step (`warmup`).
+    Checking { phase: &'static str, wait: Duration },
+    /// A probe of the health check answered (or did not).
+    Probed { probe: &'a Probe },
+    /// The health check decided.
+    Checked {
+        verdict: Verdict,
+        reason: &'a str,
+        probe: Option<&'a Probe>,
+    },
+    /// An unhealthy deployment is being rolled back by the job `job`, to `to_ref`.
+    RollingBack { job: &'a str, to_ref: &'a str },
+    /// The rollback was unhealthy too: the app needs a person.
+    NeedsAttention { reason: &'a str },
     /// The job is finished (see its state).
     Finished,
 }
@@ -84,6 +99,53 @@ impl Observer for LogObserver {
                 delay_ms = delay.as_millis() as u64,
                 "{error}; retrying"
             ),
+            Event::Checking { phase, wait } => tracing::info!(
+                app,
+                job = id,
+                phase,
+                wait_ms = wait.as_millis() as u64,
+                "health check waits"
+            ),
+            Event::Probed { probe } => tracing::debug!(
+                app,
+                job = id,
+                status = probe.status,
+                latency_ms = probe.latency_ms,
+                healthy = probe.healthy,
+                "probe: {}",
+                probe.describe()
+            ),
+            Event::Checked {
+                verdict,
+                reason,
+                probe,
+            } => {
+                let (status, latency_ms) = (
+                    probe.and_then(|p| p.status),
+                    probe.map(|p| p.latency_ms),
+                );
+                let excerpt = probe.map(|p| p.excerpt.as_str()).unwrap_or("");
+                match verdict {
+                    Verdict::Unhealthy => tracing::warn!(
+                        app, job = id, status, latency_ms, excerpt, "unhealthy: {reason}"
+                    ),
+                    Verdict::Verified => tracing::info!(
+                        app, job = id, status, latency_ms, excerpt, "verified: {reason}"
+                    ),
+                    Verdict::Skipped => tracing::info!(app, job = id, "{reason}"),
+                }
+            }
+            Event::RollingBack { job: rollback, to_ref } => tracing::warn!(
+                app,
+                job = id,
+                rollback_job = rollback,
+                to = to_ref,
+                "rolling back {} to {to_ref}",
+                job.git_ref
+            ),
+            Event::NeedsAttention { reason } => {
+                tracing::error!(app, job = id, "needs attention: {reason}")
+            }
             Event::Finished => {}
         }
     }

@@ -144,6 +144,17 @@ pub enum JobState {
     Failed(Failure),
     /// Finished: a newer archive for the same app replaced this one before it started.
     Superseded { by: String },
+    /// The deployment succeeded; its health check runs (see [`Job::check`]).
+    Verifying {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment_id: Option<String>,
+    },
+    /// Finished: the deployment succeeded but its health check failed.
+    Unhealthy {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment_id: Option<String>,
+        reason: String,
+    },
 }
 
 impl JobState {
@@ -158,14 +169,20 @@ impl JobState {
             JobState::Succeeded { .. } => "succeeded",
             JobState::Failed(_) => "failed",
             JobState::Superseded { .. } => "superseded",
+            JobState::Verifying { .. } => "verifying",
+            JobState::Unhealthy { .. } => "unhealthy",
         }
     }
 
-    /// Succeeded, failed or superseded: nothing more will happen.
+    /// Succeeded, failed, superseded or unhealthy: the target has nothing more to do (a
+    /// success may still await its check: see [`Job::is_done`]).
     pub fn is_finished(&self) -> bool {
         matches!(
             self,
-            JobState::Succeeded { .. } | JobState::Failed(_) | JobState::Superseded { .. }
+            JobState::Succeeded { .. }
+                | JobState::Failed(_)
+                | JobState::Superseded { .. }
+                | JobState::Unhealthy { .. }
         )
     }
 }
@@ -185,6 +202,8 @@ pub enum Step {
     Switch,
     /// Local target: running the `activate` command.
     Activate,
+    /// The health check after the deployment.
+    Verify,
 }
 
 impl std::fmt::Display for Step {
@@ -198,6 +217,7 @@ impl std::fmt::Display for Step {
             Step::Extract => "extract release",
             Step::Switch => "switch current",
             Step::Activate => "activate release",
+            Step::Verify => "verify",
         })
     }
 }
@@ -246,6 +266,9 @@ pub struct Job {
     #[serde(default)]
     pub source_renewals: u32,
     pub state: JobState,
+    /// The health check and rollback, when the app has a check (or the job is a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::queue::check::Check>,
 }
 
 impl Job {
@@ -268,7 +291,24 @@ impl Job {
             aborted_retries: 0,
             source_renewals: 0,
             state: JobState::Queued,
+            check: None,
         }
+    }
+
+    /// Finished for good: finished, and not a success whose check has not decided yet.
+    pub fn is_done(&self) -> bool {
+        self.state.is_finished() && !self.awaits_check()
+    }
+
+    /// A success whose check has not given its verdict (a restart came in between).
+    pub fn awaits_check(&self) -> bool {
+        matches!(self.state, JobState::Succeeded { .. })
+            && self.check.as_ref().is_some_and(|c| c.verdict.is_none())
+    }
+
+    /// The earlier archive this job brings back, if it is a rollback.
+    pub fn rollback(&self) -> Option<&crate::queue::check::RollbackOf> {
+        self.check.as_ref().and_then(|c| c.rollback.as_ref())
     }
 }
 
@@ -545,6 +585,7 @@ mod tests {
             aborted_retries: 0,
             source_renewals: 0,
             state: JobState::Queued,
+            check: None,
         }
     }
 

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "jobs",
         &[
             "queue::spool",
+            "queue::check",
             "queue::retry",
             "queue::observe",
             "queue::intake",
@@ -26,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("sources", &["source"]),
     ("lanes", &["queue::lane", "queue"]),
-    ("targets", &["deploy"]),
+    ("targets", &["deploy", "verify"]),
     ("outcomes", &["outcome"]),
     ("observers", &["metrics", "hooks", "service"]),
     ("composition", &["daemon"]),

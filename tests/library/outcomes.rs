@@ -74,6 +74,7 @@ impl World {
             failed_attempts: 0,
             aborted_retries: 0,
             source_renewals: 0,
+            check: None,
             state,
         };
         self.spool.commit_new(&tmp, &job).unwrap();

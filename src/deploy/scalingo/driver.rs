@@ -56,9 +56,12 @@ pub fn next_action(job: &Job, now: Timestamp) -> Action {
         JobState::Uploaded { .. } => Action::RequestDeployment,
         JobState::DeployRequested { .. } => Action::FindOrPost,
         JobState::Deploying { .. } => Action::Follow,
-        JobState::Succeeded { .. } | JobState::Failed(_) | JobState::Superseded { .. } => {
-            Action::Done
-        }
+        // A check is the verifier's business, not the platform's.
+        JobState::Succeeded { .. }
+        | JobState::Failed(_)
+        | JobState::Superseded { .. }
+        | JobState::Verifying { .. }
+        | JobState::Unhealthy { .. } => Action::Done,
     }
 }
 
@@ -694,6 +697,7 @@ mod tests {
             failed_attempts: 0,
             aborted_retries: 0,
             source_renewals: 0,
+            check: None,
             state,
         }
     }

@@ -1,0 +1,239 @@
+//! One probe (an HTTP GET of the check's URL, bounded by its timeout) and the check's pure
+//! decisions: what the next step is, given what the record says so far.
+
+use std::time::{Duration, Instant};
+
+use crate::config::VerifyConfig;
+use crate::queue::check::{Check, EXCERPT_CHARS, Probe, Verdict, excerpt};
+use crate::queue::spool::Timestamp;
+
+/// How much of a body is read, at most (enough for `contains` on a health page).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Asks the check's URL once. Never fails: no answer is an unhealthy probe saying why.
+pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig) -> Probe {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(cfg.timeout, async {
+        let mut resp = http.get(&cfg.url).send().await?;
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while body.len() < BODY_LIMIT
+            && let Some(chunk) = resp.chunk().await?
+        {
+            body.extend_from_slice(&chunk);
+        }
+        Ok::<_, reqwest::Error>((status, body))
+    })
+    .await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    match answer {
+        Ok(Ok((status, body))) => {
+            let text = String::from_utf8_lossy(&body);
+            let healthy =
+                status == cfg.expect && cfg.contains.as_ref().is_none_or(|c| text.contains(c));
+            Probe {
+                status: Some(status),
+                latency_ms,
+                excerpt: crate::redact::redact_owned(excerpt(&text, EXCERPT_CHARS)),
+                error: None,
+                healthy,
+            }
+        }
+        Ok(Err(e)) => Probe {
+            status: None,
+            latency_ms,
+            excerpt: String::new(),
+            error: Some(crate::redact::redact_owned(describe_error(&e))),
+            healthy: false,
+        },
+        Err(_) => Probe {
+            status: None,
+            latency_ms,
+            excerpt: String::new(),
+            error: Some(format!(
+                "timed out after {}",
+                humantime::format_duration(cfg.timeout)
+            )),
+            healthy: false,
+        },
+    }
+}
+
+/// A reqwest error with its causes, on one line.
+fn describe_error(e: &reqwest::Error) -> String {
+    let mut text = if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What the check does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Wait until the warmup ends (this long), then probe.
+    Warmup(Duration),
+    /// Probe now (`soak`: the app answered well already, and must keep doing so).
+    Probe { soak: bool },
+}
+
+/// The next step of a check whose record says `check`, at `now`.
+pub fn next(check: &Check, cfg: &VerifyConfig, now: Timestamp) -> Next {
+    let started = check.started_at.unwrap_or(now);
+    let warm_end = started.saturating_add(cfg.warmup.as_secs());
+    if check.probes == 0 && now < warm_end {
+        return Next::Warmup(Duration::from_secs(warm_end - now));
+    }
+    Next::Probe {
+        soak: check.healthy_at.is_some(),
+    }
+}
+
+/// Records a probe's answer in `check` and says whether it decides the check (with why).
+pub fn record(
+    check: &mut Check,
+    cfg: &VerifyConfig,
+    probe: Probe,
+    now: Timestamp,
+) -> Option<(Verdict, String)> {
+    check.probes += 1;
+    let decided = match check.healthy_at {
+        None if probe.healthy => {
+            check.healthy_at = Some(now);
+            cfg.soak.is_zero().then(|| {
+                (
+                    Verdict::Verified,
+                    format!("healthy: {}", probe.describe()),
+                )
+            })
+        }
+        None => {
+            check.failures += 1;
+            (check.failures >= cfg.attempts).then(|| {
+                (
+                    Verdict::Unhealthy,
+                    format!(
+                        "no healthy answer (HTTP {}{}) in {} attempt(s); last: {}",
+                        cfg.expect,
+                        cfg.contains
+                            .as_ref()
+                            .map(|c| format!(" containing \"{c}\""))
+                            .unwrap_or_default(),
+                        check.failures,
+                        probe.describe()
+                    ),
+                )
+            })
+        }
+        Some(at) if !probe.healthy => Some((
+            Verdict::Unhealthy,
+            format!(
+                "stopped answering well {} s after its first healthy answer (during the {} soak): {}",
+                now.saturating_sub(at),
+                humantime::format_duration(cfg.soak),
+                probe.describe()
+            ),
+        )),
+        Some(at) if now.saturating_sub(at) >= cfg.soak.as_secs() => Some((
+            Verdict::Verified,
+            format!(
+                "healthy, and still answering well after the {} soak: {}",
+                humantime::format_duration(cfg.soak),
+                probe.describe()
+            ),
+        )),
+        Some(_) => None,
+    };
+    if decided.is_some() || check.last.is_none() || !probe.healthy || check.probes == 1 {
+        check.last = Some(probe);
+    }
+    decided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VerifyConfig {
+        VerifyConfig {
+            url: "http://127.0.0.1:1/up".into(),
+            expect: 200,
+            contains: None,
+            timeout: Duration::from_secs(1),
+            attempts: 2,
+            interval: Duration::from_secs(1),
+            warmup: Duration::from_secs(10),
+            soak: Duration::from_secs(30),
+            rollback: true,
+        }
+    }
+
+    fn answer(status: u16) -> Probe {
+        Probe {
+            status: Some(status),
+            latency_ms: 3,
+            excerpt: "x".into(),
+            error: None,
+            healthy: status == 200,
+        }
+    }
+
+    #[test]
+    fn the_warmup_is_waited_once_from_the_recorded_start() {
+        let mut check = Check {
+            started_at: Some(100),
+            ..Check::default()
+        };
+        assert_eq!(
+            next(&check, &cfg(), 104),
+            Next::Warmup(Duration::from_secs(6))
+        );
+        assert_eq!(next(&check, &cfg(), 110), Next::Probe { soak: false });
+        check.probes = 1;
+        assert_eq!(next(&check, &cfg(), 101), Next::Probe { soak: false });
+    }
+
+    #[test]
+    fn failures_before_the_first_healthy_answer_are_bounded_by_attempts() {
+        let mut check = Check::default();
+        assert_eq!(record(&mut check, &cfg(), answer(500), 1), None);
+        let (verdict, why) = record(&mut check, &cfg(), answer(502), 2).unwrap();
+        assert_eq!(verdict, Verdict::Unhealthy);
+        assert!(why.contains("2 attempt(s)") && why.contains("HTTP 502"), "{why}");
+    }
+
+    #[test]
+    fn a_healthy_app_is_verified_after_the_soak_and_one_that_dies_is_not() {
+        let mut check = Check::default();
+        assert_eq!(record(&mut check, &cfg(), answer(200), 10), None);
+        assert_eq!(record(&mut check, &cfg(), answer(200), 20), None);
+        let (verdict, _) = record(&mut check, &cfg(), answer(200), 40).unwrap();
+        assert_eq!(verdict, Verdict::Verified);
+
+        let mut check = Check::default();
+        record(&mut check, &cfg(), answer(200), 10);
+        let (verdict, why) = record(&mut check, &cfg(), answer(503), 25).unwrap();
+        assert_eq!(verdict, Verdict::Unhealthy);
+        assert!(why.contains("15 s after"), "{why}");
+    }
+
+    #[test]
+    fn without_a_soak_the_first_healthy_answer_verifies() {
+        let cfg = VerifyConfig {
+            soak: Duration::ZERO,
+            ..cfg()
+        };
+        let mut check = Check::default();
+        assert_eq!(
+            record(&mut check, &cfg, answer(200), 1).map(|d| d.0),
+            Some(Verdict::Verified)
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Rollback jobs: a new job that deploys a kept, verified archive again (a new upload and a
+//! new build for Scalingo, a new release for a local target), with its own git_ref, so the
+//! usual guarantees hold (each step recorded first, one deployment per job).
+
+use std::fs;
+use std::path::Path;
+
+use crate::queue::check::{Check, RollbackOf};
+use crate::queue::intake::make_git_ref;
+use crate::queue::spool::{
+    ARCHIVE_NAME, Job, Payload, RECORD_NAME, Spool, SpoolError, compact_utc, now,
+};
+
+use super::store::{Kept, Store};
+
+/// A fresh job id, in the spool's format.
+pub fn new_id() -> String {
+    format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..))
+}
+
+/// Starts the automatic rollback of `job` to `kept`: the rollback job's id is recorded in
+/// `job` first, then the job is made (or found, when an earlier run made it). Returns it.
+pub async fn start(
+    spool: &Spool,
+    store: &Store,
+    job: &mut Job,
+    kept: &Kept,
+    automatic: bool,
+) -> Result<Job, SpoolError> {
+    let check = job.check.get_or_insert_with(Check::pending);
+    let id = match &check.follow_up {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_id();
+            check.follow_up = Some(id.clone());
+            spool.save(job)?;
+            id
+        }
+    };
+    let of = RollbackOf {
+        from_job: job.id.clone(),
+        from_ref: job.git_ref.clone(),
+        to_job: kept.job.clone(),
+        to_ref: kept.git_ref.clone(),
+        automatic,
+    };
+    let (spool, store, kept) = (spool.clone(), store.clone(), kept.clone());
+    match crate::blocking::run(move || make(&spool, &store, &id, &kept, of)).await {
+        Ok(job) => Ok(job),
+        Err(crate::blocking::BlockingError::Failed(e)) => Err(e),
+        Err(crate::blocking::BlockingError::Crashed(e)) => Err(SpoolError::Io {
+            action: "cannot make the rollback job in",
+            path: Default::default(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Makes the rollback job `id` deploying `kept` (or returns it if it exists). Blocking.
+pub fn make(
+    spool: &Spool,
+    store: &Store,
+    id: &str,
+    kept: &Kept,
+    of: RollbackOf,
+) -> Result<Job, SpoolError> {
+    if spool.job_dir(id).join(RECORD_NAME).exists() {
+        return spool.load(id);
+    }
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SpoolError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let tmp = spool.dir().join(format!(".new-{id}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io("cannot remove", &tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io("cannot create job directory", &tmp))?;
+    let source = store.archive_path(kept);
+    let archive = tmp.join(ARCHIVE_NAME);
+    if fs::hard_link(&source, &archive).is_err() {
+        fs::copy(&source, &archive).map_err(io("cannot copy the kept archive to", &archive))?;
+        fs::File::open(&archive)
+            .and_then(|f| f.sync_all())
+            .map_err(io("cannot sync", &archive))?;
+    }
+    let created_at = now();
+    let nonce = id.rsplit('-').next().unwrap_or(id);
+    let git_ref = make_git_ref(&format!("{}-rollback", kept.app), created_at, nonce);
+    let mut job = Job::new(
+        id.to_string(),
+        &kept.app,
+        git_ref,
+        Payload::Archive {
+            original: source,
+            summary: kept.summary.clone(),
+            tree_digest: None,
+        },
+        created_at,
+    );
+    job.check = Some(Check {
+        rollback: Some(of),
+        ..Check::pending()
+    });
+    spool.commit_new(&tmp, &job)?;
+    Ok(job)
+}
