@@ -6,8 +6,10 @@
 //! - `status=500`: every answer has that status (default 200);
 //! - `body=text`: the answer's body (default `ok`), followed by ` <version>`;
 //! - `version=v2`: a name for the answers (default: the deployment's git_ref);
-//! - `die_after=3`: from 3 seconds after the deployment, the app answers 503 `app crashed`.
+//! - `die_after=3`: from 3 seconds after the deployment, the app answers 503 `app crashed`;
+//! - `start_after=3`: for 3 seconds after the deployment, the app answers 503 `starting`.
 //!
+//! [`crate::FakeScalingo::break_app`] breaks an app whatever it runs (as a database down would).
 //! A Scalingo app serves its newest deployment that ended in `success`. An app registered
 //! with [`crate::FakeScalingo::serve_release`] is a local release instead: its answers follow
 //! the `fake-app.txt` found under `<releases>/current/` at each request.
@@ -27,6 +29,7 @@ pub struct Behaviour {
     pub body: Option<String>,
     pub version: Option<String>,
     pub die_after: Option<Duration>,
+    pub start_after: Option<Duration>,
 }
 
 impl Behaviour {
@@ -43,6 +46,7 @@ impl Behaviour {
                 "body" => b.body = Some(value.to_string()),
                 "version" => b.version = Some(value.to_string()),
                 "die_after" => b.die_after = value.parse().ok().map(Duration::from_secs_f64),
+                "start_after" => b.start_after = value.parse().ok().map(Duration::from_secs_f64),
                 _ => {}
             }
         }
@@ -89,6 +93,8 @@ pub struct Serving {
 pub struct Apps {
     deployed: HashMap<String, Serving>,
     local: HashMap<String, PathBuf>,
+    /// Apps broken whatever they run (a database down, say): the status they answer.
+    broken: HashMap<String, u16>,
 }
 
 impl Apps {
@@ -108,8 +114,19 @@ impl Apps {
         self.local.insert(name.to_string(), app_dir.to_path_buf());
     }
 
+    /// Makes `app` answer `status` whatever it runs, or (`None`) as its release says again.
+    pub fn set_broken(&mut self, app: &str, status: Option<u16>) {
+        match status {
+            Some(status) => self.broken.insert(app.to_string(), status),
+            None => self.broken.remove(app),
+        };
+    }
+
     /// The answer of `app` now: (status, body).
     pub fn answer(&self, app: &str) -> (u16, String) {
+        if let Some(status) = self.broken.get(app) {
+            return (*status, "broken from outside".to_string());
+        }
         if let Some(dir) = self.local.get(app) {
             let current = dir.join("current");
             let Ok(target) = std::fs::canonicalize(&current) else {
@@ -122,9 +139,7 @@ impl Apps {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .unwrap_or_default();
-            let name = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
             return answer_of(&behaviour, since, name.as_deref());
         }
         match self.deployed.get(app) {
@@ -137,6 +152,9 @@ impl Apps {
 fn answer_of(b: &Behaviour, up_for: Duration, fallback_version: Option<&str>) -> (u16, String) {
     if b.die_after.is_some_and(|d| up_for >= d) {
         return (503, "app crashed".to_string());
+    }
+    if b.start_after.is_some_and(|d| up_for < d) {
+        return (503, "starting".to_string());
     }
     let version = b
         .version

@@ -428,6 +428,16 @@ impl FakeScalingo {
         self.shared.lock().serving.serve_release(name, app_dir);
     }
 
+    /// What the app answers now at [`FakeScalingo::app_url`]: (status, body).
+    pub fn app_answer(&self, app: &str) -> (u16, String) {
+        self.shared.lock().serving.answer(app)
+    }
+
+    /// Makes the app answer `status` whatever it runs (`None`: as its release says again).
+    pub fn break_app(&self, app: &str, status: Option<u16>) {
+        self.shared.lock().serving.set_broken(app, status);
+    }
+
     pub fn host_archive(&self, bytes: &[u8]) -> String {
         let name = format!("{}.tar.gz", random_hex(16));
         let path = self.shared.storage_dir.join(format!("hosted-{name}"));
@@ -1923,7 +1933,7 @@ async fn fetch_and_inspect(shared: &Arc<Shared>, url: &str) -> Result<ArchiveInf
             })
         })
         .await
-            .map_err(|e| format!("inspection crashed: {e}"))??;
+        .map_err(|e| format!("inspection crashed: {e}"))??;
         info.compressed = compressed;
         Ok(info)
     }

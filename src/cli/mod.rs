@@ -42,6 +42,7 @@ mod archives;
 mod deploy;
 mod look;
 mod printer;
+mod rollback;
 mod setup;
 mod watch;
 
@@ -50,6 +51,7 @@ use deploy::deploy;
 pub use look::describe_config;
 use look::{config_check, history, status};
 use printer::Printer;
+use rollback::{resume, rollback};
 use setup::{OneShot, config_path, load_config, region_env, run_daemon};
 use watch::watch;
 
@@ -156,6 +158,22 @@ pub enum Command {
         /// pending jobs, waits and last outcome.
         #[arg(long)]
         json: bool,
+    },
+    /// Deploy an app's last verified archive again (or the one --to names), and check it.
+    ///
+    /// Needs the app's `verify` check to have kept a verified archive; the rollback is a new
+    /// upload and a full build. Database migrations made since are not undone.
+    Rollback {
+        /// The app.
+        app: String,
+        /// The kept archive to bring back: its git_ref or job id (default: the last verified).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Clear an app's `needs attention` state (after a rollback that was unhealthy too).
+    Resume {
+        /// The app.
+        app: String,
     },
     /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
     ///
@@ -323,6 +341,8 @@ pub fn main() -> ExitCode {
         }
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
+        Command::Rollback { app, to } => run_async(rollback(&cli, app, to.as_deref())),
+        Command::Resume { app } => resume(&cli, app),
         Command::Completions { shell } => completions(*shell),
         Command::Manpage => manpage(),
     };

@@ -28,9 +28,9 @@ mod env;
 mod on_outcome;
 mod raw;
 mod report;
-mod verify;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;

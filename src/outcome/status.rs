@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::history::last_outcomes;
 use super::{HistoryEntry, OutcomeError, exists, file_label, rfc3339_utc};
-use crate::live::{LiveFile, Wait};
+use crate::live::{LiveFile, Wait, WaitKind};
 use crate::queue::spool::{Job, JobState, Spool};
 
 /// The text of `dropdeploy status`: for each app, the job in flight (state, file, id, since
@@ -34,6 +34,7 @@ pub fn status_report(
     names.extend(unconfigured.iter().cloned());
 
     let last = last_outcomes(history, &names)?;
+    let store = attention_store(history);
     let mut out = String::new();
     if names.is_empty() {
         out.push_str("no apps configured, and no jobs in the spool\n");
@@ -46,6 +47,13 @@ pub fn status_report(
             live,
             &last,
         ));
+        if let Some(attention) = store.attention(app) {
+            out.push_str(&format!(
+                "  needs attention: {} (since {})\n",
+                attention.reason,
+                rfc3339_utc(attention.since)
+            ));
+        }
     }
     for error in unreadable {
         out.push_str(&format!("warning: {error}\n"));
@@ -85,6 +93,7 @@ pub fn status_json(
     let mut names: Vec<String> = apps.to_vec();
     names.extend(unconfigured.iter().cloned());
     let last = last_outcomes(history, &names)?;
+    let store = attention_store(history);
     let sections: Vec<serde_json::Value> = names
         .iter()
         .map(|app| {
@@ -130,7 +139,7 @@ pub fn status_json(
             let waits: Vec<_> = live
                 .iter()
                 .flat_map(|l| &l.waits)
-                .filter(|w| &w.app == app)
+                .filter(|w| &w.app == app && w.kind != WaitKind::Attention)
                 .map(|wait| {
                     json!({
                         "kind": wait.kind,
@@ -148,6 +157,7 @@ pub fn status_json(
                 "pending": pending,
                 "unrecorded": unrecorded,
                 "waits": waits,
+                "needs_attention": store.attention(app).map(|a| a.reason),
                 "last": last.get(app),
             })
         })
@@ -157,6 +167,11 @@ pub fn status_json(
         "apps": sections,
         "unreadable": unreadable,
     }))
+}
+
+/// The apps' attention flags, in the state directory that holds `history`.
+fn attention_store(history: &Path) -> crate::verify::store::Store {
+    crate::verify::store::Store::new(history.parent().unwrap_or(Path::new(".")))
 }
 
 /// The jobs in the spool (none if it does not exist), and why the unreadable ones are.
@@ -203,7 +218,9 @@ fn app_section(
     out.push_str(&in_flight_lines(&mine));
     out.push_str(&pending_line(&mine));
     out.push_str(&unrecorded_line(&mine));
-    for wait in live.iter().flat_map(|l| &l.waits).filter(|w| w.app == app) {
+    // Whether an app needs attention is read from its flag (which `resume` clears), not the board.
+    let waits = live.iter().flat_map(|l| &l.waits);
+    for wait in waits.filter(|w| w.app == app && w.kind != WaitKind::Attention) {
         out.push_str(&wait_line(wait));
     }
     out.push_str(&last_line(last.get(app)));

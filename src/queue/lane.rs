@@ -406,13 +406,10 @@ async fn run_job(
         permit = ctx.permits.clone().acquire_owned() => permit.ok(),
         _ = shutdown.requested() => None,
     };
-    if permit.is_none() {
-        return None;
-    }
+    // The daemon stops first: the job stays in the spool.
+    let permit = permit?;
     // Another process sharing the state_dir (a one-shot `deploy`) may be driving this job.
-    let Some(_lock) = job_lock(&ctx.spool, &job, &mut shutdown).await else {
-        return None;
-    };
+    let _lock = job_lock(&ctx.spool, &job, &mut shutdown).await?;
     match ctx.spool.load(&job.id) {
         Ok(fresh) => job = fresh,
         Err(e) => {

@@ -120,22 +120,33 @@ impl Observer for LogObserver {
                 reason,
                 probe,
             } => {
-                let (status, latency_ms) = (
-                    probe.and_then(|p| p.status),
-                    probe.map(|p| p.latency_ms),
-                );
+                let (status, latency_ms) =
+                    (probe.and_then(|p| p.status), probe.map(|p| p.latency_ms));
                 let excerpt = probe.map(|p| p.excerpt.as_str()).unwrap_or("");
                 match verdict {
                     Verdict::Unhealthy => tracing::warn!(
-                        app, job = id, status, latency_ms, excerpt, "unhealthy: {reason}"
+                        app,
+                        job = id,
+                        status,
+                        latency_ms,
+                        excerpt,
+                        "unhealthy: {reason}"
                     ),
                     Verdict::Verified => tracing::info!(
-                        app, job = id, status, latency_ms, excerpt, "verified: {reason}"
+                        app,
+                        job = id,
+                        status,
+                        latency_ms,
+                        excerpt,
+                        "verified: {reason}"
                     ),
                     Verdict::Skipped => tracing::info!(app, job = id, "{reason}"),
                 }
             }
-            Event::RollingBack { job: rollback, to_ref } => tracing::warn!(
+            Event::RollingBack {
+                job: rollback,
+                to_ref,
+            } => tracing::warn!(
                 app,
                 job = id,
                 rollback_job = rollback,

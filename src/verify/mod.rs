@@ -177,11 +177,12 @@ impl VerifiedTarget {
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
-                    let phase = if soak || job.check.as_ref().is_some_and(|c| c.healthy_at.is_some()) {
-                        "soak: probing until the app has answered well long enough"
-                    } else {
-                        "probing until a healthy answer or the attempts run out"
-                    };
+                    let phase =
+                        if soak || job.check.as_ref().is_some_and(|c| c.healthy_at.is_some()) {
+                            "soak: probing until the app has answered well long enough"
+                        } else {
+                            "probing until a healthy answer or the attempts run out"
+                        };
                     board.wait(
                         &app,
                         WaitKind::Verify,
@@ -312,14 +313,18 @@ impl VerifiedTarget {
             self.wiring
                 .observer
                 .event(job, &Event::NeedsAttention { reason: &reason });
-            return Ok(Some("no other rollback is tried".to_string()));
+            return Ok(Some(format!(
+                "no other rollback is tried: {} needs attention (drop a new archive, or run `dropdeploy resume {}`)",
+                job.app, job.app
+            )));
         }
         if !self.cfg.rollback {
             return Ok(Some("rollback is off for this app".to_string()));
         }
-        if *self.waiting.borrow() > 0 && job.check.as_ref().is_none_or(|c| c.follow_up.is_none())
-        {
-            return Ok(Some("no rollback: a newer job waits and runs next".to_string()));
+        if *self.waiting.borrow() > 0 && job.check.as_ref().is_none_or(|c| c.follow_up.is_none()) {
+            return Ok(Some(
+                "no rollback: a newer job waits and runs next".to_string(),
+            ));
         }
         let store = self.wiring.store.clone();
         let app = job.app.clone();
@@ -328,13 +333,13 @@ impl VerifiedTarget {
             Ok(Some(kept)) => kept,
             Ok(None) => {
                 return Ok(Some(
-                    "no verified archive is kept for this app: nothing to roll back to"
-                        .to_string(),
+                    "no verified archive is kept for this app: nothing to roll back to".to_string(),
                 ));
             }
             Err(e) => return Ok(Some(format!("cannot read the verified archives: {e:?}"))),
         };
-        let made = rollback::start(&self.wiring.spool, &self.wiring.store, job, &kept, true).await?;
+        let made =
+            rollback::start(&self.wiring.spool, &self.wiring.store, job, &kept, true).await?;
         self.wiring.observer.event(
             job,
             &Event::RollingBack {

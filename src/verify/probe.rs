@@ -107,12 +107,9 @@ pub fn record(
     let decided = match check.healthy_at {
         None if probe.healthy => {
             check.healthy_at = Some(now);
-            cfg.soak.is_zero().then(|| {
-                (
-                    Verdict::Verified,
-                    format!("healthy: {}", probe.describe()),
-                )
-            })
+            cfg.soak
+                .is_zero()
+                .then(|| (Verdict::Verified, format!("healthy: {}", probe.describe())))
         }
         None => {
             check.failures += 1;
@@ -120,7 +117,7 @@ pub fn record(
                 (
                     Verdict::Unhealthy,
                     format!(
-                        "no healthy answer (HTTP {}{}) in {} attempt(s); last: {}",
+                        "no healthy answer (expected HTTP {}{}) in {} attempt(s); last: {}",
                         cfg.expect,
                         cfg.contains
                             .as_ref()
@@ -206,7 +203,10 @@ mod tests {
         assert_eq!(record(&mut check, &cfg(), answer(500), 1), None);
         let (verdict, why) = record(&mut check, &cfg(), answer(502), 2).unwrap();
         assert_eq!(verdict, Verdict::Unhealthy);
-        assert!(why.contains("2 attempt(s)") && why.contains("HTTP 502"), "{why}");
+        assert!(
+            why.contains("2 attempt(s)") && why.contains("HTTP 502"),
+            "{why}"
+        );
     }
 
     #[test]

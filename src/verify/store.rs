@@ -31,6 +31,9 @@ pub struct Kept {
     pub summary: Summary,
     /// When it was verified.
     pub verified_at: Timestamp,
+    /// The same in milliseconds: what orders two verified in the same second.
+    #[serde(default)]
+    pub verified_ms: u64,
 }
 
 /// A kept archive, as `done/` must recognise it: the same file (a hard link), or the same
@@ -163,6 +166,10 @@ impl Store {
                 .unwrap_or_else(|| original.to_string_lossy().into_owned()),
             summary: summary.clone(),
             verified_at: now(),
+            verified_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         };
         let record = dir.join(format!("{}.json", job.id));
         if fs::symlink_metadata(&record).is_err() {
@@ -211,7 +218,9 @@ impl Store {
                 kept.push(record);
             }
         }
-        kept.sort_by(|a, b| (b.verified_at, &b.job).cmp(&(a.verified_at, &a.job)));
+        kept.sort_by(|a, b| {
+            (b.verified_at, b.verified_ms, &b.job).cmp(&(a.verified_at, a.verified_ms, &a.job))
+        });
         Ok(kept)
     }
 

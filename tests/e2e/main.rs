@@ -32,3 +32,5 @@ mod secrets;
 mod systemd_service;
 /// Watched source directories deployed by the daemon; `pack` and `watch`.
 mod tree_deploys;
+/// Health checks after deployments, rollbacks, `rollback` and `resume`.
+mod verify;

@@ -1,0 +1,454 @@
+//! Verified deploys against the fake platform: the app endpoint of `fake-scalingo` answers as
+//! the archive deployed last says (its `fake-app.txt`), so each test makes the app healthy,
+//! broken, dying or slow to start, and watches the check, the rollback and the history.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::{World, archives_in, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A `.tar.gz` with `app/package.json`, `app/index.html` saying `name`, and `app/fake-app.txt`
+/// holding `behaviour` (how the fake app answers once deployed).
+fn app_archive(dir: &Path, name: &str, behaviour: &str) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut add = |p: &str, body: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, p, body).unwrap();
+    };
+    add("app/package.json", br#"{"name":"demo"}"#);
+    add("app/index.html", name.as_bytes());
+    add("app/fake-app.txt", behaviour.as_bytes());
+    tar.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+/// Drops an app archive into `drop` (written aside, renamed in).
+fn drop_app(world: &World, drop: &Path, name: &str, behaviour: &str) {
+    std::fs::create_dir_all(drop).unwrap();
+    let made = app_archive(world.dir.path(), name, behaviour);
+    std::fs::rename(made, drop.join(name)).unwrap();
+}
+
+/// A drop-folder app with a check on the fake's app endpoint; `verify` adds keys.
+fn verified_app(world: &World, app: &str, verify: &str, extra: &str) -> PathBuf {
+    let url = format!("{}/up", world.fake.app_url(app));
+    world.add_drop_app(
+        app,
+        &format!(
+            "verify = {{ url = \"{url}\", timeout = \"2s\", interval = \"100ms\", {verify} }}\n{extra}"
+        ),
+    )
+}
+
+fn outcomes(history: &[serde_json::Value]) -> Vec<String> {
+    history
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn rollback_deployments(world: &World, app: &str) -> usize {
+    world
+        .fake
+        .deployments(app)
+        .iter()
+        .filter(|d| d.git_ref.as_deref().is_some_and(|r| r.contains("rollback")))
+        .count()
+}
+
+fn kept_archives(world: &World, app: &str) -> Vec<String> {
+    archives_in(&world.state.join("verified").join(app))
+}
+
+#[test]
+fn a_healthy_deployment_is_verified_and_its_archive_kept() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 3, warmup = \"0s\", soak = \"500ms\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(outcomes(&history), ["verified"], "{history:#?}");
+    assert_eq!(history[0]["check"]["status"], 200);
+    assert!(history[0]["check"]["latency_ms"].is_u64());
+    assert_eq!(history[0]["check"]["excerpt"], "ok v1");
+    assert!(
+        history[0]["reason"].as_str().unwrap().contains("soak"),
+        "{history:#?}"
+    );
+    assert_eq!(kept_archives(&world, "app").len(), 1);
+    assert_eq!(archives_in(&drop.join("done")), ["v1.tar.gz"]);
+    assert!(world.log("d").contains("verified"), "{}", world.log("d"));
+}
+
+#[test]
+fn an_unhealthy_first_deployment_has_nothing_to_roll_back_to() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "status=500\nbody=oops");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(outcomes(&history), ["unhealthy"], "{history:#?}");
+    let reason = history[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("HTTP 500"), "{reason}");
+    assert!(reason.contains("no verified archive"), "{reason}");
+    assert_eq!(history[0]["check"]["status"], 500);
+    assert_eq!(history[0]["step"], "verify");
+    assert_eq!(archives_in(&drop.join("failed")), ["v1.tar.gz"]);
+    let why = std::fs::read_to_string(drop.join("failed/v1.tar.gz.reason.txt")).unwrap();
+    assert!(why.contains("HTTP 500"), "{why}");
+    assert_eq!(world.fake.deployments("app").len(), 1, "no rollback");
+}
+
+#[test]
+fn an_unhealthy_deployment_rolls_back_to_the_last_verified_archive() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"300ms\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2\nstatus=500");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    let (v1_ref, v2_ref) = (
+        history[0]["git_ref"].as_str().unwrap(),
+        history[1]["git_ref"].as_str().unwrap(),
+    );
+    assert!(
+        history[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rolling back to"),
+        "{history:#?}"
+    );
+    assert_eq!(
+        history[2]["reason"].as_str().unwrap(),
+        format!("rolled_back {v2_ref} → {v1_ref}")
+    );
+    assert_eq!(world.fake.app_answer("app"), (200, "ok v1".to_string()));
+    assert_eq!(world.fake.deployments("app").len(), 3);
+    assert_eq!(rollback_deployments(&world, "app"), 1);
+    assert_eq!(archives_in(&drop.join("failed")), ["v2.tar.gz"]);
+}
+
+#[test]
+fn an_app_that_dies_during_the_soak_is_unhealthy_and_rolled_back() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 3, warmup = \"0s\", soak = \"2s\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2\ndie_after=0.5");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    let reason = history[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("stopped answering well"), "{reason}");
+    assert!(reason.contains("app crashed"), "{reason}");
+    assert_eq!(world.fake.app_answer("app").1, "ok v1");
+}
+
+#[test]
+fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    // Something outside the archives breaks (a database down): the rollback cannot help.
+    world.fake.break_app("app", Some(500));
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "unhealthy"],
+        "{history:#?}"
+    );
+    let reason = history[2]["reason"].as_str().unwrap();
+    assert!(reason.contains("needs attention"), "{reason}");
+    // No loop: nothing more is deployed for a while (a rollback would take well under this).
+    assert!(!wait_for(Duration::from_secs(2), || world.history().len()
+        > 3
+        || world.fake.deployments("app").len() > 3));
+    assert_eq!(rollback_deployments(&world, "app"), 1);
+    let status = world.run(&["status"]);
+    status.assert_code(0).assert_contains("needs attention");
+    let json = world.run(&["status", "--json"]);
+    assert!(json.stdout.contains("needs_attention"), "{}", json.stdout);
+
+    world
+        .run(&["resume", "app"])
+        .assert_code(0)
+        .assert_contains("no longer needs attention");
+    let status = world.run(&["status"]);
+    assert!(
+        !status.stdout.contains("needs attention"),
+        "{}",
+        status.stdout
+    );
+    // A new drop deploys as usual (and, healthy again, is verified).
+    world.fake.break_app("app", None);
+    drop_app(&world, &drop, "v3.tar.gz", "version=v3");
+    let history = world.wait_history(4, LONG);
+    assert_eq!(history[3]["outcome"], "verified", "{history:#?}");
+}
+
+#[test]
+fn a_newer_drop_cuts_a_check_short_and_the_verified_archive_stays_in_done() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 600, warmup = \"0s\", soak = \"300ms\"",
+        "keep_done = 1",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    // v2 takes a minute to answer well: its check is still probing when v3 comes.
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2\nstart_after=60");
+    assert!(
+        wait_for(LONG, || world
+            .job_records()
+            .iter()
+            .any(|r| r.contains("\"verifying\""))),
+        "{}",
+        world.log("d")
+    );
+    drop_app(&world, &drop, "v3.tar.gz", "version=v3");
+    let history = world.wait_history(2, LONG);
+    assert_eq!(history[1]["outcome"], "succeeded", "{history:#?}");
+    assert!(
+        history[1]["reason"].as_str().unwrap().contains("newer job"),
+        "{history:#?}"
+    );
+    // keep_done = 1, yet the last verified archive (v1) is still in done/ beside v2.
+    assert_eq!(archives_in(&drop.join("done")), ["v1.tar.gz", "v2.tar.gz"]);
+    let history = world.wait_history(3, LONG);
+    assert_eq!(history[2]["outcome"], "verified", "{history:#?}");
+    // v3 is now the last verified: v1 may go.
+    assert_eq!(archives_in(&drop.join("done")), ["v3.tar.gz"]);
+    assert_eq!(rollback_deployments(&world, "app"), 0);
+}
+
+#[test]
+fn a_check_interrupted_by_sigkill_resumes_without_deploying_again() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 3, warmup = \"3s\", soak = \"300ms\"",
+        "",
+    );
+    let mut daemon = world.start_daemon("d1");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    assert!(
+        wait_for(LONG, || world
+            .job_records()
+            .iter()
+            .any(|r| r.contains("\"verifying\""))),
+        "{}",
+        world.log("d1")
+    );
+    daemon.kill9();
+    let _daemon = world.start_daemon("d2");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(outcomes(&history), ["verified"], "{history:#?}");
+    assert_eq!(world.fake.deployments("app").len(), 1, "deployed once");
+    assert!(world.job_records().is_empty());
+}
+
+#[test]
+fn a_rollback_interrupted_by_sigkill_resumes_and_deploys_once() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"1s\"",
+        "",
+    );
+    let mut daemon = world.start_daemon("d1");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2\nstatus=503");
+    // The rollback job exists (recorded in the spool): kill the daemon there.
+    assert!(
+        wait_for(LONG, || world
+            .job_records()
+            .iter()
+            .any(|r| r.contains("\"automatic\": true"))),
+        "{}",
+        world.log("d1")
+    );
+    daemon.kill9();
+    let _daemon = world.start_daemon("d2");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}\n{}",
+        world.log("d2")
+    );
+    assert!(!wait_for(Duration::from_secs(1), || world.history().len() > 3));
+    assert_eq!(
+        rollback_deployments(&world, "app"),
+        1,
+        "the rollback deployed once"
+    );
+    assert_eq!(world.fake.app_answer("app").1, "ok v1");
+}
+
+#[test]
+fn a_local_release_that_fails_its_probe_gets_current_pointed_back() {
+    let world = World::new();
+    let url = format!("{}/up", world.fake.app_url("site"));
+    let (drop, app_dir) = world.add_local_app(
+        "site",
+        &format!(
+            "verify = {{ url = \"{url}\", attempts = 2, interval = \"100ms\", warmup = \"0s\", soak = \"200ms\" }}"
+        ),
+    );
+    world.fake.serve_release("site", &app_dir);
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=one");
+    world.wait_history(1, LONG);
+    drop_app(&world, &drop, "v2.tar.gz", "version=two\nstatus=500");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    let current = std::fs::canonicalize(app_dir.join("current")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(current.join("index.html")).unwrap(),
+        "v1.tar.gz"
+    );
+    assert_eq!(world.fake.app_answer("site"), (200, "ok one".to_string()));
+}
+
+#[test]
+fn rollback_by_hand_brings_back_a_kept_archive_and_refuses_without_one() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let refused = world.run(&["rollback", "app"]);
+    refused
+        .assert_code(1)
+        .assert_contains("no verified archive is kept")
+        .assert_contains("(none)");
+    let mut daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    world.wait_history(1, LONG);
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2");
+    let history = world.wait_history(2, LONG);
+    daemon.signal("TERM");
+    daemon.wait_exit(LONG);
+    let v1_ref = history[0]["git_ref"].as_str().unwrap().to_string();
+    let v2_ref = history[1]["git_ref"].as_str().unwrap().to_string();
+
+    let unknown = world.run(&["rollback", "app", "--to", "nope"]);
+    unknown
+        .assert_code(1)
+        .assert_contains(&v1_ref)
+        .assert_contains(&v2_ref);
+
+    let done = world.run(&["rollback", "app", "--to", &v1_ref]);
+    done.assert_code(0)
+        .assert_contains("migrations")
+        .assert_contains("rolled_back");
+    assert_eq!(world.fake.app_answer("app").1, "ok v1");
+    let history = world.history();
+    assert_eq!(history.len(), 3, "{history:#?}");
+    assert_eq!(history[2]["outcome"], "rolled_back");
+    assert_eq!(
+        history[2]["reason"].as_str().unwrap(),
+        format!("rolled_back {v2_ref} → {v1_ref}")
+    );
+}
+
+/// The time from an unhealthy verdict to the previous version serving again, against the fake
+/// (its build steps take `step`, set to zero here: the platform's build time is excluded).
+/// `cargo test --test e2e verify::rollback_time -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn rollback_time() {
+    let world = World::new();
+    world.fake.set_step(Duration::ZERO);
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 1, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    let mut figures = Vec::new();
+    for round in 0..5 {
+        let good = format!("good{round}.tar.gz");
+        drop_app(&world, &drop, &good, &format!("version=good{round}"));
+        let n = world.history().len();
+        world.wait_history(n + 1, LONG);
+        drop_app(
+            &world,
+            &drop,
+            &format!("bad{round}.tar.gz"),
+            "version=bad\nstatus=500",
+        );
+        // The unhealthy version is live from its deployment's success: measure from the first
+        // bad answer to the good one again.
+        assert!(wait_for(LONG, || world.fake.app_answer("app").0 == 500));
+        let start = Instant::now();
+        assert!(wait_for(LONG, || world.fake.app_answer("app").1
+            == format!("ok good{round}")));
+        figures.push(start.elapsed());
+        world.wait_history(n + 3, LONG);
+    }
+    figures.sort();
+    println!(
+        "rollback time (unhealthy version live -> previous version serving), 5 rounds: min {:?}, median {:?}, max {:?}",
+        figures[0], figures[2], figures[4]
+    );
+}
