@@ -884,7 +884,7 @@ on_outcome = { command = ["/bin/true"], only = ["succeeded"] }
             message,
             format!(
                 "{FILE}:3:19: `only` in [on_outcome]: \"error\" is not an outcome; expected \
-                 one of succeeded, failed, superseded"
+                 one of succeeded, failed, superseded, verified, unhealthy, rolled_back"
             )
         );
         let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\non_outcome = { command = [\"/bin/true\"], only = [\"Failed\"] }\n";

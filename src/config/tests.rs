@@ -189,7 +189,8 @@ fn an_unknown_key_names_its_line_column_and_the_expected_keys() {
         "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
          of name, drop_dir, source_dir, queue, debounce, ignore, git_ref_label, settle, \
          keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
-         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
+         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome, \
+         verify"
     );
 }
 
@@ -916,4 +917,39 @@ fn quiet_and_debounce_together_are_refused() {
         message.starts_with(&format!("{FILE}:5:9: `quiet` and `debounce`")),
         "{message}"
     );
+}
+
+#[test]
+fn a_verify_table_is_typed_with_its_defaults() {
+    let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { url = \"https://a.example/up\", soak = \"0s\", attempts = 2 }\n";
+    let c = config(text);
+    let v = c.app("a").unwrap().verify.clone().unwrap();
+    assert_eq!(v.url, "https://a.example/up");
+    assert_eq!((v.expect, v.attempts), (200, 2));
+    assert_eq!(v.soak, std::time::Duration::ZERO);
+    assert_eq!(v.warmup, std::time::Duration::from_secs(10));
+    assert!(v.rollback);
+}
+
+#[test]
+fn a_bad_verify_table_is_reported_key_by_key() {
+    let text = "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { url = \"ftp://x\", expect = 99, interval = \"soon\" }\n";
+    let message = error(text);
+    assert!(
+        message.contains("must start with http:// or https://"),
+        "{message}"
+    );
+    assert!(
+        message.contains("`expect` in `verify` must be an HTTP status"),
+        "{message}"
+    );
+    assert!(
+        message.contains("invalid duration \"soon\" for `interval` in verify of [[app]]"),
+        "{message}"
+    );
+    let message =
+        error("[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { urll = \"https://x\" }\n");
+    assert!(message.contains("unknown key `urll`"), "{message}");
+    let message = error("[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { soak = \"1s\" }\n");
+    assert!(message.contains("`verify` needs a `url`"), "{message}");
 }

@@ -29,16 +29,14 @@ pub(super) fn lane_settings(
 impl Daemon {
     pub(super) fn start_lane(&mut self, app: &AppConfig) {
         let mut settings = lane_settings(&self.config, app, &self.wiring);
-        if let Some(check) = &app.verify {
-            settings.target = settings.target.and_then(|target| {
-                let wiring = self.verify_wiring()?;
-                Ok(crate::verify::VerifiedTarget::wrap(
-                    target,
-                    Some(check),
-                    &wiring,
-                ))
-            });
-        }
+        settings.target = settings.target.and_then(|target| {
+            let wiring = self.verify_wiring()?;
+            Ok(crate::verify::VerifiedTarget::wrap(
+                target,
+                app.verify.as_ref(),
+                &wiring,
+            ))
+        });
         self.lanes.ensure(&app.name, settings);
     }
 

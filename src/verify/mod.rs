@@ -62,7 +62,8 @@ impl Wiring {
 /// An app's target with its health check and rollback.
 pub struct VerifiedTarget {
     inner: Arc<dyn Target>,
-    cfg: VerifyConfig,
+    /// `None`: the app has no check (any more); a check begun before ends `skipped`.
+    cfg: Option<VerifyConfig>,
     wiring: Wiring,
     /// How many jobs wait in the lane behind the one in flight.
     waiting: watch::Sender<usize>,
@@ -76,7 +77,11 @@ enum Wake {
 }
 
 impl VerifiedTarget {
-    pub fn new(inner: Arc<dyn Target>, cfg: VerifyConfig, wiring: Wiring) -> VerifiedTarget {
+    pub fn new(
+        inner: Arc<dyn Target>,
+        cfg: Option<VerifyConfig>,
+        wiring: Wiring,
+    ) -> VerifiedTarget {
         VerifiedTarget {
             inner,
             cfg,
@@ -85,19 +90,28 @@ impl VerifiedTarget {
         }
     }
 
-    /// Wraps `inner` when the app has a check; else returns it as it is.
+    /// Wraps `inner` with the app's check, if it has one. An app without a check is wrapped
+    /// too, so that a check left unfinished when the check was removed from the
+    /// configuration ends (`skipped`) instead of waiting for ever.
     pub fn wrap(
         inner: Arc<dyn Target>,
         cfg: Option<&VerifyConfig>,
         wiring: &Wiring,
     ) -> Arc<dyn Target> {
-        match cfg {
-            Some(cfg) => Arc::new(VerifiedTarget::new(inner, cfg.clone(), wiring.clone())),
-            None => inner,
-        }
+        Arc::new(VerifiedTarget::new(inner, cfg.cloned(), wiring.clone()))
     }
 
     async fn drive(&self, job: &mut Job) -> Result<(), SpoolError> {
+        let Some(cfg) = &self.cfg else {
+            if !matches!(job.state, JobState::Verifying { .. }) && !job.awaits_check() {
+                self.inner.run(job).await?;
+            }
+            if matches!(job.state, JobState::Verifying { .. }) || job.awaits_check() {
+                let reason = "the app has no check any more".to_string();
+                return self.conclude(job, Verdict::Skipped, reason).await;
+            }
+            return Ok(());
+        };
         let spool = &self.wiring.spool;
         if job.check.is_none() {
             job.check = Some(Check::pending());
@@ -129,7 +143,7 @@ impl VerifiedTarget {
             .and_then(|c| c.verdict.zip(c.reason.clone()));
         let (verdict, reason) = match decided {
             Some(decided) => decided,
-            None => match self.check(job).await? {
+            None => match self.check(job, cfg).await? {
                 Some(decided) => decided,
                 None => return Ok(()),
             },
@@ -138,13 +152,17 @@ impl VerifiedTarget {
     }
 
     /// Runs the check from where the record says it is; `None` when the daemon stops first.
-    async fn check(&self, job: &mut Job) -> Result<Option<(Verdict, String)>, SpoolError> {
+    async fn check(
+        &self,
+        job: &mut Job,
+        cfg: &VerifyConfig,
+    ) -> Result<Option<(Verdict, String)>, SpoolError> {
         let (app, id) = (job.app.clone(), job.id.clone());
         let board = &self.wiring.board;
         self.wiring.observer.event(job, &Event::Step(Step::Verify));
         let decided = loop {
             let check = job.check.get_or_insert_with(Check::pending);
-            match probe::next(check, &self.cfg, now()) {
+            match probe::next(check, cfg, now()) {
                 Next::Warmup(left) => {
                     board.wait(
                         &app,
@@ -167,12 +185,12 @@ impl VerifiedTarget {
                     }
                 }
                 Next::Probe { soak } => {
-                    let answer = probe::probe(&self.wiring.http, &self.cfg).await;
+                    let answer = probe::probe(&self.wiring.http, cfg).await;
                     self.wiring
                         .observer
                         .event(job, &Event::Probed { probe: &answer });
                     let check = job.check.get_or_insert_with(Check::pending);
-                    let decided = probe::record(check, &self.cfg, answer, now());
+                    let decided = probe::record(check, cfg, answer, now());
                     self.wiring.spool.save(job)?;
                     if let Some(decided) = decided {
                         break Some(decided);
@@ -188,9 +206,9 @@ impl VerifiedTarget {
                         WaitKind::Verify,
                         &id,
                         phase,
-                        Some(now() + self.cfg.interval.as_secs()),
+                        Some(now() + cfg.interval.as_secs()),
                     );
-                    match self.pause(self.cfg.interval).await {
+                    match self.pause(cfg.interval).await {
                         Wake::Elapsed => continue,
                         Wake::Shutdown => break None,
                         Wake::Newer => break Some(newer_wins()),
@@ -227,6 +245,7 @@ impl VerifiedTarget {
     ) -> Result<(), SpoolError> {
         let deployment_id = match &job.state {
             JobState::Verifying { deployment_id } => deployment_id.clone(),
+            JobState::Succeeded { deployment_id } => Some(deployment_id.clone()),
             _ => None,
         };
         if let Some(check) = job.check.as_mut() {
@@ -318,7 +337,7 @@ impl VerifiedTarget {
                 job.app, job.app
             )));
         }
-        if !self.cfg.rollback {
+        if self.cfg.as_ref().is_some_and(|c| !c.rollback) {
             return Ok(Some("rollback is off for this app".to_string()));
         }
         if *self.waiting.borrow() > 0 && job.check.as_ref().is_none_or(|c| c.follow_up.is_none()) {

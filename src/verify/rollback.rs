@@ -18,6 +18,13 @@ pub fn new_id() -> String {
     format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..))
 }
 
+/// The id of a rollback made by job `parent`: it sorts right after the parent's, so that a
+/// restart, which resumes the spool's jobs in the order of their ids, finishes the parent
+/// first (else the parent, waiting, would count as newer work and cut the rollback's check).
+pub fn child_id(parent: &str) -> String {
+    format!("{parent}.r{:08x}", fastrand::u32(..))
+}
+
 /// Starts the automatic rollback of `job` to `kept`: the rollback job's id is recorded in
 /// `job` first, then the job is made (or found, when an earlier run made it). Returns it.
 pub async fn start(
@@ -31,7 +38,7 @@ pub async fn start(
     let id = match &check.follow_up {
         Some(id) => id.clone(),
         None => {
-            let id = new_id();
+            let id = child_id(&job.id);
             check.follow_up = Some(id.clone());
             spool.save(job)?;
             id
@@ -89,8 +96,8 @@ pub fn make(
             .map_err(io("cannot sync", &archive))?;
     }
     let created_at = now();
-    let nonce = id.rsplit('-').next().unwrap_or(id);
-    let git_ref = make_git_ref(&format!("{}-rollback", kept.app), created_at, nonce);
+    let nonce = format!("{:08x}", fastrand::u32(..));
+    let git_ref = make_git_ref(&format!("{}-rollback", kept.app), created_at, &nonce);
     let mut job = Job::new(
         id.to_string(),
         &kept.app,

@@ -261,12 +261,18 @@ fn a_newer_drop_cuts_a_check_short_and_the_verified_archive_stays_in_done() {
         history[1]["reason"].as_str().unwrap().contains("newer job"),
         "{history:#?}"
     );
+    // Once v2's outcome is fully recorded (done/ pruned, the job gone from the spool):
     // keep_done = 1, yet the last verified archive (v1) is still in done/ beside v2.
+    assert!(wait_for(LONG, || !world
+        .job_records()
+        .iter()
+        .any(|r| r.contains("v2.tar.gz"))));
     assert_eq!(archives_in(&drop.join("done")), ["v1.tar.gz", "v2.tar.gz"]);
     let history = world.wait_history(3, LONG);
     assert_eq!(history[2]["outcome"], "verified", "{history:#?}");
     // v3 is now the last verified: v1 may go.
-    assert_eq!(archives_in(&drop.join("done")), ["v3.tar.gz"]);
+    let done = || archives_in(&drop.join("done"));
+    assert!(wait_for(LONG, || done() == ["v3.tar.gz"]), "{:?}", done());
     assert_eq!(rollback_deployments(&world, "app"), 0);
 }
 
@@ -294,7 +300,7 @@ fn a_check_interrupted_by_sigkill_resumes_without_deploying_again() {
     let history = world.wait_history(1, LONG);
     assert_eq!(outcomes(&history), ["verified"], "{history:#?}");
     assert_eq!(world.fake.deployments("app").len(), 1, "deployed once");
-    assert!(world.job_records().is_empty());
+    assert!(wait_for(LONG, || world.job_records().is_empty()));
 }
 
 #[test]

@@ -37,7 +37,8 @@ impl ReleaseRunner {
 
     /// Extracts, switches `current`, activates, prunes; records the outcome in the job.
     pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
-        if job.state.is_finished() || self.shutdown.is_requested() {
+        let verifying = matches!(job.state, JobState::Verifying { .. });
+        if job.state.is_finished() || verifying || self.shutdown.is_requested() {
             return Ok(());
         }
         if job.started_at.is_none() {

@@ -182,7 +182,8 @@ impl Runner {
             );
         }
         let mut streak = 0u32;
-        while !job.state.is_finished() {
+        // A job being verified is past the platform's part: never spin on it.
+        while !job.state.is_finished() && !matches!(job.state, JobState::Verifying { .. }) {
             if !self.follow && matches!(job.state, JobState::Deploying { .. }) {
                 return Ok(());
             }
