@@ -399,3 +399,6 @@ impl Target for VerifiedTarget {
         self.inner.lane_waiting(pending);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -180,13 +180,15 @@ impl Store {
             })?;
             crate::durable::write(&record, &crate::redact::redact_vec(bytes))?;
         }
-        let all = self.kept(&job.app)?;
-        let same = all
-            .iter()
-            .filter(|k| k.job != job.id && k.summary.sha256 == summary.sha256)
-            .cloned();
-        let beyond = all.iter().skip(KEEP_VERIFIED).cloned();
-        for old in same.chain(beyond).collect::<Vec<_>>() {
+        // The same content verified again (a rollback) is listed once, as the newest.
+        let (same, others): (Vec<Kept>, Vec<Kept>) = self
+            .kept(&job.app)?
+            .into_iter()
+            .partition(|k| k.job != job.id && k.summary.sha256 == summary.sha256);
+        for old in same
+            .into_iter()
+            .chain(others.into_iter().skip(KEEP_VERIFIED))
+        {
             // The record goes first: an archive without a record is never listed.
             let _ = fs::remove_file(dir.join(format!("{}.json", old.job)));
             let _ = fs::remove_file(self.archive_path(&old));

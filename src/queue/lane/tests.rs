@@ -197,3 +197,99 @@ async fn max_parallel_caps_apps_deploying_at_once() {
         .await;
     assert_eq!(b.held.most_at_once.load(Ordering::SeqCst), 2);
 }
+
+/// Like [`HeldTarget`], and the first job makes a follow-up job (as an unhealthy deployment
+/// makes its rollback); remembers what `lane_waiting` was told.
+struct ParentTarget(Arc<Held>, Spool, Mutex<Vec<usize>>);
+
+impl Target for ParentTarget {
+    fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(async move {
+            HeldTarget(self.0.clone(), self.1.clone()).run(job).await?;
+            if self.0.ran().first() == Some(&job.id) {
+                let mut child =
+                    crate::queue::intake::enqueue_url(&self.1, &job.app, "https://x/b", "b", None)
+                        .unwrap();
+                child.check = Some(crate::queue::check::Check {
+                    verdict: Some(crate::queue::check::Verdict::Verified),
+                    ..Default::default()
+                });
+                self.1.save(&child)?;
+                job.check = Some(crate::queue::check::Check {
+                    verdict: Some(crate::queue::check::Verdict::Unhealthy),
+                    follow_up: Some(child.id.clone()),
+                    ..Default::default()
+                });
+                self.1.save(job)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn lane_waiting(&self, pending: usize) {
+        self.2.lock().unwrap().push(pending);
+    }
+}
+
+impl Bench {
+    fn parent_lane(&mut self, app: &str, policy: QueuePolicy) -> Arc<ParentTarget> {
+        let target = Arc::new(ParentTarget(
+            self.held.clone(),
+            self.spool.clone(),
+            Mutex::new(Vec::new()),
+        ));
+        let dynamic: Arc<dyn Target> = target.clone();
+        self.lanes.ensure(
+            app,
+            LaneSettings {
+                policy,
+                keep_done: 10,
+                target: Ok(dynamic),
+            },
+        );
+        target
+    }
+}
+
+#[tokio::test]
+async fn a_follow_up_job_runs_next_in_the_lane() {
+    let mut b = Bench::new(4);
+    let target = b.parent_lane("a", QueuePolicy::Latest);
+    let parent = b.job("a");
+    b.held.release.add_permits(2);
+    b.until("the parent and its follow-up to finish", |b| {
+        b.finished().len() == 2
+    })
+    .await;
+    let ran = b.held.ran();
+    assert_eq!(ran.len(), 2);
+    assert_eq!(ran[0], parent);
+    assert_eq!(b.finished()[1], (ran[1].clone(), "succeeded"));
+    assert!(target.2.lock().unwrap().iter().all(|n| *n == 0));
+}
+
+#[tokio::test]
+async fn newer_work_wins_over_a_follow_up_and_the_target_hears_of_it() {
+    for policy in [QueuePolicy::Latest, QueuePolicy::All] {
+        let mut b = Bench::new(4);
+        let target = b.parent_lane("a", policy);
+        let parent = b.job("a");
+        b.until("the parent to start", |b| b.held.ran() == [parent.clone()])
+            .await;
+        let newer = b.job("a");
+        b.until("the target to hear of the newer job", |_| {
+            target.2.lock().unwrap().contains(&1)
+        })
+        .await;
+        b.held.release.add_permits(3);
+        b.until("the parent, the follow-up and the newer job", |b| {
+            b.finished().len() == 3
+        })
+        .await;
+        let finished = b.finished();
+        assert_eq!(finished[0], (parent.clone(), "succeeded"));
+        assert_eq!(finished[1].1, "superseded", "{finished:?}");
+        assert_eq!(finished[2], (newer.clone(), "succeeded"));
+        assert_eq!(b.held.ran(), [parent, newer], "the follow-up never ran");
+    }
+}
