@@ -289,6 +289,9 @@ impl WatchdogTimer {
     }
 }
 
+/// What an app "does" in the status line while it needs attention (see [`status_line`]).
+pub const NEEDS_ATTENTION: &str = "needs attention";
+
 /// The `STATUS=` text for the daemon's state: how many apps it serves, which are deploying
 /// (app and step), and how many jobs wait. E.g. `2 apps; deploying my-app (building); 1 pending`
 /// or `2 apps; idle`. At most three deploying apps are named; the others are counted.
@@ -298,6 +301,11 @@ pub fn status_line(apps: usize, active: &[(String, String)], pending: usize) -> 
     } else {
         format!("{apps} apps")
     }];
+    // An app whose rollback was unhealthy too is not deploying: it waits for a person.
+    let (attention, active): (Vec<_>, Vec<_>) = active
+        .iter()
+        .cloned()
+        .partition(|(_, step)| step == NEEDS_ATTENTION);
     if !active.is_empty() {
         let mut named: Vec<String> = active
             .iter()
@@ -312,7 +320,11 @@ pub fn status_line(apps: usize, active: &[(String, String)], pending: usize) -> 
     if pending > 0 {
         parts.push(format!("{pending} pending"));
     }
-    if active.is_empty() && pending == 0 {
+    if !attention.is_empty() {
+        let apps: Vec<&str> = attention.iter().map(|(app, _)| app.as_str()).collect();
+        parts.push(format!("{} needs attention", apps.join(", ")));
+    }
+    if active.is_empty() && pending == 0 && attention.is_empty() {
         parts.push("idle".to_string());
     }
     one_line(&parts.join("; "))
@@ -436,6 +448,10 @@ mod tests {
             "3 apps; deploying a (uploading), b (building)"
         );
         assert_eq!(status_line(2, &[], 2), "2 apps; 2 pending");
+        assert_eq!(
+            status_line(2, &active(&[("a", "building"), ("b", NEEDS_ATTENTION)]), 0),
+            "2 apps; deploying a (building); b needs attention"
+        );
         let many = active(&[
             ("a", "queued"),
             ("b", "uploading"),

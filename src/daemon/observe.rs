@@ -52,9 +52,6 @@ impl Finisher for OutcomeFinisher {
     }
 }
 
-/// What the status line says of an app whose rollback was unhealthy too.
-const NEEDS_ATTENTION: &str = "needs attention";
-
 /// Keeps what each app is doing, for systemd's STATUS= line ("2 apps; deploying my-app
 /// (building); 1 pending"), and passes every event on to the log and the metrics.
 pub(super) struct StatusBoard {
@@ -95,7 +92,7 @@ impl Observer for StatusBoard {
             Event::Status { status } => Some((*status).to_string()),
             Event::Checking { phase, .. } => Some(format!("verify ({phase})")),
             Event::RollingBack { to_ref, .. } => Some(format!("rolling back to {to_ref}")),
-            Event::NeedsAttention { .. } => Some(NEEDS_ATTENTION.to_string()),
+            Event::NeedsAttention { .. } => Some(crate::service::NEEDS_ATTENTION.to_string()),
             Event::Checked { .. } | Event::Finished => None,
             _ => return,
         };
@@ -103,7 +100,12 @@ impl Observer for StatusBoard {
             match doing {
                 Some(d) => active.insert(job.app.clone(), d),
                 // An app that needs attention says so until its next job starts.
-                None if active.get(&job.app).is_some_and(|d| d == NEEDS_ATTENTION) => None,
+                None if active
+                    .get(&job.app)
+                    .is_some_and(|d| d == crate::service::NEEDS_ATTENTION) =>
+                {
+                    None
+                }
                 None => active.remove(&job.app),
             };
         }

@@ -182,14 +182,47 @@ fn an_app_that_dies_during_the_soak_is_unhealthy_and_rolled_back() {
     assert_eq!(world.fake.app_answer("app").1, "ok v1");
 }
 
+/// `GET /metrics` of the daemon on `port`.
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 #[test]
 fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
     let world = World::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}"),
+    )
+    .unwrap();
+    let hooked = world.path("hooked.jsonl");
+    let hook = format!(
+        "on_outcome = {{ command = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"], only = [\"unhealthy\"] }}",
+        hooked.display(),
+        hooked.display()
+    );
     let drop = verified_app(
         &world,
         "app",
         "attempts = 2, warmup = \"0s\", soak = \"0s\"",
-        "",
+        &hook,
     );
     let _daemon = world.start_daemon("d");
     drop_app(&world, &drop, "v1.tar.gz", "version=v1");
@@ -212,6 +245,18 @@ fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
     assert_eq!(rollback_deployments(&world, "app"), 1);
     let status = world.run(&["status"]);
     status.assert_code(0).assert_contains("needs attention");
+    assert!(
+        wait_for(LONG, || metrics(port)
+            .contains("dropdeploy_needs_attention{app=\"app\"} 1")),
+        "{}",
+        metrics(port)
+    );
+    // The outcome hook heard of both unhealthy deployments.
+    assert!(wait_for(LONG, || std::fs::read_to_string(&hooked)
+        .unwrap_or_default()
+        .matches("\"outcome\":\"unhealthy\"")
+        .count()
+        == 2));
     let json = world.run(&["status", "--json"]);
     assert!(json.stdout.contains("needs_attention"), "{}", json.stdout);
 
@@ -230,6 +275,7 @@ fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
     drop_app(&world, &drop, "v3.tar.gz", "version=v3");
     let history = world.wait_history(4, LONG);
     assert_eq!(history[3]["outcome"], "verified", "{history:#?}");
+    assert!(metrics(port).contains("dropdeploy_needs_attention{app=\"app\"} 0"));
 }
 
 #[test]
