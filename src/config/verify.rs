@@ -55,15 +55,6 @@ pub struct VerifyConfig {
     pub rollback: bool,
 }
 
-impl VerifyConfig {
-    /// The longest a check can take: warmup, every attempt, then the soak (each probe bounded
-    /// by `timeout`).
-    pub fn bound(&self) -> Duration {
-        let per_try = self.interval + self.timeout;
-        self.warmup + per_try * self.attempts + self.soak + per_try
-    }
-}
-
 /// `verify`, checked; every problem is reported.
 pub(super) fn build_verify(
     raw: &Spanned<RawVerify>,

@@ -184,7 +184,7 @@ impl VerifiedTarget {
                         Wake::Newer => break Some(newer_wins()),
                     }
                 }
-                Next::Probe { soak } => {
+                Next::Probe { .. } => {
                     let answer = probe::probe(&self.wiring.http, cfg).await;
                     self.wiring
                         .observer
@@ -195,17 +195,28 @@ impl VerifiedTarget {
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
-                    let phase =
-                        if soak || job.check.as_ref().is_some_and(|c| c.healthy_at.is_some()) {
-                            "soak: probing until the app has answered well long enough"
-                        } else {
-                            "probing until a healthy answer or the attempts run out"
-                        };
+                    let check = job.check.as_ref();
+                    let cause = match check.and_then(|c| c.healthy_at) {
+                        Some(at) => format!(
+                            "soak: healthy for {} s of {} s",
+                            now().saturating_sub(at),
+                            cfg.soak.as_secs()
+                        ),
+                        None => format!(
+                            "{} of {} attempts failed, last: {}",
+                            check.map_or(0, |c| c.failures),
+                            cfg.attempts,
+                            check
+                                .and_then(|c| c.last.as_ref())
+                                .map(|p| p.describe())
+                                .unwrap_or_default()
+                        ),
+                    };
                     board.wait(
                         &app,
                         WaitKind::Verify,
                         &id,
-                        phase,
+                        &cause,
                         Some(now() + cfg.interval.as_secs()),
                     );
                     match self.pause(cfg.interval).await {

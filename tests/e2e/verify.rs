@@ -328,7 +328,7 @@ fn a_check_interrupted_by_sigkill_resumes_without_deploying_again() {
     let drop = verified_app(
         &world,
         "app",
-        "attempts = 3, warmup = \"3s\", soak = \"300ms\"",
+        "attempts = 3, warmup = \"4s\", soak = \"300ms\"",
         "",
     );
     let mut daemon = world.start_daemon("d1");
@@ -340,6 +340,15 @@ fn a_check_interrupted_by_sigkill_resumes_without_deploying_again() {
             .any(|r| r.contains("\"verifying\""))),
         "{}",
         world.log("d1")
+    );
+    // The wait shows in `status`, with its reason and the time of the next step.
+    assert!(
+        wait_for(LONG, || {
+            let out = world.run(&["status"]).stdout;
+            out.contains("verifying: ") && out.contains("warmup before the first probe")
+        }),
+        "{}",
+        world.run(&["status"]).stdout
     );
     daemon.kill9();
     let _daemon = world.start_daemon("d2");
