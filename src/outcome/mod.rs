@@ -143,7 +143,8 @@ pub struct HistoryEntry {
     /// Where the archive was moved (`<drop_dir>/done/…` or `<drop_dir>/failed/…`), `null` when
     /// there was no file. `done/` is pruned later, so the file may have gone since.
     pub moved_to: Option<String>,
-    /// The health check's deciding probe (status, latency, body excerpt), when there was one.
+    /// The health check's deciding probe (`status`, `latency_ms`, `excerpt`, `error`,
+    /// `healthy`); the one field left out, rather than `null`, when no check ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<crate::queue::check::Probe>,
 }
