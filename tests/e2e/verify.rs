@@ -513,3 +513,30 @@ fn rollback_time() {
         figures[0], figures[2], figures[4]
     );
 }
+
+#[test]
+fn a_saved_tree_that_is_unhealthy_is_rolled_back_and_the_next_save_wins() {
+    let world = World::new();
+    let url = format!("{}/up", world.fake.app_url("tree"));
+    let root = world.add_tree_app(
+        "tree",
+        &format!(
+            "deploy_on_start = true\nverify = {{ url = \"{url}\", attempts = 2, interval = \"100ms\", warmup = \"0s\", soak = \"200ms\" }}"
+        ),
+    );
+    std::fs::write(root.join("fake-app.txt"), "version=t1\n").unwrap();
+    let _daemon = world.start_daemon("d");
+    world.wait_history(1, LONG);
+    std::fs::write(root.join("fake-app.txt"), "version=t2\nstatus=500\n").unwrap();
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    assert_eq!(world.fake.app_answer("tree"), (200, "ok t1".to_string()));
+    std::fs::write(root.join("fake-app.txt"), "version=t3\n").unwrap();
+    let history = world.wait_history(4, LONG);
+    assert_eq!(history[3]["outcome"], "verified", "{history:#?}");
+    assert_eq!(world.fake.app_answer("tree").1, "ok t3");
+}
