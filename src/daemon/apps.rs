@@ -38,6 +38,28 @@ impl Daemon {
             ))
         });
         self.lanes.ensure(&app.name, settings);
+        self.show_attention(&app.name);
+    }
+
+    /// An app that needed attention when the daemon stopped still does: the metric, the
+    /// systemd status line and the board say so again.
+    fn show_attention(&self, app: &str) {
+        let store = crate::verify::store::Store::new(&self.config.state_dir);
+        let Some(attention) = store.attention(app) else {
+            return;
+        };
+        self.after.metrics.set_needs_attention(app, true);
+        self.live.wait(
+            app,
+            crate::live::WaitKind::Attention,
+            app,
+            &attention.reason,
+            None,
+        );
+        if let Ok(mut active) = self.board.active.lock() {
+            active.insert(app.to_string(), crate::service::NEEDS_ATTENTION.to_string());
+        }
+        self.board.publish();
     }
 
     /// What an app's health check and rollback are built with.

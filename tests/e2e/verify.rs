@@ -224,7 +224,7 @@ fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
         "attempts = 2, warmup = \"0s\", soak = \"0s\"",
         &hook,
     );
-    let _daemon = world.start_daemon("d");
+    let mut daemon = world.start_daemon("d");
     drop_app(&world, &drop, "v1.tar.gz", "version=v1");
     world.wait_history(1, LONG);
     // Something outside the archives breaks (a database down): the rollback cannot help.
@@ -257,6 +257,17 @@ fn an_unhealthy_rollback_needs_attention_and_does_not_loop() {
         .matches("\"outcome\":\"unhealthy\"")
         .count()
         == 2));
+    // A restart remembers it.
+    daemon.signal("TERM");
+    daemon.wait_exit(LONG);
+    let _daemon = world.start_daemon("d2");
+    assert!(
+        wait_for(LONG, || metrics(port)
+            .contains("dropdeploy_needs_attention{app=\"app\"} 1")),
+        "{}",
+        metrics(port)
+    );
+    world.run(&["status"]).assert_contains("needs attention");
     let json = world.run(&["status", "--json"]);
     assert!(json.stdout.contains("needs_attention"), "{}", json.stdout);
 
