@@ -13,8 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::archive::inspect::{InspectError, Limits, inspect};
 use crate::config::{Config, Env, Loaded};
-use crate::deploy::scalingo::api::ScalingoClient;
-use crate::deploy::scalingo::driver::{Event, Observer, Runner};
+use crate::deploy::scalingo::driver::{Event, Observer};
 use crate::queue::intake::{
     IntakeError, PayloadKey, Transfer, enqueue_archive, enqueue_url, find_unfinished, valid_git_ref,
 };
@@ -52,7 +51,9 @@ pub use look::describe_config;
 use look::{config_check, history, status};
 use printer::Printer;
 use rollback::{resume, rollback};
-use setup::{OneShot, config_path, load_config, region_env, run_daemon};
+use setup::{
+    OneShotSetup, config_path, default_user_state_dir, load_config, region_env, run_daemon,
+};
 use watch::watch;
 
 /// Exit status: the deployment succeeded (or the archive is fine).

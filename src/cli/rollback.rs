@@ -2,7 +2,6 @@
 //! kept, verified archive by hand, and clearing an app's `needs attention` flag.
 
 use super::*;
-use crate::config::RetryConfig;
 use crate::verify::rollback::{make, new_id};
 use crate::verify::store::{Kept, Store};
 
@@ -34,19 +33,18 @@ fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
 }
 
 pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
-    let config = match load_config(cli) {
-        Ok(config) => config,
+    let setup = match OneShotSetup::set_up(cli, app, &Env::from_process(), None) {
+        Ok(setup) => setup,
         Err(e) => {
             eprintln!("dropdeploy: {e}");
             return EXIT_USAGE;
         }
     };
-    let Some(app_cfg) = config.app(app).cloned() else {
+    if setup.config.app(app).is_none() {
         eprintln!("dropdeploy: {app} is not an app of the configuration");
         return EXIT_USAGE;
-    };
-    let state_dir = config.state_dir.clone();
-    let store = Store::new(&state_dir);
+    }
+    let store = Store::new(&setup.state_dir);
     let kept = match store.kept(app) {
         Ok(kept) => kept,
         Err(e) => {
@@ -66,14 +64,7 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
         "dropdeploy: {app}: rolling back to {} ({}): the archive is deployed again (a new build); database migrations made since are NOT undone",
         chosen.git_ref, chosen.file
     );
-    let spool = match Spool::open(state_dir.join("spool")) {
-        Ok(spool) => spool,
-        Err(e) => {
-            eprintln!("dropdeploy: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    let history = state_dir.join(crate::outcome::HISTORY_NAME);
+    let history = setup.state_dir.join(crate::outcome::HISTORY_NAME);
     let current = crate::outcome::read_history(&history, Some(app), Some(1))
         .ok()
         .and_then(|mut e| e.pop());
@@ -88,35 +79,48 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
     };
     let id = new_id();
     let made = {
-        let (spool, store) = (spool.clone(), store.clone());
+        let (spool, store) = (setup.spool.clone(), store.clone());
         crate::blocking::run(move || make(&spool, &store, &id, &chosen, of)).await
     };
-    let mut job = match made {
+    let job = match made {
         Ok(job) => job,
         Err(e) => {
             eprintln!("dropdeploy: {app}: cannot make the rollback job: {e:?}");
             return EXIT_FAILED;
         }
     };
+    // The app's own pipeline: its target with its check, its lane, its outcome recording.
     let printer = Arc::new(Printer::on_stderr(cli.progress_bar()));
-    let target = match rollback_target(&config, &app_cfg, &spool, printer.clone()) {
-        Ok(target) => target,
+    let mut pipeline = match setup.open(
+        app,
+        printer.clone(),
+        crate::shutdown::Shutdown::never(),
+        crate::daemon::Overrides::default(),
+    ) {
+        Ok(pipeline) => pipeline,
         Err(e) => {
             eprintln!("dropdeploy: {app}: {e}");
             return EXIT_USAGE;
         }
     };
-    let _lock = crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id));
-    if let Err(e) = target.run(&mut job).await {
-        eprintln!("dropdeploy: {app}: job {} cannot be recorded: {e}", job.id);
+    let id = job.id.clone();
+    let finished = match pipeline.submit(job) {
+        Ok(done) => done.await.ok(),
+        Err(_) => None,
+    };
+    pipeline.close().await;
+    printer.finish();
+    if finished.is_none() {
+        eprintln!(
+            "dropdeploy: {app}: the rollback job {id} stopped before its end; it stays in the spool"
+        );
         return EXIT_FAILED;
     }
-    printer.finish();
-    let outcomes = crate::outcome::Outcomes::new(&state_dir, spool);
-    let keep = app_cfg.keep_done;
-    let recorded = tokio::task::spawn_blocking(move || outcomes.record(&job, keep)).await;
-    match recorded {
-        Ok(Ok(entry)) => {
+    let entry = crate::outcome::read_history(&history, Some(app), Some(10))
+        .ok()
+        .and_then(|entries| entries.into_iter().rev().find(|e| e.job == id));
+    match entry {
+        Some(entry) => {
             println!(
                 "{app}: {} ({})",
                 entry.outcome,
@@ -128,68 +132,11 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
                 EXIT_FAILED
             }
         }
-        Ok(Err(e)) => {
-            eprintln!("dropdeploy: {app}: cannot record the outcome: {e}");
-            EXIT_FAILED
-        }
-        Err(e) => {
-            eprintln!("dropdeploy: {app}: cannot record the outcome: {e}");
+        None => {
+            eprintln!("dropdeploy: {app}: the rollback job {id} has no history line");
             EXIT_FAILED
         }
     }
-}
-
-/// The app's target, with its check when it has one, as the daemon builds it.
-fn rollback_target(
-    config: &Config,
-    app: &crate::config::AppConfig,
-    spool: &Spool,
-    printer: Arc<Printer>,
-) -> Result<Arc<dyn crate::queue::lane::Target>, String> {
-    let client = match app.target {
-        crate::config::TargetConfig::Scalingo => {
-            let token = config
-                .scalingo
-                .require_token()
-                .map_err(|e| e.to_string())?
-                .clone();
-            let client = crate::deploy::scalingo::api::ScalingoClient::new(&config.scalingo, token)
-                .map_err(|e| e.to_string())?;
-            Some(Arc::new(client))
-        }
-        crate::config::TargetConfig::Local(_) => None,
-    };
-    let shutdown = crate::shutdown::Shutdown::never();
-    let wiring = crate::deploy::Wiring {
-        client,
-        spool: spool.clone(),
-        observer: printer.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let pacing = crate::deploy::Pacing {
-        retry: RetryConfig {
-            budget: app.retry_budget.unwrap_or(config.retry.budget),
-            ..config.retry.clone()
-        },
-        follow_interval: app
-            .follow_interval
-            .unwrap_or(config.scalingo.follow_interval),
-        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
-    };
-    let target = crate::deploy::build(&app.target, &pacing, &wiring)?;
-    let verify = crate::verify::Wiring {
-        spool: spool.clone(),
-        store: Store::new(&config.state_dir),
-        observer: printer,
-        board: Arc::new(crate::live::Board::in_memory()),
-        shutdown,
-        http: crate::verify::Wiring::probe_client()?,
-    };
-    Ok(crate::verify::VerifiedTarget::wrap(
-        target,
-        app.verify.as_ref(),
-        &verify,
-    ))
 }
 
 /// `dropdeploy resume APP`: the app no longer needs attention.

@@ -3,41 +3,9 @@
 
 use super::*;
 
-/// An app's lane settings, with its target built by the one factory.
-pub(super) fn lane_settings(
-    config: &Config,
-    app: &AppConfig,
-    wiring: &crate::deploy::Wiring,
-) -> LaneSettings {
-    let pacing = crate::deploy::Pacing {
-        retry: RetryConfig {
-            budget: app.retry_budget.unwrap_or(config.retry.budget),
-            ..config.retry.clone()
-        },
-        follow_interval: app
-            .follow_interval
-            .unwrap_or(config.scalingo.follow_interval),
-        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
-    };
-    LaneSettings {
-        policy: app.queue,
-        keep_done: app.keep_done,
-        target: crate::deploy::build(&app.target, &pacing, wiring),
-    }
-}
-
 impl Daemon {
     pub(super) fn start_lane(&mut self, app: &AppConfig) {
-        let mut settings = lane_settings(&self.config, app, &self.wiring);
-        settings.target = settings.target.and_then(|target| {
-            let wiring = self.verify_wiring()?;
-            Ok(crate::verify::VerifiedTarget::wrap(
-                target,
-                app.verify.as_ref(),
-                &wiring,
-            ))
-        });
-        self.lanes.ensure(&app.name, settings);
+        self.pipeline.start_lane(&self.config, app);
         self.show_attention(&app.name);
     }
 
@@ -48,7 +16,7 @@ impl Daemon {
         let Some(attention) = store.attention(app) else {
             return;
         };
-        self.after.metrics.set_needs_attention(app, true);
+        self.pipeline.after.metrics.set_needs_attention(app, true);
         self.live.wait(
             app,
             crate::live::WaitKind::Attention,
@@ -60,18 +28,6 @@ impl Daemon {
             active.insert(app.to_string(), crate::service::NEEDS_ATTENTION.to_string());
         }
         self.board.publish();
-    }
-
-    /// What an app's health check and rollback are built with.
-    fn verify_wiring(&self) -> Result<crate::verify::Wiring, String> {
-        Ok(crate::verify::Wiring {
-            spool: self.spool.clone(),
-            store: crate::verify::store::Store::new(&self.config.state_dir),
-            observer: self.wiring.observer.clone(),
-            board: self.live.clone(),
-            shutdown: self.wiring.shutdown.clone(),
-            http: crate::verify::Wiring::probe_client()?,
-        })
     }
 
     pub(super) fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
@@ -99,7 +55,7 @@ impl Daemon {
         let cfg = self.tree_config(app, root);
         let watcher = TreeWatcher::start(cfg.clone()).map_err(|e| e.to_string())?;
         watcher.publish_gaps(self.live.clone());
-        let Some(lane) = self.lanes.sender(&app.name) else {
+        let Some(lane) = self.pipeline.lanes.sender(&app.name) else {
             return Err(format!("app {}: no lane", app.name));
         };
         // The loop stops with the daemon, or alone when its app is removed or changed.
@@ -114,7 +70,7 @@ impl Daemon {
             deploy_on_start: app.deploy_on_start,
             state_dir: self.config.state_dir.clone(),
         };
-        let spool = self.spool.clone();
+        let spool = self.pipeline.spool.clone();
         let name = app.name.clone();
         tracing::info!(
             app = %app.name,
@@ -162,7 +118,7 @@ impl Daemon {
     /// Hands every unfinished job of a configured app to its lane, oldest first, and records
     /// the outcome of finished jobs whose outcome was not recorded yet.
     pub(super) async fn recover(&mut self) {
-        let spool = self.spool.clone();
+        let spool = self.pipeline.spool.clone();
         let jobs = match tokio::task::spawn_blocking(move || spool.jobs()).await {
             Ok(Ok(jobs)) => jobs,
             Ok(Err(e)) => {
@@ -182,7 +138,7 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.lanes.knows(&job.id) {
+            if self.pipeline.lanes.knows(&job.id) {
                 continue;
             }
             if job.is_done() {
@@ -191,19 +147,7 @@ impl Daemon {
                     .app(&job.app)
                     .map(|a| a.keep_done)
                     .unwrap_or(DEFAULT_KEEP_DONE);
-                let outcomes = self.outcomes.clone();
-                let id = job.id.clone();
-                let state_dir = self.config.state_dir.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    remember_tree(&state_dir, &job);
-                    outcomes.record(&job, keep)
-                })
-                .await;
-                match done {
-                    Ok(Ok(entry)) => self.after.done(&entry),
-                    Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
-                    Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
-                }
+                self.pipeline.record_finished(job, keep).await;
                 continue;
             }
             // A watched tree's loop resumes its own jobs before it packs anything, so that the
@@ -217,7 +161,7 @@ impl Daemon {
                 continue;
             }
             tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
-            if let Err(job) = self.lanes.submit(job) {
+            if let Err(job) = self.pipeline.lanes.submit(job) {
                 tracing::warn!(
                     app = %job.app,
                     job = %job.id,
@@ -258,12 +202,12 @@ impl Daemon {
             tracing::warn!("{w}");
         }
         let new = loaded.config;
-        if let Err(e) = check_apps(&new, &self.spool) {
+        if let Err(e) = check_apps(&new, &self.pipeline.spool) {
             tracing::error!("reload refused, the running configuration is kept: {e}");
             return None;
         }
         match scalingo_client(&new) {
-            Ok(client) => self.wiring.client = client,
+            Ok(client) => self.pipeline.wiring.client = client,
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
                 return None;
@@ -276,12 +220,12 @@ impl Daemon {
     /// replaces.
     fn adopt(&mut self, new: Config) -> Config {
         for app in &new.apps {
-            self.after.metrics.register_app(&app.name);
+            self.pipeline.after.metrics.register_app(&app.name);
         }
         if new.metrics_listen != self.config.metrics_listen {
             tracing::warn!("metrics_listen changed: it takes effect at the next restart");
         }
-        if let Ok(mut shared) = self.after.config.write() {
+        if let Ok(mut shared) = self.pipeline.after.config.write() {
             *shared = new.clone();
         }
         std::mem::replace(&mut self.config, new)
@@ -298,7 +242,7 @@ impl Daemon {
                 if let Some((_, tree)) = self.trees.remove(&app.name) {
                     tree.fire();
                 }
-                self.lanes.retire(&app.name);
+                self.pipeline.lanes.retire(&app.name);
                 self.live.clear_app(&app.name);
                 tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
             }

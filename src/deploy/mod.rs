@@ -35,6 +35,12 @@ pub struct Pacing {
     pub retry: RetryConfig,
     pub follow_interval: Duration,
     pub deploy_timeout: Duration,
+    /// Follow the deployment to its end (`false`: `deploy --no-follow`, the job stops once the
+    /// deployment is created).
+    pub follow: bool,
+    /// Fetch the build output as it grows, for [`crate::queue::observe::Event::Output`]
+    /// (`watch` prints it; the daemon has no one to show it to).
+    pub output: bool,
 }
 
 /// The target of an app: its jobs go where `target` says. Errors when the app deploys to
@@ -56,17 +62,22 @@ pub fn build(
                 .client
                 .clone()
                 .ok_or("no Scalingo client (no API token)")?;
-            Arc::new(
-                scalingo::driver::Runner::new(
-                    client,
-                    wiring.spool.clone(),
-                    pacing.retry.clone(),
-                    pacing.follow_interval,
-                    wiring.observer.clone(),
-                )
-                .with_deploy_timeout(pacing.deploy_timeout)
-                .with_shutdown(wiring.shutdown.clone()),
+            let mut runner = scalingo::driver::Runner::new(
+                client,
+                wiring.spool.clone(),
+                pacing.retry.clone(),
+                pacing.follow_interval,
+                wiring.observer.clone(),
             )
+            .with_deploy_timeout(pacing.deploy_timeout)
+            .with_shutdown(wiring.shutdown.clone());
+            if !pacing.follow {
+                runner = runner.without_follow();
+            }
+            if pacing.output {
+                runner = runner.with_output();
+            }
+            Arc::new(runner)
         }
     })
 }

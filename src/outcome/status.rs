@@ -74,6 +74,7 @@ pub fn status_report(
 ///            "unrecorded": [{"job": "…", "state": "succeeded", "file": "…"}],
 ///            "waits": [{"kind": "claim", "subject": "…", "cause": "…", "since": "…",
 ///                       "retry_at": null}],
+///            "needs_attention": "why" or null,
 ///            "last": {"time": "…", "outcome": "succeeded", …} or null}],
 ///  "unreadable": ["…"]}
 /// ```
@@ -101,24 +102,7 @@ pub fn status_json(
             let in_flight: Vec<_> = mine
                 .iter()
                 .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
-                .map(|job| {
-                    let (deployment_id, platform_status) = match &job.state {
-                        JobState::Deploying {
-                            deployment_id,
-                            platform_status,
-                            ..
-                        } => (Some(deployment_id.clone()), platform_status.clone()),
-                        _ => (None, None),
-                    };
-                    json!({
-                        "state": job.state.name(),
-                        "file": file_label(job),
-                        "job": job.id,
-                        "deployment_id": deployment_id,
-                        "platform_status": platform_status,
-                        "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
-                    })
-                })
+                .map(|job| in_flight_json(job))
                 .collect();
             let pending: Vec<_> = mine
                 .iter()
@@ -172,6 +156,26 @@ pub fn status_json(
 /// The apps' attention flags, in the state directory that holds `history`.
 fn attention_store(history: &Path) -> crate::verify::store::Store {
     crate::verify::store::Store::new(history.parent().unwrap_or(Path::new(".")))
+}
+
+/// A job under way, for `status --json`.
+fn in_flight_json(job: &Job) -> serde_json::Value {
+    let (deployment_id, platform_status) = match &job.state {
+        JobState::Deploying {
+            deployment_id,
+            platform_status,
+            ..
+        } => (Some(deployment_id.clone()), platform_status.clone()),
+        _ => (None, None),
+    };
+    serde_json::json!({
+        "state": job.state.name(),
+        "file": file_label(job),
+        "job": job.id,
+        "deployment_id": deployment_id,
+        "platform_status": platform_status,
+        "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
+    })
 }
 
 /// The jobs in the spool (none if it does not exist), and why the unreadable ones are.

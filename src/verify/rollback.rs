@@ -106,6 +106,8 @@ pub fn make(
             original: source,
             summary: kept.summary.clone(),
             tree_digest: None,
+            // The kept file stays where it is: the copy leaves with the spool directory.
+            copied: true,
         },
         created_at,
     );

@@ -23,6 +23,7 @@ fn job(id: &str, archive: &Path, sha: &str) -> Job {
                 sha256: sha.to_string(),
             },
             tree_digest: None,
+            copied: false,
         },
         1,
     )

@@ -691,6 +691,7 @@ mod tests {
                         sha256: "00".into(),
                     },
                     tree_digest: None,
+                    copied: false,
                 }
             },
             created_at: 0,
