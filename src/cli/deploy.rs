@@ -207,7 +207,12 @@ pub(super) async fn run_job(setup: &OneShotSetup, job: Job, follow: Follow) -> u
         Ok(done) => done.await.ok(),
         Err(_) => None,
     };
-    pipeline.close().await;
+    // An unhealthy deployment made its rollback: the command sees it through.
+    if matches!(finished, Some(JobState::Unhealthy { .. })) {
+        pipeline.drain().await;
+    } else {
+        pipeline.close().await;
+    }
     printer.finish();
     let took = started.elapsed();
     // Finished: its outcome is recorded (history, hook) and the spool forgot it. Else the

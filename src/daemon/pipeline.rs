@@ -287,6 +287,26 @@ impl OneShot {
         self.pipeline.lanes.sender(&self.app.name)
     }
 
+    /// Lets the lane run what waits in it to its end (the rollback that an unhealthy
+    /// deployment made: it is bounded like any job, by `deploy_timeout` and its check), then
+    /// stops it and waits for the outcome hooks within `shutdown_grace`. A stop of the command
+    /// (Ctrl-C) still stops the lane at its next recorded state.
+    pub async fn drain(self) {
+        let OneShot {
+            pipeline,
+            trigger,
+            grace,
+            ..
+        } = self;
+        let Pipeline { lanes, after, .. } = pipeline;
+        // Closing the lane's inbox without a stop: it ends once nothing waits.
+        lanes.join().await;
+        trigger.fire();
+        if !after.hooks.drain(grace).await {
+            tracing::warn!("outcome hooks still running at exit were abandoned");
+        }
+    }
+
     /// Stops the lane (a job in flight stops at its next recorded state) and waits for it, and
     /// for the outcome hooks still running, within the configured `shutdown_grace`.
     pub async fn close(self) {

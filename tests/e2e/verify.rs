@@ -551,3 +551,34 @@ fn a_saved_tree_that_is_unhealthy_is_rolled_back_and_the_next_save_wins() {
     assert_eq!(history[3]["outcome"], "verified", "{history:#?}");
     assert_eq!(world.fake.app_answer("tree").1, "ok t3");
 }
+
+#[test]
+fn the_deploy_command_checks_too_and_sees_its_rollback_through() {
+    let world = World::new();
+    verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let good = app_archive(world.dir.path(), "v1.tar.gz", "version=v1");
+    world
+        .run(&["deploy", "--app", "app", good.to_str().unwrap()])
+        .assert_code(0)
+        .assert_contains("app: verified: healthy");
+    let bad = app_archive(world.dir.path(), "v2.tar.gz", "version=v2\nstatus=500");
+    world
+        .run(&["deploy", "--app", "app", bad.to_str().unwrap()])
+        .assert_code(1)
+        .assert_contains("UNHEALTHY after deploying")
+        .assert_contains("rolling back to");
+    // The command waited for the rollback: it is recorded, and v1 serves again.
+    let history = world.history();
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    assert_eq!(world.fake.app_answer("app").1, "ok v1");
+    assert!(world.job_records().is_empty());
+}
