@@ -181,6 +181,29 @@ pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
             crate::config::QueuePolicy::All => "all",
         };
         let _ = writeln!(out, "app {}: {from} → {to}; queue {policy}", app.name);
+        if let Some(v) = &app.verify {
+            let d = humantime::format_duration;
+            let _ = writeln!(
+                out,
+                "  then checked: GET {} expecting {}{} (warmup {}, {} attempts every {}, timeout {}, soak {}); {}",
+                crate::config::redact_url(&v.url),
+                v.expect,
+                v.contains
+                    .as_ref()
+                    .map(|c| format!(" with \"{c}\""))
+                    .unwrap_or_default(),
+                d(v.warmup),
+                v.attempts,
+                d(v.interval),
+                d(v.timeout),
+                d(v.soak),
+                if v.rollback {
+                    "an unhealthy deployment is rolled back once to the last verified archive"
+                } else {
+                    "no automatic rollback"
+                }
+            );
+        }
     }
     out
 }

@@ -91,6 +91,11 @@ fn a_healthy_deployment_is_verified_and_its_archive_kept() {
     assert_eq!(kept_archives(&world, "app").len(), 1);
     assert_eq!(archives_in(&drop.join("done")), ["v1.tar.gz"]);
     assert!(world.log("d").contains("verified"), "{}", world.log("d"));
+    world
+        .run(&["config", "check"])
+        .assert_code(0)
+        .assert_contains("then checked: GET http://")
+        .assert_contains("rolled back once");
 }
 
 #[test]
