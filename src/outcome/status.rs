@@ -101,7 +101,7 @@ pub fn status_json(
             let mine: Vec<&Job> = jobs.iter().filter(|j| &j.app == app).collect();
             let in_flight: Vec<_> = mine
                 .iter()
-                .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
+                .filter(|j| !matches!(j.state, JobState::Queued) && !j.is_done())
                 .map(|job| in_flight_json(job))
                 .collect();
             let pending: Vec<_> = mine
@@ -117,7 +117,7 @@ pub fn status_json(
                 .collect();
             let unrecorded: Vec<_> = mine
                 .iter()
-                .filter(|j| j.state.is_finished())
+                .filter(|j| j.is_done())
                 .map(|job| json!({"job": job.id, "state": job.state.name(), "file": file_label(job)}))
                 .collect();
             let waits: Vec<_> = live
@@ -235,7 +235,7 @@ fn app_section(
 fn in_flight_lines(jobs: &[&Job]) -> String {
     let in_flight: Vec<&&Job> = jobs
         .iter()
-        .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
+        .filter(|j| !matches!(j.state, JobState::Queued) && !j.is_done())
         .collect();
     if in_flight.is_empty() {
         return "  in flight: none\n".to_string();
@@ -279,7 +279,7 @@ fn pending_line(jobs: &[&Job]) -> String {
 
 /// The finished jobs whose outcome is not recorded yet, if any.
 fn unrecorded_line(jobs: &[&Job]) -> String {
-    let unrecorded: Vec<&&Job> = jobs.iter().filter(|j| j.state.is_finished()).collect();
+    let unrecorded: Vec<&&Job> = jobs.iter().filter(|j| j.is_done()).collect();
     if unrecorded.is_empty() {
         return String::new();
     }

@@ -297,7 +297,7 @@ pub fn find_unfinished(
     jobs.into_iter().flatten().find(|job| {
         job.app == app
             && Some(job.id.as_str()) != except
-            && !job.state.is_finished()
+            && !job.is_done()
             && match (&job.payload, payload) {
                 (Payload::Archive { summary, .. }, PayloadKey::Sha256(sha)) => {
                     summary.sha256 == *sha

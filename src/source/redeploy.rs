@@ -108,7 +108,7 @@ pub fn unfinished_jobs(spool: &Spool, app: &str) -> Vec<Job> {
     };
     jobs.into_iter()
         .flatten()
-        .filter(|job| job.app == app && !job.state.is_finished() && tree_digest_of(job).is_some())
+        .filter(|job| job.app == app && !job.is_done() && tree_digest_of(job).is_some())
         .collect()
 }
 
