@@ -135,3 +135,188 @@ fn attention_is_set_read_and_cleared() {
     assert!(!store.clear_attention("app").unwrap());
     assert!(store.attention("app").is_none());
 }
+
+mod target {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::store::Store;
+    use super::super::{VerifiedTarget, Wiring};
+    use crate::config::VerifyConfig;
+    use crate::queue::check::{Check, Verdict};
+    use crate::queue::lane::{BoxFuture, Target};
+    use crate::queue::observe::{Event, Observer};
+    use crate::queue::spool::{Job, JobState, Spool, SpoolError};
+
+    /// Answers every request with `status` and a short body, over loopback; returns its URL.
+    async fn app(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/up", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    /// Counts the runs it is asked for, and makes them succeed.
+    struct Counted(AtomicUsize, Spool);
+
+    impl Target for Counted {
+        fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>> {
+            Box::pin(async move {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                job.state = JobState::Succeeded {
+                    deployment_id: "d-1".into(),
+                };
+                self.1.save(job)
+            })
+        }
+    }
+
+    struct Quiet;
+
+    impl Observer for Quiet {
+        fn event(&self, _: &Job, _: &Event<'_>) {}
+    }
+
+    struct Bench {
+        dir: tempfile::TempDir,
+        spool: Spool,
+        store: Store,
+        inner: Arc<Counted>,
+    }
+
+    fn bench() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let store = Store::new(dir.path());
+        let inner = Arc::new(Counted(AtomicUsize::new(0), spool.clone()));
+        Bench {
+            dir,
+            spool,
+            store,
+            inner,
+        }
+    }
+
+    impl Bench {
+        fn target(&self, url: String) -> VerifiedTarget {
+            let cfg = VerifyConfig {
+                url,
+                expect: 200,
+                contains: Some("hello".into()),
+                timeout: Duration::from_secs(2),
+                attempts: 2,
+                interval: Duration::from_millis(10),
+                warmup: Duration::ZERO,
+                soak: Duration::ZERO,
+                rollback: true,
+            };
+            let wiring = Wiring {
+                spool: self.spool.clone(),
+                store: self.store.clone(),
+                observer: Arc::new(Quiet),
+                board: Arc::new(crate::live::Board::in_memory()),
+                shutdown: crate::shutdown::Shutdown::never(),
+                http: Wiring::probe_client().unwrap(),
+            };
+            VerifiedTarget::new(self.inner.clone(), Some(cfg), wiring)
+        }
+
+        /// A job with a real archive in the spool.
+        fn job(&self) -> Job {
+            let file = self.dir.path().join("v1.tar.gz");
+            std::fs::write(&file, b"not really gzip").unwrap();
+            let (id, tmp) = self.spool.new_job_dir().unwrap();
+            std::fs::copy(&file, tmp.join(crate::queue::spool::ARCHIVE_NAME)).unwrap();
+            let mut job = super::job(&id, &file, "sha-v1");
+            job.id = id;
+            self.spool.commit_new(&tmp, &job).unwrap();
+            job
+        }
+    }
+
+    #[tokio::test]
+    async fn a_success_whose_check_was_cut_by_a_crash_is_checked_without_deploying_again() {
+        let b = bench();
+        let target = b.target(app(200).await);
+        let mut job = b.job();
+        // As a crash leaves it: the platform said `success`, the check had not started.
+        job.state = JobState::Succeeded {
+            deployment_id: "d-1".into(),
+        };
+        job.check = Some(Check::pending());
+        b.spool.save(&job).unwrap();
+        assert!(!job.is_done());
+        target.run(&mut job).await.unwrap();
+        assert_eq!(b.inner.0.load(Ordering::SeqCst), 0, "not deployed again");
+        assert!(job.is_done());
+        let check = job.check.as_ref().unwrap();
+        assert_eq!(check.verdict, Some(Verdict::Verified));
+        assert_eq!(check.last.as_ref().unwrap().excerpt, "hello");
+        assert_eq!(b.store.last("app").unwrap().unwrap().job, job.id);
+    }
+
+    #[tokio::test]
+    async fn an_unhealthy_job_makes_one_rollback_however_often_it_is_resumed() {
+        let b = bench();
+        // A verified archive to roll back to.
+        let mut first = b.job();
+        b.target(app(200).await).run(&mut first).await.unwrap();
+        assert_eq!(
+            first.check.as_ref().unwrap().verdict,
+            Some(Verdict::Verified)
+        );
+        let broken = b.target(app(500).await);
+        let mut second = b.job();
+        broken.run(&mut second).await.unwrap();
+        let JobState::Unhealthy { reason, .. } = &second.state else {
+            panic!("{:?}", second.state);
+        };
+        assert!(reason.contains("HTTP 500"), "{reason}");
+        let follow_up = second.check.as_ref().unwrap().follow_up.clone().unwrap();
+        let rollback = b.spool.load(&follow_up).unwrap();
+        assert_eq!(rollback.rollback().unwrap().to_job, first.id);
+        assert!(rollback.rollback().unwrap().automatic);
+        // Resumed from its record (state `verifying`, the verdict and the rollback's id
+        // written) as a crash before the rollback job was made leaves it, then once more
+        // after: the same rollback job, made once.
+        b.spool.remove(&follow_up).unwrap();
+        for _ in 0..2 {
+            let mut again = second.clone();
+            again.state = JobState::Verifying {
+                deployment_id: Some("d-1".into()),
+            };
+            broken.run(&mut again).await.unwrap();
+            assert_eq!(
+                again.check.as_ref().unwrap().follow_up,
+                Some(follow_up.clone())
+            );
+            assert!(matches!(again.state, JobState::Unhealthy { .. }));
+        }
+        let rollbacks = b
+            .spool
+            .jobs()
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .filter(|j| j.rollback().is_some())
+            .count();
+        assert_eq!(rollbacks, 1);
+        assert_eq!(
+            b.inner.0.load(Ordering::SeqCst),
+            2,
+            "two deployments, no more"
+        );
+    }
+}
