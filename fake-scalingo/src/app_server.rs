@@ -164,21 +164,3 @@ fn answer_of(b: &Behaviour, up_for: Duration, fallback_version: Option<&str>) ->
     let body = b.body.as_deref().unwrap_or("ok");
     (b.status.unwrap_or(200), format!("{body} {version}"))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_behaviour_is_read_from_its_lines() {
-        let b = Behaviour::parse("status=500\nversion = v2\ndie_after=1.5\nnoise\n");
-        assert_eq!(b.status, Some(500));
-        assert_eq!(b.version.as_deref(), Some("v2"));
-        assert_eq!(b.die_after, Some(Duration::from_millis(1500)));
-        assert_eq!(answer_of(&b, Duration::ZERO, None), (500, "ok v2".into()));
-        assert_eq!(
-            answer_of(&b, Duration::from_secs(2), None),
-            (503, "app crashed".into())
-        );
-    }
-}

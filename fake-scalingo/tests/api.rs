@@ -1037,3 +1037,36 @@ async fn a_hosted_archive_deploys_without_a_source() {
         (0, 0, 1)
     );
 }
+
+#[tokio::test]
+async fn the_app_endpoint_answers_as_its_archive_says_or_as_broken() {
+    use fake_scalingo::app_server::Behaviour;
+    let b = Behaviour::parse("status=500\nversion = v2\ndie_after=1.5\nstart_after=0.5\nnoise\n");
+    assert_eq!(b.status, Some(500));
+    assert_eq!(b.version.as_deref(), Some("v2"));
+    assert_eq!(b.die_after, Some(Duration::from_millis(1500)));
+    assert_eq!(b.start_after, Some(Duration::from_millis(500)));
+
+    let fake = FakeScalingo::start(fast());
+    fake.add_app(APP);
+    let http = client();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            let status = resp.status();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    // No bearer needed (a public app URL); nothing deployed yet.
+    let (status, body) = get(format!("{}/up", fake.app_url(APP))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    fake.break_app(APP, Some(502));
+    let (status, body) = get(format!("{}/any/path", fake.app_url(APP))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_GATEWAY, "broken from outside")
+    );
+    fake.break_app(APP, None);
+    assert_eq!(fake.app_answer(APP).0, 404);
+}
