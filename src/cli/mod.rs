@@ -313,12 +313,21 @@ pub fn main() -> ExitCode {
         _ => "warn",
     };
     let journal = crate::service::stderr_is_journal();
-    let filter = log_filter(
+    let mut filter = log_filter(
         std::env::var("RUST_LOG").ok().as_deref(),
         default_level,
         cli.verbose,
         cli.quiet,
     );
+    // `deploy` and `watch` print each outcome as a line of their own: the outcome's log event
+    // (a warning for a failure) would say it twice. `-v` and RUST_LOG still show it.
+    if matches!(cli.command, Command::Deploy { .. } | Command::Watch { .. })
+        && cli.verbose == 0
+        && std::env::var_os("RUST_LOG").is_none_or(|v| v.is_empty())
+        && let Ok(directive) = "dropdeploy::outcome=error".parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     let colour = use_colour(
         cli.color,
         std::env::var_os("NO_COLOR").as_deref(),
