@@ -89,10 +89,21 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
             return EXIT_FAILED;
         }
     };
-    // The app's own pipeline: its target with its check, its lane, its outcome recording.
+    run_and_report(cli, &setup, job, &history).await
+}
+
+/// Drives the rollback job through the app's own pipeline (its target with its check, its
+/// lane, its outcome recording) and says how it ended, from its history line.
+async fn run_and_report(
+    cli: &Cli,
+    setup: &OneShotSetup,
+    job: Job,
+    history: &std::path::Path,
+) -> u8 {
+    let app = job.app.clone();
     let printer = Arc::new(Printer::on_stderr(cli.progress_bar()));
     let mut pipeline = match setup.open(
-        app,
+        &app,
         printer.clone(),
         crate::shutdown::Shutdown::never(),
         crate::daemon::Overrides::default(),
@@ -116,7 +127,7 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
         );
         return EXIT_FAILED;
     }
-    let entry = crate::outcome::read_history(&history, Some(app), Some(10))
+    let entry = crate::outcome::read_history(history, Some(&app), Some(10))
         .ok()
         .and_then(|entries| entries.into_iter().rev().find(|e| e.job == id));
     match entry {

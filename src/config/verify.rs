@@ -63,64 +63,9 @@ pub(super) fn build_verify(
     let table = raw.span();
     let raw = raw.get_ref();
     let mut ok = true;
-    let url = match &raw.url {
-        Some(url) => {
-            let text = url.get_ref().trim();
-            if !(text.starts_with("http://") || text.starts_with("https://")) {
-                report.at(
-                    url.span(),
-                    format!(
-                        "`url` in `verify` must start with http:// or https://, found \"{}\"",
-                        crate::redact::redact(text)
-                    ),
-                );
-                ok = false;
-            }
-            text.to_string()
-        }
-        None => {
-            report.at(
-                table,
-                "`verify` needs a `url` to probe, e.g. verify = { url = \"https://my-app.osc-fr1.scalingo.io/up\" }",
-            );
-            ok = false;
-            String::new()
-        }
-    };
-    let expect = match &raw.expect {
-        Some(code) => match u16::try_from(*code.get_ref()) {
-            Ok(c) if (100..600).contains(&c) => c,
-            _ => {
-                report.at(
-                    code.span(),
-                    format!(
-                        "`expect` in `verify` must be an HTTP status (100 to 599), found {}",
-                        code.get_ref()
-                    ),
-                );
-                ok = false;
-                200
-            }
-        },
-        None => 200,
-    };
-    let attempts = match &raw.attempts {
-        Some(n) => match u32::try_from(*n.get_ref()) {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                report.at(
-                    n.span(),
-                    format!(
-                        "`attempts` in `verify` must be 1 to 1000, found {}",
-                        n.get_ref()
-                    ),
-                );
-                ok = false;
-                5
-            }
-        },
-        None => 5,
-    };
+    let url = verify_url(raw, table, report, &mut ok);
+    let expect = verify_expect(raw, report, &mut ok);
+    let attempts = verify_attempts(raw, report, &mut ok);
     let d = |value, key, default, zero, report: &mut Report<'_>| {
         duration_value(value, key, "app.verify", default, zero, report)
     };
@@ -148,4 +93,79 @@ pub(super) fn build_verify(
         rollback: raw.rollback.unwrap_or(true),
     };
     if ok { Ok(config) } else { Err(()) }
+}
+
+/// `url`: absolute, http or https.
+fn verify_url(
+    raw: &RawVerify,
+    table: std::ops::Range<usize>,
+    report: &mut Report<'_>,
+    ok: &mut bool,
+) -> String {
+    match &raw.url {
+        Some(url) => {
+            let text = url.get_ref().trim();
+            if !(text.starts_with("http://") || text.starts_with("https://")) {
+                report.at(
+                    url.span(),
+                    format!(
+                        "`url` in `verify` must start with http:// or https://, found \"{}\"",
+                        crate::redact::redact(text)
+                    ),
+                );
+                *ok = false;
+            }
+            text.to_string()
+        }
+        None => {
+            report.at(
+                table,
+                "`verify` needs a `url` to probe, e.g. verify = { url = \"https://my-app.osc-fr1.scalingo.io/up\" }",
+            );
+            *ok = false;
+            String::new()
+        }
+    }
+}
+
+/// `expect`: an HTTP status (default 200).
+fn verify_expect(raw: &RawVerify, report: &mut Report<'_>, ok: &mut bool) -> u16 {
+    match &raw.expect {
+        Some(code) => match u16::try_from(*code.get_ref()) {
+            Ok(c) if (100..600).contains(&c) => c,
+            _ => {
+                report.at(
+                    code.span(),
+                    format!(
+                        "`expect` in `verify` must be an HTTP status (100 to 599), found {}",
+                        code.get_ref()
+                    ),
+                );
+                *ok = false;
+                200
+            }
+        },
+        None => 200,
+    }
+}
+
+/// `attempts`: 1 to 1000 (default 5).
+fn verify_attempts(raw: &RawVerify, report: &mut Report<'_>, ok: &mut bool) -> u32 {
+    match &raw.attempts {
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                report.at(
+                    n.span(),
+                    format!(
+                        "`attempts` in `verify` must be 1 to 1000, found {}",
+                        n.get_ref()
+                    ),
+                );
+                *ok = false;
+                5
+            }
+        },
+        None => 5,
+    }
 }

@@ -474,8 +474,50 @@ pub(super) fn crash_point(point: &'static str) -> Result<(), OutcomeError> {
 /// The history entry for a finished job, decided now (`finished_ms`, Unix milliseconds).
 fn entry_for(job: &Job, finished_ms: u64) -> HistoryEntry {
     let check = job.check.as_ref();
+    let (outcome, status, deployment_id, step, reason) = verdict_of(job);
+    let (sha256, bytes) = match &job.payload {
+        Payload::Archive { summary, .. } => {
+            (Some(summary.sha256.clone()), Some(summary.compressed_bytes))
+        }
+        Payload::Url { .. } => (None, None),
+    };
+    // The entry is written to the progress record, the history and the reason file: its texts
+    // are redacted once here (paths such as `moved_to` are not, being needed to find the file).
+    HistoryEntry {
+        time: rfc3339_utc(finished_ms / 1000),
+        app: redact_owned(job.app.clone()),
+        job: job.id.clone(),
+        file: redact_owned(file_label(job)),
+        git_ref: Some(job.git_ref.clone()),
+        outcome,
+        status,
+        deployment_id,
+        step,
+        reason: reason.map(redact_owned),
+        attempts: attempts(job),
+        duration_ms: finished_ms.saturating_sub(job.created_at.saturating_mul(1000)),
+        sha256,
+        bytes,
+        moved_to: None,
+        check: check.and_then(|c| c.last.clone()),
+    }
+}
+
+/// The fields of a history entry that depend on how the job ended.
+type EntryFields = (
+    Outcome,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// What a finished job's history entry says of it: outcome, platform status, deployment id,
+/// the step that failed and the reason.
+fn verdict_of(job: &Job) -> EntryFields {
+    let check = job.check.as_ref();
     let verdict = check.and_then(|c| c.verdict);
-    let (outcome, status, deployment_id, step, reason) = match &job.state {
+    match &job.state {
         JobState::Succeeded { deployment_id } if verdict == Some(Verdict::Verified) => {
             let (outcome, reason) = match job.rollback() {
                 Some(of) => (
@@ -535,32 +577,6 @@ fn entry_for(job: &Job, finished_ms: u64) -> HistoryEntry {
             )),
         ),
         _ => (Outcome::Unknown, None, None, None, None),
-    };
-    let (sha256, bytes) = match &job.payload {
-        Payload::Archive { summary, .. } => {
-            (Some(summary.sha256.clone()), Some(summary.compressed_bytes))
-        }
-        Payload::Url { .. } => (None, None),
-    };
-    // The entry is written to the progress record, the history and the reason file: its texts
-    // are redacted once here (paths such as `moved_to` are not, being needed to find the file).
-    HistoryEntry {
-        time: rfc3339_utc(finished_ms / 1000),
-        app: redact_owned(job.app.clone()),
-        job: job.id.clone(),
-        file: redact_owned(file_label(job)),
-        git_ref: Some(job.git_ref.clone()),
-        outcome,
-        status,
-        deployment_id,
-        step,
-        reason: reason.map(redact_owned),
-        attempts: attempts(job),
-        duration_ms: finished_ms.saturating_sub(job.created_at.saturating_mul(1000)),
-        sha256,
-        bytes,
-        moved_to: None,
-        check: check.and_then(|c| c.last.clone()),
     }
 }
 
