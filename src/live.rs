@@ -28,6 +28,9 @@ pub enum WaitKind {
     Settle,
     /// A watched folder (drop folder or source directory) that cannot be watched right now.
     Watch,
+    /// Calls to the platform's API held back: its rate limit answered 429, or the client's own
+    /// budget of requests a minute is spent.
+    RateLimit,
 }
 
 impl WaitKind {
@@ -37,6 +40,7 @@ impl WaitKind {
             WaitKind::Claim => "waiting to claim",
             WaitKind::Settle => "waiting for a writer",
             WaitKind::Watch => "not watched",
+            WaitKind::RateLimit => "API calls paused",
         }
     }
 }

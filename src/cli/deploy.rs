@@ -36,6 +36,9 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
+    if let Err(e) = super::platform::check_region(&config, &token).await {
+        return fail(e);
+    }
     let label = config
         .app(app)
         .and_then(|a| a.git_ref_label.clone())

@@ -41,6 +41,7 @@ macro_rules! print {
 mod archives;
 mod deploy;
 mod look;
+mod platform;
 mod printer;
 mod setup;
 mod watch;
@@ -281,6 +282,33 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// List an app's recent deployments: id, git_ref, status, age, duration (newest first).
+    Deployments {
+        /// The Scalingo app.
+        #[arg(long, short, env = "SCALINGO_APP")]
+        app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
+        /// How many (at most 50).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Print a deployment's build output (the latest deployment's by default).
+    Logs {
+        /// The Scalingo app.
+        #[arg(long, short, env = "SCALINGO_APP")]
+        app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
+        /// Stream the output as it comes, until the deployment ends (over the deployments
+        /// stream, or by polling when it cannot be had).
+        #[arg(long, short)]
+        follow: bool,
+        /// The deployment's id (default: the most recent).
+        deployment: Option<String>,
+    },
     /// Print the man page (roff) on stdout, made from the same definition as --help.
     #[command(hide = true)]
     Manpage,
@@ -323,6 +351,21 @@ pub fn main() -> ExitCode {
         }
         Command::Check { max_size, files } => check(&cli, *max_size, files),
         Command::Deploy { .. } => run_async(deploy(&cli)),
+        Command::Deployments { app, region, limit } => {
+            run_async(platform::deployments(&cli, app, region.as_deref(), *limit))
+        }
+        Command::Logs {
+            app,
+            region,
+            follow,
+            deployment,
+        } => run_async(platform::logs(
+            &cli,
+            app,
+            region.as_deref(),
+            deployment.as_deref(),
+            *follow,
+        )),
         Command::Completions { shell } => completions(*shell),
         Command::Manpage => manpage(),
     };

@@ -59,6 +59,7 @@ pub(super) fn build_app(
     let timings = app_timings(raw, report);
     let target = build_target(raw, app, base, report);
     let on_outcome = app_hook(raw.on_outcome.as_ref(), report);
+    let region = app_region(raw.region.as_ref(), report);
 
     // Every check above has run, so that all of the app's problems are reported.
     named.ok()?;
@@ -68,6 +69,7 @@ pub(super) fn build_app(
     let keep_done = keep_done.ok()?;
     let target = target.ok()?;
     let on_outcome = on_outcome.ok()?;
+    let region = region.ok()?;
     Some(AppConfig {
         name: app.clone(),
         drop_dir,
@@ -87,7 +89,29 @@ pub(super) fn build_app(
         deploy_on_start: raw.deploy_on_start.unwrap_or(true),
         target,
         on_outcome,
+        region,
     })
+}
+
+/// `region`: a region name (whether the platform knows it is asked when the client starts).
+fn app_region(
+    raw: Option<&Spanned<String>>,
+    report: &mut Report<'_>,
+) -> Result<Option<String>, Reported> {
+    let Some(region) = raw else {
+        return Ok(None);
+    };
+    if super::build::is_region_name(region.get_ref()) {
+        return Ok(Some(region.get_ref().clone()));
+    }
+    report.at(
+        region.span(),
+        format!(
+            "`region` in [[app]]: {}",
+            super::build::region_message(region.get_ref())
+        ),
+    );
+    Err(Reported)
 }
 
 /// An app's timings; a bad one is reported and does not leave the app out.

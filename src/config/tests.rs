@@ -189,7 +189,8 @@ fn an_unknown_key_names_its_line_column_and_the_expected_keys() {
         "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
          of name, drop_dir, source_dir, queue, debounce, ignore, git_ref_label, settle, \
          keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
-         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome"
+         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, \
+         on_outcome, region"
     );
 }
 

@@ -18,6 +18,7 @@ pub(super) fn lane_settings(
             .follow_interval
             .unwrap_or(config.scalingo.follow_interval),
         deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
+        region: app.region.clone(),
     };
     LaneSettings {
         policy: app.queue,

@@ -35,6 +35,8 @@ pub struct Pacing {
     pub retry: RetryConfig,
     pub follow_interval: Duration,
     pub deploy_timeout: Duration,
+    /// The app's own Scalingo region, when it is not the client's (one client per region).
+    pub region: Option<String>,
 }
 
 /// The target of an app: its jobs go where `target` says. Errors when the app deploys to
@@ -56,6 +58,10 @@ pub fn build(
                 .client
                 .clone()
                 .ok_or("no Scalingo client (no API token)")?;
+            let client = match &pacing.region {
+                Some(region) => client.in_region(region),
+                None => client,
+            };
             Arc::new(
                 scalingo::driver::Runner::new(
                     client,

@@ -7,6 +7,7 @@ use base64::Engine;
 use tokio::sync::Mutex;
 
 use super::api::{ApiError, http_error, read_error_response};
+use super::budget::Budget;
 use crate::config::Secret;
 
 /// How long before its `exp` a bearer token is exchanged again.
@@ -26,6 +27,8 @@ pub struct Authenticator {
     api_token: Secret,
     timeout: Duration,
     cached: Mutex<Option<Bearer>>,
+    /// The exchange counts against the client's requests a minute like any other call.
+    budget: std::sync::Arc<Budget>,
 }
 
 impl Authenticator {
@@ -35,6 +38,7 @@ impl Authenticator {
         auth_url: String,
         api_token: Secret,
         timeout: Duration,
+        budget: std::sync::Arc<Budget>,
     ) -> Self {
         Authenticator {
             http,
@@ -42,7 +46,19 @@ impl Authenticator {
             api_token,
             timeout,
             cached: Mutex::new(None),
+            budget,
         }
+    }
+
+    /// When the cached bearer will be exchanged again (its `exp` less [`REFRESH_MARGIN`]), if
+    /// one is cached: the deployments stream authenticates again then.
+    pub async fn renewal_due(&self) -> Option<SystemTime> {
+        let cached = self.cached.lock().await;
+        cached.as_ref().map(|b| {
+            b.expires_at
+                .checked_sub(REFRESH_MARGIN)
+                .unwrap_or(b.expires_at)
+        })
     }
 
     /// A bearer token valid for at least [`REFRESH_MARGIN`], exchanging the API token if needed.
@@ -71,6 +87,7 @@ impl Authenticator {
     async fn exchange(&self) -> Result<Bearer, ApiError> {
         let url = format!("{}/v1/tokens/exchange", self.auth_url);
         let what = "token exchange";
+        self.budget.acquire().await;
         let started = Instant::now();
         let response = self
             .http
@@ -83,6 +100,12 @@ impl Authenticator {
             .send()
             .await
             .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let err = read_error_response(what, &url, response).await;
+            self.budget.refused(err.retry_after());
+            return Err(err);
+        }
+        self.budget.answered();
         if !response.status().is_success() {
             let mut err = read_error_response(what, &url, response).await;
             if let ApiError::Status {
