@@ -918,3 +918,23 @@ fn quiet_and_debounce_together_are_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn an_app_may_name_its_region_and_the_api_budget_is_a_number_of_requests() {
+    let c = config(
+        "[scalingo]\napi_rate_limit = 30\n\n[[app]]\nname = \"a\"\ndrop_dir = \"/srv/a\"\nregion = \"osc-secnum-fr1\"\n",
+    );
+    assert_eq!(c.scalingo.api_rate_limit, 30);
+    assert_eq!(c.apps[0].region.as_deref(), Some("osc-secnum-fr1"));
+    assert_eq!(config("").scalingo.api_rate_limit, 60);
+    let message = error("[scalingo]\napi_rate_limit = 0\n");
+    assert!(
+        message.contains("2:18: `api_rate_limit` in [scalingo]"),
+        "{message}"
+    );
+    let message = error("[[app]]\nname = \"a\"\ndrop_dir = \"/srv/a\"\nregion = \"Paris 1\"\n");
+    assert!(
+        message.contains("`region` in [[app]]: invalid region"),
+        "{message}"
+    );
+}

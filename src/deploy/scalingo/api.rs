@@ -498,6 +498,18 @@ impl ScalingoClient {
             .cloned()
     }
 
+    /// Whether this client is the one `config` and `token` would make (a reload keeps it).
+    pub fn serves(&self, config: &ScalingoConfig, token: &Secret) -> bool {
+        let c = &self.config;
+        &self.token == token
+            && c.api_url == config.api_url
+            && c.auth_url == config.auth_url
+            && c.region == config.region
+            && c.api_url_explicit == config.api_url_explicit
+            && c.api_rate_limit == config.api_rate_limit
+            && c.timeout == config.timeout
+    }
+
     /// The budget of requests this client's calls share.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget

@@ -12,7 +12,10 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock, so that a test can pause it.
+use tokio::time::Instant;
 
 use crate::live::{Board, WaitKind};
 
@@ -268,6 +271,30 @@ mod tests {
         assert_eq!(pause_for(None, 40), MAX_PAUSE);
         assert_eq!(pause_for(Some(Duration::from_secs(3600)), 0), MAX_PAUSE);
         assert_eq!(pause_for(Some(Duration::ZERO), 0), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_a_call_waits_for_the_window_and_a_429_stops_every_call() {
+        let budget = Budget::new(2);
+        let start = tokio::time::Instant::now();
+        budget.acquire().await;
+        budget.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        budget.acquire().await;
+        assert!(start.elapsed() >= WINDOW, "{:?}", start.elapsed());
+        let start = tokio::time::Instant::now();
+        budget.refused(Some(Duration::from_secs(30)));
+        // Any call, whichever lane makes it, waits out the pause.
+        let other = std::sync::Arc::new(budget);
+        let lane = other.clone();
+        tokio::spawn(async move { lane.acquire().await })
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

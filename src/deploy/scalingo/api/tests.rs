@@ -117,3 +117,28 @@ fn a_timeout_names_the_time_waited_and_the_limit_when_different() {
         "upload: no answer from http://s/x?… after 15.0 s (time limit 10m)"
     );
 }
+
+#[test]
+fn a_deployment_missing_fields_decodes_with_empty_ones() {
+    #[derive(Deserialize)]
+    struct Wrapped {
+        deployment: Deployment,
+    }
+    let w: Wrapped = serde_json::from_str(r#"{"deployment":{"id":"d1"}}"#).unwrap();
+    assert_eq!(w.deployment.id, "d1");
+    assert_eq!(w.deployment.status, "");
+    assert_eq!(
+        super::super::follow::phase(&w.deployment.status),
+        super::super::follow::Phase::Running,
+        "followed on, not a finished failure"
+    );
+    let w: Wrapped = serde_json::from_str(r#"{"deployment":{"status":"success"}}"#).unwrap();
+    assert_eq!(
+        (w.deployment.id.as_str(), w.deployment.status.as_str()),
+        ("", "success")
+    );
+    let w: Wrapped =
+        serde_json::from_str(r#"{"deployment":{"id":"d","status":"building","links":{}}}"#)
+            .unwrap();
+    assert_eq!(w.deployment.links, Some(DeploymentLinks { output: None }));
+}
