@@ -102,13 +102,7 @@ fn a_refused_stream_falls_back_to_polling() {
         stream: false,
         ..slow(100)
     });
-    // A budget large enough for polls every 50 ms (60 a minute would stretch them to 2 s).
-    let text = std::fs::read_to_string(&world.config).unwrap();
-    std::fs::write(
-        &world.config,
-        text.replace("[scalingo]\n", "[scalingo]\napi_rate_limit = 6000\n"),
-    )
-    .unwrap();
+    // The world's budget is large: polls every 50 ms (60 a minute would stretch them to 2 s).
     deploy(&world, "50ms")
         .assert_code(0)
         .assert_contains("success: deployment");
@@ -261,4 +255,48 @@ fn a_409_ends_the_job_at_once() {
         1,
         "not retried"
     );
+}
+
+#[test]
+fn deployments_lists_the_recent_ones_newest_first() {
+    let world = World::new();
+    deploy(&world, "1s").assert_code(0);
+    world.fake.set_next_outcome("my-app", "build-error");
+    deploy(&world, "1s").assert_code(1);
+    let run = world.run(&["deployments", "--app", "my-app"]);
+    run.assert_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{}", run.stdout);
+    assert!(lines[0].contains("GIT_REF") && lines[0].contains("DURATION"));
+    let ds = world.fake.deployments("my-app");
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    // Newest first, with its id, git_ref and status.
+    assert!(lines[1].starts_with(&ds[1].id), "{}", run.stdout);
+    assert!(lines[1].contains("build-error"), "{}", run.stdout);
+    assert!(lines[2].contains(ds[0].git_ref.as_deref().unwrap()));
+    assert!(lines[2].contains("success"), "{}", run.stdout);
+}
+
+#[test]
+fn logs_prints_a_deployment_output_and_follows_a_running_one() {
+    let world = World::with(slow(800));
+    deploy(&world, "1s").assert_code(0);
+    let first = world.fake.deployments("my-app")[0].id.clone();
+    let run = world.run(&["logs", "--app", "my-app", &first]);
+    run.assert_code(0)
+        .assert_contains("-----> Build environment")
+        .assert_contains(&format!("Deployment {first} of app my-app"));
+    assert!(!run.stdout.contains('\u{1b}'), "colours stripped");
+    // A deployment still running: `--follow` shows what comes until it ends.
+    let archive = world.archive("second.tar.gz");
+    let mut second = world.spawn(
+        &["deploy", "--app", "my-app", "--no-follow", archive.to_str().unwrap()],
+        "second",
+    );
+    crate::support::wait_exit(&mut second, LONG);
+    let run = world.run(&["logs", "--app", "my-app", "--follow"]);
+    run.assert_code(0)
+        .assert_contains("-----> Starting containers")
+        .assert_contains("ended: success");
+    assert!(world.fake.stats().stream_connections >= 1);
 }
