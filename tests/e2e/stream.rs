@@ -194,10 +194,22 @@ fn an_unknown_region_is_a_configuration_error_and_a_known_one_is_looked_up() {
     assert!(world.job_records().is_empty(), "no job was made");
     assert_eq!(world.fake.stats().sources_created, 0);
     // A region the platform lists: its `api` is where the deployment goes (the fake).
+    let before = world.fake.stats().api_requests();
     run("osc-fr1")
         .assert_code(0)
         .assert_contains("success: deployment");
-    assert!(world.fake.stats().requests_to(Endpoint::Regions) >= 1);
+    let stats = world.fake.stats();
+    assert_eq!(
+        stats.requests_to(Endpoint::Regions),
+        2,
+        "one look-up per run"
+    );
+    // The look-up shares the deployment's token exchange: 8 requests in all.
+    assert!(
+        stats.api_requests() - before <= 8,
+        "{:?}",
+        stats.by_endpoint
+    );
 }
 
 #[test]
@@ -290,7 +302,13 @@ fn logs_prints_a_deployment_output_and_follows_a_running_one() {
     // A deployment still running: `--follow` shows what comes until it ends.
     let archive = world.archive("second.tar.gz");
     let mut second = world.spawn(
-        &["deploy", "--app", "my-app", "--no-follow", archive.to_str().unwrap()],
+        &[
+            "deploy",
+            "--app",
+            "my-app",
+            "--no-follow",
+            archive.to_str().unwrap(),
+        ],
         "second",
     );
     crate::support::wait_exit(&mut second, LONG);

@@ -1,7 +1,11 @@
 //! Authentication: the API token is exchanged for a short-lived bearer token (a JWT), which is
-//! cached and exchanged again a few minutes before it expires, or when the API answers 401.
+//! cached (one cache per auth URL and API token in the process, shared by the clients of every
+//! region) and exchanged again a few minutes before it expires, or when the API answers 401.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use tokio::sync::Mutex;
@@ -26,7 +30,9 @@ pub struct Authenticator {
     auth_url: String,
     api_token: Secret,
     timeout: Duration,
-    cached: Mutex<Option<Bearer>>,
+    /// Shared by every authenticator of the process for the same auth URL and API token (the
+    /// clients of several regions, a command's look-up client): one exchange serves them all.
+    cached: Arc<Mutex<Option<Bearer>>>,
     /// The exchange counts against the client's requests a minute like any other call.
     budget: std::sync::Arc<Budget>,
 }
@@ -42,10 +48,10 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             http,
-            auth_url,
+            cached: shared_cache(&auth_url, &api_token),
             api_token,
             timeout,
-            cached: Mutex::new(None),
+            auth_url,
             budget,
         }
     }
@@ -135,6 +141,22 @@ impl Authenticator {
             expires_at,
         })
     }
+}
+
+type Caches = std::sync::Mutex<HashMap<(String, String), Arc<Mutex<Option<Bearer>>>>>;
+
+/// The bearer cache of an auth URL and API token, made on first use.
+fn shared_cache(auth_url: &str, api_token: &Secret) -> Arc<Mutex<Option<Bearer>>> {
+    static CACHES: OnceLock<Caches> = OnceLock::new();
+    let caches = CACHES.get_or_init(Default::default);
+    let mut caches = match caches.lock() {
+        Ok(c) => c,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    caches
+        .entry((auth_url.to_string(), api_token.expose().to_string()))
+        .or_default()
+        .clone()
 }
 
 /// Reads the `exp` claim of a JWT without checking its signature (the server checks it; the
