@@ -28,6 +28,11 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
+    if let Err(e) = client.resolve().await
+        && !e.is_transient()
+    {
+        return fail(e.to_string());
+    }
     // Taken over before saying "watching", so that an early Ctrl-C stops cleanly too.
     let shutdown = match ctrl_c() {
         Ok(shutdown) => shutdown,

@@ -192,6 +192,15 @@ fn an_unknown_region_is_a_configuration_error_and_a_known_one_is_looked_up() {
         .assert_contains("osc-fr1, osc-secnum-fr1");
     assert!(started.elapsed() < Duration::from_secs(10), "not retried");
     assert!(world.job_records().is_empty(), "no job was made");
+    // `watch` says so before watching, too.
+    let tree = world.path("tree");
+    std::fs::create_dir_all(tree.join("app")).unwrap();
+    let mut cmd = world.command(&["watch", "--app", "my-app", tree.to_str().unwrap()]);
+    cmd.env_remove("SCALINGO_API_URL")
+        .env("SCALINGO_REGION", "osc-nowhere1");
+    Run::from_output(cmd.output().unwrap(), &world.fake.api_token())
+        .assert_code(2)
+        .assert_contains("invalid region \"osc-nowhere1\"");
     assert_eq!(world.fake.stats().sources_created, 0);
     // A region the platform lists: its `api` is where the deployment goes (the fake).
     let before = world.fake.stats().api_requests();
@@ -201,8 +210,8 @@ fn an_unknown_region_is_a_configuration_error_and_a_known_one_is_looked_up() {
     let stats = world.fake.stats();
     assert_eq!(
         stats.requests_to(Endpoint::Regions),
-        2,
-        "one look-up per run"
+        3,
+        "one look-up per run (deploy, watch, deploy)"
     );
     // The look-up shares the deployment's token exchange: 8 requests in all.
     assert!(
