@@ -1,6 +1,7 @@
 //! A fake Scalingo platform for tests: token exchange, regions, sources with presigned-like
-//! storage URLs, archive deployments built in the background, and build output, served over real
-//! HTTP on loopback.
+//! storage URLs, archive deployments built in the background, build output, the deployments
+//! stream (`stream.rs`, a WebSocket) and the rate limit (`ratelimit.rs`), served over real HTTP
+//! on loopback.
 //!
 //! It models the platform's archive-deploy API as its public documentation, official Go client
 //! and CLI describe it, picking the stricter behaviour where they disagree, and it can inject

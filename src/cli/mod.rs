@@ -182,7 +182,8 @@ pub enum Command {
         /// file, else $XDG_STATE_HOME/dropdeploy or ~/.local/state/dropdeploy).
         #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
         state_dir: Option<PathBuf>,
-        /// Time between two polls of the deployment's status, e.g. `3s` (overrides follow_interval).
+        /// Time between two polls of the deployment's status, e.g. `3s` (overrides
+        /// follow_interval), when the deployments stream cannot be had.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
         /// Print the result as one JSON line on stdout (app, job, git_ref, deployment_id,
@@ -249,7 +250,8 @@ pub enum Command {
         /// How long a removed source directory is waited for before watch gives up.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         give_up_after: std::time::Duration,
-        /// Time between two polls of the deployment's status.
+        /// Time between two polls of the deployment's status, when the deployments stream
+        /// cannot be had.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
         /// Where jobs are kept while they run (as for `deploy`).

@@ -1,4 +1,5 @@
 //! The client's pure parts: error bodies, URLs in messages, classes, time-outs, chunks.
+use super::upload::{UPLOAD_CHUNK, file_chunks};
 use super::*;
 
 #[test]
