@@ -272,6 +272,16 @@ async fn session(
     let mut ws = match dial(&stream_url, client.timeout).await {
         Ok(ws) => ws,
         Err(Dial::Refused(why)) => return Ended::Refused(why),
+        Err(Dial::Unauthorized) => {
+            // The bearer was refused: exchange again before the next try.
+            client.auth.invalidate(&bearer).await;
+            return Ended::Failed("HTTP 401 to the dial".to_string());
+        }
+        Err(Dial::RateLimited(retry_after)) => {
+            // Like any call's 429: the whole client pauses.
+            client.budget.refused(retry_after);
+            return Ended::Failed("HTTP 429 (rate limit)".to_string());
+        }
         Err(Dial::Failed(why)) => return Ended::Failed(why),
     };
     if let Err(e) = ws.send(Message::text(auth_frame(bearer.expose()))).await {
@@ -341,6 +351,10 @@ fn auth_frame(token: &str) -> String {
 enum Dial {
     Refused(String),
     Failed(String),
+    /// 429, with its `Retry-After`.
+    RateLimited(Option<Duration>),
+    /// 401: the bearer.
+    Unauthorized,
 }
 
 /// Anything a WebSocket can run over: a TCP stream, or TLS over one.
@@ -396,7 +410,18 @@ async fn dial(url: &str, limit: Duration) -> Result<Socket, Dial> {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status();
                 let refused = format!("{}: HTTP {status}", shown());
-                if status.as_u16() == 429 || status.is_server_error() {
+                if status.as_u16() == 401 {
+                    return Err(Dial::Unauthorized);
+                }
+                if status.as_u16() == 429 {
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| crate::queue::retry::parse_retry_after(v, SystemTime::now()));
+                    return Err(Dial::RateLimited(retry_after));
+                }
+                if status.is_server_error() {
                     Err(Dial::Failed(refused))
                 } else {
                     Err(Dial::Refused(refused))
