@@ -27,16 +27,13 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             "--git-ref {r:?} is not accepted by the platform: use only letters, digits, '.', '_' and '-', not starting with '-'"
         ));
     }
-    let OneShot {
-        config,
-        token,
-        spool,
-        ..
-    } = match OneShot::set_up(cli, &region_env(region.as_deref()), state_dir.as_ref()) {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = super::platform::check_region(&config, &token).await {
+    let setup =
+        match OneShotSetup::set_up(cli, app, &region_env(region.as_deref()), state_dir.as_ref()) {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+    let (config, spool) = (&setup.config, &setup.spool);
+    if let Err(e) = super::platform::check_region(config, app).await {
         return fail(e);
     }
     let label = config
@@ -49,16 +46,16 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
 
     let is_url = archive.starts_with("http://") || archive.starts_with("https://");
     let job = if is_url {
-        match find_unfinished(&spool, app, &PayloadKey::Url(archive), None) {
+        match find_unfinished(spool, app, &PayloadKey::Url(archive), None) {
             Some(job) => job,
-            None => match enqueue_url(&spool, app, archive, &label, git_ref.as_deref()) {
+            None => match enqueue_url(spool, app, archive, &label, git_ref.as_deref()) {
                 Ok(job) => job,
                 Err(e) => return fail(e.to_string()),
             },
         }
     } else {
         match archive_job(
-            &spool,
+            spool,
             app,
             archive,
             &label,
@@ -78,7 +75,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         json: *json,
         progress_bar: cli.progress_bar(),
     };
-    run_job(config, token, spool, job, follow).await
+    run_job(&setup, job, follow).await
 }
 
 /// How `deploy` follows a job and says how it ended.
@@ -171,84 +168,97 @@ async fn archive_job(
     }
 }
 
-pub(super) async fn run_job(
-    config: Config,
-    token: crate::config::Secret,
-    spool: Spool,
-    mut job: Job,
-    follow: Follow,
-) -> u8 {
+/// Drives the job through the app's pipeline (its lane, its target, its outcome recorded in
+/// the history like the daemon's), then says how it ended. Returns the exit status.
+pub(super) async fn run_job(setup: &OneShotSetup, job: Job, follow: Follow) -> u8 {
     let Follow {
         no_follow,
         interval,
         json,
         progress_bar,
     } = follow;
-    let app = job.app.clone();
-    let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
-        Ok(Some(lock)) => lock,
+    let (app, spool) = (job.app.clone(), &setup.spool);
+    if let Err(code) = not_driven_elsewhere(spool, &job) {
+        return code;
+    }
+    // The record may have moved on while another process held it (the lane reads it again).
+    let recorded = spool.load(&job.id).unwrap_or_else(|_| job.clone());
+    let printer = Arc::new(Printer::on_stderr(progress_bar));
+    if matches!(recorded.state, JobState::Queued) && recorded.started_at.is_none() {
+        printer.line(&format!("{app}: {}", describe(&job)));
+    }
+    // Ctrl-C ends the process: the job stays in the spool, and the same command resumes it.
+    let overrides = crate::daemon::Overrides {
+        follow_interval: interval,
+        follow: !no_follow,
+        output: false,
+    };
+    let mut pipeline = match setup.open(
+        &app,
+        printer.clone(),
+        crate::shutdown::Shutdown::never(),
+        overrides,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let started = Instant::now();
+    let finished = match pipeline.submit(job.clone()) {
+        Ok(done) => done.await.ok(),
+        Err(_) => None,
+    };
+    pipeline.close().await;
+    printer.finish();
+    let took = started.elapsed();
+    // Finished: its outcome is recorded (history, hook) and the spool forgot it. Else the
+    // record says where it stopped.
+    let job = match finished {
+        Some(state) => Job { state, ..job },
+        None => match spool.load(&job.id) {
+            Ok(job) => job,
+            Err(e) => {
+                eprintln!("dropdeploy: {app}: job {} cannot be read: {e}", job.id);
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let elapsed = humantime::format_duration(std::time::Duration::from_secs(took.as_secs()));
+    let code = report(&job, &elapsed.to_string(), json);
+    if json {
+        println!("{}", json_result(&job, no_follow, took));
+    }
+    // A deployment not followed is the platform's business now: the job leaves the spool.
+    if no_follow
+        && !job.state.is_finished()
+        && let Err(e) = spool.remove(&job.id)
+    {
+        eprintln!("dropdeploy: {app}: {e}");
+    }
+    code
+}
+
+/// A job that another process (the daemon) drives is its business: say so (and return the
+/// exit status) rather than wait for it.
+fn not_driven_elsewhere(spool: &Spool, job: &Job) -> Result<(), u8> {
+    let app = &job.app;
+    match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
+        Ok(Some(_lock)) => Ok(()),
         Ok(None) => {
             eprintln!(
                 "dropdeploy: {app}: job {} (the same archive) is being deployed by another \
                  dropdeploy process; not deploying it twice (see `dropdeploy status`)",
                 job.id
             );
-            return EXIT_USAGE;
+            Err(EXIT_USAGE)
         }
         Err(e) => {
             eprintln!("dropdeploy: {app}: cannot lock job {}: {e}", job.id);
-            return EXIT_USAGE;
+            Err(EXIT_USAGE)
         }
-    };
-    // The record may have moved on while another process held it.
-    if let Ok(fresh) = spool.load(&job.id) {
-        job = fresh;
     }
-    let client = match ScalingoClient::new(&config.scalingo, token) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("dropdeploy: {app}: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let printer = Arc::new(Printer::on_stderr(progress_bar));
-    if matches!(job.state, JobState::Queued) && job.started_at.is_none() {
-        printer.line(&format!("{app}: {}", describe(&job)));
-    }
-    let mut runner = Runner::new(
-        client,
-        spool.clone(),
-        config.retry.clone(),
-        interval.unwrap_or(config.scalingo.follow_interval),
-        printer.clone(),
-    )
-    .with_deploy_timeout(
-        config
-            .app(&app)
-            .and_then(|a| a.deploy_timeout)
-            .unwrap_or(config.scalingo.deploy_timeout),
-    );
-    if no_follow {
-        runner = runner.without_follow();
-    }
-    let started = Instant::now();
-    if let Err(e) = runner.run(&mut job).await {
-        eprintln!("dropdeploy: {app}: job {} cannot be recorded: {e}", job.id);
-        return EXIT_USAGE;
-    }
-    printer.finish();
-    let took = started.elapsed();
-    let elapsed = humantime::format_duration(std::time::Duration::from_secs(took.as_secs()));
-    let code = report(&job, &elapsed.to_string(), json);
-    if json {
-        println!("{}", json_result(&job, no_follow, took));
-    }
-    if (job.state.is_finished() || no_follow)
-        && let Err(e) = spool.remove(&job.id)
-    {
-        eprintln!("dropdeploy: {app}: {e}");
-    }
-    code
 }
 
 /// The last line of `deploy --json`: how the job ended, for scripts.

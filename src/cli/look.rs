@@ -2,10 +2,21 @@
 
 use super::*;
 
-/// The state directory of `history` and `status`: the config's.
+/// The state directory of `history` and `status`: the config's (`--config`, else the
+/// service's default file); without any configuration file, the one where `deploy` and `watch`
+/// keep their jobs and history for a user without a configuration.
 pub(super) fn state_dir_for_reading(cli: &Cli) -> Result<(Config, PathBuf), u8> {
     let env = Env::from_process();
     let path = config_path(cli);
+    if cli.config.is_none() && !path.exists() {
+        return match Config::from_env(&env) {
+            Ok(Loaded { config, .. }) => Ok((config, default_user_state_dir())),
+            Err(e) => {
+                eprintln!("dropdeploy: {e}");
+                Err(EXIT_USAGE)
+            }
+        };
+    }
     match Config::load(&path, &env) {
         Ok(Loaded { config, .. }) => {
             let dir = config.state_dir.clone();

@@ -13,8 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::archive::inspect::{InspectError, Limits, inspect};
 use crate::config::{Config, Env, Loaded};
-use crate::deploy::scalingo::api::ScalingoClient;
-use crate::deploy::scalingo::driver::{Event, Observer, Runner};
+use crate::deploy::scalingo::driver::{Event, Observer};
 use crate::queue::intake::{
     IntakeError, PayloadKey, Transfer, enqueue_archive, enqueue_url, find_unfinished, valid_git_ref,
 };
@@ -51,7 +50,9 @@ use deploy::deploy;
 pub use look::describe_config;
 use look::{config_check, history, status};
 use printer::Printer;
-use setup::{OneShot, config_path, load_config, region_env, run_daemon};
+use setup::{
+    OneShotSetup, config_path, default_user_state_dir, load_config, region_env, run_daemon,
+};
 use watch::watch;
 
 /// Exit status: the deployment succeeded (or the archive is fine).
@@ -324,12 +325,21 @@ pub fn main() -> ExitCode {
         _ => "warn",
     };
     let journal = crate::service::stderr_is_journal();
-    let filter = log_filter(
+    let mut filter = log_filter(
         std::env::var("RUST_LOG").ok().as_deref(),
         default_level,
         cli.verbose,
         cli.quiet,
     );
+    // `deploy` and `watch` print each outcome as a line of their own: the outcome's log event
+    // (a warning for a failure) would say it twice. `-v` and RUST_LOG still show it.
+    if matches!(cli.command, Command::Deploy { .. } | Command::Watch { .. })
+        && cli.verbose == 0
+        && std::env::var_os("RUST_LOG").is_none_or(|v| v.is_empty())
+        && let Ok(directive) = "dropdeploy::outcome=error".parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     let colour = use_colour(
         cli.color,
         std::env::var_os("NO_COLOR").as_deref(),

@@ -5,21 +5,27 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::deploy::scalingo::api::{ApiError, Deployment};
+use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
 use crate::deploy::scalingo::driver::strip_ansi;
 use crate::deploy::scalingo::follow::{Phase, phase};
 use crate::deploy::scalingo::stream::{Link, StreamEvent, Update};
 
-/// Before any job exists: the region (when no API URL was given) must be one the platform
-/// lists. Only a permanent answer is an error; a platform that cannot be asked now is not.
-pub(super) async fn check_region(
-    config: &Config,
-    token: &crate::config::Secret,
-) -> Result<(), String> {
-    if config.scalingo.api_url_explicit || config.scalingo.region.is_none() {
+/// Before any job exists: the app's region (its own, else `[scalingo]`'s when no API URL was
+/// given) must be one the platform lists. Only a permanent answer is an error; a platform that
+/// cannot be asked now is not, nor a missing token (said later, where it is needed).
+pub(super) async fn check_region(config: &Config, app: &str) -> Result<(), String> {
+    let Some(token) = config.scalingo.token.clone() else {
+        return Ok(());
+    };
+    let own = config.app(app).and_then(|a| a.region.clone());
+    if own.is_none() && (config.scalingo.api_url_explicit || config.scalingo.region.is_none()) {
         return Ok(());
     }
-    let client = ScalingoClient::new(&config.scalingo, token.clone()).map_err(|e| e.to_string())?;
+    let client = Arc::new(ScalingoClient::new(&config.scalingo, token).map_err(|e| e.to_string())?);
+    let client = match &own {
+        Some(region) => client.in_region(region),
+        None => client,
+    };
     match client.resolve().await {
         Err(e) if !e.is_transient() => Err(e.to_string()),
         _ => Ok(()),
@@ -29,6 +35,7 @@ pub(super) async fn check_region(
 /// A client for the app, from the command line (`--region`, the environment, the config).
 async fn client_for(
     cli: &Cli,
+    app: &str,
     region: Option<&str>,
 ) -> Result<(Config, Arc<ScalingoClient>), String> {
     let config = load_config_with(cli, &region_env(region))?;
@@ -37,9 +44,13 @@ async fn client_for(
         .require_token()
         .map_err(|e| e.to_string())?
         .clone();
-    check_region(&config, &token).await?;
-    let client = ScalingoClient::new(&config.scalingo, token).map_err(|e| e.to_string())?;
-    Ok((config, Arc::new(client)))
+    check_region(&config, app).await?;
+    let client = Arc::new(ScalingoClient::new(&config.scalingo, token).map_err(|e| e.to_string())?);
+    let client = match config.app(app).and_then(|a| a.region.clone()) {
+        Some(region) => client.in_region(&region),
+        None => client,
+    };
+    Ok((config, client))
 }
 
 use super::setup::load_config_with;
@@ -55,7 +66,7 @@ fn exit_for(e: &ApiError) -> u8 {
 /// `dropdeploy deployments --app A`: id, git_ref, status, age and duration of the most recent
 /// deployments, newest first.
 pub(super) async fn deployments(cli: &Cli, app: &str, region: Option<&str>, limit: u32) -> u8 {
-    let (_, client) = match client_for(cli, region).await {
+    let (_, client) = match client_for(cli, app, region).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("dropdeploy: {app}: {e}");
@@ -118,7 +129,7 @@ pub(super) async fn logs(
     deployment: Option<&str>,
     follow: bool,
 ) -> u8 {
-    let (config, client) = match client_for(cli, region).await {
+    let (config, client) = match client_for(cli, app, region).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("dropdeploy: {app}: {e}");

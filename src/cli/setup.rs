@@ -2,38 +2,60 @@
 
 use super::*;
 
-/// What `deploy` and `watch` need before they start: the configuration, the token, and a
-/// spool (in the config's state_dir with a config file, else in the user's state directory).
-pub(super) struct OneShot {
+/// What `deploy` and `watch` need before they start: the configuration and a spool (in the
+/// config's state_dir with a config file, else in the user's state directory). The API token
+/// is checked here, before any work, when the app deploys to Scalingo.
+pub(super) struct OneShotSetup {
     pub(super) config: Config,
-    pub(super) token: crate::config::Secret,
     pub(super) state_dir: PathBuf,
     pub(super) spool: Spool,
 }
 
-impl OneShot {
+impl OneShotSetup {
     pub(super) fn set_up(
         cli: &Cli,
+        app: &str,
         env: &Env,
         state_dir: Option<&PathBuf>,
-    ) -> Result<OneShot, String> {
+    ) -> Result<OneShotSetup, String> {
         let config = load_config_with(cli, env)?;
-        let token = config
-            .scalingo
-            .require_token()
-            .map_err(|e| e.to_string())?
-            .clone();
+        let local = config
+            .app(app)
+            .is_some_and(|a| matches!(a.target, crate::config::TargetConfig::Local(_)));
+        if !local {
+            config.scalingo.require_token().map_err(|e| e.to_string())?;
+        }
         let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
             Some(_) => config.state_dir.clone(),
             None => default_user_state_dir(),
         });
         let spool = Spool::open(state_dir.join("spool")).map_err(|e| e.to_string())?;
-        Ok(OneShot {
+        Ok(OneShotSetup {
             config,
-            token,
             state_dir,
             spool,
         })
+    }
+
+    /// The app's pipeline (lane, target, outcomes) for a command in the foreground, its events
+    /// told to `observer`.
+    pub(super) fn open(
+        &self,
+        app: &str,
+        observer: Arc<dyn Observer>,
+        shutdown: crate::shutdown::Shutdown,
+        overrides: crate::daemon::Overrides,
+    ) -> Result<crate::daemon::OneShot, String> {
+        crate::daemon::OneShot::open(crate::daemon::OneShotParts {
+            config: self.config.clone(),
+            app: app.to_string(),
+            state_dir: self.state_dir.clone(),
+            spool: self.spool.clone(),
+            observer,
+            shutdown,
+            overrides,
+        })
+        .map_err(|e| e.to_string())
     }
 }
 

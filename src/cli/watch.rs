@@ -18,25 +18,34 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
         EXIT_USAGE
     };
     let WatchSetup {
-        config,
-        state_dir,
-        spool,
+        setup,
         root,
         watcher,
-        client,
     } = match set_up(cli) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
-    if let Err(e) = client.resolve().await
-        && !e.is_transient()
-    {
-        return fail(e.to_string());
+    if let Err(e) = super::platform::check_region(&setup.config, app).await {
+        return fail(e);
     }
     // Taken over before saying "watching", so that an early Ctrl-C stops cleanly too.
     let shutdown = match ctrl_c() {
         Ok(shutdown) => shutdown,
         Err(e) => return fail(format!("cannot handle Ctrl-C: {e}")),
+    };
+    let printer = Arc::new(Printer::new(cli.progress_bar()));
+    // The daemon's lane, target (Scalingo or local releases) and outcome recording.
+    let overrides = crate::daemon::Overrides {
+        follow_interval: *interval,
+        follow: true,
+        output: true,
+    };
+    let pipeline = match setup.open(app, printer.clone(), shutdown.clone(), overrides) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let Some(lane) = pipeline.sender() else {
+        return fail("the app's lane did not start".to_string());
     };
     println!(
         "{app}: watching {} ({} directories); Ctrl-C to stop",
@@ -46,72 +55,49 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     let states = watcher.state();
     tokio::spawn(say_gaps(app.clone(), watcher.state()));
     let interrupted = shutdown.clone();
-    let printer = Arc::new(Printer::new(cli.progress_bar()));
-    let runner = foreground_runner(
-        &config,
-        client,
-        &spool,
-        *interval,
-        printer.clone(),
-        &shutdown,
-    );
-    let cfg = redeploy_config(&config, app, !no_deploy_on_start, state_dir);
-    let deploy = {
-        let (runner, spool, printer) = (runner.clone(), spool.clone(), printer.clone());
-        move |job: Job| drive(runner.clone(), spool.clone(), printer.clone(), job)
+    let cfg = redeploy_config(pipeline.app(), &setup, !no_deploy_on_start);
+    let deploy = move |job: Job| {
+        let (lane, printer) = (lane.clone(), printer.clone());
+        async move {
+            let started = Instant::now();
+            let finished = lane.submit_watched(job.clone())?.await.ok();
+            printer.finish();
+            if let Some(state) = &finished {
+                print_outcome(&job.app, state, started.elapsed());
+            }
+            finished
+        }
     };
     let name = app.clone();
-    redeploy::run(cfg, watcher, spool, deploy, shutdown, |event| {
-        print_tree_event(&name, event)
-    })
+    redeploy::run(
+        cfg,
+        watcher,
+        setup.spool.clone(),
+        deploy,
+        shutdown,
+        |event| print_tree_event(&name, event),
+    )
     .await;
+    pipeline.close().await;
     say_stopped(app, &interrupted, &states)
 }
 
-/// The runner that drives the loop's jobs in the foreground, telling `printer` each step and
-/// stopping at `shutdown`.
-fn foreground_runner(
-    config: &Config,
-    client: Arc<ScalingoClient>,
-    spool: &Spool,
-    interval: Option<std::time::Duration>,
-    printer: Arc<Printer>,
-    shutdown: &crate::shutdown::Shutdown,
-) -> Arc<Runner> {
-    Arc::new(
-        Runner::new(
-            client,
-            spool.clone(),
-            config.retry.clone(),
-            interval.unwrap_or(config.scalingo.follow_interval),
-            printer,
-        )
-        .with_deploy_timeout(config.scalingo.deploy_timeout)
-        .with_shutdown(shutdown.clone())
-        .with_output(),
-    )
-}
-
-/// The loop's settings for `app`: its ref label from the configuration if it is configured
-/// there, else its name.
+/// The loop's settings for the app: its ref label and `deploy_on_start` from the
+/// configuration if it is configured there (else its name, and the flag).
 fn redeploy_config(
-    config: &Config,
-    app: &str,
+    app: &crate::config::AppConfig,
+    setup: &OneShotSetup,
     deploy_on_start: bool,
-    state_dir: PathBuf,
 ) -> crate::source::redeploy::RedeployConfig {
     crate::source::redeploy::RedeployConfig {
-        app: app.to_string(),
-        label: config
-            .app(app)
-            .map(|a| a.ref_label().to_string())
-            .unwrap_or_else(|| app.to_string()),
-        prefix: app.to_string(),
+        app: app.name.clone(),
+        label: app.ref_label().to_string(),
+        prefix: app.name.clone(),
         limits: Limits {
-            max_uncompressed: config.max_archive_bytes,
+            max_uncompressed: setup.config.max_archive_bytes,
         },
         deploy_on_start,
-        state_dir,
+        state_dir: setup.state_dir.clone(),
     }
 }
 
@@ -147,15 +133,12 @@ fn ctrl_c() -> std::io::Result<crate::shutdown::Shutdown> {
     Ok(shutdown)
 }
 
-/// What the loop needs, made from the command line: the configuration, a spool, the watched
-/// tree and the platform client.
+/// What the loop needs, made from the command line: the configuration and spool, and the
+/// watched tree.
 struct WatchSetup {
-    config: Config,
-    state_dir: PathBuf,
-    spool: Spool,
+    setup: OneShotSetup,
     root: PathBuf,
     watcher: crate::source::tree::TreeWatcher,
-    client: Arc<ScalingoClient>,
 }
 
 fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
@@ -176,12 +159,7 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
     else {
         return Err("not the watch command".to_string());
     };
-    let OneShot {
-        config,
-        token,
-        state_dir,
-        spool,
-    } = OneShot::set_up(cli, &region_env(region.as_deref()), state_dir.as_ref())?;
+    let setup = OneShotSetup::set_up(cli, app, &region_env(region.as_deref()), state_dir.as_ref())?;
     let root = match std::path::absolute(dir) {
         Ok(r) => r,
         Err(e) => return Err(format!("{}: {e}", dir.display())),
@@ -191,7 +169,7 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
         root: root.clone(),
         ignore: ignore.clone(),
         include: include.clone(),
-        always_ignore: vec![state_dir.clone()],
+        always_ignore: vec![setup.state_dir.clone()],
         quiet: *debounce,
         max_wait: *max_wait,
         poll: *poll,
@@ -201,60 +179,11 @@ fn set_up(cli: &Cli) -> Result<WatchSetup, String> {
         Ok(w) => w,
         Err(e) => return Err(e.to_string()),
     };
-    let client = match ScalingoClient::new(&config.scalingo, token) {
-        Ok(c) => Arc::new(c),
-        Err(e) => return Err(e.to_string()),
-    };
     Ok(WatchSetup {
-        config,
-        state_dir,
-        spool,
+        setup,
         root,
         watcher,
-        client,
     })
-}
-
-/// Drives one packed job to its end in the foreground, and says how it ended. `None`: it will
-/// not finish now (Ctrl-C, another process drives it, or its record cannot be written).
-async fn drive(
-    runner: Arc<Runner>,
-    spool: Spool,
-    printer: Arc<Printer>,
-    mut job: Job,
-) -> Option<JobState> {
-    let started = Instant::now();
-    let _lock = match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            eprintln!(
-                "dropdeploy: {}: job {} is being deployed by another dropdeploy \
-                 process sharing this state directory; stopping",
-                job.app, job.id
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("dropdeploy: {}: cannot lock job {}: {e}", job.app, job.id);
-            return None;
-        }
-    };
-    if let Err(e) = runner.run(&mut job).await {
-        eprintln!(
-            "dropdeploy: {}: job {} cannot be recorded: {e}",
-            job.app, job.id
-        );
-        return None;
-    }
-    printer.finish();
-    if !job.state.is_finished() {
-        return None;
-    }
-    print_outcome(&job, started.elapsed());
-    if let Err(e) = spool.remove(&job.id) {
-        eprintln!("dropdeploy: {}: {e}", job.app);
-    }
-    Some(job.state.clone())
 }
 
 /// One line per step of the loop.
@@ -309,9 +238,8 @@ pub(super) async fn say_gaps(
 }
 
 /// The one line that ends a deployment in the developer's terminal.
-pub(super) fn print_outcome(job: &Job, elapsed: std::time::Duration) {
-    let app = &job.app;
-    match &job.state {
+pub(super) fn print_outcome(app: &str, state: &JobState, elapsed: std::time::Duration) {
+    match state {
         JobState::Succeeded { deployment_id } => println!(
             "{app}: success in {} (deployment {deployment_id})",
             humantime::format_duration(std::time::Duration::from_secs(elapsed.as_secs()))

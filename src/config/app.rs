@@ -14,8 +14,8 @@ use super::on_outcome::build_hook;
 use super::raw::{DurationText, RawApp, RawHook};
 use super::report::Report;
 use super::{
-    AppConfig, DEFAULT_DEBOUNCE, DEFAULT_DEPLOY_TIMEOUT, DEFAULT_KEEP_DONE, DEFAULT_SETTLE,
-    HookConfig, LocalTargetConfig, QueuePolicy, TargetConfig,
+    AppConfig, DEFAULT_DEBOUNCE, DEFAULT_DEPLOY_TIMEOUT, DEFAULT_KEEP_DONE, DEFAULT_MAX_WAIT,
+    DEFAULT_SETTLE, HookConfig, LocalTargetConfig, QueuePolicy, TargetConfig,
 };
 
 /// The longest `git_ref_label`: a git_ref becomes a Docker image tag (at most 128 characters),
@@ -153,7 +153,7 @@ fn app_timings(raw: &RawApp, report: &mut Report<'_>) -> AppTimings {
             &raw.max_wait,
             "max_wait",
             "app",
-            Duration::from_secs(10),
+            DEFAULT_MAX_WAIT,
             false,
             report,
         ),

@@ -71,6 +71,9 @@ const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(2);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
+/// `max_wait`: a source directory that never stops changing is packed this long after the
+/// first change of a burst.
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 /// How long a file written in place must stay unchanged before it is taken.
 const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 /// How many archives a drop folder's `done/` keeps.
@@ -305,6 +308,32 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    /// An app that is not in the configuration, as the one-shot commands (`deploy`, `watch`)
+    /// see it: deployed to Scalingo, every setting at its default, no source of its own.
+    pub fn unconfigured(name: &str) -> AppConfig {
+        AppConfig {
+            name: name.to_string(),
+            drop_dir: None,
+            source_dir: None,
+            queue: QueuePolicy::default(),
+            debounce: DEFAULT_DEBOUNCE,
+            ignore: Vec::new(),
+            git_ref_label: None,
+            settle: DEFAULT_SETTLE,
+            keep_done: DEFAULT_KEEP_DONE,
+            follow_interval: None,
+            retry_budget: None,
+            deploy_timeout: None,
+            include: Vec::new(),
+            max_wait: DEFAULT_MAX_WAIT,
+            poll: None,
+            deploy_on_start: true,
+            target: TargetConfig::Scalingo,
+            on_outcome: None,
+            region: None,
+        }
+    }
+
     /// The label that starts each job's git_ref: `git_ref_label`, else the app name.
     pub fn ref_label(&self) -> &str {
         self.git_ref_label.as_deref().unwrap_or(&self.name)

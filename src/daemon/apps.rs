@@ -3,34 +3,9 @@
 
 use super::*;
 
-/// An app's lane settings, with its target built by the one factory.
-pub(super) fn lane_settings(
-    config: &Config,
-    app: &AppConfig,
-    wiring: &crate::deploy::Wiring,
-) -> LaneSettings {
-    let pacing = crate::deploy::Pacing {
-        retry: RetryConfig {
-            budget: app.retry_budget.unwrap_or(config.retry.budget),
-            ..config.retry.clone()
-        },
-        follow_interval: app
-            .follow_interval
-            .unwrap_or(config.scalingo.follow_interval),
-        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
-        region: app.region.clone(),
-    };
-    LaneSettings {
-        policy: app.queue,
-        keep_done: app.keep_done,
-        target: crate::deploy::build(&app.target, &pacing, wiring),
-    }
-}
-
 impl Daemon {
     pub(super) fn start_lane(&mut self, app: &AppConfig) {
-        self.lanes
-            .ensure(&app.name, lane_settings(&self.config, app, &self.wiring));
+        self.pipeline.start_lane(&self.config, app);
     }
 
     pub(super) fn tree_config(&self, app: &AppConfig, root: &std::path::Path) -> TreeConfig {
@@ -58,7 +33,7 @@ impl Daemon {
         let cfg = self.tree_config(app, root);
         let watcher = TreeWatcher::start(cfg.clone()).map_err(|e| e.to_string())?;
         watcher.publish_gaps(self.live.clone());
-        let Some(lane) = self.lanes.sender(&app.name) else {
+        let Some(lane) = self.pipeline.lanes.sender(&app.name) else {
             return Err(format!("app {}: no lane", app.name));
         };
         // The loop stops with the daemon, or alone when its app is removed or changed.
@@ -73,7 +48,7 @@ impl Daemon {
             deploy_on_start: app.deploy_on_start,
             state_dir: self.config.state_dir.clone(),
         };
-        let spool = self.spool.clone();
+        let spool = self.pipeline.spool.clone();
         let name = app.name.clone();
         tracing::info!(
             app = %app.name,
@@ -121,7 +96,7 @@ impl Daemon {
     /// Hands every unfinished job of a configured app to its lane, oldest first, and records
     /// the outcome of finished jobs whose outcome was not recorded yet.
     pub(super) async fn recover(&mut self) {
-        let spool = self.spool.clone();
+        let spool = self.pipeline.spool.clone();
         let jobs = match tokio::task::spawn_blocking(move || spool.jobs()).await {
             Ok(Ok(jobs)) => jobs,
             Ok(Err(e)) => {
@@ -141,7 +116,7 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.lanes.knows(&job.id) {
+            if self.pipeline.lanes.knows(&job.id) {
                 continue;
             }
             if job.state.is_finished() {
@@ -150,19 +125,7 @@ impl Daemon {
                     .app(&job.app)
                     .map(|a| a.keep_done)
                     .unwrap_or(DEFAULT_KEEP_DONE);
-                let outcomes = self.outcomes.clone();
-                let id = job.id.clone();
-                let state_dir = self.config.state_dir.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    remember_tree(&state_dir, &job);
-                    outcomes.record(&job, keep)
-                })
-                .await;
-                match done {
-                    Ok(Ok(entry)) => self.after.done(&entry),
-                    Ok(Err(e)) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
-                    Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
-                }
+                self.pipeline.record_finished(job, keep).await;
                 continue;
             }
             // A watched tree's loop resumes its own jobs before it packs anything, so that the
@@ -176,7 +139,7 @@ impl Daemon {
                 continue;
             }
             tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
-            if let Err(job) = self.lanes.submit(job) {
+            if let Err(job) = self.pipeline.lanes.submit(job) {
                 tracing::warn!(
                     app = %job.app,
                     job = %job.id,
@@ -217,13 +180,13 @@ impl Daemon {
             tracing::warn!("{w}");
         }
         let new = loaded.config;
-        if let Err(e) = check_apps(&new, &self.spool) {
+        if let Err(e) = check_apps(&new, &self.pipeline.spool) {
             tracing::error!("reload refused, the running configuration is kept: {e}");
             return None;
         }
         // The same account and endpoints keep the same client: one budget of requests, and
         // the streams of the deployments in flight.
-        let same = match (&self.wiring.client, new.scalingo.token.as_ref()) {
+        let same = match (&self.pipeline.wiring.client, new.scalingo.token.as_ref()) {
             (Some(old), Some(token)) => old.serves(&new.scalingo, token),
             _ => false,
         };
@@ -235,7 +198,7 @@ impl Daemon {
                 if let Some(client) = &client {
                     client.budget().publish_to(self.live.clone());
                 }
-                self.wiring.client = client;
+                self.pipeline.wiring.client = client;
             }
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
@@ -249,12 +212,12 @@ impl Daemon {
     /// replaces.
     fn adopt(&mut self, new: Config) -> Config {
         for app in &new.apps {
-            self.after.metrics.register_app(&app.name);
+            self.pipeline.after.metrics.register_app(&app.name);
         }
         if new.metrics_listen != self.config.metrics_listen {
             tracing::warn!("metrics_listen changed: it takes effect at the next restart");
         }
-        if let Ok(mut shared) = self.after.config.write() {
+        if let Ok(mut shared) = self.pipeline.after.config.write() {
             *shared = new.clone();
         }
         std::mem::replace(&mut self.config, new)
@@ -271,7 +234,7 @@ impl Daemon {
                 if let Some((_, tree)) = self.trees.remove(&app.name) {
                     tree.fire();
                 }
-                self.lanes.retire(&app.name);
+                self.pipeline.lanes.retire(&app.name);
                 self.live.clear_app(&app.name);
                 tracing::info!(app = %app.name, "app removed: it stops after its job in flight");
             }

@@ -30,7 +30,7 @@ impl Daemon {
             self.claim_settled(&ready);
             return;
         };
-        let spool = self.spool.clone();
+        let spool = self.pipeline.spool.clone();
         let limits = Limits {
             max_uncompressed: self.config.max_archive_bytes,
         };
@@ -52,7 +52,7 @@ impl Daemon {
                     readiness = ?ready.readiness,
                     "claimed"
                 );
-                if let Err(job) = self.lanes.submit(job) {
+                if let Err(job) = self.pipeline.lanes.submit(job) {
                     tracing::error!(app = %job.app, job = %job.id, "no lane for the app; the job stays in the spool");
                 }
             }
@@ -62,7 +62,7 @@ impl Daemon {
                 kept: Some(kept),
             })) => {
                 self.claim_settled(&ready);
-                let outcomes = self.outcomes.clone();
+                let outcomes = self.pipeline.outcomes.clone();
                 let app_name = app.name.clone();
                 let shown = file.display().to_string();
                 let done = tokio::task::spawn_blocking(move || {
@@ -70,7 +70,7 @@ impl Daemon {
                 })
                 .await;
                 match done {
-                    Ok(Ok(entry)) => self.after.done(&entry),
+                    Ok(Ok(entry)) => self.pipeline.after.done(&entry),
                     Ok(Err(e)) => {
                         tracing::error!(app = %app.name, file = %shown, "cannot move the refused archive to failed/: {e}")
                     }
@@ -93,7 +93,10 @@ impl Daemon {
             }))) => {
                 // The path is a fresh job directory each try: the cause names the spool instead,
                 // so that it stays the same while the reason does.
-                let cause = format!("{action} in {}: {source}", self.spool.dir().display());
+                let cause = format!(
+                    "{action} in {}: {source}",
+                    self.pipeline.spool.dir().display()
+                );
                 self.claim_failed(&ready, cause);
             }
             Ok(Err(e)) => self.claim_failed(&ready, e.to_string()),

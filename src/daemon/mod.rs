@@ -35,10 +35,14 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 mod apps;
 mod claims;
 mod observe;
+mod pipeline;
 mod startup;
+
+pub use pipeline::{OneShot, OneShotParts, Overrides};
 
 use claims::ClaimRetry;
 use observe::{AfterOutcome, OutcomeFinisher, StatusBoard, remember_tree};
+use pipeline::{Parts, Pipeline};
 use startup::{check_apps, scalingo_client};
 
 /// `done/` retention for a job whose app is no longer configured.
@@ -145,16 +149,12 @@ struct Daemon {
     config_path: PathBuf,
     env: Env,
     config: Config,
-    spool: Spool,
-    /// What every app's target is built with (a reload may change the client).
-    wiring: crate::deploy::Wiring,
-    outcomes: Arc<Outcomes>,
-    lanes: Lanes,
+    /// Spool, lanes, targets, outcomes.
+    pipeline: Pipeline,
     watchers: HashMap<String, (DropFolderConfig, DropWatcher)>,
     /// Watched source directories: the settings they started with, and their own stop.
     trees: HashMap<String, (TreeConfig, ShutdownTrigger)>,
     ready_tx: mpsc::Sender<ReadyFile>,
-    after: Arc<AfterOutcome>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     notifier: Notifier,
     board: Arc<StatusBoard>,
@@ -203,7 +203,6 @@ impl Daemon {
             config: std::sync::RwLock::new(config.clone()),
         });
         let startup::State { lock, live, spool } = state;
-        let outcomes = Arc::new(Outcomes::new(&config.state_dir, spool.clone()));
         let board = Arc::new(StatusBoard {
             inner: Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
             notifier: notifier.clone(),
@@ -211,36 +210,24 @@ impl Daemon {
             apps: std::sync::atomic::AtomicUsize::new(config.apps.len()),
             active: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
-        let wiring = crate::deploy::Wiring {
-            client,
-            spool: spool.clone(),
-            observer: board.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let finisher = Arc::new(OutcomeFinisher {
-            outcomes: outcomes.clone(),
-            after: after.clone(),
+        let pipeline = Pipeline::new(Parts {
             state_dir: config.state_dir.clone(),
-        });
-        let ctx = LaneContext::new(
-            spool.clone(),
-            board.clone(),
-            finisher,
-            config.max_parallel,
+            spool,
+            client,
+            observer: board.clone(),
+            after,
+            max_parallel: config.max_parallel,
             shutdown,
-        );
+            overrides: pipeline::Overrides::default(),
+        });
         Ok(Daemon {
             config_path,
             env,
             config,
-            spool,
-            wiring,
-            outcomes,
-            lanes: Lanes::new(ctx),
+            pipeline,
             watchers: HashMap::new(),
             trees: HashMap::new(),
             ready_tx,
-            after,
             metrics_server,
             notifier,
             board,
@@ -288,14 +275,14 @@ impl Daemon {
         }
         trigger.fire();
         let deadline = tokio::time::Instant::now() + grace;
-        match tokio::time::timeout_at(deadline, self.lanes.join()).await {
+        match tokio::time::timeout_at(deadline, self.pipeline.lanes.join()).await {
             Ok(()) => {}
             Err(_) => tracing::warn!(
                 "grace period over: steps still in flight were abandoned; their jobs resume at the next start"
             ),
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !self.after.hooks.drain(left).await {
+        if !self.pipeline.after.hooks.drain(left).await {
             tracing::warn!("outcome hooks still running at exit were abandoned");
         }
         if let Some(server) = self.metrics_server.take() {

@@ -37,6 +37,12 @@ pub struct Pacing {
     pub deploy_timeout: Duration,
     /// The app's own Scalingo region, when it is not the client's (one client per region).
     pub region: Option<String>,
+    /// Follow the deployment to its end (`false`: `deploy --no-follow`, the job stops once the
+    /// deployment is created).
+    pub follow: bool,
+    /// Fetch the build output as it grows, for [`crate::queue::observe::Event::Output`]
+    /// (`watch` prints it; the daemon has no one to show it to).
+    pub output: bool,
 }
 
 /// The target of an app: its jobs go where `target` says. Errors when the app deploys to
@@ -62,17 +68,22 @@ pub fn build(
                 Some(region) => client.in_region(region),
                 None => client,
             };
-            Arc::new(
-                scalingo::driver::Runner::new(
-                    client,
-                    wiring.spool.clone(),
-                    pacing.retry.clone(),
-                    pacing.follow_interval,
-                    wiring.observer.clone(),
-                )
-                .with_deploy_timeout(pacing.deploy_timeout)
-                .with_shutdown(wiring.shutdown.clone()),
+            let mut runner = scalingo::driver::Runner::new(
+                client,
+                wiring.spool.clone(),
+                pacing.retry.clone(),
+                pacing.follow_interval,
+                wiring.observer.clone(),
             )
+            .with_deploy_timeout(pacing.deploy_timeout)
+            .with_shutdown(wiring.shutdown.clone());
+            if !pacing.follow {
+                runner = runner.without_follow();
+            }
+            if pacing.output {
+                runner = runner.with_output();
+            }
+            Arc::new(runner)
         }
     })
 }

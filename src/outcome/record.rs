@@ -147,8 +147,8 @@ impl Outcomes {
     /// Step 1: moves the job's archive from the spool into `done/` or `failed/` of its drop
     /// folder (for a failure, its reason file first), the destination persisted in the progress
     /// record before anything is written there. `None` for a job with no dropped archive: a URL
-    /// job, or an archive packed from a watched directory, which is the daemon's own, is not
-    /// moved anywhere, and leaves with the spool directory.
+    /// job, an archive packed from a watched directory, or a copy of a file given to `deploy`
+    /// (all the daemon's own) is not moved anywhere, and leaves with the spool directory.
     fn move_archive(
         &self,
         job: &Job,
@@ -157,6 +157,7 @@ impl Outcomes {
         let Payload::Archive {
             original,
             tree_digest: None,
+            copied: false,
             ..
         } = &job.payload
         else {

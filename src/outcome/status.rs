@@ -92,24 +92,7 @@ pub fn status_json(
             let in_flight: Vec<_> = mine
                 .iter()
                 .filter(|j| !matches!(j.state, JobState::Queued) && !j.state.is_finished())
-                .map(|job| {
-                    let (deployment_id, platform_status) = match &job.state {
-                        JobState::Deploying {
-                            deployment_id,
-                            platform_status,
-                            ..
-                        } => (Some(deployment_id.clone()), platform_status.clone()),
-                        _ => (None, None),
-                    };
-                    json!({
-                        "state": job.state.name(),
-                        "file": file_label(job),
-                        "job": job.id,
-                        "deployment_id": deployment_id,
-                        "platform_status": platform_status,
-                        "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
-                    })
-                })
+                .map(|job| in_flight_json(job))
                 .collect();
             let pending: Vec<_> = mine
                 .iter()
@@ -157,6 +140,26 @@ pub fn status_json(
         "apps": sections,
         "unreadable": unreadable,
     }))
+}
+
+/// A job under way, for `status --json`.
+fn in_flight_json(job: &Job) -> serde_json::Value {
+    let (deployment_id, platform_status) = match &job.state {
+        JobState::Deploying {
+            deployment_id,
+            platform_status,
+            ..
+        } => (Some(deployment_id.clone()), platform_status.clone()),
+        _ => (None, None),
+    };
+    serde_json::json!({
+        "state": job.state.name(),
+        "file": file_label(job),
+        "job": job.id,
+        "deployment_id": deployment_id,
+        "platform_status": platform_status,
+        "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
+    })
 }
 
 /// The jobs in the spool (none if it does not exist), and why the unreadable ones are.

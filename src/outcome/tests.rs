@@ -292,6 +292,7 @@ fn finished_job(state: JobState) -> (tempfile::TempDir, Outcomes, Job) {
                 sha256: "ab".repeat(32),
             },
             tree_digest: None,
+            copied: false,
         },
         created_at: crate::queue::spool::now(),
         started_at: None,

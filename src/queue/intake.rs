@@ -157,6 +157,7 @@ pub fn enqueue_archive(
         original: file.to_path_buf(),
         summary,
         tree_digest: None,
+        copied: transfer == Transfer::Copy,
     };
     let job = Job::new(id, app, git_ref, payload, created_at);
     if let Err(e) = spool.commit_new(&tmp, &job) {
@@ -246,6 +247,7 @@ pub fn enqueue_packed(
         original: root,
         summary,
         tree_digest: Some(packed.digest),
+        copied: false,
     };
     let job = Job::new(id, app, git_ref, payload, created_at);
     let synced_at = started.elapsed();

@@ -93,6 +93,11 @@ pub enum Payload {
         /// of the tree's content, so an unchanged tree is not deployed again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tree_digest: Option<String>,
+        /// Set when the archive is a copy of a file given on the command line (`deploy`): that
+        /// file stays where it is, so the copy is not placed in a `done/` or `failed/` folder
+        /// beside it; it leaves with the spool directory.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        copied: bool,
     },
     /// An archive the platform fetches itself: no upload.
     Url { url: String },

@@ -30,9 +30,17 @@ fn a_deploy_succeeds_end_to_end() {
     let git_ref = deployments[0].git_ref.clone().unwrap_or_default();
     assert!(git_ref.starts_with("my-app-"), "{git_ref}");
     run.assert_contains(&git_ref);
-    // The user's file stays; the spool is empty again.
+    // The user's file stays, with no done/ folder made beside it; the spool is empty again.
     assert!(archive.exists());
+    assert!(!archive.parent().unwrap().join("done").exists());
     assert!(world.job_records().is_empty());
+    // The outcome is in the history, as for the daemon's jobs.
+    let history = world.history();
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0]["app"], "my-app");
+    assert_eq!(history[0]["outcome"], "succeeded");
+    assert_eq!(history[0]["git_ref"], git_ref.as_str());
+    assert_eq!(history[0]["deployment_id"], deployments[0].id.as_str());
 }
 
 #[test]

@@ -226,3 +226,104 @@ fn killed_during_extraction_the_half_release_never_becomes_current() {
     );
     assert!(!partial(), "no half release left");
 }
+
+/// `dropdeploy deploy`, with no Scalingo token at all, to an app configured for local releases.
+fn deploy_locally(world: &World, archive: &Path) -> support::Run {
+    let out = world
+        .command(&["deploy", "--app", "site", archive.to_str().unwrap()])
+        .env_remove("SCALINGO_API_TOKEN")
+        .output()
+        .unwrap();
+    support::Run::from_output(out, &world.fake.api_token())
+}
+
+#[test]
+fn deploy_goes_to_the_apps_local_releases_and_into_the_history() {
+    let world = World::new();
+    let (_drop, app_dir) = world.add_local_app("site", "");
+    let archive = site_archive(world.dir.path(), "v1.tar.gz", "one");
+    deploy_locally(&world, &archive).assert_code(0);
+    assert_eq!(
+        std::fs::read_to_string(current(&app_dir).join("index.html")).unwrap(),
+        "one"
+    );
+    let history = world.history();
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0]["app"], "site");
+    assert_eq!(history[0]["outcome"], "succeeded");
+    // The given file stays where it was, with no done/ made beside it.
+    assert!(archive.exists());
+    assert!(!world.dir.path().join("done").exists());
+    assert!(world.job_records().is_empty());
+    assert_eq!(world.fake.stats().requests, 0, "no platform involved");
+
+    // A failing activate: exit status 1, the previous release stays current, the history says
+    // why.
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace(
+            "target = \"local\"",
+            "target = \"local\"\nactivate = [\"sh\", \"-c\", \"exit 7\"]",
+        ),
+    )
+    .unwrap();
+    let bad = site_archive(world.dir.path(), "v2.tar.gz", "two");
+    deploy_locally(&world, &bad)
+        .assert_code(1)
+        .assert_contains("activate");
+    assert_eq!(
+        std::fs::read_to_string(current(&app_dir).join("index.html")).unwrap(),
+        "one"
+    );
+    let history = world.history();
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert_eq!(history[1]["outcome"], "failed");
+}
+
+#[test]
+fn watch_deploys_saves_to_the_apps_local_releases() {
+    let world = World::new();
+    let (_drop, app_dir) = world.add_local_app("site", "");
+    let root = world.dir.path().join("site-src");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "v1").unwrap();
+    let stdout = std::fs::File::create(world.path("watch.stdout")).unwrap();
+    let stderr = std::fs::File::create(world.path("watch.stderr")).unwrap();
+    let mut watch = support::Proc(
+        world
+            .command(&[
+                "watch",
+                "--app",
+                "site",
+                "--debounce",
+                "200ms",
+                root.to_str().unwrap(),
+            ])
+            .env_remove("SCALINGO_API_TOKEN")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    let serving = |text: &str| {
+        std::fs::read_to_string(app_dir.join("current/index.html")).is_ok_and(|t| t == text)
+    };
+    // Deployed at start (the tree was never deployed), then at each save.
+    assert!(wait_for(LONG, || serving("v1")), "{}", world.log("watch"));
+    std::fs::write(root.join("index.html"), "v2").unwrap();
+    assert!(wait_for(LONG, || serving("v2")), "{}", world.log("watch"));
+    assert!(wait_for(LONG, || world.history().len() == 2));
+    watch.signal("INT");
+    assert_eq!(watch.wait_exit(LONG).code(), Some(0));
+    let history = world.history();
+    assert!(
+        history
+            .iter()
+            .all(|e| e["app"] == "site" && e["outcome"] == "succeeded"),
+        "{history:#?}"
+    );
+    let out = std::fs::read_to_string(world.path("watch.stdout")).unwrap();
+    assert!(out.contains("site: success in"), "{out}");
+    assert_eq!(world.fake.stats().requests, 0, "no platform involved");
+}

@@ -68,6 +68,7 @@ impl World {
                     sha256: "0123456789abcdef".repeat(4),
                 },
                 tree_digest: None,
+                copied: false,
             },
             created_at: now() - 48,
             started_at: Some(now() - 47),

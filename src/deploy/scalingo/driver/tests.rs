@@ -23,6 +23,7 @@ fn job(state: JobState, url: bool) -> Job {
                     sha256: "00".into(),
                 },
                 tree_digest: None,
+                copied: false,
             }
         },
         created_at: 0,

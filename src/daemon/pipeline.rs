@@ -1,0 +1,278 @@
+//! The pipeline that every command runs: spool → lanes → targets → outcomes.
+//!
+//! The daemon puts its sources (drop folders, watched trees), its metrics server and systemd
+//! around it; the one-shot commands (`deploy`, `watch`) put theirs ([`OneShot`]). Either way a
+//! job goes through the same lane (busy policy, `max_parallel`, the job's lock), the target
+//! that [`crate::deploy::build`] makes from the app's configuration (Scalingo or local
+//! releases), and the same outcome recording (history, `done/`/`failed/`, hooks).
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::config::Secret;
+use crate::queue::lane::LaneSender;
+use crate::queue::spool::JobState;
+
+/// How the one-shot commands' flags change the way an app's jobs are driven.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    /// `--interval`: time between two polls of a deployment (default: the configuration's).
+    pub follow_interval: Option<Duration>,
+    /// `false` for `deploy --no-follow`: a job stops once its deployment is created.
+    pub follow: bool,
+    /// Fetch the build output as it grows (`watch` prints it).
+    pub output: bool,
+}
+
+impl Default for Overrides {
+    /// The daemon's way: follow every deployment to its end, no build output.
+    fn default() -> Self {
+        Overrides {
+            follow_interval: None,
+            follow: true,
+            output: false,
+        }
+    }
+}
+
+/// Spool, lanes, targets and outcomes, wired together.
+pub(super) struct Pipeline {
+    pub(super) spool: Spool,
+    /// What every app's target is built with (a reload may change the client).
+    pub(super) wiring: crate::deploy::Wiring,
+    pub(super) outcomes: Arc<Outcomes>,
+    pub(super) lanes: Lanes,
+    pub(super) after: Arc<AfterOutcome>,
+    state_dir: PathBuf,
+    overrides: Overrides,
+}
+
+/// What a [`Pipeline`] is made of.
+pub(super) struct Parts {
+    /// Where the history and watched trees' digests are kept.
+    pub(super) state_dir: PathBuf,
+    pub(super) spool: Spool,
+    /// The Scalingo client; `None` when no app deploys there.
+    pub(super) client: Option<Arc<ScalingoClient>>,
+    /// Who is told every job's events (the log and metrics, or a person's terminal).
+    pub(super) observer: Arc<dyn Observer>,
+    /// What follows a recorded outcome (metrics, hooks).
+    pub(super) after: Arc<AfterOutcome>,
+    pub(super) max_parallel: usize,
+    /// Stops the lanes: each job in flight stops at its next recorded state.
+    pub(super) shutdown: shutdown::Shutdown,
+    pub(super) overrides: Overrides,
+}
+
+impl Pipeline {
+    pub(super) fn new(parts: Parts) -> Pipeline {
+        let Parts {
+            state_dir,
+            spool,
+            client,
+            observer,
+            after,
+            max_parallel,
+            shutdown,
+            overrides,
+        } = parts;
+        let outcomes = Arc::new(Outcomes::new(&state_dir, spool.clone()));
+        let wiring = crate::deploy::Wiring {
+            client,
+            spool: spool.clone(),
+            observer: observer.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let finisher = Arc::new(OutcomeFinisher {
+            outcomes: outcomes.clone(),
+            after: after.clone(),
+            state_dir: state_dir.clone(),
+        });
+        let ctx = LaneContext::new(spool.clone(), observer, finisher, max_parallel, shutdown);
+        Pipeline {
+            spool,
+            wiring,
+            outcomes,
+            lanes: Lanes::new(ctx),
+            after,
+            state_dir,
+            overrides,
+        }
+    }
+
+    /// Starts the app's lane, or gives it its new settings.
+    pub(super) fn start_lane(&mut self, config: &Config, app: &AppConfig) {
+        let settings = lane_settings(config, app, &self.wiring, &self.overrides);
+        self.lanes.ensure(&app.name, settings);
+    }
+
+    /// Records the outcome of a job that finished earlier (found in the spool at start-up),
+    /// then what follows it (metrics, hook).
+    pub(super) async fn record_finished(&self, job: Job, keep_done: usize) {
+        let outcomes = self.outcomes.clone();
+        let id = job.id.clone();
+        let state_dir = self.state_dir.clone();
+        let done = crate::blocking::run(move || {
+            remember_tree(&state_dir, &job);
+            outcomes.record(&job, keep_done)
+        })
+        .await;
+        match done {
+            Ok(entry) => self.after.done(&entry),
+            Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
+        }
+    }
+}
+
+/// An app's lane settings, with its target built by the one factory.
+pub(super) fn lane_settings(
+    config: &Config,
+    app: &AppConfig,
+    wiring: &crate::deploy::Wiring,
+    overrides: &Overrides,
+) -> LaneSettings {
+    let pacing = crate::deploy::Pacing {
+        retry: RetryConfig {
+            budget: app.retry_budget.unwrap_or(config.retry.budget),
+            ..config.retry.clone()
+        },
+        follow_interval: overrides
+            .follow_interval
+            .or(app.follow_interval)
+            .unwrap_or(config.scalingo.follow_interval),
+        deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
+        follow: overrides.follow,
+        output: overrides.output,
+        region: app.region.clone(),
+    };
+    LaneSettings {
+        policy: app.queue,
+        keep_done: app.keep_done,
+        target: crate::deploy::build(&app.target, &pacing, wiring),
+    }
+}
+
+/// The pipeline for one app, for a command that runs in the foreground (`deploy`, `watch`):
+/// the daemon's lane, target and outcome recording, with the command's own observer (its
+/// lines in the terminal) and without drop folders, metrics server or systemd.
+pub struct OneShot {
+    pipeline: Pipeline,
+    app: AppConfig,
+    trigger: Arc<ShutdownTrigger>,
+    grace: Duration,
+}
+
+/// What a [`OneShot`] is opened with.
+pub struct OneShotParts {
+    /// The configuration: the app's settings when it is configured there, the defaults else.
+    pub config: Config,
+    pub app: String,
+    /// The command's state directory (its spool, history and trees' digests).
+    pub state_dir: PathBuf,
+    pub spool: Spool,
+    pub observer: Arc<dyn Observer>,
+    /// Stops the app's lane (Ctrl-C in `watch`): the job in flight stops at its next recorded
+    /// state, to resume at the next run.
+    pub shutdown: shutdown::Shutdown,
+    pub overrides: Overrides,
+}
+
+impl OneShot {
+    /// Wires the app's lane. Errors (for exit status 2) when the app deploys to Scalingo and
+    /// no API token is configured, or the client cannot be made.
+    pub fn open(parts: OneShotParts) -> Result<OneShot, DaemonError> {
+        let OneShotParts {
+            config,
+            app,
+            state_dir,
+            spool,
+            observer,
+            shutdown,
+            overrides,
+        } = parts;
+        let app = config
+            .app(&app)
+            .cloned()
+            .unwrap_or_else(|| AppConfig::unconfigured(&app));
+        let client = match app.target {
+            TargetConfig::Scalingo => {
+                let token: Secret = config.scalingo.require_token()?.clone();
+                let client = ScalingoClient::new(&config.scalingo, token)
+                    .map_err(|e| DaemonError::Setup(e.to_string()))?;
+                Some(Arc::new(client))
+            }
+            TargetConfig::Local(_) => None,
+        };
+        let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
+        let metrics = Metrics::new();
+        metrics.register_app(&app.name);
+        let after = Arc::new(AfterOutcome {
+            metrics,
+            hooks,
+            config: std::sync::RwLock::new(config.clone()),
+        });
+        // The lane stops with the command's stop, or when the command is done with it.
+        let (trigger, stop) = shutdown::channel();
+        let trigger = Arc::new(trigger);
+        tokio::spawn({
+            let (trigger, mut shutdown) = (trigger.clone(), shutdown);
+            async move {
+                shutdown.requested().await;
+                trigger.fire();
+            }
+        });
+        let mut pipeline = Pipeline::new(Parts {
+            state_dir,
+            spool,
+            client,
+            observer,
+            after,
+            max_parallel: 1,
+            shutdown: stop,
+            overrides,
+        });
+        pipeline.start_lane(&config, &app);
+        Ok(OneShot {
+            pipeline,
+            app,
+            trigger,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The app's settings (from the configuration, or the defaults).
+    pub fn app(&self) -> &AppConfig {
+        &self.app
+    }
+
+    /// Hands a job to the app's lane; the channel tells its final state once its outcome is
+    /// recorded. It closes without an answer when the job stops unfinished (a stop, a
+    /// deployment not followed, a record that cannot be written; the job stays in the spool).
+    pub fn submit(&mut self, job: Job) -> Result<oneshot::Receiver<JobState>, Box<Job>> {
+        self.pipeline.lanes.submit_watched(job)
+    }
+
+    /// Submits to the app's lane from another task (a watched tree's redeploy loop).
+    pub fn sender(&self) -> Option<LaneSender> {
+        self.pipeline.lanes.sender(&self.app.name)
+    }
+
+    /// Stops the lane (a job in flight stops at its next recorded state) and waits for it, and
+    /// for the outcome hooks still running, within the configured `shutdown_grace`.
+    pub async fn close(self) {
+        self.trigger.fire();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        if tokio::time::timeout_at(deadline, self.pipeline.lanes.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: a step still in flight was abandoned");
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.pipeline.after.hooks.drain(left).await {
+            tracing::warn!("outcome hooks still running at exit were abandoned");
+        }
+    }
+}
