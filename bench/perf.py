@@ -497,7 +497,10 @@ class Bench:
         with open(cfg, "w") as f:
             f.write(f"state_dir = {toml_str(state_dir)}\nmax_parallel = {parallel}\n"
                     f"max_archive_size = {HUGE}\nshutdown_grace = \"2s\"\n"
-                    f"[scalingo]\nfollow_interval = \"{FOLLOW}\"\n{body}")
+                    # The fake has no rate limit here: throughput, not the API budget
+                    # (bench/api_budget.sh), is measured.
+                    f"[scalingo]\nfollow_interval = \"{FOLLOW}\"\napi_rate_limit = 1000000\n"
+                    f"{body}")
         return cfg
 
     # ---- 1. pack ---------------------------------------------------------------------------

@@ -32,6 +32,9 @@ pub enum WaitKind {
     Verify,
     /// An app whose rollback was unhealthy too: it waits for a new job or `dropdeploy resume`.
     Attention,
+    /// Calls to the platform's API held back: its rate limit answered 429, or the client's own
+    /// budget of requests a minute is spent.
+    RateLimit,
 }
 
 impl WaitKind {
@@ -43,6 +46,7 @@ impl WaitKind {
             WaitKind::Watch => "not watched",
             WaitKind::Verify => "verifying",
             WaitKind::Attention => "needs attention",
+            WaitKind::RateLimit => "API calls paused",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A fake Scalingo platform for tests: token exchange, regions, sources with presigned-like
-//! storage URLs, archive deployments built in the background, and build output, served over real
-//! HTTP on loopback.
+//! storage URLs, archive deployments built in the background, build output, the deployments
+//! stream (`stream.rs`, a WebSocket) and the rate limit (`ratelimit.rs`), served over real HTTP
+//! on loopback.
 //!
 //! It models the platform's archive-deploy API as its public documentation, official Go client
 //! and CLI describe it, picking the stricter behaviour where they disagree, and it can inject
@@ -50,6 +51,12 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Notify, watch};
 
+mod ratelimit;
+mod regions;
+mod stream;
+
+pub use ratelimit::RateLimit;
+
 /// How the fake platform is set up. `Default` gives a realistic platform with fast builds.
 #[derive(Debug, Clone)]
 pub struct FakeConfig {
@@ -72,6 +79,15 @@ pub struct FakeConfig {
     /// Random faults on every request (a fault storm); `None` (the default): only scripted
     /// faults (`fail_next`).
     pub chaos: Option<Chaos>,
+    /// Whether `GET /v1/apps/{app}/deployments/stream` serves the WebSocket (else 404, as for
+    /// a client that cannot have it).
+    pub stream: bool,
+    /// Time between two `ping` events on the stream.
+    pub stream_ping: Duration,
+    /// The platform's rate limit on API requests (`None`: unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// Regions served on a port of their own (see `GET /v1/regions`).
+    pub extra_regions: Vec<String>,
 }
 
 /// A seeded fault storm: each request the client makes draws from one RNG (under the state
@@ -100,6 +116,10 @@ impl Default for FakeConfig {
             max_archive_bytes: 314_572_800,
             log_requests: std::env::var("FAKE_SCALINGO_LOG").is_ok_and(|v| v == "1"),
             chaos: None,
+            stream: true,
+            stream_ping: Duration::from_secs(1),
+            rate_limit: None,
+            extra_regions: Vec::new(),
         }
     }
 }
@@ -127,6 +147,8 @@ pub enum Endpoint {
     Output,
     /// `GET /v1/apps/{app}`
     GetApp,
+    /// `GET /v1/apps/{app}/deployments/stream` (the WebSocket's dial)
+    Stream,
 }
 
 /// A fault injected into the next request to an endpoint (see `FakeScalingo::fail_next`).
@@ -182,6 +204,37 @@ pub struct Stats {
     /// Faults applied to requests: scripted (`fail_next`) and random (`FakeConfig::chaos`),
     /// terminal `aborted` statuses queued by the storm included.
     pub faults_injected: u64,
+    /// Stream connections authenticated.
+    pub stream_connections: u64,
+    /// `auth` frames accepted (the first of each connection, and each renewal).
+    pub stream_auths: u64,
+    /// `auth` frames refused, or missing.
+    pub stream_auth_failures: u64,
+    /// Streams closed (4001) because the token they were authenticated with expired or was
+    /// revoked.
+    pub stream_expired: u64,
+    /// Stream dials refused (stream disabled, no `Origin`).
+    pub stream_refused: u64,
+    /// Answered requests by endpoint (`Debug` name, e.g. `GetDeployment`).
+    pub by_endpoint: std::collections::BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Requests to the API (storage transfers left out), as the rate limit counts them.
+    pub fn api_requests(&self) -> u64 {
+        self.by_endpoint
+            .iter()
+            .filter(|(e, _)| !matches!(e.as_str(), "Upload" | "Download"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn requests_to(&self, endpoint: Endpoint) -> u64 {
+        self.by_endpoint
+            .get(&format!("{endpoint:?}"))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// One deployment as the platform keeps it.
@@ -226,6 +279,10 @@ pub struct RequestRecord {
     /// Status answered; 0 when the connection was dropped without an answer.
     pub status: u16,
     pub endpoint: Option<Endpoint>,
+    /// When its head arrived.
+    pub received: Instant,
+    /// When it was answered (or dropped).
+    pub answered: Instant,
 }
 
 impl RequestRecord {
@@ -271,6 +328,11 @@ impl FakeScalingo {
             .build()
             .map_err(io::Error::other)?;
         let base_url = format!("http://{local}");
+        let extra = regions::bind(&cfg.extra_regions)?;
+        let region_urls = extra
+            .iter()
+            .map(|(n, u, _)| (n.clone(), u.clone()))
+            .collect();
         let mut state = State {
             step: cfg.step,
             chaos_rng: cfg.chaos.as_ref().map(|c| fastrand::Rng::with_seed(c.seed)),
@@ -285,6 +347,9 @@ impl FakeScalingo {
             storage_dir: storage.path().to_path_buf(),
             http,
             state: Mutex::new(state),
+            events: tokio::sync::broadcast::channel(4096).0,
+            kick: watch::channel(0).0,
+            region_urls,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -297,6 +362,12 @@ impl FakeScalingo {
             .name("fake-scalingo".to_string())
             .spawn(move || {
                 runtime.block_on(async move {
+                    for (_, _, extra) in extra {
+                        if let Ok(extra) = tokio::net::TcpListener::from_std(extra) {
+                            let rx = shutdown_rx.clone();
+                            tokio::spawn(accept_loop(server_shared.clone(), extra, rx));
+                        }
+                    }
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => accept_loop(server_shared, listener, shutdown_rx).await,
                         Err(e) => eprintln!("fake-scalingo: cannot listen: {e}"),
@@ -370,6 +441,20 @@ impl FakeScalingo {
         for source in st.sources.values_mut() {
             source.forced_expired = true;
         }
+    }
+
+    /// Breaks every open stream connection (no close frame), as a network cut would.
+    pub fn drop_streams(&self) {
+        self.shared.kick.send_modify(|n| *n += 1);
+    }
+
+    /// The API URL of a region served on its own port (`FakeConfig::extra_regions`).
+    pub fn region_url(&self, name: &str) -> Option<String> {
+        self.shared
+            .region_urls
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| u.clone())
     }
 
     pub fn set_step(&self, step: Duration) {
@@ -534,6 +619,12 @@ struct Shared {
     storage_dir: PathBuf,
     http: reqwest::Client,
     state: Mutex<State>,
+    /// Every app's stream events, to every stream connection (each keeps its app's).
+    events: tokio::sync::broadcast::Sender<stream::StreamMessage>,
+    /// Bumped by `drop_streams`.
+    kick: watch::Sender<u64>,
+    /// Regions with a port of their own: name and API URL.
+    region_urls: Vec<(String, String)>,
 }
 
 impl Shared {
@@ -566,6 +657,8 @@ struct State {
     requests: Vec<RequestRecord>,
     /// What the apps answer on `/app/<name>/…` (see [`app_server`]).
     serving: app_server::Apps,
+    /// Times of the API requests counted by the rate limit, oldest first.
+    rate_window: VecDeque<Instant>,
 }
 
 impl State {
@@ -668,7 +761,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new());
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = kill.notified() => {}
@@ -711,6 +806,11 @@ enum Route {
     AppServe {
         app: String,
     },
+    Stream {
+        app: String,
+    },
+    /// `GET /_fake/stats`: the counters, for benchmarks (not part of the platform).
+    FakeStats,
     MethodNotAllowed,
     NotFound,
 }
@@ -746,6 +846,9 @@ impl Route {
                 Method::GET => Route::ListDeployments { app: s(app) },
                 _ => Route::MethodNotAllowed,
             },
+            ["v1", "apps", app, "deployments", "stream"] if !app.is_empty() => {
+                is(Method::GET, Route::Stream { app: s(app) })
+            }
             ["v1", "apps", app, "deployments", id] if !app.is_empty() && !id.is_empty() => is(
                 Method::GET,
                 Route::GetDeployment {
@@ -764,6 +867,7 @@ impl Route {
                     },
                 )
             }
+            ["_fake", "stats"] => is(Method::GET, Route::FakeStats),
             ["v1", "apps", app] if !app.is_empty() => {
                 is(Method::GET, Route::GetApp { app: s(app) })
             }
@@ -783,7 +887,11 @@ impl Route {
             Route::GetDeployment { .. } => Endpoint::GetDeployment,
             Route::Output { .. } => Endpoint::Output,
             Route::GetApp { .. } => Endpoint::GetApp,
-            Route::AppServe { .. } | Route::MethodNotAllowed | Route::NotFound => return None,
+            Route::Stream { .. } => Endpoint::Stream,
+            Route::AppServe { .. }
+            | Route::FakeStats
+            | Route::MethodNotAllowed
+            | Route::NotFound => return None,
         })
     }
 }
@@ -795,6 +903,8 @@ struct Cx {
     query: HashMap<String, String>,
     /// Body bytes read so far (shared with the request's `RequestGuard`).
     body_len: Arc<AtomicU64>,
+    /// The connection's upgrade, for the stream's dial.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Cx {
@@ -808,6 +918,14 @@ impl Cx {
 
     fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.parts.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `http://<Host>`: the base URL the client used (a region's own port, or the main one).
+    fn base(&self) -> String {
+        match self.header(header::HOST) {
+            Some(host) => format!("http://{host}"),
+            None => self.shared.base_url.clone(),
+        }
     }
 
     /// Reads the whole body, up to `limit` bytes.
@@ -840,9 +958,10 @@ impl Cx {
     }
 }
 
-async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, req: Request<Incoming>) -> Resp {
+async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, mut req: Request<Incoming>) -> Resp {
+    let route = Route::parse(req.method(), req.uri().path());
+    let upgrade = matches!(route, Route::Stream { .. }).then(|| hyper::upgrade::on(&mut req));
     let (parts, mut body) = req.into_parts();
-    let route = Route::parse(&parts.method, parts.uri.path());
     let endpoint = route.endpoint();
     let record = RequestRecord {
         method: parts.method.to_string(),
@@ -861,6 +980,8 @@ async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, req: Request<Incoming>) 
         body_len: 0,
         status: 0,
         endpoint,
+        received: Instant::now(),
+        answered: Instant::now(),
     };
     let fault = {
         let mut st = shared.lock();
@@ -892,7 +1013,14 @@ async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, req: Request<Incoming>) 
         parts,
         query,
         body_len,
+        upgrade,
     };
+    if let Err(retry_after) = ratelimit::admit(&shared, endpoint) {
+        cx.drain(&mut body).await;
+        let resp = rate_limited(Some(&retry_after.to_string()));
+        guard.finish(Some(&resp));
+        return resp;
+    }
 
     let mut delay_after = None;
     let resp = match fault {
@@ -1048,6 +1176,7 @@ impl Drop for RequestGuard {
 /// Records the request and updates the counters derived from its answer (`None`: dropped).
 fn finish(shared: &Shared, mut record: RequestRecord, resp: Option<&Resp>) {
     record.status = resp.map_or(0, |r| r.status().as_u16());
+    record.answered = Instant::now();
     if shared.cfg.log_requests {
         eprintln!(
             "fake-scalingo: {} {} -> {} ({} body bytes)",
@@ -1066,6 +1195,12 @@ fn finish(shared: &Shared, mut record: RequestRecord, resp: Option<&Resp>) {
         401 => st.stats.unauthorized += 1,
         429 => st.stats.rate_limited += 1,
         _ => {}
+    }
+    if let Some(endpoint) = record.endpoint {
+        *st.stats
+            .by_endpoint
+            .entry(format!("{endpoint:?}"))
+            .or_default() += 1;
     }
     match (record.endpoint, record.status) {
         (Some(Endpoint::Exchange), s) if s != 200 => st.stats.exchange_failures += 1,
@@ -1086,6 +1221,8 @@ async fn dispatch(cx: &mut Cx, route: &Route, body: &mut Incoming, expire_source
             | Route::StorageGet { .. }
             | Route::Hosted { .. }
             | Route::AppServe { .. }
+            | Route::Stream { .. }
+            | Route::FakeStats
             | Route::NotFound
             | Route::MethodNotAllowed
     );
@@ -1095,7 +1232,7 @@ async fn dispatch(cx: &mut Cx, route: &Route, body: &mut Incoming, expire_source
     }
     match route {
         Route::Exchange => exchange(cx, body).await,
-        Route::Regions => regions(cx),
+        Route::Regions => regions::regions(cx),
         Route::CreateSource => create_source(cx, body).await,
         Route::StoragePut { id, hop } => storage_put(cx, body, id, *hop).await,
         Route::StorageGet { id } => storage_get(cx, id).await,
@@ -1115,6 +1252,8 @@ async fn dispatch(cx: &mut Cx, route: &Route, body: &mut Incoming, expire_source
             let (status, body) = cx.shared.lock().serving.answer(app);
             text_resp(status, "text/plain; charset=utf-8", body)
         }
+        Route::Stream { app } => stream::accept(cx, app),
+        Route::FakeStats => fake_stats(cx),
         Route::MethodNotAllowed => json_error(405, "method not allowed"),
         Route::NotFound => json_error(404, "not found"),
     }
@@ -1190,30 +1329,20 @@ fn make_jwt(iat: u64, exp: u64) -> String {
     format!("{signing_input}.{}", b64(&signature))
 }
 
-fn regions(cx: &Cx) -> Resp {
-    let api = &cx.shared.base_url;
+/// `GET /_fake/stats`: the counters as JSON, for a benchmark run against the program.
+fn fake_stats(cx: &Cx) -> Resp {
+    let stats = cx.shared.lock().stats.clone();
     json_resp(
         200,
-        json!({ "regions": [
-            {
-                "name": "osc-fr1",
-                "display_name": "Paris - Outscale",
-                "api": api,
-                "dashboard": "https://dashboard.scalingo.com",
-                "database_api": "https://db-api.osc-fr1.scalingo.com",
-                "ssh": "ssh.osc-fr1.scalingo.com:22",
-                "default": true
-            },
-            {
-                "name": "osc-secnum-fr1",
-                "display_name": "Paris - SecNumCloud - Outscale",
-                "api": api,
-                "dashboard": "https://dashboard.scalingo.com",
-                "database_api": "https://db-api.osc-secnum-fr1.scalingo.com",
-                "ssh": "ssh.osc-secnum-fr1.scalingo.com:22",
-                "default": false
-            }
-        ]}),
+        json!({
+            "api_requests": stats.api_requests(),
+            "by_endpoint": stats.by_endpoint,
+            "rate_limited": stats.rate_limited,
+            "deployments_created": stats.deployments_created,
+            "deployments_finished": stats.deployments_finished,
+            "stream_connections": stats.stream_connections,
+            "stream_auths": stats.stream_auths,
+        }),
     )
 }
 
@@ -1490,6 +1619,7 @@ async fn create_deployment(
     };
 
     let base = cx.shared.base_url.clone();
+    let shown_base = cx.base();
     let mut st = cx.shared.lock();
     if expire_source
         && let Some(id) = our_source_id(&base, source_url)
@@ -1524,10 +1654,15 @@ async fn create_deployment(
         record.app.clone(),
         record.id.clone(),
     ));
-    json_resp(
-        201,
-        json!({ "deployment": deployment_json(&base, &record) }),
-    )
+    let shown = deployment_json(&shown_base, &record);
+    stream::publish(
+        &cx.shared,
+        &record.app,
+        &record.id,
+        "new",
+        json!({ "deployment": shown }),
+    );
+    json_resp(201, json!({ "deployment": shown }))
 }
 
 fn our_source_id(base: &str, url: &str) -> Option<String> {
@@ -1566,10 +1701,7 @@ fn get_deployment(cx: &Cx, app: &str, id: &str) -> Resp {
         return app_not_found();
     };
     match app.deployments.iter().find(|d| d.id == id) {
-        Some(d) => json_resp(
-            200,
-            json!({ "deployment": deployment_json(&cx.shared.base_url, d) }),
-        ),
+        Some(d) => json_resp(200, json!({ "deployment": deployment_json(&cx.base(), d) })),
         None => deployment_not_found(),
     }
 }
@@ -1596,7 +1728,7 @@ fn list_deployments(cx: &Cx, app: &str) -> Resp {
         .rev()
         .skip(((page - 1) * per_page) as usize)
         .take(per_page as usize)
-        .map(|d| deployment_json(&cx.shared.base_url, d))
+        .map(|d| deployment_json(&cx.base(), d))
         .collect();
     json_resp(
         200,
@@ -1633,7 +1765,7 @@ fn get_app(cx: &Cx, app: &str) -> Resp {
     let Some(app) = st.app(app) else {
         return app_not_found();
     };
-    let ws = cx.shared.base_url.replacen("http://", "ws://", 1);
+    let ws = cx.base().replacen("http://", "ws://", 1);
     json_resp(
         200,
         json!({ "app": {
@@ -1676,6 +1808,12 @@ impl Build {
 
     fn set_status(&self, status: &str) {
         self.update(|d| d.status = status.to_string());
+        self.publish_status(status);
+    }
+
+    fn publish_status(&self, status: &str) {
+        let data = json!({ "status": status });
+        stream::publish(&self.shared, &self.app, &self.id, "status", data);
     }
 
     fn log(&self, lines: &[String]) {
@@ -1685,6 +1823,16 @@ impl Build {
                 d.output.push('\n');
             }
         });
+        self.publish_log(lines);
+    }
+
+    fn publish_log(&self, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        let content: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let data = json!({ "content": content });
+        stream::publish(&self.shared, &self.app, &self.id, "log", data);
     }
 
     async fn step(&self) {
@@ -1692,6 +1840,12 @@ impl Build {
     }
 
     fn finish(&self, status: &str, last_lines: &[String]) {
+        self.finish_quietly(status, last_lines);
+        self.publish_log(last_lines);
+        self.publish_status(status);
+    }
+
+    fn finish_quietly(&self, status: &str, last_lines: &[String]) {
         let mut st = self.shared.lock();
         if let Some(d) = st.deployment_mut(&self.app, &self.id) {
             let failed = status != "success";
@@ -1743,6 +1897,7 @@ async fn run_deployment(
         d.status = "building".to_string();
         d.started_at = Some(SystemTime::now());
     });
+    build.publish_status("building");
     let mut preamble = vec![
         format!("{BLUE}-----> Build environment{RESET}"),
         format!("       Deployment {} of app {}", build.id, build.app),

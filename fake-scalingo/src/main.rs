@@ -8,6 +8,9 @@
 //! `--step` sets how long each of the four deployment steps takes: `--step 3s` makes a
 //! deployment last about 12 s, e.g. to stop the daemon in the middle of one.
 //!
+//! `--rate-limit 60` enforces the platform's limit (429 beyond it); `--no-stream` refuses the
+//! deployments stream. `GET /_fake/stats` answers the counters (requests by endpoint, 429s).
+//!
 //! It prints the environment to export, then one line per request on stderr (unless
 //! `--quiet`), until Ctrl-C or SIGTERM.
 
@@ -49,6 +52,13 @@ struct Args {
     /// Largest archive the platform accepts, uncompressed, in bytes (Scalingo: 300 MB).
     #[arg(long, value_name = "BYTES", default_value_t = FakeConfig::default().max_archive_bytes)]
     max_archive_bytes: u64,
+    /// At most this many API requests a minute, beyond which it answers 429 with
+    /// `Retry-After` (Scalingo: 60). Unlimited when not given.
+    #[arg(long, value_name = "REQUESTS")]
+    rate_limit: Option<u32>,
+    /// Refuse the deployments stream (404), so that clients fall back to polling.
+    #[arg(long)]
+    no_stream: bool,
     /// No line per request on stderr (benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -64,6 +74,8 @@ fn main() -> std::io::Result<()> {
         redirect_uploads: args.redirect_uploads,
         max_archive_bytes: args.max_archive_bytes,
         log_requests: !args.quiet,
+        rate_limit: args.rate_limit.map(fake_scalingo::RateLimit::per_minute),
+        stream: !args.no_stream,
         ..FakeConfig::default()
     };
     if let Some(token) = args.token {

@@ -1070,3 +1070,66 @@ async fn the_app_endpoint_answers_as_its_archive_says_or_as_broken() {
     fake.break_app(APP, None);
     assert_eq!(fake.app_answer(APP).0, 404);
 }
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after_and_counts_no_storage() {
+    let server = FakeScalingo::start(FakeConfig {
+        rate_limit: Some(fake_scalingo::RateLimit {
+            requests: 3,
+            window: Duration::from_secs(2),
+        }),
+        ..fast()
+    });
+    let http = client();
+    let jwt = exchange(&server, &http).await;
+    let url = format!("{}/v1/regions", server.url());
+    for _ in 0..2 {
+        let resp = http.get(&url).bearer_auth(&jwt).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = http.get(&url).bearer_auth(&jwt).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(resp.text().await.unwrap(), "Retry later");
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let resp = http.get(&url).bearer_auth(&jwt).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "allowed again after Retry-After"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.rate_limited, 1);
+    assert_eq!(stats.requests_to(Endpoint::Regions), 4);
+    assert_eq!(stats.api_requests(), 5, "{:?}", stats.by_endpoint);
+}
+
+#[tokio::test]
+async fn the_app_links_its_deployments_stream() {
+    let server = FakeScalingo::start(fast());
+    let http = client();
+    let jwt = exchange(&server, &http).await;
+    let resp = http
+        .get(format!("{}/v1/apps/{APP}", server.url()))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let stream = body["app"]["links"]["deployments_stream"].as_str().unwrap();
+    assert!(stream.starts_with("ws://"), "{stream}");
+    assert!(stream.ends_with("/deployments/stream"), "{stream}");
+    // A dial without the Origin header the official client sends is refused.
+    let plain = http
+        .get(stream.replacen("ws://", "http://", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+    assert_eq!(server.stats().stream_refused, 1);
+}

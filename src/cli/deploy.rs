@@ -33,6 +33,9 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             Err(e) => return fail(e),
         };
     let (config, spool) = (&setup.config, &setup.spool);
+    if let Err(e) = super::platform::check_region(config, app).await {
+        return fail(e);
+    }
     let label = config
         .app(app)
         .and_then(|a| a.git_ref_label.clone())

@@ -40,6 +40,7 @@ macro_rules! print {
 mod archives;
 mod deploy;
 mod look;
+mod platform;
 mod printer;
 mod rollback;
 mod setup;
@@ -200,7 +201,8 @@ pub enum Command {
         /// file, else $XDG_STATE_HOME/dropdeploy or ~/.local/state/dropdeploy).
         #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
         state_dir: Option<PathBuf>,
-        /// Time between two polls of the deployment's status, e.g. `3s` (overrides follow_interval).
+        /// Time between two polls of the deployment's status, e.g. `3s` (overrides
+        /// follow_interval), when the deployments stream cannot be had.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
         /// Print the result as one JSON line on stdout (app, job, git_ref, deployment_id,
@@ -267,7 +269,8 @@ pub enum Command {
         /// How long a removed source directory is waited for before watch gives up.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         give_up_after: std::time::Duration,
-        /// Time between two polls of the deployment's status.
+        /// Time between two polls of the deployment's status, when the deployments stream
+        /// cannot be had.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
         /// Where jobs are kept while they run (as for `deploy`).
@@ -299,6 +302,33 @@ pub enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// List an app's recent deployments: id, git_ref, status, age, duration (newest first).
+    Deployments {
+        /// The Scalingo app.
+        #[arg(long, short, env = "SCALINGO_APP")]
+        app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
+        /// How many (at most 50).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Print a deployment's build output (the latest deployment's by default).
+    Logs {
+        /// The Scalingo app.
+        #[arg(long, short, env = "SCALINGO_APP")]
+        app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
+        /// Stream the output as it comes, until the deployment ends (over the deployments
+        /// stream, or by polling when it cannot be had).
+        #[arg(long, short)]
+        follow: bool,
+        /// The deployment's id (default: the most recent).
+        deployment: Option<String>,
     },
     /// Print the man page (roff) on stdout, made from the same definition as --help.
     #[command(hide = true)]
@@ -353,6 +383,21 @@ pub fn main() -> ExitCode {
         Command::Deploy { .. } => run_async(deploy(&cli)),
         Command::Rollback { app, to } => run_async(rollback(&cli, app, to.as_deref())),
         Command::Resume { app } => resume(&cli, app),
+        Command::Deployments { app, region, limit } => {
+            run_async(platform::deployments(&cli, app, region.as_deref(), *limit))
+        }
+        Command::Logs {
+            app,
+            region,
+            follow,
+            deployment,
+        } => run_async(platform::logs(
+            &cli,
+            app,
+            region.as_deref(),
+            deployment.as_deref(),
+            *follow,
+        )),
         Command::Completions { shell } => completions(*shell),
         Command::Manpage => manpage(),
     };

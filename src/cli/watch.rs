@@ -25,6 +25,9 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
+    if let Err(e) = super::platform::check_region(&setup.config, app).await {
+        return fail(e);
+    }
     // Taken over before saying "watching", so that an early Ctrl-C stops cleanly too.
     let shutdown = match ctrl_c() {
         Ok(shutdown) => shutdown,

@@ -64,6 +64,7 @@ pub(super) fn build_app(
         .as_ref()
         .map(|v| super::verify::build_verify(v, report))
         .transpose();
+    let region = app_region(raw.region.as_ref(), report);
 
     // Every check above has run, so that all of the app's problems are reported.
     named.ok()?;
@@ -74,6 +75,7 @@ pub(super) fn build_app(
     let target = target.ok()?;
     let on_outcome = on_outcome.ok()?;
     let verify = verify.ok()?;
+    let region = region.ok()?;
     Some(AppConfig {
         name: app.clone(),
         drop_dir,
@@ -94,7 +96,29 @@ pub(super) fn build_app(
         target,
         on_outcome,
         verify,
+        region,
     })
+}
+
+/// `region`: a region name (whether the platform knows it is asked when the client starts).
+fn app_region(
+    raw: Option<&Spanned<String>>,
+    report: &mut Report<'_>,
+) -> Result<Option<String>, Reported> {
+    let Some(region) = raw else {
+        return Ok(None);
+    };
+    if super::build::is_region_name(region.get_ref()) {
+        return Ok(Some(region.get_ref().clone()));
+    }
+    report.at(
+        region.span(),
+        format!(
+            "`region` in [[app]]: {}",
+            super::build::region_message(region.get_ref())
+        ),
+    );
+    Err(Reported)
 }
 
 /// An app's timings; a bad one is reported and does not leave the app out.

@@ -305,6 +305,7 @@ fn build_scalingo(
         match base_url(api_url.get_ref()) {
             Ok(url) => {
                 s.api_url = url;
+                s.api_url_explicit = true;
                 if raw.region.is_none() {
                     s.region = None;
                 }
@@ -342,6 +343,19 @@ fn build_scalingo(
         false,
         report,
     );
+    if let Some(limit) = &raw.api_rate_limit {
+        match u32::try_from(*limit.get_ref()) {
+            Ok(n) if n >= 1 => s.api_rate_limit = n,
+            _ => report.at(
+                limit.span(),
+                format!(
+                    "`api_rate_limit` in [scalingo]: {} is not a number of requests a minute \
+                     (at least 1; the platform allows 60)",
+                    limit.get_ref()
+                ),
+            ),
+        }
+    }
     let token_file = raw.token_file.as_ref()?;
     path_value(token_file, "token_file", "scalingo", base, report)
         .map(|path| (path, token_file.span()))

@@ -113,6 +113,7 @@ pub(super) fn apply_env(
         if is_region_name(region) {
             s.region = Some(region.to_string());
             s.api_url = region_api_url(region);
+            s.api_url_explicit = false;
         } else {
             report.env(ENV_REGION, region_message(region));
         }
@@ -121,6 +122,7 @@ pub(super) fn apply_env(
         match base_url(api_url) {
             Ok(url) => {
                 s.api_url = url;
+                s.api_url_explicit = true;
                 if env_region.is_none() && !left.region_given {
                     s.region = None;
                 }

@@ -63,6 +63,8 @@ const DEFAULT_REGION: &str = "osc-fr1";
 const DEFAULT_AUTH_URL: &str = "https://auth.scalingo.com";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(3);
+/// The platform's documented rate limit: 60 API requests a minute.
+const DEFAULT_API_RATE_LIMIT: u32 = 60;
 /// How long one deployment may run before the job stops following it: the platform caps a
 /// build at 30 minutes and gives the app 60 s to start; the rest covers time spent `queued`
 /// behind the account's other deployments. A lane blocked longer than this is stuck, not busy.
@@ -145,6 +147,13 @@ pub struct ScalingoConfig {
     pub auth_url: String,
     /// The region name, when one was given (or the default `osc-fr1` when no `api_url` was).
     pub region: Option<String>,
+    /// Whether `api_url` was given (`api_url` in the file, `SCALINGO_API_URL`), rather than
+    /// made from the region: a region's API URL is looked up from the platform
+    /// (`GET {auth_url}/v1/regions`) by the client, not taken from this pattern.
+    pub api_url_explicit: bool,
+    /// `api_rate_limit`: the API requests a minute that all of the process's calls share, per
+    /// region (default 60, the platform's limit).
+    pub api_rate_limit: u32,
     /// The API token, when one was found; `None` is not an error at load time.
     pub token: Option<Secret>,
     /// Where the token came from, for messages: `systemd credential scalingo-token`,
@@ -179,6 +188,8 @@ impl Default for ScalingoConfig {
             api_url: region_api_url(DEFAULT_REGION),
             auth_url: DEFAULT_AUTH_URL.to_string(),
             region: Some(DEFAULT_REGION.to_string()),
+            api_url_explicit: false,
+            api_rate_limit: DEFAULT_API_RATE_LIMIT,
             token: None,
             token_origin: None,
             timeout: DEFAULT_TIMEOUT,
@@ -291,6 +302,9 @@ pub struct AppConfig {
     pub deploy_on_start: bool,
     /// `target`: where this app's archives go (default Scalingo).
     pub target: TargetConfig,
+    /// `region`: this app's Scalingo region, when it is not `[scalingo]`'s (one daemon can
+    /// deploy to several regions; each region gets its own client and budget).
+    pub region: Option<String>,
     /// `on_outcome`: this app's hook, replacing the global `[on_outcome]` for it.
     pub on_outcome: Option<HookConfig>,
     /// `verify`: the health check after each deployment, and the rollback of an unhealthy one.
@@ -321,6 +335,7 @@ impl AppConfig {
             target: TargetConfig::Scalingo,
             on_outcome: None,
             verify: None,
+            region: None,
         }
     }
 

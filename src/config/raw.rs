@@ -39,6 +39,7 @@ pub(super) struct RawScalingo {
     pub(super) timeout: Option<Spanned<DurationText>>,
     pub(super) follow_interval: Option<Spanned<DurationText>>,
     pub(super) deploy_timeout: Option<Spanned<DurationText>>,
+    pub(super) api_rate_limit: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +81,7 @@ pub(super) struct RawApp {
     pub(super) deploy_timeout: Option<Spanned<DurationText>>,
     pub(super) on_outcome: Option<Spanned<RawHook>>,
     pub(super) verify: Option<Spanned<super::verify::RawVerify>>,
+    pub(super) region: Option<Spanned<String>>,
 }
 
 /// An `on_outcome` table, global or in an `[[app]]`.
@@ -143,6 +145,7 @@ const SCALINGO_KEYS: &[&str] = &[
     "timeout",
     "follow_interval",
     "deploy_timeout",
+    "api_rate_limit",
 ];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
@@ -169,6 +172,7 @@ const APP_KEYS: &[&str] = &[
     "keep_releases",
     "on_outcome",
     "verify",
+    "region",
 ];
 const HOOK_KEYS: &[&str] = &["webhook", "command", "timeout", "retries", "only"];
 /// Old names an `[[app]]` still accepts (with a warning, pass 4), never suggested.

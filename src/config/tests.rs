@@ -189,8 +189,8 @@ fn an_unknown_key_names_its_line_column_and_the_expected_keys() {
         "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
          of name, drop_dir, source_dir, queue, debounce, ignore, git_ref_label, settle, \
          keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
-         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, on_outcome, \
-         verify"
+         deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, \
+         on_outcome, verify, region"
     );
 }
 
@@ -952,4 +952,24 @@ fn a_bad_verify_table_is_reported_key_by_key() {
     assert!(message.contains("unknown key `urll`"), "{message}");
     let message = error("[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { soak = \"1s\" }\n");
     assert!(message.contains("`verify` needs a `url`"), "{message}");
+}
+
+#[test]
+fn an_app_may_name_its_region_and_the_api_budget_is_a_number_of_requests() {
+    let c = config(
+        "[scalingo]\napi_rate_limit = 30\n\n[[app]]\nname = \"a\"\ndrop_dir = \"/srv/a\"\nregion = \"osc-secnum-fr1\"\n",
+    );
+    assert_eq!(c.scalingo.api_rate_limit, 30);
+    assert_eq!(c.apps[0].region.as_deref(), Some("osc-secnum-fr1"));
+    assert_eq!(config("").scalingo.api_rate_limit, 60);
+    let message = error("[scalingo]\napi_rate_limit = 0\n");
+    assert!(
+        message.contains("2:18: `api_rate_limit` in [scalingo]"),
+        "{message}"
+    );
+    let message = error("[[app]]\nname = \"a\"\ndrop_dir = \"/srv/a\"\nregion = \"Paris 1\"\n");
+    assert!(
+        message.contains("`region` in [[app]]: invalid region"),
+        "{message}"
+    );
 }

@@ -206,8 +206,22 @@ impl Daemon {
             tracing::error!("reload refused, the running configuration is kept: {e}");
             return None;
         }
+        // The same account and endpoints keep the same client: one budget of requests, and
+        // the streams of the deployments in flight.
+        let same = match (&self.pipeline.wiring.client, new.scalingo.token.as_ref()) {
+            (Some(old), Some(token)) => old.serves(&new.scalingo, token),
+            _ => false,
+        };
+        if same {
+            return Some(new);
+        }
         match scalingo_client(&new) {
-            Ok(client) => self.pipeline.wiring.client = client,
+            Ok(client) => {
+                if let Some(client) = &client {
+                    client.budget().publish_to(self.live.clone());
+                }
+                self.pipeline.wiring.client = client;
+            }
             Err(e) => {
                 tracing::error!("reload refused, the running configuration is kept: {e}");
                 return None;

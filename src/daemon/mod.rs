@@ -109,6 +109,10 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
     }
     let client = scalingo_client(&config)?;
     let state = startup::open_state(&config).await?;
+    if let Some(client) = &client {
+        client.budget().publish_to(state.live.clone());
+    }
+    startup::check_regions(client.as_ref(), &config).await?;
     let (trigger, shutdown) = shutdown::channel();
     let (ready_tx, ready_rx) = mpsc::channel(1024);
     let mut daemon = Daemon::assemble(

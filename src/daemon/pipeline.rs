@@ -173,6 +173,7 @@ pub(super) fn lane_settings(
         deploy_timeout: app.deploy_timeout.unwrap_or(config.scalingo.deploy_timeout),
         follow: overrides.follow,
         output: overrides.output,
+        region: app.region.clone(),
     };
     LaneSettings {
         policy: app.queue,

@@ -228,6 +228,34 @@ pub(super) fn scalingo_client(config: &Config) -> Result<Option<Arc<ScalingoClie
         .map_err(|e| DaemonError::Startup(e.to_string()))
 }
 
+/// Looks up the API URL of every region the Scalingo apps use (`GET {auth}/v1/regions`): a
+/// region the platform does not list is a configuration error (exit status 2) naming the valid
+/// ones. A platform that cannot be asked now is not an error (each client falls back to the
+/// region's usual URL).
+pub(super) async fn check_regions(
+    client: Option<&Arc<ScalingoClient>>,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    let Some(client) = client else {
+        return Ok(());
+    };
+    for app in &config.apps {
+        if app.target != TargetConfig::Scalingo {
+            continue;
+        }
+        let regional = match &app.region {
+            Some(region) => client.in_region(region),
+            None => client.clone(),
+        };
+        if let Err(e) = regional.resolve().await
+            && !e.is_transient()
+        {
+            return Err(DaemonError::Setup(format!("app {}: {e}", app.name)));
+        }
+    }
+    Ok(())
+}
+
 /// Removes half-extracted releases of local-target apps left by a process that died.
 pub(super) async fn recover_releases(config: &Config) {
     for app in &config.apps {

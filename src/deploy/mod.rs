@@ -35,6 +35,8 @@ pub struct Pacing {
     pub retry: RetryConfig,
     pub follow_interval: Duration,
     pub deploy_timeout: Duration,
+    /// The app's own Scalingo region, when it is not the client's (one client per region).
+    pub region: Option<String>,
     /// Follow the deployment to its end (`false`: `deploy --no-follow`, the job stops once the
     /// deployment is created).
     pub follow: bool,
@@ -62,6 +64,10 @@ pub fn build(
                 .client
                 .clone()
                 .ok_or("no Scalingo client (no API token)")?;
+            let client = match &pacing.region {
+                Some(region) => client.in_region(region),
+                None => client,
+            };
             let mut runner = scalingo::driver::Runner::new(
                 client,
                 wiring.spool.clone(),

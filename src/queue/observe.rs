@@ -85,7 +85,11 @@ impl Observer for LogObserver {
                 tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment adopted")
             }
             Event::Status { status } => tracing::info!(app, job = id, status, "deployment status"),
-            Event::Output { .. } => {}
+            Event::Output { lines } => {
+                for line in lines.iter() {
+                    tracing::debug!(app, job = id, line = %line, "build output");
+                }
+            }
             Event::Retrying {
                 step,
                 error,

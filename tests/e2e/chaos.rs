@@ -95,6 +95,7 @@ max_parallel = 4
 [scalingo]
 timeout = "1s"
 follow_interval = "20ms"
+api_rate_limit = 1000000
 
 [retry]
 initial = "20ms"

@@ -359,8 +359,11 @@ fn tokens_revoked_mid_job_are_exchanged_again() {
     world.fake.expire_all_tokens();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(world.fake.stats().exchanges >= 2);
-    assert!(world.fake.stats().unauthorized >= 1);
+    let stats = world.fake.stats();
+    assert!(stats.exchanges >= 2, "{stats:?}");
+    // The revocation reached the client: as a 401 answer, or as its deployments stream closed
+    // for the expired token (whichever came first).
+    assert!(stats.unauthorized + stats.stream_expired >= 1, "{stats:?}");
 }
 
 #[test]

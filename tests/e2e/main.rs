@@ -28,6 +28,8 @@ mod local_releases;
 mod observability;
 /// The API token and bearer tokens never leak.
 mod secrets;
+/// Following deployments over the stream, the budget of API requests, regions.
+mod stream;
 /// Running under systemd: notify protocol, credentials, journal, the unit file.
 mod systemd_service;
 /// Watched source directories deployed by the daemon; `pack` and `watch`.

@@ -70,6 +70,9 @@ shutdown_grace = "5s"
 [scalingo]
 timeout = "2s"
 follow_interval = "20ms"
+# The fake has no rate limit unless a test sets one: no budget to wait for either (the budget
+# itself is tested in stream.rs, in deploy/scalingo/budget.rs and by bench/api_budget.sh).
+api_rate_limit = 1000000
 
 [retry]
 initial = "20ms"

@@ -3,110 +3,25 @@
 //! Every call has a time limit and makes exactly one attempt (plus one token re-exchange on a
 //! 401). Whether to try again is decided by the caller from [`ApiError::is_transient`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::TryStreamExt;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticator;
+use super::budget::Budget;
+use super::stream::StreamHub;
 use crate::config::{ScalingoConfig, Secret};
 use crate::queue::retry::{Class, classify_status, parse_retry_after};
 
+/// How many 429s in a row one call waits out (each pausing the whole client) before it reports
+/// the error to its caller's retry loop.
+const MAX_RATE_LIMITED_TRIES: u32 = 4;
 /// How much of an error body is kept in a message.
 const MAX_ERROR_BODY: usize = 600;
-/// The slowest upload rate tolerated before an upload counts as timed out.
-const MIN_UPLOAD_RATE: u64 = 64 * 1024;
-/// Redirects followed by an upload.
-const MAX_UPLOAD_REDIRECTS: usize = 5;
-/// Bytes read from the archive at a time during an upload.
-const UPLOAD_CHUNK: usize = 256 * 1024;
-/// Chunks read ahead of the socket during an upload.
-const UPLOAD_READ_AHEAD: usize = 8;
-
-/// An upload buffer that goes back to its pool when the HTTP client drops it.
-struct Recycled {
-    buffer: Vec<u8>,
-    pool: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        if let Ok(mut free) = self.pool.lock()
-            && free.len() < UPLOAD_READ_AHEAD + 2
-        {
-            free.push(std::mem::take(&mut self.buffer));
-        }
-    }
-}
-
-/// A file's content as a stream of [`UPLOAD_CHUNK`]-sized chunks, read on a blocking thread
-/// straight into the buffers the HTTP client sends (no copy in between), at most
-/// [`UPLOAD_READ_AHEAD`] chunks ahead. A buffer the client is done with goes back to the
-/// reader, so an upload of any size touches the same few buffers (fresh ones would cost a page
-/// fault per page, every chunk). The reader stops when the stream is dropped. A read error
-/// names `path`.
-fn file_chunks(
-    mut file: std::fs::File,
-    path: &Path,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    let path = path.to_path_buf();
-    use std::io::Read;
-    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
-    let pool = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let mut chunk = pool
-                .lock()
-                .ok()
-                .and_then(|mut free| free.pop())
-                .unwrap_or_else(|| Vec::with_capacity(UPLOAD_CHUNK));
-            chunk.clear();
-            // Read into spare capacity: no zeroing.
-            let outcome = loop {
-                match (&mut file)
-                    .take((UPLOAD_CHUNK - chunk.len()) as u64)
-                    .read_to_end(&mut chunk)
-                {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    other => break other,
-                }
-            };
-            let at_end = chunk.len() < UPLOAD_CHUNK;
-            if !chunk.is_empty() {
-                let owner = Recycled {
-                    buffer: chunk,
-                    pool: pool.clone(),
-                };
-                if tx
-                    .blocking_send(Ok(bytes::Bytes::from_owner(owner)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if let Err(e) = outcome {
-                let e = std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            if at_end {
-                return;
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
 
 /// An API failure, saying what was attempted and whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +65,13 @@ pub enum ApiError {
     /// The server answered success with a body this client cannot read.
     #[error("{what}: unexpected response: {detail}")]
     Decode { what: &'static str, detail: String },
+    /// The region is not one the platform lists (`GET {auth}/v1/regions`).
+    #[error(
+        "invalid region \"{region}\": the platform's regions are {} (set --region, \
+         SCALINGO_REGION or `region` in the configuration)",
+        known.join(", ")
+    )]
+    UnknownRegion { region: String, known: Vec<String> },
     /// The archive could not be read from disk for the upload.
     #[error("{what}: cannot read {}: {source}", path.display())]
     File {
@@ -169,7 +91,7 @@ impl ApiError {
             ApiError::Status { status, .. } => classify_status(*status),
             // A garbled success answer usually means a proxy or a half-written body.
             ApiError::Decode { .. } => Class::Transient,
-            ApiError::File { .. } => Class::Permanent,
+            ApiError::File { .. } | ApiError::UnknownRegion { .. } => Class::Permanent,
         }
     }
 
@@ -335,10 +257,15 @@ pub struct Source {
     pub download_url: String,
 }
 
-/// A deployment as the API describes it. Unknown fields are ignored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A deployment as the API describes it. Unknown fields are ignored and missing ones are empty,
+/// as the platform's Go client decodes it: a field this client does not get is not a garbled
+/// answer to retry for an hour (an empty `status` is followed as not finished, see
+/// [`super::follow::phase`]; an empty `id` makes the job look its deployment up by `git_ref`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deployment {
+    #[serde(default)]
     pub id: String,
+    #[serde(default)]
     pub status: String,
     #[serde(default)]
     pub git_ref: Option<String>,
@@ -352,7 +279,7 @@ pub struct Deployment {
     pub links: Option<DeploymentLinks>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeploymentLinks {
     #[serde(default)]
     pub output: Option<String>,
@@ -365,17 +292,29 @@ pub struct DeploymentPage {
     pub next_page: Option<u32>,
 }
 
-/// The Scalingo API client.
+/// The Scalingo API client of one region and token, with its own budget of requests
+/// ([`Budget`]) and its apps' deployment streams ([`StreamHub`]).
 pub struct ScalingoClient {
     http: reqwest::Client,
     upload_http: reqwest::Client,
-    api_url: String,
-    timeout: Duration,
-    auth: Authenticator,
+    /// The API base URL, once known: given (`api_url`), or looked up from the region.
+    api_url: tokio::sync::OnceCell<String>,
+    /// The region to look up, when no API URL was given.
+    region: Option<String>,
+    pub(super) timeout: Duration,
+    pub(super) auth: Authenticator,
+    pub(super) budget: Arc<Budget>,
+    pub(super) streams: StreamHub,
+    /// What made this client, for the clients of other regions ([`Self::in_region`]).
+    config: ScalingoConfig,
+    token: Secret,
+    siblings: std::sync::Mutex<std::collections::HashMap<String, Arc<ScalingoClient>>>,
 }
 
 impl ScalingoClient {
-    /// A client for the account in `config`, whose token must be set.
+    /// A client for the account in `config`. Its API URL is `api_url` when one was given
+    /// (`api_url_explicit`), else the region's, looked up at the first call (or
+    /// [`Self::resolve`]).
     pub fn new(config: &ScalingoConfig, token: Secret) -> Result<Self, ApiError> {
         let build = |redirects: reqwest::redirect::Policy| {
             crate::http::client_builder()
@@ -392,18 +331,102 @@ impl ScalingoClient {
         // Uploads stream their body from disk, which cannot be replayed automatically: their
         // redirects are followed by hand, reopening the file.
         let upload_http = build(reqwest::redirect::Policy::none())?;
+        let budget = Arc::new(Budget::new(config.api_rate_limit));
+        let api_url = tokio::sync::OnceCell::new();
+        let region = match (&config.region, config.api_url_explicit) {
+            (Some(region), false) => Some(region.clone()),
+            _ => {
+                let _ = api_url.set(config.api_url.clone());
+                None
+            }
+        };
         Ok(ScalingoClient {
-            auth: Authenticator::new(http.clone(), config.auth_url.clone(), token, config.timeout),
+            auth: Authenticator::new(
+                http.clone(),
+                config.auth_url.clone(),
+                token.clone(),
+                config.timeout,
+                budget.clone(),
+            ),
             http,
             upload_http,
-            api_url: config.api_url.clone(),
+            api_url,
+            region,
             timeout: config.timeout,
+            budget,
+            streams: StreamHub::default(),
+            config: config.clone(),
+            token,
+            siblings: Default::default(),
         })
     }
 
-    /// The API base URL this client talks to.
-    pub fn api_url(&self) -> &str {
-        &self.api_url
+    /// The client of another region, with the same token and its own budget (one client per
+    /// region and token, made once). This client itself when it is that region's.
+    pub fn in_region(self: &Arc<Self>, region: &str) -> Arc<ScalingoClient> {
+        if self.region.as_deref() == Some(region) {
+            return self.clone();
+        }
+        let Ok(mut siblings) = self.siblings.lock() else {
+            return self.clone();
+        };
+        if let Some(client) = siblings.get(region) {
+            return client.clone();
+        }
+        let config = ScalingoConfig {
+            region: Some(region.to_string()),
+            api_url: crate::config::region_api_url(region),
+            api_url_explicit: false,
+            ..self.config.clone()
+        };
+        match ScalingoClient::new(&config, self.token.clone()) {
+            Ok(client) => {
+                let client = Arc::new(client);
+                if let Some(board) = self.budget.board() {
+                    client.budget.publish_to(board);
+                }
+                siblings.insert(region.to_string(), client.clone());
+                client
+            }
+            // The builder already succeeded once with the same settings.
+            Err(_) => self.clone(),
+        }
+    }
+
+    /// The API base URL: the one given, or the region's from `GET {auth}/v1/regions` (cached).
+    /// An unknown region is [`ApiError::UnknownRegion`].
+    pub async fn resolve(&self) -> Result<String, ApiError> {
+        self.api_url
+            .get_or_try_init(|| async {
+                match &self.region {
+                    Some(region) => super::regions::api_of(self, region).await,
+                    None => Ok(self.config.api_url.clone()),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Whether this client is the one `config` and `token` would make (a reload keeps it).
+    pub fn serves(&self, config: &ScalingoConfig, token: &Secret) -> bool {
+        let c = &self.config;
+        &self.token == token
+            && c.api_url == config.api_url
+            && c.auth_url == config.auth_url
+            && c.region == config.region
+            && c.api_url_explicit == config.api_url_explicit
+            && c.api_rate_limit == config.api_rate_limit
+            && c.timeout == config.timeout
+    }
+
+    /// The budget of requests this client's calls share.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// The auth base URL (for `GET /v1/regions`).
+    pub(super) fn auth_url(&self) -> &str {
+        &self.config.auth_url
     }
 
     async fn call<T: DeserializeOwned>(
@@ -426,7 +449,10 @@ impl ScalingoClient {
     /// A second 401 is [`ApiError::FreshBearerRefused`], transient: the exchange has just
     /// accepted the API token, so only its own 401 is permanent. One re-exchange per call
     /// keeps this bounded: the caller's retry budget and backoff pace any further tries.
-    async fn call_text(
+    ///
+    /// Every attempt takes a place in the client's [`Budget`]; a 429 pauses the whole client
+    /// and the call waits it out, up to [`MAX_RATE_LIMITED_TRIES`] times.
+    pub(super) async fn call_text(
         &self,
         what: &'static str,
         method: reqwest::Method,
@@ -434,8 +460,10 @@ impl ScalingoClient {
         body: Option<&serde_json::Value>,
     ) -> Result<String, ApiError> {
         let mut reauthenticated = false;
+        let mut rate_limited = 0u32;
         loop {
             let bearer = self.auth.bearer().await?;
+            self.budget.acquire().await;
             let started = Instant::now();
             let mut request = self
                 .http
@@ -453,6 +481,16 @@ impl ScalingoClient {
                 .await
                 .map_err(|e| http_error(what, url, e, started, self.timeout))?;
             let status = response.status();
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let err = read_error_response(what, url, response).await;
+                self.budget.refused(err.retry_after());
+                rate_limited += 1;
+                if rate_limited < MAX_RATE_LIMITED_TRIES {
+                    continue;
+                }
+                return Err(err);
+            }
+            self.budget.answered();
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 // Whatever happens next, this bearer is not to be used again.
                 self.auth.invalidate(&bearer).await;
@@ -486,7 +524,7 @@ impl ScalingoClient {
             Wrapped { source: Source },
             Bare(Source),
         }
-        let url = format!("{}/v1/sources", self.api_url);
+        let url = format!("{}/v1/sources", self.resolve().await?);
         let shape: Shape = self
             .call(
                 "create source",
@@ -497,85 +535,6 @@ impl ScalingoClient {
             .await?;
         Ok(match shape {
             Shape::Wrapped { source } | Shape::Bare(source) => source,
-        })
-    }
-
-    /// `PUT upload_url` with the archive streamed from disk: `Content-Length` set, no chunked
-    /// encoding, no `Authorization` header. Redirects are followed; only 200 counts as success.
-    /// `progress` is called with the number of bytes sent so far.
-    pub async fn upload(
-        &self,
-        upload_url: &str,
-        archive: &Path,
-        progress: impl Fn(u64) + Send + Sync + Clone + 'static,
-    ) -> Result<(), ApiError> {
-        let what = "upload";
-        let mut url = upload_url.to_string();
-        for _ in 0..=MAX_UPLOAD_REDIRECTS {
-            let file = tokio::fs::File::open(archive)
-                .await
-                .map_err(|source| ApiError::File {
-                    what,
-                    path: archive.to_path_buf(),
-                    source,
-                })?;
-            let len = file
-                .metadata()
-                .await
-                .map_err(|source| ApiError::File {
-                    what,
-                    path: archive.to_path_buf(),
-                    source,
-                })?
-                .len();
-            let limit = self.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
-            let started = Instant::now();
-            let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let report = progress.clone();
-            let stream = file_chunks(file.into_std().await, archive).inspect_ok(move |chunk| {
-                let total = sent
-                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
-                    + chunk.len() as u64;
-                report(total);
-            });
-            let response = self
-                .upload_http
-                .put(&url)
-                .header(CONTENT_TYPE, "application/x-gzip")
-                .header(CONTENT_LENGTH, len)
-                .body(reqwest::Body::wrap_stream(stream))
-                .timeout(limit)
-                .send()
-                .await
-                .map_err(|e| http_error(what, &url, e, started, limit))?;
-            let status = response.status();
-            if status.is_redirection() {
-                let next = response
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| response.url().join(l).ok());
-                match next {
-                    Some(next) => {
-                        url = next.to_string();
-                        continue;
-                    }
-                    None => {
-                        return Err(ApiError::Decode {
-                            what,
-                            detail: format!("HTTP {status} without a usable Location header"),
-                        });
-                    }
-                }
-            }
-            if status != reqwest::StatusCode::OK {
-                return Err(read_error_response(what, &url, response).await);
-            }
-            return Ok(());
-        }
-        Err(ApiError::Decode {
-            what,
-            detail: format!("more than {MAX_UPLOAD_REDIRECTS} redirects"),
         })
     }
 
@@ -590,7 +549,7 @@ impl ScalingoClient {
         struct Wrapped {
             deployment: Deployment,
         }
-        let url = format!("{}/v1/apps/{app}/deployments", self.api_url);
+        let url = format!("{}/v1/apps/{app}/deployments", self.resolve().await?);
         let body = serde_json::json!({
             "deployment": { "git_ref": git_ref, "source_url": source_url }
         });
@@ -611,7 +570,7 @@ impl ScalingoClient {
         struct Wrapped {
             deployment: Deployment,
         }
-        let url = format!("{}/v1/apps/{app}/deployments/{id}", self.api_url);
+        let url = format!("{}/v1/apps/{app}/deployments/{id}", self.resolve().await?);
         let w: Wrapped = self
             .call("get deployment", reqwest::Method::GET, &url, None)
             .await?;
@@ -633,7 +592,7 @@ impl ScalingoClient {
         }
         let url = format!(
             "{}/v1/apps/{app}/deployments?page={page}&per_page={per_page}",
-            self.api_url
+            self.resolve().await?
         );
         let listed: Listed = self
             .call("list deployments", reqwest::Method::GET, &url, None)
@@ -648,6 +607,19 @@ impl ScalingoClient {
             deployments: listed.deployments,
             next_page,
         })
+    }
+
+    /// `GET /v1/apps/{app}`: the app's deployments stream URL (`links.deployments_stream`).
+    pub async fn deployments_stream_url(&self, app: &str) -> Result<Option<String>, ApiError> {
+        let url = format!("{}/v1/apps/{app}", self.resolve().await?);
+        let shown: serde_json::Value = self
+            .call("get app", reqwest::Method::GET, &url, None)
+            .await?;
+        Ok(shown
+            .pointer("/app/links/deployments_stream")
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string))
     }
 
     /// The build output of a deployment (`links.output`), or `None` while there is none (404).
@@ -666,124 +638,7 @@ impl ScalingoClient {
     }
 }
 
+mod upload;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_client_builds_over_rustls_on_ring_and_takes_https_urls() {
-        let config = ScalingoConfig::default();
-        assert!(config.api_url.starts_with("https://"), "{}", config.api_url);
-        let client = ScalingoClient::new(&config, Secret::new("tk-us-test")).expect("client");
-        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider");
-        // ring's random source is the unit struct `Ring` (aws-lc-rs's is `AwsLcRs`).
-        assert_eq!(format!("{:?}", provider.secure_random), "Ring");
-        let request = client
-            .http
-            .get(format!("{}/v1/apps", client.api_url()))
-            .build()
-            .expect("an https URL is accepted");
-        assert_eq!(request.url().scheme(), "https");
-    }
-
-    #[tokio::test]
-    async fn file_chunks_give_the_whole_file_in_full_chunks() {
-        use futures_util::StreamExt;
-        let dir = tempfile::tempdir().unwrap();
-        for len in [0, 1, UPLOAD_CHUNK, UPLOAD_CHUNK + 1, 3 * UPLOAD_CHUNK + 5] {
-            let path = dir.path().join(format!("f{len}"));
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            std::fs::write(&path, &data).unwrap();
-            let chunks: Vec<bytes::Bytes> = file_chunks(std::fs::File::open(&path).unwrap(), &path)
-                .map(|c| c.unwrap())
-                .collect()
-                .await;
-            // Every chunk but the last is full, none is empty, and together they are the file.
-            assert!(chunks.iter().all(|c| !c.is_empty()), "len {len}");
-            let full = chunks.len().saturating_sub(1);
-            assert!(chunks[..full].iter().all(|c| c.len() == UPLOAD_CHUNK));
-            assert_eq!(chunks.concat(), data, "len {len}");
-        }
-    }
-
-    #[test]
-    fn error_bodies_are_read_as_people_need_them() {
-        assert_eq!(
-            error_message(404, r#"{"resource":"app","error":"not found"}"#),
-            "app not found"
-        );
-        assert_eq!(
-            error_message(401, r#"{"error":"Invalid credentials"}"#),
-            "Invalid credentials"
-        );
-        assert_eq!(
-            error_message(422, r#"{"errors":{"source_url":["can't be blank"]}}"#),
-            "source_url can't be blank"
-        );
-        assert_eq!(error_message(429, "Retry later\n"), "Retry later");
-        assert_eq!(error_message(503, ""), "Service Unavailable");
-        assert!(error_message(500, &"x".repeat(5000)).chars().count() <= MAX_ERROR_BODY + 1);
-    }
-
-    #[test]
-    fn urls_in_messages_lose_their_query() {
-        assert_eq!(
-            display_url("https://s3.example/x?token=secret"),
-            "https://s3.example/x?…"
-        );
-        assert_eq!(
-            display_url("https://api/v1/sources"),
-            "https://api/v1/sources"
-        );
-    }
-
-    #[test]
-    fn transient_and_permanent_errors() {
-        let status = |s| ApiError::Status {
-            what: "t",
-            url: String::new(),
-            status: s,
-            message: String::new(),
-            retry_after: None,
-        };
-        assert!(status(503).is_transient());
-        assert!(status(429).is_transient());
-        assert!(!status(404).is_transient());
-        assert!(!status(401).is_transient());
-        let timeout = ApiError::Timeout {
-            what: "t",
-            url: String::new(),
-            waited: Duration::from_secs(1),
-            limit: Duration::from_secs(1),
-        };
-        assert!(timeout.is_transient());
-        let fresh = ApiError::FreshBearerRefused {
-            what: "t",
-            url: String::new(),
-            message: String::new(),
-        };
-        assert!(fresh.is_transient(), "only the exchange's 401 is permanent");
-        assert_eq!(fresh.status(), Some(401));
-    }
-
-    #[test]
-    fn a_timeout_names_the_time_waited_and_the_limit_when_different() {
-        let timeout = |waited_ms, limit_ms| {
-            ApiError::Timeout {
-                what: "upload",
-                url: "http://s/x?…".into(),
-                waited: Duration::from_millis(waited_ms),
-                limit: Duration::from_millis(limit_ms),
-            }
-            .to_string()
-        };
-        assert_eq!(
-            timeout(2_004, 2_000),
-            "upload: no answer from http://s/x?… after 2.0 s"
-        );
-        assert_eq!(
-            timeout(15_030, 600_000),
-            "upload: no answer from http://s/x?… after 15.0 s (time limit 10m)"
-        );
-    }
-}
+mod tests;

@@ -1,12 +1,17 @@
 //! Authentication: the API token is exchanged for a short-lived bearer token (a JWT), which is
-//! cached and exchanged again a few minutes before it expires, or when the API answers 401.
+//! cached (one cache per auth URL and API token in the process, shared by the clients of every
+//! region) and exchanged again a few minutes before it expires, or when the API answers 401.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use tokio::sync::Mutex;
 
 use super::api::{ApiError, http_error, read_error_response};
+use super::budget::Budget;
 use crate::config::Secret;
 
 /// How long before its `exp` a bearer token is exchanged again.
@@ -25,7 +30,11 @@ pub struct Authenticator {
     auth_url: String,
     api_token: Secret,
     timeout: Duration,
-    cached: Mutex<Option<Bearer>>,
+    /// Shared by every authenticator of the process for the same auth URL and API token (the
+    /// clients of several regions, a command's look-up client): one exchange serves them all.
+    cached: Arc<Mutex<Option<Bearer>>>,
+    /// The exchange counts against the client's requests a minute like any other call.
+    budget: std::sync::Arc<Budget>,
 }
 
 impl Authenticator {
@@ -35,14 +44,27 @@ impl Authenticator {
         auth_url: String,
         api_token: Secret,
         timeout: Duration,
+        budget: std::sync::Arc<Budget>,
     ) -> Self {
         Authenticator {
             http,
-            auth_url,
+            cached: shared_cache(&auth_url, &api_token),
             api_token,
             timeout,
-            cached: Mutex::new(None),
+            auth_url,
+            budget,
         }
+    }
+
+    /// When the cached bearer will be exchanged again (its `exp` less [`REFRESH_MARGIN`]), if
+    /// one is cached: the deployments stream authenticates again then.
+    pub async fn renewal_due(&self) -> Option<SystemTime> {
+        let cached = self.cached.lock().await;
+        cached.as_ref().map(|b| {
+            b.expires_at
+                .checked_sub(REFRESH_MARGIN)
+                .unwrap_or(b.expires_at)
+        })
     }
 
     /// A bearer token valid for at least [`REFRESH_MARGIN`], exchanging the API token if needed.
@@ -71,6 +93,7 @@ impl Authenticator {
     async fn exchange(&self) -> Result<Bearer, ApiError> {
         let url = format!("{}/v1/tokens/exchange", self.auth_url);
         let what = "token exchange";
+        self.budget.acquire().await;
         let started = Instant::now();
         let response = self
             .http
@@ -83,6 +106,12 @@ impl Authenticator {
             .send()
             .await
             .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let err = read_error_response(what, &url, response).await;
+            self.budget.refused(err.retry_after());
+            return Err(err);
+        }
+        self.budget.answered();
         if !response.status().is_success() {
             let mut err = read_error_response(what, &url, response).await;
             if let ApiError::Status {
@@ -112,6 +141,22 @@ impl Authenticator {
             expires_at,
         })
     }
+}
+
+type Caches = std::sync::Mutex<HashMap<(String, String), Arc<Mutex<Option<Bearer>>>>>;
+
+/// The bearer cache of an auth URL and API token, made on first use.
+fn shared_cache(auth_url: &str, api_token: &Secret) -> Arc<Mutex<Option<Bearer>>> {
+    static CACHES: OnceLock<Caches> = OnceLock::new();
+    let caches = CACHES.get_or_init(Default::default);
+    let mut caches = match caches.lock() {
+        Ok(c) => c,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    caches
+        .entry((auth_url.to_string(), api_token.expose().to_string()))
+        .or_default()
+        .clone()
 }
 
 /// Reads the `exp` claim of a JWT without checking its signature (the server checks it; the

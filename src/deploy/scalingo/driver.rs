@@ -109,7 +109,11 @@ pub struct Runner {
     shutdown: Shutdown,
     output: bool,
     deploy_timeout: Duration,
+    /// Follow over the app's deployments stream when it can be had (else poll).
+    stream: bool,
 }
+
+mod following;
 
 impl Runner {
     pub fn new(
@@ -129,7 +133,14 @@ impl Runner {
             shutdown: Shutdown::never(),
             output: false,
             deploy_timeout: crate::config::DEFAULT_DEPLOY_TIMEOUT,
+            stream: true,
         }
+    }
+
+    /// Follow deployments by polling only, never over the stream.
+    pub fn without_stream(mut self) -> Self {
+        self.stream = false;
+        self
     }
 
     /// Give up following a deployment that has not finished `limit` after it was created
@@ -139,8 +150,8 @@ impl Runner {
         self
     }
 
-    /// While following, also fetch the build output and report its new lines as they come
-    /// (one more request per poll).
+    /// While following by polling, also fetch the build output and report its new lines as
+    /// they come (one more request per poll). Over the stream, output comes anyway.
     pub fn with_output(mut self) -> Self {
         self.output = true;
         self
@@ -376,6 +387,16 @@ impl Runner {
             .create_deployment(&job.app, &job.git_ref, &source_url)
             .await
             .map_err(|e| api_failure(Step::CreateDeployment, e))?;
+        if deployment.id.is_empty() {
+            // Created, but which one? The retry looks it up by the job's git_ref.
+            return Err(StepError::Transient(
+                Step::CreateDeployment,
+                ApiError::Decode {
+                    what: "create deployment",
+                    detail: "the answer names no deployment id".to_string(),
+                },
+            ));
+        }
         self.observer
             .event(job, &Event::DeploymentCreated { id: &deployment.id });
         job.state = JobState::Deploying {
@@ -401,184 +422,6 @@ impl Runner {
             d.git_ref.as_deref() == Some(job.git_ref.as_str())
                 && !created_before(d.created_at.as_deref(), requested_at)
         }))
-    }
-
-    async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
-        let JobState::Deploying {
-            deployment_id,
-            platform_status,
-            since,
-        } = job.state.clone()
-        else {
-            return unreachable_state(&job.state);
-        };
-        self.observer.event(job, &Event::Step(Step::Follow));
-        let since = self.follow_start(job, &deployment_id, platform_status, since)?;
-        let mut last_status = String::new();
-        let mut shutdown = self.shutdown.clone();
-        let mut shown_lines = 0usize;
-        loop {
-            if let Some(failure) = self.overdue(job, since) {
-                return Err(StepError::Permanent(failure));
-            }
-            let deployment = self
-                .client
-                .get_deployment(&job.app, &deployment_id)
-                .await
-                .map_err(|e| api_failure(Step::Follow, e))?;
-            self.show_new_output(job, &deployment, &mut shown_lines)
-                .await;
-            if deployment.status != last_status {
-                self.record_status(job, &deployment)?;
-                last_status = deployment.status.clone();
-            }
-            match phase(&deployment.status) {
-                // Stopping leaves the deployment running on the platform; the job stays
-                // `deploying` and is followed again after the restart.
-                Phase::Running => {
-                    let waited = Duration::from_secs(now().saturating_sub(since));
-                    let left = self.deploy_timeout.saturating_sub(waited);
-                    if !shutdown.sleep(self.follow_interval.min(left)).await {
-                        return Ok(());
-                    }
-                }
-                Phase::Succeeded => {
-                    job.state = JobState::Succeeded { deployment_id };
-                    self.spool.save(job)?;
-                    return Ok(());
-                }
-                Phase::Failed => return self.deployment_failed(job, deployment).await,
-            }
-        }
-    }
-
-    /// When the following started, for the time limit. A record from before the limit existed
-    /// has no start: it counts from now, and the job records it.
-    fn follow_start(
-        &self,
-        job: &mut Job,
-        deployment_id: &str,
-        platform_status: Option<String>,
-        since: Option<Timestamp>,
-    ) -> Result<Timestamp, StepError> {
-        if let Some(at) = since {
-            return Ok(at);
-        }
-        let at = now();
-        job.state = JobState::Deploying {
-            deployment_id: deployment_id.to_string(),
-            platform_status,
-            since: Some(at),
-        };
-        self.spool.save(job)?;
-        Ok(at)
-    }
-
-    /// Hands the observer the deployment's output lines not shown yet (when output is wanted);
-    /// `shown_lines` counts the lines already shown.
-    async fn show_new_output(&self, job: &Job, deployment: &Deployment, shown_lines: &mut usize) {
-        if !self.output {
-            return;
-        }
-        let Ok(Some(text)) = self.client.output(deployment).await else {
-            return;
-        };
-        let lines: Vec<String> = text.lines().map(strip_ansi).collect();
-        if lines.len() > *shown_lines {
-            self.observer.event(
-                job,
-                &Event::Output {
-                    lines: &lines[*shown_lines..],
-                },
-            );
-            *shown_lines = lines.len();
-        }
-    }
-
-    /// A new platform status: recorded in the job (if it is not there yet) and told to the
-    /// observer.
-    fn record_status(&self, job: &mut Job, deployment: &Deployment) -> Result<(), StepError> {
-        if let JobState::Deploying {
-            platform_status, ..
-        } = &mut job.state
-            && platform_status.as_deref() != Some(deployment.status.as_str())
-        {
-            *platform_status = Some(deployment.status.clone());
-            self.spool.save(job)?;
-        }
-        self.observer.event(
-            job,
-            &Event::Status {
-                status: &deployment.status,
-            },
-        );
-        Ok(())
-    }
-
-    /// The failure of a deployment followed for longer than the limit, if it is.
-    fn overdue(&self, job: &Job, since: Timestamp) -> Option<Failure> {
-        let waited = Duration::from_secs(now().saturating_sub(since));
-        if waited < self.deploy_timeout {
-            return None;
-        }
-        let JobState::Deploying {
-            deployment_id,
-            platform_status,
-            ..
-        } = &job.state
-        else {
-            return None;
-        };
-        let status = platform_status.as_deref().unwrap_or("unknown");
-        Some(Failure {
-            step: Step::Follow,
-            reason: format!(
-                "deployment {deployment_id} did not finish within deploy_timeout ({}): still \
-                 `{status}` after {}; stopped waiting for it (the platform may still finish it)",
-                humantime::format_duration(self.deploy_timeout),
-                humantime::format_duration(waited),
-            ),
-            status: Some(status.to_string()),
-            deployment_id: Some(deployment_id.clone()),
-            log_tail: Vec::new(),
-            http_status: None,
-            gave_up: true,
-        })
-    }
-
-    async fn deployment_failed(
-        &self,
-        job: &mut Job,
-        deployment: Deployment,
-    ) -> Result<(), StepError> {
-        if deployment.status == "aborted" && self.retry.retry_aborted && job.aborted_retries == 0 {
-            job.aborted_retries += 1;
-            job.git_ref = format!("{}-r{}", job.git_ref, job.aborted_retries);
-            job.state = JobState::Queued;
-            self.spool.save(job)?;
-            return Ok(());
-        }
-        let log_tail = match self.client.output(&deployment).await {
-            Ok(Some(text)) => tail_lines(&text, LOG_TAIL_LINES),
-            Ok(None) => Vec::new(),
-            Err(e) => vec![format!("(build output unavailable: {e})")],
-        };
-        job.state = JobState::Failed(Failure {
-            step: Step::Follow,
-            reason: format!(
-                "deployment {} ended with status {}: {}",
-                deployment.id,
-                deployment.status,
-                explain(&deployment.status)
-            ),
-            status: Some(deployment.status),
-            deployment_id: Some(deployment.id),
-            log_tail,
-            http_status: None,
-            gave_up: false,
-        });
-        self.spool.save(job)?;
-        Ok(())
     }
 }
 
@@ -666,117 +509,4 @@ impl crate::queue::lane::Target for Runner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::archive::inspect::Summary;
-
-    fn job(state: JobState, url: bool) -> Job {
-        Job {
-            id: "j".into(),
-            app: "a".into(),
-            git_ref: "a-1-deadbeef".into(),
-            payload: if url {
-                Payload::Url {
-                    url: "https://x/a.tar.gz".into(),
-                }
-            } else {
-                Payload::Archive {
-                    original: "/tmp/a.tar.gz".into(),
-                    summary: Summary {
-                        root: "a".into(),
-                        entries: 1,
-                        files: 1,
-                        uncompressed_bytes: 1,
-                        compressed_bytes: 1,
-                        sha256: "00".into(),
-                    },
-                    tree_digest: None,
-                    copied: false,
-                }
-            },
-            created_at: 0,
-            started_at: None,
-            failed_attempts: 0,
-            aborted_retries: 0,
-            source_renewals: 0,
-            check: None,
-            state,
-        }
-    }
-
-    #[test]
-    fn each_state_leads_to_its_next_action() {
-        let t = 10_000;
-        assert_eq!(
-            next_action(&job(JobState::Queued, false), t),
-            Action::CreateSource
-        );
-        assert_eq!(
-            next_action(&job(JobState::Queued, true), t),
-            Action::RequestDeployment
-        );
-        let created = |at| JobState::SourceCreated {
-            upload_url: "u".into(),
-            download_url: "d".into(),
-            at,
-        };
-        assert_eq!(next_action(&job(created(t - 60), false), t), Action::Upload);
-        assert_eq!(
-            next_action(&job(created(t - 600), false), t),
-            Action::CreateSource
-        );
-        let uploaded = |source_at| JobState::Uploaded {
-            download_url: "d".into(),
-            source_at,
-        };
-        assert_eq!(
-            next_action(&job(uploaded(t - 60), false), t),
-            Action::RequestDeployment
-        );
-        assert_eq!(
-            next_action(&job(uploaded(t - 540), false), t),
-            Action::CreateSource
-        );
-        let requested = JobState::DeployRequested {
-            source_url: "d".into(),
-            source_at: Some(t),
-            requested_at: Some(t),
-        };
-        assert_eq!(next_action(&job(requested, false), t), Action::FindOrPost);
-        let deploying = JobState::Deploying {
-            deployment_id: "x".into(),
-            platform_status: None,
-            since: None,
-        };
-        assert_eq!(next_action(&job(deploying, false), t), Action::Follow);
-        let done = JobState::Succeeded {
-            deployment_id: "x".into(),
-        };
-        assert_eq!(next_action(&job(done, false), t), Action::Done);
-        let superseded = JobState::Superseded { by: "k".into() };
-        assert_eq!(next_action(&job(superseded, true), t), Action::Done);
-    }
-
-    #[test]
-    fn only_a_deployment_made_after_the_request_can_be_adopted() {
-        let at = 1_700_000_000; // 2023-11-14T22:13:20Z
-        assert!(created_before(Some("2023-11-14T21:00:00Z"), Some(at)));
-        assert!(!created_before(Some("2023-11-14T22:12:00.123Z"), Some(at)));
-        assert!(!created_before(Some("2023-11-14T23:00:00Z"), Some(at)));
-        assert!(!created_before(None, Some(at)));
-        assert!(!created_before(Some("2023-11-14T21:00:00Z"), None));
-        assert!(!created_before(Some("yesterday"), Some(at)));
-    }
-
-    #[test]
-    fn log_tail_keeps_the_last_lines_without_colours() {
-        let text: String = (1..=40)
-            .map(|i| format!("\u{1b}[1;34mline {i}\u{1b}[0m\r\n"))
-            .collect();
-        let tail = tail_lines(&text, 30);
-        assert_eq!(tail.len(), 30);
-        assert_eq!(tail[0], "line 11");
-        assert_eq!(tail[29], "line 40");
-        assert_eq!(tail_lines("a\nb", 30), vec!["a", "b"]);
-    }
-}
+mod tests;

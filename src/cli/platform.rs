@@ -1,0 +1,226 @@
+//! The commands that read the platform as its own CLI does: `deployments` (an app's recent
+//! deployments) and `logs` (a deployment's build output, `--follow` to stream it), and the
+//! region check that `deploy` makes before it takes a job.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
+use crate::deploy::scalingo::driver::strip_ansi;
+use crate::deploy::scalingo::follow::{Phase, phase};
+use crate::deploy::scalingo::stream::{Link, StreamEvent, Update};
+
+/// Before any job exists: the app's region (its own, else `[scalingo]`'s when no API URL was
+/// given) must be one the platform lists. Only a permanent answer is an error; a platform that
+/// cannot be asked now is not, nor a missing token (said later, where it is needed).
+pub(super) async fn check_region(config: &Config, app: &str) -> Result<(), String> {
+    let Some(token) = config.scalingo.token.clone() else {
+        return Ok(());
+    };
+    let own = config.app(app).and_then(|a| a.region.clone());
+    if own.is_none() && (config.scalingo.api_url_explicit || config.scalingo.region.is_none()) {
+        return Ok(());
+    }
+    let client = Arc::new(ScalingoClient::new(&config.scalingo, token).map_err(|e| e.to_string())?);
+    let client = match &own {
+        Some(region) => client.in_region(region),
+        None => client,
+    };
+    match client.resolve().await {
+        Err(e) if !e.is_transient() => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// A client for the app, from the command line (`--region`, the environment, the config).
+async fn client_for(
+    cli: &Cli,
+    app: &str,
+    region: Option<&str>,
+) -> Result<(Config, Arc<ScalingoClient>), String> {
+    let config = load_config_with(cli, &region_env(region))?;
+    let token = config
+        .scalingo
+        .require_token()
+        .map_err(|e| e.to_string())?
+        .clone();
+    check_region(&config, app).await?;
+    let client = Arc::new(ScalingoClient::new(&config.scalingo, token).map_err(|e| e.to_string())?);
+    let client = match config.app(app).and_then(|a| a.region.clone()) {
+        Some(region) => client.in_region(&region),
+        None => client,
+    };
+    Ok((config, client))
+}
+
+use super::setup::load_config_with;
+
+fn exit_for(e: &ApiError) -> u8 {
+    if e.is_transient() {
+        EXIT_GAVE_UP
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// `dropdeploy deployments --app A`: id, git_ref, status, age and duration of the most recent
+/// deployments, newest first.
+pub(super) async fn deployments(cli: &Cli, app: &str, region: Option<&str>, limit: u32) -> u8 {
+    let (_, client) = match client_for(cli, app, region).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let page = match client.list_deployments(app, 1, limit.clamp(1, 50)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return exit_for(&e);
+        }
+    };
+    let now = SystemTime::now();
+    println!(
+        "{:<38} {:<40} {:<14} {:>9} {:>9}",
+        "ID", "GIT_REF", "STATUS", "AGE", "DURATION"
+    );
+    for d in &page.deployments {
+        let (age, took) = times(d, now);
+        println!(
+            "{:<38} {:<40} {:<14} {:>9} {:>9}",
+            d.id,
+            d.git_ref.as_deref().unwrap_or("-"),
+            if d.status.is_empty() { "-" } else { &d.status },
+            age,
+            took
+        );
+    }
+    EXIT_OK
+}
+
+/// A deployment's age (since `created_at`) and duration (to `finished_at`, or `running`).
+fn times(d: &Deployment, now: SystemTime) -> (String, String) {
+    let parse = |t: Option<&str>| t.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let created = parse(d.created_at.as_deref());
+    let finished = parse(d.finished_at.as_deref());
+    let short = |span: Duration| crate::human::duration(Duration::from_secs(span.as_secs()));
+    let age = created
+        .and_then(|c| now.duration_since(c).ok())
+        .map(short)
+        .unwrap_or_else(|| "-".to_string());
+    let took = match (created, finished) {
+        (Some(c), Some(f)) => f
+            .duration_since(c)
+            .map(short)
+            .unwrap_or_else(|_| "-".into()),
+        (_, None) if phase(&d.status) == Phase::Running => "running".to_string(),
+        _ => "-".to_string(),
+    };
+    (age, took)
+}
+
+/// `dropdeploy logs --app A [DEPLOYMENT] [--follow]`: the build output of a deployment (the
+/// latest by default); `--follow` streams what comes until the deployment ends.
+pub(super) async fn logs(
+    cli: &Cli,
+    app: &str,
+    region: Option<&str>,
+    deployment: Option<&str>,
+    follow: bool,
+) -> u8 {
+    let (config, client) = match client_for(cli, app, region).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let found = match deployment {
+        Some(id) => client.get_deployment(app, id).await,
+        None => match client.list_deployments(app, 1, 1).await {
+            Ok(page) => page.deployments.into_iter().next().ok_or(ApiError::Decode {
+                what: "list deployments",
+                detail: format!("app {app} has no deployment yet"),
+            }),
+            Err(e) => Err(e),
+        },
+    };
+    let d = match found {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return exit_for(&e);
+        }
+    };
+    let running = phase(&d.status) == Phase::Running;
+    // Subscribed before the output is read, so that nothing said meanwhile is lost.
+    let mut stream = (follow && running).then(|| client.stream(app));
+    if let Some(s) = stream.as_mut() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(s.link(), Link::Up(_) | Link::Refused) {
+            if tokio::time::timeout_at(deadline, s.next()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let mut printed = match client.output(&d).await {
+        Ok(Some(text)) => {
+            print_lines(&text);
+            text.lines().count()
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!("dropdeploy: {app}: {e}");
+            return exit_for(&e);
+        }
+    };
+    let Some(mut stream) = stream else {
+        return EXIT_OK;
+    };
+    let budget = client.budget().clone();
+    loop {
+        if matches!(stream.link(), Link::Up(_)) {
+            match stream.next().await {
+                Update::Event(StreamEvent::Log { id, content }) if id == d.id => {
+                    print_lines(&content)
+                }
+                Update::Event(StreamEvent::Status { id, status })
+                    if id == d.id && phase(&status) != Phase::Running =>
+                {
+                    eprintln!("{app}: deployment {} ended: {status}", d.id);
+                    return EXIT_OK;
+                }
+                _ => {}
+            }
+            continue;
+        }
+        // No stream: poll the output, paced by the budget.
+        let _poller = budget.polling();
+        tokio::time::sleep(budget.poll_interval(config.scalingo.follow_interval)).await;
+        let now = match client.get_deployment(app, &d.id).await {
+            Ok(now) => now,
+            Err(e) => {
+                eprintln!("dropdeploy: {app}: {e}");
+                return exit_for(&e);
+            }
+        };
+        if let Ok(Some(text)) = client.output(&now).await {
+            let lines: Vec<&str> = text.lines().collect();
+            for line in lines.iter().skip(printed) {
+                println!("{}", strip_ansi(line));
+            }
+            printed = printed.max(lines.len());
+        }
+        if phase(&now.status) != Phase::Running {
+            eprintln!("{app}: deployment {} ended: {}", d.id, now.status);
+            return EXIT_OK;
+        }
+    }
+}
+
+fn print_lines(text: &str) {
+    for line in text.lines() {
+        println!("{}", strip_ansi(line));
+    }
+}

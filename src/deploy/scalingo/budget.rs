@@ -1,0 +1,308 @@
+//! The API budget: every request a client makes to the platform (each lane's, each command's,
+//! the token exchange, the stream's dial) takes a place in one sliding window of
+//! `api_rate_limit` requests a minute, the platform's documented limit. A 429 pauses the whole
+//! client, not only the call that met it: for its `Retry-After`, else a backoff. Polling, the
+//! stream's fallback, stretches its interval so that all the deployments polled at once fit in
+//! half the budget, leaving the rest to uploads, creations and checks.
+//!
+//! Every wait here is bounded (a window, or a pause of at most [`MAX_PAUSE`]) and shows on the
+//! board of waits ([`crate::live`]) for each app that uses the client, so `status` says why
+//! nothing moves.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+// The runtime's clock, so that a test can pause it.
+use tokio::time::Instant;
+
+use crate::live::{Board, WaitKind};
+
+/// The window of the platform's limit.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Added to each wait for a place, for the time a request takes to reach the platform: a
+/// request sent exactly one window after another may be counted a little earlier there.
+const MARGIN: Duration = Duration::from_millis(500);
+/// The longest pause after a 429, whatever its `Retry-After` says.
+pub const MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
+/// The first pause after a 429 without `Retry-After`; doubled for each one in a row.
+const FIRST_PAUSE: Duration = Duration::from_secs(5);
+/// The share of the budget that polling may use.
+const POLL_SHARE: f64 = 0.5;
+/// A wait for a place shorter than this is not shown on the board.
+const SHOWN_AFTER: Duration = Duration::from_secs(1);
+/// What the board calls the client's waits.
+const SUBJECT: &str = "platform API";
+
+/// One client's budget of API requests.
+pub struct Budget {
+    limit: u32,
+    state: Mutex<Window>,
+    board: OnceLock<Arc<Board>>,
+    apps: Mutex<BTreeSet<String>>,
+    pollers: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Window {
+    /// When the requests of the last window were sent, oldest first.
+    sent: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+    /// 429s in a row, for the backoff without `Retry-After`.
+    refusals: u32,
+}
+
+/// How long to wait before a place is free, given the requests of the window (`None`: now).
+pub fn place_wait(sent: &VecDeque<Instant>, limit: u32, now: Instant) -> Option<Duration> {
+    let in_window = sent
+        .iter()
+        .filter(|t| now.duration_since(**t) < WINDOW)
+        .count();
+    if in_window < limit.max(1) as usize {
+        return None;
+    }
+    // The oldest of the last `limit` requests must leave the window first.
+    let oldest = sent[sent.len() - limit.max(1) as usize];
+    Some((oldest + WINDOW + MARGIN).saturating_duration_since(now))
+}
+
+/// The pause after a 429: its `Retry-After` when given, else `FIRST_PAUSE` doubled per 429 in a
+/// row; at least a second, at most [`MAX_PAUSE`].
+pub fn pause_for(retry_after: Option<Duration>, refusals: u32) -> Duration {
+    let backoff = FIRST_PAUSE.saturating_mul(2u32.saturating_pow(refusals.min(10)));
+    retry_after
+        .unwrap_or(backoff)
+        .clamp(Duration::from_secs(1), MAX_PAUSE)
+}
+
+/// The interval of one poller when `pollers` deployments are polled at once: `base`, or longer
+/// so that together they use at most [`POLL_SHARE`] of `limit` requests a minute.
+pub fn stretched_interval(base: Duration, pollers: usize, limit: u32) -> Duration {
+    let per_minute = (f64::from(limit.max(1)) * POLL_SHARE).max(1.0);
+    let fair = WINDOW.mul_f64(pollers.max(1) as f64 / per_minute);
+    base.max(fair)
+}
+
+impl Budget {
+    /// A budget of `limit` requests a minute (at least 1).
+    pub fn new(limit: u32) -> Budget {
+        Budget {
+            limit: limit.max(1),
+            state: Mutex::new(Window::default()),
+            board: OnceLock::new(),
+            apps: Mutex::new(BTreeSet::new()),
+            pollers: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Shows this budget's waits on `board` from now on (the daemon's, which `status` reads).
+    pub fn publish_to(&self, board: Arc<Board>) {
+        let _ = self.board.set(board);
+    }
+
+    /// The board this budget shows its waits on, if any.
+    pub fn board(&self) -> Option<Arc<Board>> {
+        self.board.get().cloned()
+    }
+
+    /// An app whose jobs use this client: its `status` shows the client's waits.
+    pub fn track(&self, app: &str) {
+        if let Ok(mut apps) = self.apps.lock() {
+            apps.insert(app.to_string());
+        }
+    }
+
+    /// Waits for a place in the window (and for a pause to end), then takes it.
+    pub async fn acquire(&self) {
+        let mut shown = false;
+        loop {
+            let wait = {
+                let Ok(mut w) = self.state.lock() else { return };
+                let now = Instant::now();
+                match w.paused_until {
+                    Some(until) if until > now => Some((until - now, true)),
+                    _ => {
+                        w.paused_until = None;
+                        while w.sent.len() > self.limit as usize {
+                            w.sent.pop_front();
+                        }
+                        match place_wait(&w.sent, self.limit, now) {
+                            None => {
+                                w.sent.push_back(now);
+                                None
+                            }
+                            Some(d) => Some((d, false)),
+                        }
+                    }
+                }
+            };
+            let Some((wait, paused)) = wait else {
+                if shown {
+                    self.show(None);
+                }
+                return;
+            };
+            if paused || wait >= SHOWN_AFTER {
+                let cause = if paused {
+                    "the platform answered 429 (rate limit); every call waits".to_string()
+                } else {
+                    format!(
+                        "{} requests sent in the last minute, the budget (api_rate_limit)",
+                        self.limit
+                    )
+                };
+                self.show(Some((cause, wait)));
+                shown = true;
+            }
+            tokio::time::sleep(wait.min(MAX_PAUSE)).await;
+        }
+    }
+
+    /// A 429: every call of this client pauses. Returns the pause.
+    pub fn refused(&self, retry_after: Option<Duration>) -> Duration {
+        let pause = {
+            let Ok(mut w) = self.state.lock() else {
+                return FIRST_PAUSE;
+            };
+            let pause = pause_for(retry_after, w.refusals);
+            w.refusals = w.refusals.saturating_add(1);
+            let until = Instant::now() + pause;
+            w.paused_until = Some(w.paused_until.map_or(until, |u| u.max(until)));
+            pause
+        };
+        tracing::warn!(
+            pause_ms = pause.as_millis() as u64,
+            "the platform's rate limit answered 429: every API call waits"
+        );
+        self.show(Some((
+            "the platform answered 429 (rate limit); every call waits".to_string(),
+            pause,
+        )));
+        pause
+    }
+
+    /// An answer that was not a 429: the backoff starts again from its first step.
+    pub fn answered(&self) {
+        if let Ok(mut w) = self.state.lock() {
+            w.refusals = 0;
+        }
+    }
+
+    /// The polling interval now: `base`, stretched for the deployments polled at once.
+    pub fn poll_interval(&self, base: Duration) -> Duration {
+        stretched_interval(base, self.pollers.load(Ordering::Relaxed), self.limit)
+    }
+
+    /// Counts one more deployment followed by polling while the guard lives.
+    pub fn polling(self: &Arc<Self>) -> Poller {
+        self.pollers.fetch_add(1, Ordering::Relaxed);
+        Poller {
+            budget: self.clone(),
+        }
+    }
+
+    fn show(&self, wait: Option<(String, Duration)>) {
+        let Some(board) = self.board.get() else {
+            return;
+        };
+        let apps: Vec<String> = self
+            .apps
+            .lock()
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default();
+        for app in apps {
+            match &wait {
+                Some((cause, left)) => {
+                    let at = crate::queue::spool::now() + left.as_secs().max(1);
+                    board.wait(&app, WaitKind::RateLimit, SUBJECT, cause, Some(at));
+                }
+                None => {
+                    board.clear(&app, WaitKind::RateLimit, SUBJECT);
+                }
+            }
+        }
+    }
+}
+
+/// One deployment followed by polling (see [`Budget::polling`]).
+pub struct Poller {
+    budget: Arc<Budget>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.budget.pollers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_is_free_until_the_window_holds_the_limit() {
+        let t0 = Instant::now();
+        let mut sent = VecDeque::new();
+        assert_eq!(place_wait(&sent, 2, t0), None);
+        sent.push_back(t0);
+        assert_eq!(place_wait(&sent, 2, t0), None);
+        sent.push_back(t0 + Duration::from_secs(10));
+        let now = t0 + Duration::from_secs(20);
+        assert_eq!(
+            place_wait(&sent, 2, now),
+            Some(Duration::from_secs(40) + MARGIN)
+        );
+        assert_eq!(place_wait(&sent, 2, t0 + WINDOW), None);
+    }
+
+    #[test]
+    fn a_429_pauses_for_its_retry_after_or_a_doubling_backoff() {
+        assert_eq!(
+            pause_for(Some(Duration::from_secs(12)), 0),
+            Duration::from_secs(12)
+        );
+        assert_eq!(pause_for(None, 0), Duration::from_secs(5));
+        assert_eq!(pause_for(None, 2), Duration::from_secs(20));
+        assert_eq!(pause_for(None, 40), MAX_PAUSE);
+        assert_eq!(pause_for(Some(Duration::from_secs(3600)), 0), MAX_PAUSE);
+        assert_eq!(pause_for(Some(Duration::ZERO), 0), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_a_call_waits_for_the_window_and_a_429_stops_every_call() {
+        let budget = Budget::new(2);
+        let start = tokio::time::Instant::now();
+        budget.acquire().await;
+        budget.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        budget.acquire().await;
+        assert!(start.elapsed() >= WINDOW, "{:?}", start.elapsed());
+        let start = tokio::time::Instant::now();
+        budget.refused(Some(Duration::from_secs(30)));
+        // Any call, whichever lane makes it, waits out the pause.
+        let other = std::sync::Arc::new(budget);
+        let lane = other.clone();
+        tokio::spawn(async move { lane.acquire().await })
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn polling_stretches_to_fit_half_the_budget() {
+        let base = Duration::from_secs(3);
+        assert_eq!(stretched_interval(base, 1, 60), base);
+        assert_eq!(stretched_interval(base, 4, 60), Duration::from_secs(8));
+        assert_eq!(stretched_interval(base, 6, 60), Duration::from_secs(12));
+        assert_eq!(stretched_interval(base, 1, 10), Duration::from_secs(12));
+    }
+}

@@ -1,0 +1,258 @@
+//! Following a deployment to its end: over the app's deployments stream when it can be had
+//! (no request while it runs; one check when the stream (re)connects and one to confirm the
+//! final status), else by polling, paced by the client's budget. Build output comes as it is
+//! streamed (or, polling with `with_output`, fetched per poll) and goes to the observer as
+//! [`Event::Output`]; the last lines are kept for a failure's reason.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::deploy::scalingo::stream::{Link, StreamEvent, Subscription, Update};
+
+impl Runner {
+    pub(super) async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
+        let JobState::Deploying {
+            deployment_id,
+            platform_status,
+            since,
+        } = job.state.clone()
+        else {
+            return unreachable_state(&job.state);
+        };
+        self.observer.event(job, &Event::Step(Step::Follow));
+        let budget = self.client.budget().clone();
+        budget.track(&job.app);
+        let since = self.follow_start(job, &deployment_id, platform_status, since)?;
+        let mut stream = self.stream.then(|| self.client.stream(&job.app));
+        let mut last_status = String::new();
+        let mut shutdown = self.shutdown.clone();
+        let mut shown_lines = 0usize;
+        let mut tail: VecDeque<String> = VecDeque::new();
+        // Without a stream, check at once; with one, when it connects (or at the poll timer).
+        let mut check = stream.is_none();
+        let mut connection = None;
+        let mut poller = None;
+        loop {
+            if let Some(failure) = self.overdue(job, since) {
+                return Err(StepError::Permanent(failure));
+            }
+            let link = stream.as_ref().map(Subscription::link);
+            let streaming = matches!(link, Some(Link::Up(_)));
+            if check {
+                check = false;
+                let deployment = self
+                    .client
+                    .get_deployment(&job.app, &deployment_id)
+                    .await
+                    .map_err(|e| api_failure(Step::Follow, e))?;
+                if !streaming {
+                    self.show_new_output(job, &deployment, &mut shown_lines)
+                        .await;
+                }
+                if deployment.status != last_status {
+                    self.record_status(job, &deployment.status)?;
+                    last_status = deployment.status.clone();
+                }
+                match phase(&deployment.status) {
+                    Phase::Running => {}
+                    Phase::Succeeded => {
+                        job.state = JobState::Succeeded { deployment_id };
+                        self.spool.save(job)?;
+                        return Ok(());
+                    }
+                    Phase::Failed => return self.deployment_failed(job, deployment, &tail).await,
+                }
+            }
+            // Polling counts in the budget's share for polls; streaming costs nothing.
+            if streaming {
+                poller = None;
+            } else if poller.is_none() {
+                poller = Some(budget.polling());
+            }
+            let waited = Duration::from_secs(now().saturating_sub(since));
+            let left = self.deploy_timeout.saturating_sub(waited);
+            let wait = if streaming {
+                left
+            } else {
+                budget.poll_interval(self.follow_interval).min(left)
+            };
+            tokio::select! {
+                update = next_update(&mut stream) => match update {
+                    Update::Event(StreamEvent::Log { id, content }) if id == deployment_id => {
+                        let lines: Vec<String> = content.lines().map(strip_ansi).collect();
+                        shown_lines += lines.len();
+                        for line in &lines {
+                            if tail.len() == LOG_TAIL_LINES {
+                                tail.pop_front();
+                            }
+                            tail.push_back(line.clone());
+                        }
+                        self.observer.event(job, &Event::Output { lines: &lines });
+                    }
+                    Update::Event(StreamEvent::Status { id, status }) if id == deployment_id => {
+                        if phase(&status) == Phase::Running {
+                            if status != last_status {
+                                self.record_status(job, &status)?;
+                                last_status = status;
+                            }
+                        } else {
+                            // Finished: confirmed once with a GET.
+                            check = true;
+                        }
+                    }
+                    Update::Event(_) => {}
+                    // (Re)connected: what happened meanwhile was not streamed; check once.
+                    Update::Link(Link::Up(n)) if connection != Some(n) => {
+                        connection = Some(n);
+                        check = true;
+                    }
+                    Update::Link(_) => {}
+                    Update::Missed => check = true,
+                },
+                _ = tokio::time::sleep(wait) => check = true,
+                // Stopping leaves the deployment running on the platform; the job stays
+                // `deploying` and is followed again after the restart.
+                _ = shutdown.requested() => return Ok(()),
+            }
+        }
+    }
+
+    /// When the following started, for the time limit. A record from before the limit existed
+    /// has no start: it counts from now, and the job records it.
+    fn follow_start(
+        &self,
+        job: &mut Job,
+        deployment_id: &str,
+        platform_status: Option<String>,
+        since: Option<Timestamp>,
+    ) -> Result<Timestamp, StepError> {
+        if let Some(at) = since {
+            return Ok(at);
+        }
+        let at = now();
+        job.state = JobState::Deploying {
+            deployment_id: deployment_id.to_string(),
+            platform_status,
+            since: Some(at),
+        };
+        self.spool.save(job)?;
+        Ok(at)
+    }
+
+    /// Hands the observer the deployment's output lines not shown yet (when output is wanted);
+    /// `shown_lines` counts the lines already shown.
+    async fn show_new_output(&self, job: &Job, deployment: &Deployment, shown_lines: &mut usize) {
+        if !self.output {
+            return;
+        }
+        let Ok(Some(text)) = self.client.output(deployment).await else {
+            return;
+        };
+        let lines: Vec<String> = text.lines().map(strip_ansi).collect();
+        if lines.len() > *shown_lines {
+            self.observer.event(
+                job,
+                &Event::Output {
+                    lines: &lines[*shown_lines..],
+                },
+            );
+            *shown_lines = lines.len();
+        }
+    }
+
+    /// A new platform status: recorded in the job (if it is not there yet) and told to the
+    /// observer.
+    fn record_status(&self, job: &mut Job, status: &str) -> Result<(), StepError> {
+        if let JobState::Deploying {
+            platform_status, ..
+        } = &mut job.state
+            && platform_status.as_deref() != Some(status)
+        {
+            *platform_status = Some(status.to_string());
+            self.spool.save(job)?;
+        }
+        self.observer.event(job, &Event::Status { status });
+        Ok(())
+    }
+
+    /// The failure of a deployment followed for longer than the limit, if it is.
+    fn overdue(&self, job: &Job, since: Timestamp) -> Option<Failure> {
+        let waited = Duration::from_secs(now().saturating_sub(since));
+        if waited < self.deploy_timeout {
+            return None;
+        }
+        let JobState::Deploying {
+            deployment_id,
+            platform_status,
+            ..
+        } = &job.state
+        else {
+            return None;
+        };
+        let status = platform_status.as_deref().unwrap_or("unknown");
+        Some(Failure {
+            step: Step::Follow,
+            reason: format!(
+                "deployment {deployment_id} did not finish within deploy_timeout ({}): still \
+                 `{status}` after {}; stopped waiting for it (the platform may still finish it)",
+                humantime::format_duration(self.deploy_timeout),
+                humantime::format_duration(waited),
+            ),
+            status: Some(status.to_string()),
+            deployment_id: Some(deployment_id.clone()),
+            log_tail: Vec::new(),
+            http_status: None,
+            gave_up: true,
+        })
+    }
+
+    /// A failure status: the job fails with the last lines of the build output, those the
+    /// stream brought (`streamed`), else fetched once.
+    async fn deployment_failed(
+        &self,
+        job: &mut Job,
+        deployment: Deployment,
+        streamed: &VecDeque<String>,
+    ) -> Result<(), StepError> {
+        if deployment.status == "aborted" && self.retry.retry_aborted && job.aborted_retries == 0 {
+            job.aborted_retries += 1;
+            job.git_ref = format!("{}-r{}", job.git_ref, job.aborted_retries);
+            job.state = JobState::Queued;
+            self.spool.save(job)?;
+            return Ok(());
+        }
+        let log_tail = if streamed.is_empty() {
+            match self.client.output(&deployment).await {
+                Ok(Some(text)) => tail_lines(&text, LOG_TAIL_LINES),
+                Ok(None) => Vec::new(),
+                Err(e) => vec![format!("(build output unavailable: {e})")],
+            }
+        } else {
+            streamed.iter().cloned().collect()
+        };
+        job.state = JobState::Failed(Failure {
+            step: Step::Follow,
+            reason: format!(
+                "deployment {} ended with status {}: {}",
+                deployment.id,
+                deployment.status,
+                explain(&deployment.status)
+            ),
+            status: Some(deployment.status),
+            deployment_id: Some(deployment.id),
+            log_tail,
+            http_status: None,
+            gave_up: false,
+        });
+        self.spool.save(job)?;
+        Ok(())
+    }
+}
+
+/// The stream's next update, or never without a stream.
+async fn next_update(stream: &mut Option<Subscription>) -> Update {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
