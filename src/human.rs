@@ -40,9 +40,28 @@ pub fn duration(duration: Duration) -> String {
     }
 }
 
+/// `text` on one line (runs of white space made one space), cut to at most `max` characters
+/// with `…` marking the cut: for a body or a log in a one-line message.
+pub fn one_line(text: &str, max: usize) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_are_cut_to_one_short_line() {
+        assert_eq!(one_line("a\n  b", 10), "a b");
+        assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
+        assert_eq!(one_line("é é é", 3), "é …");
+    }
 
     #[test]
     fn sizes_use_decimal_units_with_one_decimal() {

@@ -143,67 +143,77 @@ pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
         let _ = writeln!(out, "no [[app]]: the daemon would watch nothing");
     }
     for app in &c.apps {
-        let from = match (&app.drop_dir, &app.source_dir) {
-            (Some(dir), _) => format!(
-                "archives dropped in {} (settle {}, keep {} in done/)",
-                dir.display(),
-                humantime::format_duration(app.settle),
-                app.keep_done
-            ),
-            (None, Some(dir)) => format!(
-                "source directory {} packed after {} without change (debounce; max wait {}){}",
-                dir.display(),
-                humantime::format_duration(app.debounce),
-                humantime::format_duration(app.max_wait),
-                if app.deploy_on_start {
-                    ", deployed at start if changed"
-                } else {
-                    ""
-                }
-            ),
-            (None, None) => "nothing".to_string(),
-        };
-        let to = match &app.target {
-            TargetConfig::Scalingo => format!("Scalingo app {}", app.name),
-            TargetConfig::Local(l) => format!(
-                "local releases in {} (keep {}{})",
-                l.releases_dir.join(&app.name).display(),
-                l.keep_releases,
-                if l.activate.is_empty() {
-                    String::new()
-                } else {
-                    format!(", then run {:?}", l.activate)
-                }
-            ),
-        };
-        let policy = match app.queue {
-            crate::config::QueuePolicy::Latest => "latest",
-            crate::config::QueuePolicy::All => "all",
-        };
-        let _ = writeln!(out, "app {}: {from} → {to}; queue {policy}", app.name);
-        if let Some(v) = &app.verify {
-            let d = humantime::format_duration;
-            let _ = writeln!(
-                out,
-                "  then checked: GET {} expecting {}{} (warmup {}, {} attempts every {}, timeout {}, soak {}); {}",
-                crate::config::redact_url(&v.url),
-                v.expect,
-                v.contains
-                    .as_ref()
-                    .map(|c| format!(" with \"{c}\""))
-                    .unwrap_or_default(),
-                d(v.warmup),
-                v.attempts,
-                d(v.interval),
-                d(v.timeout),
-                d(v.soak),
-                if v.rollback {
-                    "an unhealthy deployment is rolled back once to the last verified archive"
-                } else {
-                    "no automatic rollback"
-                }
-            );
-        }
+        describe_app(&mut out, app);
     }
     out
+}
+
+/// One app's lines in `config check`: where its work comes from, where it goes, and its check.
+fn describe_app(out: &mut String, app: &crate::config::AppConfig) {
+    use crate::config::TargetConfig;
+    use std::fmt::Write;
+    let from = match (&app.drop_dir, &app.source_dir) {
+        (Some(dir), _) => format!(
+            "archives dropped in {} (settle {}, keep {} in done/)",
+            dir.display(),
+            humantime::format_duration(app.settle),
+            app.keep_done
+        ),
+        (None, Some(dir)) => format!(
+            "source directory {} packed after {} without change (debounce; max wait {}){}",
+            dir.display(),
+            humantime::format_duration(app.debounce),
+            humantime::format_duration(app.max_wait),
+            if app.deploy_on_start {
+                ", deployed at start if changed"
+            } else {
+                ""
+            }
+        ),
+        (None, None) => "nothing".to_string(),
+    };
+    let to = match &app.target {
+        TargetConfig::Scalingo => match &app.region {
+            Some(region) => format!("Scalingo app {} in region {region}", app.name),
+            None => format!("Scalingo app {}", app.name),
+        },
+        TargetConfig::Local(l) => format!(
+            "local releases in {} (keep {}{})",
+            l.releases_dir.join(&app.name).display(),
+            l.keep_releases,
+            if l.activate.is_empty() {
+                String::new()
+            } else {
+                format!(", then run {:?}", l.activate)
+            }
+        ),
+    };
+    let policy = match app.queue {
+        crate::config::QueuePolicy::Latest => "latest",
+        crate::config::QueuePolicy::All => "all",
+    };
+    let _ = writeln!(out, "app {}: {from} → {to}; queue {policy}", app.name);
+    if let Some(v) = &app.verify {
+        let d = humantime::format_duration;
+        let _ = writeln!(
+            out,
+            "  then checked: GET {} expecting {}{} (warmup {}, {} attempts every {}, timeout {}, soak {}); {}",
+            crate::config::redact_url(&v.url),
+            v.expect,
+            v.contains
+                .as_ref()
+                .map(|c| format!(" with \"{c}\""))
+                .unwrap_or_default(),
+            d(v.warmup),
+            v.attempts,
+            d(v.interval),
+            d(v.timeout),
+            d(v.soak),
+            if v.rollback {
+                "an unhealthy deployment is rolled back once to the last verified archive"
+            } else {
+                "no automatic rollback"
+            }
+        );
+    }
 }

@@ -136,17 +136,7 @@ pub(super) async fn logs(
             return EXIT_USAGE;
         }
     };
-    let found = match deployment {
-        Some(id) => client.get_deployment(app, id).await,
-        None => match client.list_deployments(app, 1, 1).await {
-            Ok(page) => page.deployments.into_iter().next().ok_or(ApiError::Decode {
-                what: "list deployments",
-                detail: format!("app {app} has no deployment yet"),
-            }),
-            Err(e) => Err(e),
-        },
-    };
-    let d = match found {
+    let d = match find_deployment(&client, app, deployment).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("dropdeploy: {app}: {e}");
@@ -164,7 +154,7 @@ pub(super) async fn logs(
             }
         }
     }
-    let mut printed = match client.output(&d).await {
+    let printed = match client.output(&d).await {
         Ok(Some(text)) => {
             print_lines(&text);
             text.lines().count()
@@ -175,9 +165,56 @@ pub(super) async fn logs(
             return exit_for(&e);
         }
     };
-    let Some(mut stream) = stream else {
+    let Some(stream) = stream else {
         return EXIT_OK;
     };
+    // Bounded like a followed deployment: the platform ends every deployment well before.
+    let limit = config.scalingo.deploy_timeout;
+    let followed = follow_output(&client, app, &d, stream, printed, &config);
+    match tokio::time::timeout(limit, followed).await {
+        Ok(code) => code,
+        Err(_) => {
+            eprintln!(
+                "dropdeploy: {app}: deployment {} still running after {}; stopped following it",
+                d.id,
+                humantime::format_duration(limit)
+            );
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The deployment named, or the app's newest.
+async fn find_deployment(
+    client: &ScalingoClient,
+    app: &str,
+    deployment: Option<&str>,
+) -> Result<Deployment, ApiError> {
+    match deployment {
+        Some(id) => client.get_deployment(app, id).await,
+        None => client
+            .list_deployments(app, 1, 1)
+            .await?
+            .deployments
+            .into_iter()
+            .next()
+            .ok_or(ApiError::Decode {
+                what: "list deployments",
+                detail: format!("app {app} has no deployment yet"),
+            }),
+    }
+}
+
+/// Prints the running deployment's new build lines until it ends: from the stream while it
+/// is up, else by polling its output (paced by the budget). `printed`: lines already shown.
+async fn follow_output(
+    client: &ScalingoClient,
+    app: &str,
+    d: &Deployment,
+    mut stream: crate::deploy::scalingo::stream::Subscription,
+    mut printed: usize,
+    config: &Config,
+) -> u8 {
     let budget = client.budget().clone();
     loop {
         if matches!(stream.link(), Link::Up(_)) {

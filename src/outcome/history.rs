@@ -105,7 +105,7 @@ pub fn format_history_table(entries: &[HistoryEntry]) -> String {
                 dash(e.deployment_id.as_deref().unwrap_or("")),
                 dash(&e.file),
                 human_duration(e.duration_ms),
-                dash(&shorten(
+                dash(&crate::human::one_line(
                     e.reason.as_deref().unwrap_or(""),
                     TABLE_REASON_CHARS,
                 )),
@@ -160,17 +160,6 @@ pub(super) fn last_outcomes(
         }
     }
     Ok(found)
-}
-
-/// One line of at most `max` characters, `…` marking a cut.
-pub(super) fn shorten(text: &str, max: usize) -> String {
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 fn dash(text: &str) -> String {

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::time::SystemTime;
 
-use super::history::{RevLines, append_history, shorten};
+use super::history::{RevLines, append_history};
 use super::place::{claim_reason, place, prune_done, suffixed};
 use super::record::{CRASH_AFTER, attempts, step_name};
 use super::*;
@@ -40,12 +40,6 @@ fn durations_read_like_a_person_would_say_them() {
     assert_eq!(human_duration(48_000), "48 s");
     assert_eq!(human_duration(125_000), "2 min 05 s");
     assert_eq!(human_duration(3_720_000), "1 h 02 min");
-}
-
-#[test]
-fn reasons_are_cut_to_one_short_line() {
-    assert_eq!(shorten("a\n  b", 10), "a b");
-    assert_eq!(shorten("abcdefghijkl", 5), "abcd…");
 }
 
 #[test]

@@ -110,14 +110,3 @@ impl Check {
         Check::default()
     }
 }
-
-/// `text` on one line, cut to `max` characters with `…`.
-pub fn excerpt(text: &str, max: usize) -> String {
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}

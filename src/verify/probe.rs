@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::VerifyConfig;
-use crate::queue::check::{Check, EXCERPT_CHARS, Probe, Verdict, excerpt};
+use crate::queue::check::{Check, EXCERPT_CHARS, Probe, Verdict};
 use crate::queue::spool::Timestamp;
 
 /// How much of a body is read, at most (enough for `contains` on a health page).
@@ -34,7 +34,7 @@ pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig) -> Probe {
             Probe {
                 status: Some(status),
                 latency_ms,
-                excerpt: crate::redact::redact_owned(excerpt(&text, EXCERPT_CHARS)),
+                excerpt: crate::redact::redact_owned(crate::human::one_line(&text, EXCERPT_CHARS)),
                 error: None,
                 healthy,
             }

@@ -23,23 +23,40 @@ pub fn wait_for(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Writes a gzip-compressed tar at `path` holding `entries` (name, content, mode), in order.
+pub fn tar_gz(path: &Path, entries: &[(&str, &[u8], u32)]) {
+    let file = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (name, body, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        tar.append_data(&mut h, name, *body).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
 /// A good archive: `root/` with a few files, gzip-compressed tar.
 pub fn good_archive(dir: &Path, name: &str, root: &str) -> PathBuf {
     let path = dir.join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let mut add = |p: &str, body: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, p, body).unwrap();
-    };
-    add(&format!("{root}/package.json"), br#"{"name":"demo"}"#);
-    add(&format!("{root}/index.js"), b"console.log('hello')\n");
-    add(&format!("{root}/{name}.txt"), name.as_bytes());
-    tar.into_inner().unwrap().finish().unwrap();
+    tar_gz(
+        &path,
+        &[
+            (
+                &format!("{root}/package.json"),
+                br#"{"name":"demo"}"#,
+                0o644,
+            ),
+            (
+                &format!("{root}/index.js"),
+                b"console.log('hello')\n",
+                0o644,
+            ),
+            (&format!("{root}/{name}.txt"), name.as_bytes(), 0o644),
+        ],
+    );
     path
 }
 
@@ -453,19 +470,13 @@ impl World {
 /// An archive `app/` with `index.html` saying `text`, and `run.sh` executable.
 pub fn site_archive(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut add = |p: &str, body: &[u8], mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(mode);
-        h.set_cksum();
-        tar.append_data(&mut h, p, body).unwrap();
-    };
-    add("app/index.html", text.as_bytes(), 0o644);
-    add("app/run.sh", b"#!/bin/sh\necho run\n", 0o755);
-    tar.into_inner().unwrap().finish().unwrap();
+    tar_gz(
+        &path,
+        &[
+            ("app/index.html", text.as_bytes(), 0o644),
+            ("app/run.sh", b"#!/bin/sh\necho run\n", 0o755),
+        ],
+    );
     path
 }
 

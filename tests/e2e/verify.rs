@@ -13,20 +13,14 @@ const LONG: Duration = Duration::from_secs(60);
 /// holding `behaviour` (how the fake app answers once deployed).
 fn app_archive(dir: &Path, name: &str, behaviour: &str) -> PathBuf {
     let path = dir.join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut add = |p: &str, body: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, p, body).unwrap();
-    };
-    add("app/package.json", br#"{"name":"demo"}"#);
-    add("app/index.html", name.as_bytes());
-    add("app/fake-app.txt", behaviour.as_bytes());
-    tar.into_inner().unwrap().finish().unwrap();
+    crate::support::tar_gz(
+        &path,
+        &[
+            ("app/package.json", br#"{"name":"demo"}"#, 0o644),
+            ("app/index.html", name.as_bytes(), 0o644),
+            ("app/fake-app.txt", behaviour.as_bytes(), 0o644),
+        ],
+    );
     path
 }
 

@@ -252,41 +252,10 @@ async fn session(
     link: &watch::Sender<Link>,
     connections: &mut u64,
 ) -> Ended {
-    let stream_url = match url.clone() {
-        Some(u) => u,
-        None => match client.deployments_stream_url(app).await {
-            Ok(Some(u)) => {
-                *url = Some(u.clone());
-                u
-            }
-            Ok(None) => return Ended::Refused("the app gives no deployments_stream link".into()),
-            Err(e) if e.is_transient() => return Ended::Failed(e.to_string()),
-            Err(e) => return Ended::Refused(e.to_string()),
-        },
+    let (mut ws, mut bearer) = match connect(client, app, url).await {
+        Ok(open) => open,
+        Err(ended) => return ended,
     };
-    let mut bearer = match client.auth.bearer().await {
-        Ok(b) => b,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    client.budget.acquire().await;
-    let mut ws = match dial(&stream_url, client.timeout).await {
-        Ok(ws) => ws,
-        Err(Dial::Refused(why)) => return Ended::Refused(why),
-        Err(Dial::Unauthorized) => {
-            // The bearer was refused: exchange again before the next try.
-            client.auth.invalidate(&bearer).await;
-            return Ended::Failed("HTTP 401 to the dial".to_string());
-        }
-        Err(Dial::RateLimited(retry_after)) => {
-            // Like any call's 429: the whole client pauses.
-            client.budget.refused(retry_after);
-            return Ended::Failed("HTTP 429 (rate limit)".to_string());
-        }
-        Err(Dial::Failed(why)) => return Ended::Failed(why),
-    };
-    if let Err(e) = ws.send(Message::text(auth_frame(bearer.expose()))).await {
-        return Ended::Failed(format!("sending the auth frame: {e}"));
-    }
     *connections += 1;
     link.send_replace(Link::Up(*connections));
     let mut renew_at = renewal_deadline(client.auth.renewal_due().await);
@@ -333,6 +302,55 @@ async fn session(
             }
         }
     }
+}
+
+/// The app's stream URL (asked once, then kept), dialled and authenticated with the bearer.
+async fn connect(
+    client: &Arc<ScalingoClient>,
+    app: &str,
+    url: &mut Option<String>,
+) -> Result<(Socket, crate::config::Secret), Ended> {
+    let stream_url = match url.clone() {
+        Some(u) => u,
+        None => match client.deployments_stream_url(app).await {
+            Ok(Some(u)) => {
+                *url = Some(u.clone());
+                u
+            }
+            Ok(None) => {
+                return Err(Ended::Refused(
+                    "the app gives no deployments_stream link".into(),
+                ));
+            }
+            Err(e) if e.is_transient() => return Err(Ended::Failed(e.to_string())),
+            Err(e) => return Err(Ended::Refused(e.to_string())),
+        },
+    };
+    let bearer = client
+        .auth
+        .bearer()
+        .await
+        .map_err(|e| Ended::Failed(e.to_string()))?;
+    client.budget.acquire().await;
+    let mut ws = match dial(&stream_url, client.timeout).await {
+        Ok(ws) => ws,
+        Err(Dial::Refused(why)) => return Err(Ended::Refused(why)),
+        Err(Dial::Unauthorized) => {
+            // The bearer was refused: exchange again before the next try.
+            client.auth.invalidate(&bearer).await;
+            return Err(Ended::Failed("HTTP 401 to the dial".to_string()));
+        }
+        Err(Dial::RateLimited(retry_after)) => {
+            // Like any call's 429: the whole client pauses.
+            client.budget.refused(retry_after);
+            return Err(Ended::Failed("HTTP 429 (rate limit)".to_string()));
+        }
+        Err(Dial::Failed(why)) => return Err(Ended::Failed(why)),
+    };
+    if let Err(e) = ws.send(Message::text(auth_frame(bearer.expose()))).await {
+        return Err(Ended::Failed(format!("sending the auth frame: {e}")));
+    }
+    Ok((ws, bearer))
 }
 
 /// When to authenticate again: a second after the bearer's renewal is due (a deadline, so

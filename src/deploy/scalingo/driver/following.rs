@@ -24,13 +24,16 @@ impl Runner {
         budget.track(&job.app);
         let since = self.follow_start(job, &deployment_id, platform_status, since)?;
         let mut stream = self.stream.then(|| self.client.stream(&job.app));
-        let mut last_status = String::new();
         let mut shutdown = self.shutdown.clone();
-        let mut shown_lines = 0usize;
-        let mut tail: VecDeque<String> = VecDeque::new();
         // Without a stream, check at once; with one, when it connects (or at the poll timer).
-        let mut check = stream.is_none();
-        let mut connection = None;
+        let mut f = Following {
+            check: stream.is_none(),
+            deployment_id,
+            last_status: String::new(),
+            shown_lines: 0,
+            tail: VecDeque::new(),
+            connection: None,
+        };
         let mut poller = None;
         loop {
             if let Some(failure) = self.overdue(job, since) {
@@ -38,30 +41,10 @@ impl Runner {
             }
             let link = stream.as_ref().map(Subscription::link);
             let streaming = matches!(link, Some(Link::Up(_)));
-            if check {
-                check = false;
-                let deployment = self
-                    .client
-                    .get_deployment(&job.app, &deployment_id)
-                    .await
-                    .map_err(|e| api_failure(Step::Follow, e))?;
-                if !streaming {
-                    self.show_new_output(job, &deployment, &mut shown_lines)
-                        .await;
-                }
-                if deployment.status != last_status {
-                    self.record_status(job, &deployment.status)?;
-                    last_status = deployment.status.clone();
-                }
-                match phase(&deployment.status) {
-                    Phase::Running => {}
-                    Phase::Succeeded => {
-                        job.state = JobState::Succeeded { deployment_id };
-                        self.spool.save(job)?;
-                        return Ok(());
-                    }
-                    Phase::Failed => return self.deployment_failed(job, deployment, &tail).await,
-                }
+            if std::mem::take(&mut f.check)
+                && let Some(end) = self.check_deployment(job, &mut f, streaming).await
+            {
+                return end;
             }
             // Polling counts in the budget's share for polls; streaming costs nothing.
             if streaming {
@@ -77,44 +60,85 @@ impl Runner {
                 budget.poll_interval(self.follow_interval).min(left)
             };
             tokio::select! {
-                update = next_update(&mut stream) => match update {
-                    Update::Event(StreamEvent::Log { id, content }) if id == deployment_id => {
-                        let lines: Vec<String> = content.lines().map(strip_ansi).collect();
-                        shown_lines += lines.len();
-                        for line in &lines {
-                            if tail.len() == LOG_TAIL_LINES {
-                                tail.pop_front();
-                            }
-                            tail.push_back(line.clone());
-                        }
-                        self.observer.event(job, &Event::Output { lines: &lines });
-                    }
-                    Update::Event(StreamEvent::Status { id, status }) if id == deployment_id => {
-                        if phase(&status) == Phase::Running {
-                            if status != last_status {
-                                self.record_status(job, &status)?;
-                                last_status = status;
-                            }
-                        } else {
-                            // Finished: confirmed once with a GET.
-                            check = true;
-                        }
-                    }
-                    Update::Event(_) => {}
-                    // (Re)connected: what happened meanwhile was not streamed; check once.
-                    Update::Link(Link::Up(n)) if connection != Some(n) => {
-                        connection = Some(n);
-                        check = true;
-                    }
-                    Update::Link(_) => {}
-                    Update::Missed => check = true,
-                },
-                _ = tokio::time::sleep(wait) => check = true,
+                update = next_update(&mut stream) => self.on_update(job, &mut f, update)?,
+                _ = tokio::time::sleep(wait) => f.check = true,
                 // Stopping leaves the deployment running on the platform; the job stays
                 // `deploying` and is followed again after the restart.
                 _ = shutdown.requested() => return Ok(()),
             }
         }
+    }
+
+    /// Asks the platform for the deployment (polling, or once the stream says it ended or
+    /// (re)connected). `Some`: following is over, with this result.
+    async fn check_deployment(
+        &self,
+        job: &mut Job,
+        f: &mut Following,
+        streaming: bool,
+    ) -> Option<Result<(), StepError>> {
+        let deployment = match self.client.get_deployment(&job.app, &f.deployment_id).await {
+            Ok(deployment) => deployment,
+            Err(e) => return Some(Err(api_failure(Step::Follow, e))),
+        };
+        if !streaming {
+            self.show_new_output(job, &deployment, &mut f.shown_lines)
+                .await;
+        }
+        if deployment.status != f.last_status {
+            if let Err(e) = self.record_status(job, &deployment.status) {
+                return Some(Err(e));
+            }
+            f.last_status = deployment.status.clone();
+        }
+        match phase(&deployment.status) {
+            Phase::Running => None,
+            Phase::Succeeded => {
+                job.state = JobState::Succeeded {
+                    deployment_id: f.deployment_id.clone(),
+                };
+                Some(self.spool.save(job).map_err(StepError::from))
+            }
+            Phase::Failed => Some(self.deployment_failed(job, deployment, &f.tail).await),
+        }
+    }
+
+    /// What the stream said: build lines go to the observer (and the failure's tail), a
+    /// running status is recorded, an end or a (re)connection asks for a check.
+    fn on_update(&self, job: &mut Job, f: &mut Following, update: Update) -> Result<(), StepError> {
+        match update {
+            Update::Event(StreamEvent::Log { id, content }) if id == f.deployment_id => {
+                let lines: Vec<String> = content.lines().map(strip_ansi).collect();
+                f.shown_lines += lines.len();
+                for line in &lines {
+                    if f.tail.len() == LOG_TAIL_LINES {
+                        f.tail.pop_front();
+                    }
+                    f.tail.push_back(line.clone());
+                }
+                self.observer.event(job, &Event::Output { lines: &lines });
+            }
+            Update::Event(StreamEvent::Status { id, status }) if id == f.deployment_id => {
+                if phase(&status) == Phase::Running {
+                    if status != f.last_status {
+                        self.record_status(job, &status)?;
+                        f.last_status = status;
+                    }
+                } else {
+                    // Finished: confirmed once with a GET.
+                    f.check = true;
+                }
+            }
+            Update::Event(_) => {}
+            // (Re)connected: what happened meanwhile was not streamed; check once.
+            Update::Link(Link::Up(n)) if f.connection != Some(n) => {
+                f.connection = Some(n);
+                f.check = true;
+            }
+            Update::Link(_) => {}
+            Update::Missed => f.check = true,
+        }
+        Ok(())
     }
 
     /// When the following started, for the time limit. A record from before the limit existed
@@ -255,4 +279,19 @@ async fn next_update(stream: &mut Option<Subscription>) -> Update {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// What following one deployment keeps from one update to the next.
+struct Following {
+    deployment_id: String,
+    /// Ask the platform for the deployment at the next turn.
+    check: bool,
+    /// The last status recorded in the job.
+    last_status: String,
+    /// Build output lines shown so far.
+    shown_lines: usize,
+    /// The last lines, for a failure's reason.
+    tail: VecDeque<String>,
+    /// The stream connection last seen up (a new one asks for a check).
+    connection: Option<u64>,
 }
