@@ -1774,7 +1774,9 @@ fn get_app(cx: &Cx, app: &str) -> Resp {
             "created_at": rfc3339(app.created_at),
             "status": "running",
             "region": "osc-fr1",
-            "url": format!("https://{}.osc-fr1.scalingo.io", app.name),
+            // Where the fake serves the app (see [`app_server`]), as the platform gives
+            // `https://<app>.<region>.scalingo.io`.
+            "url": format!("{}/app/{}", cx.base(), app.name),
             "links": {
                 "deployments_stream": format!("{ws}/v1/apps/{}/deployments/stream", app.id)
             }

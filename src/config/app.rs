@@ -76,6 +76,20 @@ pub(super) fn build_app(
     let on_outcome = on_outcome.ok()?;
     let verify = verify.ok()?;
     let region = region.ok()?;
+    // A path is taken on the app's URL, which only the platform knows.
+    if let (TargetConfig::Local(_), Some(v), Some(raw_verify)) = (&target, &verify, &raw.verify)
+        && v.url.starts_with('/')
+    {
+        report.at(
+            raw_verify.span(),
+            format!(
+                "`url` in `verify` is a path (\"{}\"), which needs the app's URL on the \
+                 platform; an app deployed to local releases needs a full http:// or https:// URL",
+                v.url
+            ),
+        );
+        return None;
+    }
     Some(AppConfig {
         name: app.clone(),
         drop_dir,

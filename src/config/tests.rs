@@ -973,3 +973,16 @@ fn an_app_may_name_its_region_and_the_api_budget_is_a_number_of_requests() {
         "{message}"
     );
 }
+
+#[test]
+fn a_check_may_be_a_path_on_the_apps_url_but_not_for_local_releases() {
+    let c = config("[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\nverify = { url = \"/up\" }\n");
+    assert_eq!(c.app("a").unwrap().verify.as_ref().unwrap().url, "/up");
+    let message = error(
+        "[[app]]\nname = \"a\"\ndrop_dir = \"/a\"\ntarget = \"local\"\nreleases_dir = \"/r\"\nverify = { url = \"/up\" }\n",
+    );
+    assert!(
+        message.contains("6:10: `url` in `verify` is a path (\"/up\")"),
+        "{message}"
+    );
+}

@@ -105,11 +105,15 @@ fn verify_url(
     match &raw.url {
         Some(url) => {
             let text = url.get_ref().trim();
-            if !(text.starts_with("http://") || text.starts_with("https://")) {
+            if !(text.starts_with("http://")
+                || text.starts_with("https://")
+                || text.starts_with('/'))
+            {
                 report.at(
                     url.span(),
                     format!(
-                        "`url` in `verify` must start with http:// or https://, found \"{}\"",
+                        "`url` in `verify` must start with http:// or https://, or be a path on \
+                         the app's URL such as \"/up\", found \"{}\"",
                         crate::redact::redact(text)
                     ),
                 );

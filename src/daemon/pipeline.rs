@@ -119,9 +119,24 @@ impl Pipeline {
                 target,
                 app.verify.as_ref(),
                 &wiring,
+                self.app_base(app),
             ))
         });
         self.lanes.ensure(&app.name, settings);
+    }
+
+    /// The app on the platform whose URL is the base of a check given as a path (its region's
+    /// client); `None` for local releases.
+    fn app_base(&self, app: &AppConfig) -> Option<crate::verify::AppBase> {
+        if app.target != TargetConfig::Scalingo {
+            return None;
+        }
+        let client = self.wiring.client.as_ref()?;
+        let client = match &app.region {
+            Some(region) => client.in_region(region),
+            None => client.clone(),
+        };
+        Some(crate::verify::AppBase::new(client, &app.name))
     }
 
     /// What an app's health check and rollback are built with.

@@ -28,6 +28,17 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A probe that could not be sent, and why (counts as an unhealthy answer).
+    pub fn unanswered(why: String) -> Probe {
+        Probe {
+            status: None,
+            latency_ms: 0,
+            excerpt: String::new(),
+            error: Some(why),
+            healthy: false,
+        }
+    }
+
     /// One line: `HTTP 500 in 12 ms: "oops"`, or `no answer after 5 ms: connection refused`.
     pub fn describe(&self) -> String {
         match (self.status, &self.error) {

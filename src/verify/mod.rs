@@ -67,6 +67,43 @@ pub struct VerifiedTarget {
     wiring: Wiring,
     /// How many jobs wait in the lane behind the one in flight.
     waiting: watch::Sender<usize>,
+    /// Where a check given as a path goes: the app's URL, from the platform.
+    base: Option<AppBase>,
+}
+
+/// The app whose URL (`GET /v1/apps/:app`, `app.url`) is the base of a check given as a path.
+#[derive(Clone)]
+pub struct AppBase {
+    pub client: Arc<crate::deploy::scalingo::api::ScalingoClient>,
+    pub app: String,
+    /// The URL once learnt (an app's URL does not change while the daemon runs).
+    known: Arc<tokio::sync::Mutex<Option<String>>>,
+}
+
+impl AppBase {
+    pub fn new(client: Arc<crate::deploy::scalingo::api::ScalingoClient>, app: &str) -> AppBase {
+        AppBase {
+            client,
+            app: app.to_string(),
+            known: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// `path` on the app's URL.
+    async fn join(&self, path: &str) -> Result<String, String> {
+        let mut known = self.known.lock().await;
+        if known.is_none() {
+            let url = self
+                .client
+                .app_url(&self.app)
+                .await
+                .map_err(|e| format!("cannot learn the app's URL: {e}"))?
+                .ok_or_else(|| "the platform gives no URL for the app".to_string())?;
+            *known = Some(url);
+        }
+        let base = known.as_deref().unwrap_or_default().trim_end_matches('/');
+        Ok(format!("{base}{path}"))
+    }
 }
 
 /// How a wait ended.
@@ -87,6 +124,24 @@ impl VerifiedTarget {
             cfg,
             wiring,
             waiting: watch::channel(0).0,
+            base: None,
+        }
+    }
+
+    /// Where a check given as a path goes (an app on the platform).
+    pub fn with_base(mut self, base: Option<AppBase>) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// The URL a probe asks: the configured one, or the path on the app's URL.
+    async fn probe_url(&self, cfg: &VerifyConfig) -> Result<String, String> {
+        if !cfg.url.starts_with('/') {
+            return Ok(cfg.url.clone());
+        }
+        match &self.base {
+            Some(base) => base.join(&cfg.url).await,
+            None => Err("a check given as a path needs an app on the platform".to_string()),
         }
     }
 
@@ -97,8 +152,9 @@ impl VerifiedTarget {
         inner: Arc<dyn Target>,
         cfg: Option<&VerifyConfig>,
         wiring: &Wiring,
+        base: Option<AppBase>,
     ) -> Arc<dyn Target> {
-        Arc::new(VerifiedTarget::new(inner, cfg.cloned(), wiring.clone()))
+        Arc::new(VerifiedTarget::new(inner, cfg.cloned(), wiring.clone()).with_base(base))
     }
 
     async fn drive(&self, job: &mut Job) -> Result<(), SpoolError> {
@@ -185,7 +241,10 @@ impl VerifiedTarget {
                     }
                 }
                 Next::Probe { .. } => {
-                    let answer = probe::probe(&self.wiring.http, cfg).await;
+                    let answer = match self.probe_url(cfg).await {
+                        Ok(url) => probe::probe(&self.wiring.http, cfg, &url).await,
+                        Err(why) => crate::queue::check::Probe::unanswered(why),
+                    };
                     self.wiring
                         .observer
                         .event(job, &Event::Probed { probe: &answer });

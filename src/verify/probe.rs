@@ -10,11 +10,11 @@ use crate::queue::spool::Timestamp;
 /// How much of a body is read, at most (enough for `contains` on a health page).
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Asks the check's URL once. Never fails: no answer is an unhealthy probe saying why.
-pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig) -> Probe {
+/// Asks `url` (the check's) once. Never fails: no answer is an unhealthy probe saying why.
+pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig, url: &str) -> Probe {
     let started = Instant::now();
     let answer = tokio::time::timeout(cfg.timeout, async {
-        let mut resp = http.get(&cfg.url).send().await?;
+        let mut resp = http.get(url).send().await?;
         let status = resp.status().as_u16();
         let mut body = Vec::new();
         while body.len() < BODY_LIMIT

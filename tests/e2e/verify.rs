@@ -581,3 +581,26 @@ fn the_deploy_command_checks_too_and_sees_its_rollback_through() {
     assert_eq!(world.fake.app_answer("app").1, "ok v1");
     assert!(world.job_records().is_empty());
 }
+
+#[test]
+fn a_check_given_as_a_path_probes_it_on_the_apps_url_from_the_platform() {
+    let world = World::new();
+    let drop = world.add_drop_app(
+        "app",
+        "verify = { url = \"/up\", timeout = \"2s\", interval = \"100ms\", attempts = 2, warmup = \"0s\", soak = \"0s\" }\n",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(outcomes(&history), ["verified"], "{history:#?}");
+    assert_eq!(history[0]["check"]["status"], 200, "{history:#?}");
+    // Only the fake's app endpoint answers 500 for this archive: the probe went there.
+    drop_app(&world, &drop, "v2.tar.gz", "version=v2\nstatus=500");
+    let history = world.wait_history(3, LONG);
+    assert_eq!(
+        outcomes(&history),
+        ["verified", "unhealthy", "rolled_back"],
+        "{history:#?}"
+    );
+    assert_eq!(history[1]["check"]["status"], 500, "{history:#?}");
+}

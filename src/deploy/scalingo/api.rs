@@ -611,12 +611,23 @@ impl ScalingoClient {
 
     /// `GET /v1/apps/{app}`: the app's deployments stream URL (`links.deployments_stream`).
     pub async fn deployments_stream_url(&self, app: &str) -> Result<Option<String>, ApiError> {
+        self.app_field(app, "/app/links/deployments_stream").await
+    }
+
+    /// The app's own URL (`app.url`, e.g. `https://my-app.osc-fr1.scalingo.io`), the base of a
+    /// health check given as a path.
+    pub async fn app_url(&self, app: &str) -> Result<Option<String>, ApiError> {
+        self.app_field(app, "/app/url").await
+    }
+
+    /// One text field of `GET /v1/apps/:app` (a JSON pointer); `None` when absent or empty.
+    async fn app_field(&self, app: &str, pointer: &str) -> Result<Option<String>, ApiError> {
         let url = format!("{}/v1/apps/{app}", self.resolve().await?);
         let shown: serde_json::Value = self
             .call("get app", reqwest::Method::GET, &url, None)
             .await?;
         Ok(shown
-            .pointer("/app/links/deployments_stream")
+            .pointer(pointer)
             .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
             .map(str::to_string))
