@@ -106,6 +106,26 @@ impl AppBase {
     }
 }
 
+/// What the board says while a check waits for its next probe.
+fn wait_cause(check: Option<&Check>, cfg: &VerifyConfig) -> String {
+    match check.and_then(|c| c.healthy_at) {
+        Some(at) => format!(
+            "soak: healthy for {} s of {} s",
+            now().saturating_sub(at),
+            cfg.soak.as_secs()
+        ),
+        None => format!(
+            "{} of {} attempts failed, last: {}",
+            check.map_or(0, |c| c.failures),
+            cfg.attempts,
+            check
+                .and_then(|c| c.last.as_ref())
+                .map(|p| p.describe())
+                .unwrap_or_default()
+        ),
+    }
+}
+
 /// How a wait ended.
 enum Wake {
     Elapsed,
@@ -254,23 +274,7 @@ impl VerifiedTarget {
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
-                    let check = job.check.as_ref();
-                    let cause = match check.and_then(|c| c.healthy_at) {
-                        Some(at) => format!(
-                            "soak: healthy for {} s of {} s",
-                            now().saturating_sub(at),
-                            cfg.soak.as_secs()
-                        ),
-                        None => format!(
-                            "{} of {} attempts failed, last: {}",
-                            check.map_or(0, |c| c.failures),
-                            cfg.attempts,
-                            check
-                                .and_then(|c| c.last.as_ref())
-                                .map(|p| p.describe())
-                                .unwrap_or_default()
-                        ),
-                    };
+                    let cause = wait_cause(job.check.as_ref(), cfg);
                     board.wait(
                         &app,
                         WaitKind::Verify,
