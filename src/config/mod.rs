@@ -154,6 +154,9 @@ pub struct ScalingoConfig {
     /// `api_rate_limit`: the API requests a minute that all of the process's calls share, per
     /// region (default 60, the platform's limit).
     pub api_rate_limit: u32,
+    /// The pause of the whole client after a 429 without Retry-After, doubled per 429 in a
+    /// row, and its longest: `[retry]`'s `initial` and `max_delay` (not a key of its own).
+    pub rate_limit_backoff: (Duration, Duration),
     /// The API token, when one was found; `None` is not an error at load time.
     pub token: Option<Secret>,
     /// Where the token came from, for messages: `systemd credential scalingo-token`,
@@ -190,6 +193,7 @@ impl Default for ScalingoConfig {
             region: Some(DEFAULT_REGION.to_string()),
             api_url_explicit: false,
             api_rate_limit: DEFAULT_API_RATE_LIMIT,
+            rate_limit_backoff: (DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_DELAY),
             token: None,
             token_origin: None,
             timeout: DEFAULT_TIMEOUT,

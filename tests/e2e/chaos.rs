@@ -11,7 +11,8 @@
 //! deployment holds its current content, with no content deployed twice in a row.
 //!
 //! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones (this module
-//! alone, in release) through `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED`
+//! alone, in release) through `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED`,
+//! `CHAOS_STREAM` (0: no deployments stream)
 //! and `CHAOS_KILLS`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -83,6 +84,8 @@ impl Storm {
                 delay_past_timeout: Duration::from_millis(1300),
             }),
             step: Duration::from_millis(20),
+            // CHAOS_STREAM=0: no deployments stream, every deployment polled.
+            stream: std::env::var("CHAOS_STREAM").map_or(true, |v| v != "0"),
             ..FakeConfig::default()
         });
         std::fs::write(

@@ -331,7 +331,8 @@ impl ScalingoClient {
         // Uploads stream their body from disk, which cannot be replayed automatically: their
         // redirects are followed by hand, reopening the file.
         let upload_http = build(reqwest::redirect::Policy::none())?;
-        let budget = Arc::new(Budget::new(config.api_rate_limit));
+        let (first, longest) = config.rate_limit_backoff;
+        let budget = Arc::new(Budget::new(config.api_rate_limit).with_backoff(first, longest));
         let api_url = tokio::sync::OnceCell::new();
         let region = match (&config.region, config.api_url_explicit) {
             (Some(region), false) => Some(region.clone()),

@@ -42,6 +42,8 @@ pub struct Budget {
     board: OnceLock<Arc<Board>>,
     apps: Mutex<BTreeSet<String>>,
     pollers: AtomicUsize,
+    /// The first pause after a 429 without Retry-After, and the longest.
+    backoff: (Duration, Duration),
 }
 
 #[derive(Default)]
@@ -70,10 +72,23 @@ pub fn place_wait(sent: &VecDeque<Instant>, limit: u32, now: Instant) -> Option<
 /// The pause after a 429: its `Retry-After` when given, else `FIRST_PAUSE` doubled per 429 in a
 /// row; at least a second, at most [`MAX_PAUSE`].
 pub fn pause_for(retry_after: Option<Duration>, refusals: u32) -> Duration {
-    let backoff = FIRST_PAUSE.saturating_mul(2u32.saturating_pow(refusals.min(10)));
-    retry_after
-        .unwrap_or(backoff)
-        .clamp(Duration::from_secs(1), MAX_PAUSE)
+    pause_with(retry_after, refusals, FIRST_PAUSE, MAX_PAUSE)
+}
+
+/// [`pause_for`] with the backoff's first step and longest pause given.
+fn pause_with(
+    retry_after: Option<Duration>,
+    refusals: u32,
+    first: Duration,
+    longest: Duration,
+) -> Duration {
+    let first = first.max(Duration::from_millis(1));
+    let longest = longest.max(first);
+    let backoff = first.saturating_mul(2u32.saturating_pow(refusals.min(10)));
+    match retry_after {
+        Some(d) => d.clamp(first.min(Duration::from_secs(1)), MAX_PAUSE.max(longest)),
+        None => backoff.min(longest),
+    }
 }
 
 /// The interval of one poller when `pollers` deployments are polled at once: `base`, or longer
@@ -93,7 +108,15 @@ impl Budget {
             board: OnceLock::new(),
             apps: Mutex::new(BTreeSet::new()),
             pollers: AtomicUsize::new(0),
+            backoff: (FIRST_PAUSE, MAX_PAUSE),
         }
+    }
+
+    /// The pause after a 429 without Retry-After: `first`, doubled per 429 in a row, at most
+    /// `longest` (the configuration's `[retry]` `initial` and `max_delay`).
+    pub fn with_backoff(mut self, first: Duration, longest: Duration) -> Budget {
+        self.backoff = (first, longest);
+        self
     }
 
     pub fn limit(&self) -> u32 {
@@ -169,7 +192,7 @@ impl Budget {
             let Ok(mut w) = self.state.lock() else {
                 return FIRST_PAUSE;
             };
-            let pause = pause_for(retry_after, w.refusals);
+            let pause = pause_with(retry_after, w.refusals, self.backoff.0, self.backoff.1);
             w.refusals = w.refusals.saturating_add(1);
             let until = Instant::now() + pause;
             w.paused_until = Some(w.paused_until.map_or(until, |u| u.max(until)));
@@ -271,6 +294,20 @@ mod tests {
         assert_eq!(pause_for(None, 40), MAX_PAUSE);
         assert_eq!(pause_for(Some(Duration::from_secs(3600)), 0), MAX_PAUSE);
         assert_eq!(pause_for(Some(Duration::ZERO), 0), Duration::from_secs(1));
+        // The configured retry policy's steps: [retry] initial 20 ms, max_delay 200 ms.
+        let (first, longest) = (Duration::from_millis(20), Duration::from_millis(200));
+        assert_eq!(pause_with(None, 0, first, longest), first);
+        assert_eq!(
+            pause_with(None, 2, first, longest),
+            Duration::from_millis(80)
+        );
+        assert_eq!(pause_with(None, 9, first, longest), longest);
+        assert_eq!(pause_with(Some(Duration::ZERO), 0, first, longest), first);
+        assert_eq!(
+            pause_with(Some(Duration::from_secs(7)), 0, first, longest),
+            Duration::from_secs(7),
+            "Retry-After wins over the policy"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! Following a deployment to its end: over the app's deployments stream when it can be had
-//! (no request while it runs; one check when the stream (re)connects and one to confirm the
-//! final status), else by polling, paced by the client's budget. Build output comes as it is
+//! (one check when the stream (re)connects, one every [`STREAM_CHECK_EVERY`] follow intervals
+//! in case an event was lost, and one to confirm the final status), else by polling, paced by the client's budget. Build output comes as it is
 //! streamed (or, polling with `with_output`, fetched per poll) and goes to the observer as
 //! [`Event::Output`]; the last lines are kept for a failure's reason.
 
@@ -8,6 +8,11 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::deploy::scalingo::stream::{Link, StreamEvent, Subscription, Update};
+
+/// While the stream is up, the deployment is still checked every this many `follow_interval`s
+/// (90 s by default): at most one request in a minute and a half, and a lost event delays the
+/// job's end by no more.
+const STREAM_CHECK_EVERY: u32 = 30;
 
 impl Runner {
     pub(super) async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
@@ -55,7 +60,9 @@ impl Runner {
             let waited = Duration::from_secs(now().saturating_sub(since));
             let left = self.deploy_timeout.saturating_sub(waited);
             let wait = if streaming {
-                left
+                // Events are hints: one lost (by the platform, or a slow connection's buffer)
+                // must not leave the job waiting until `deploy_timeout`.
+                (self.follow_interval * STREAM_CHECK_EVERY).min(left)
             } else {
                 budget.poll_interval(self.follow_interval).min(left)
             };
