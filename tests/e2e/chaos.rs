@@ -12,8 +12,7 @@
 //!
 //! Small by default (CI runs it every time); `bench/reliability.sh` runs big ones (this module
 //! alone, in release) through `CHAOS_ARCHIVES`, `CHAOS_APPS`, `CHAOS_PROBABILITY`, `CHAOS_SEED`,
-//! `CHAOS_STREAM` (0: no deployments stream)
-//! and `CHAOS_KILLS`.
+//! `CHAOS_KILLS` and `CHAOS_STREAM` (0: no deployments stream, every deployment polled).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
