@@ -38,6 +38,7 @@ impl Runner {
             shown_lines: 0,
             tail: VecDeque::new(),
             connection: None,
+            last_check: tokio::time::Instant::now(),
         };
         let mut poller = None;
         loop {
@@ -46,10 +47,11 @@ impl Runner {
             }
             let link = stream.as_ref().map(Subscription::link);
             let streaming = matches!(link, Some(Link::Up(_)));
-            if std::mem::take(&mut f.check)
-                && let Some(end) = self.check_deployment(job, &mut f, streaming).await
-            {
-                return end;
+            if std::mem::take(&mut f.check) {
+                f.last_check = tokio::time::Instant::now();
+                if let Some(end) = self.check_deployment(job, &mut f, streaming).await {
+                    return end;
+                }
             }
             // Polling counts in the budget's share for polls; streaming costs nothing.
             if streaming {
@@ -59,13 +61,18 @@ impl Runner {
             }
             let waited = Duration::from_secs(now().saturating_sub(since));
             let left = self.deploy_timeout.saturating_sub(waited);
-            let wait = if streaming {
+            // Counted from the last check, so that a stream's steady events (build lines,
+            // pings) do not put it off.
+            let period = if streaming {
                 // Events are hints: one lost (by the platform, or a slow connection's buffer)
                 // must not leave the job waiting until `deploy_timeout`.
-                (self.follow_interval * STREAM_CHECK_EVERY).min(left)
+                self.follow_interval * STREAM_CHECK_EVERY
             } else {
-                budget.poll_interval(self.follow_interval).min(left)
+                budget.poll_interval(self.follow_interval)
             };
+            let wait = (f.last_check + period)
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(left);
             tokio::select! {
                 update = next_update(&mut stream) => self.on_update(job, &mut f, update)?,
                 _ = tokio::time::sleep(wait) => f.check = true,
@@ -301,4 +308,6 @@ struct Following {
     tail: VecDeque<String>,
     /// The stream connection last seen up (a new one asks for a check).
     connection: Option<u64>,
+    /// When the platform was last asked (the next check is counted from here).
+    last_check: tokio::time::Instant,
 }
