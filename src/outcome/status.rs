@@ -28,13 +28,14 @@ pub fn status_report(
     apps: &[String],
     live: Option<&LiveFile>,
 ) -> Result<String, OutcomeError> {
-    let (jobs, unreadable) = read_jobs(spool)?;
-    let unconfigured = unconfigured_apps(apps, &jobs);
-    let mut names: Vec<String> = apps.to_vec();
-    names.extend(unconfigured.iter().cloned());
-
-    let last = last_outcomes(history, &names)?;
-    let store = attention_store(history);
+    let Seen {
+        jobs,
+        unreadable,
+        unconfigured,
+        names,
+        last,
+        store,
+    } = Seen::read(spool, history, apps)?;
     let mut out = String::new();
     if names.is_empty() {
         out.push_str("no apps configured, and no jobs in the spool\n");
@@ -89,12 +90,14 @@ pub fn status_json(
     daemon_pid: Option<u32>,
 ) -> Result<serde_json::Value, OutcomeError> {
     use serde_json::json;
-    let (jobs, unreadable) = read_jobs(spool)?;
-    let unconfigured = unconfigured_apps(apps, &jobs);
-    let mut names: Vec<String> = apps.to_vec();
-    names.extend(unconfigured.iter().cloned());
-    let last = last_outcomes(history, &names)?;
-    let store = attention_store(history);
+    let Seen {
+        jobs,
+        unreadable,
+        unconfigured,
+        names,
+        last,
+        store,
+    } = Seen::read(spool, history, apps)?;
     let sections: Vec<serde_json::Value> = names
         .iter()
         .map(|app| {
@@ -176,6 +179,36 @@ fn in_flight_json(job: &Job) -> serde_json::Value {
         "platform_status": platform_status,
         "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
     })
+}
+
+/// What `status` shows, read once for its text and its JSON.
+struct Seen {
+    jobs: Vec<Job>,
+    unreadable: Vec<String>,
+    /// Apps with jobs in the spool that the configuration no longer has.
+    unconfigured: Vec<String>,
+    /// The configured apps, then the unconfigured ones.
+    names: Vec<String>,
+    last: std::collections::HashMap<String, HistoryEntry>,
+    store: crate::verify::store::Store,
+}
+
+impl Seen {
+    fn read(spool: &Spool, history: &Path, apps: &[String]) -> Result<Seen, OutcomeError> {
+        let (jobs, unreadable) = read_jobs(spool)?;
+        let unconfigured = unconfigured_apps(apps, &jobs);
+        let mut names: Vec<String> = apps.to_vec();
+        names.extend(unconfigured.iter().cloned());
+        let last = last_outcomes(history, &names)?;
+        Ok(Seen {
+            jobs,
+            unreadable,
+            unconfigured,
+            names,
+            last,
+            store: attention_store(history),
+        })
+    }
 }
 
 /// The jobs in the spool (none if it does not exist), and why the unreadable ones are.
