@@ -231,8 +231,10 @@ fn attempts_count_the_final_try_once() {
         id: "j".into(),
         app: "a".into(),
         git_ref: "r".into(),
+        git_ref_given: false,
         payload: Payload::Url { url: "u".into() },
         created_at: 0,
+        seq: None,
         started_at: Some(0),
         failed_attempts: 2,
         aborted_retries: 1,
@@ -272,10 +274,11 @@ fn finished_job(state: JobState) -> (tempfile::TempDir, Outcomes, Job) {
     fs::create_dir(dir.path().join("drop")).unwrap();
     let (id, tmp) = spool.new_job_dir().unwrap();
     fs::write(tmp.join(ARCHIVE_NAME), b"archive bytes").unwrap();
-    let job = Job {
+    let mut job = Job {
         id,
         app: "my-app".into(),
         git_ref: "my-app-20261125174258-deadbeef".into(),
+        git_ref_given: false,
         payload: Payload::Archive {
             original: dir.path().join("drop/app.tar.gz"),
             summary: crate::archive::inspect::Summary {
@@ -290,6 +293,7 @@ fn finished_job(state: JobState) -> (tempfile::TempDir, Outcomes, Job) {
             copied: false,
         },
         created_at: crate::queue::spool::now(),
+        seq: None,
         started_at: None,
         failed_attempts: 0,
         aborted_retries: 0,
@@ -297,7 +301,7 @@ fn finished_job(state: JobState) -> (tempfile::TempDir, Outcomes, Job) {
         check: None,
         state,
     };
-    spool.commit_new(&tmp, &job).unwrap();
+    spool.commit_new(&tmp, &mut job).unwrap();
     let outcomes = Outcomes::new(&dir.path().join("state"), spool);
     (dir, outcomes, job)
 }

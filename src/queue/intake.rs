@@ -150,6 +150,7 @@ pub fn enqueue_archive(
         }
     };
     let created_at = now();
+    let git_ref_given = git_ref.is_some();
     let git_ref = git_ref
         .map(str::to_string)
         .unwrap_or_else(|| make_git_ref(label, created_at, job_nonce(&id)));
@@ -159,8 +160,9 @@ pub fn enqueue_archive(
         tree_digest: None,
         copied: transfer == Transfer::Copy,
     };
-    let job = Job::new(id, app, git_ref, payload, created_at);
-    if let Err(e) = spool.commit_new(&tmp, &job) {
+    let mut job = Job::new(id, app, git_ref, payload, created_at);
+    job.git_ref_given = git_ref_given;
+    if let Err(e) = spool.commit_new(&tmp, &mut job) {
         give_back(spool, &tmp, transfer);
         return Err(e.into());
     }
@@ -249,9 +251,9 @@ pub fn enqueue_packed(
         tree_digest: Some(packed.digest),
         copied: false,
     };
-    let job = Job::new(id, app, git_ref, payload, created_at);
+    let mut job = Job::new(id, app, git_ref, payload, created_at);
     let synced_at = started.elapsed();
-    spool.commit_new(&tmp, &job)?;
+    spool.commit_new(&tmp, &mut job)?;
     tracing::debug!(
         app,
         job = %job.id,
@@ -273,14 +275,16 @@ pub fn enqueue_url(
 ) -> Result<Job, SpoolError> {
     let (id, tmp) = spool.new_job_dir()?;
     let created_at = now();
+    let git_ref_given = git_ref.is_some();
     let git_ref = git_ref
         .map(str::to_string)
         .unwrap_or_else(|| make_git_ref(label, created_at, job_nonce(&id)));
     let payload = Payload::Url {
         url: url.to_string(),
     };
-    let job = Job::new(id, app, git_ref, payload, created_at);
-    spool.commit_new(&tmp, &job)?;
+    let mut job = Job::new(id, app, git_ref, payload, created_at);
+    job.git_ref_given = git_ref_given;
+    spool.commit_new(&tmp, &mut job)?;
     Ok(job)
 }
 

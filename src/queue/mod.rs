@@ -1,7 +1,9 @@
 //! Durable jobs and the lanes that run them: the spool of job records, making jobs, the retry
-//! policy, the observer events every target reports through, and one lane per app.
+//! policy, durations on the monotonic clock, the observer events every target reports
+//! through, and one lane per app.
 
 pub mod check;
+pub mod clock;
 pub mod intake;
 pub mod lane;
 pub mod observe;

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::inspect::Summary;
 
+mod sequence;
+pub use sequence::SEQUENCE_NAME;
+
 /// The archive file's name inside a job directory.
 pub const ARCHIVE_NAME: &str = "archive.tar.gz";
 /// The record's name inside a job directory.
@@ -128,10 +131,15 @@ pub enum JobState {
         /// When the uploaded source was created; `None` for a URL given by the user.
         #[serde(default)]
         source_at: Option<Timestamp>,
-        /// When the deployment was first requested: a deployment created well before it is
-        /// not this job's, whatever its git_ref says.
+        /// When the deployment was first requested (for `status`, and for records made
+        /// before `preexisting` existed: see the driver's adoption rule).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requested_at: Option<Timestamp>,
+        /// For a git_ref given by the user: the platform's deployments that already carried it
+        /// before this job posted (listed first), which are never this job's. `None` for the
+        /// job's own git_ref (it carries the job's nonce: no other deployment has it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preexisting: Option<Vec<String>>,
     },
     /// The platform accepted the deployment; follow it.
     Deploying {
@@ -256,8 +264,17 @@ pub struct Job {
     pub app: String,
     /// Unique per job (and per retried deployment): how a posted deployment is recognised.
     pub git_ref: String,
+    /// The git_ref was given by the user (`deploy --git-ref`), so it does not carry the job's
+    /// nonce and other deployments may share it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub git_ref_given: bool,
     pub payload: Payload,
     pub created_at: Timestamp,
+    /// Arrival order in the spool, given when the record is committed
+    /// ([`Spool::commit_new`]): jobs are listed, and resumed after a restart, in this order.
+    /// `None` in records made before it existed (listed first, by creation time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// When the job first started running: the retry budget counts from here.
     #[serde(default)]
     pub started_at: Option<Timestamp>,
@@ -289,8 +306,10 @@ impl Job {
             id,
             app: app.to_string(),
             git_ref,
+            git_ref_given: false,
             payload,
             created_at,
+            seq: None,
             started_at: None,
             failed_attempts: 0,
             aborted_retries: 0,
@@ -346,6 +365,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Spool
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    sequence: sequence::Sequence,
 }
 
 impl Spool {
@@ -353,7 +373,10 @@ impl Spool {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
-        Ok(Spool { dir })
+        Ok(Spool {
+            dir,
+            sequence: sequence::Sequence::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -389,9 +412,13 @@ impl Spool {
         })
     }
 
-    /// Writes a new job's record into the directory made by [`Spool::new_job_dir`] and moves
-    /// the directory to its final name: from here on the job exists.
-    pub fn commit_new(&self, tmp_dir: &Path, job: &Job) -> Result<(), SpoolError> {
+    /// Gives a new job its arrival number ([`Job::seq`]), writes its record into the directory
+    /// made by [`Spool::new_job_dir`] and moves the directory to its final name: from here on
+    /// the job exists.
+    pub fn commit_new(&self, tmp_dir: &Path, job: &mut Job) -> Result<(), SpoolError> {
+        if job.seq.is_none() {
+            job.seq = Some(self.sequence.next(&self.dir)?);
+        }
         write_record(tmp_dir, job)?;
         let dir = self.job_dir(&job.id);
         fs::rename(tmp_dir, &dir).map_err(io("cannot move job directory to", &dir))?;
@@ -410,8 +437,9 @@ impl Spool {
         serde_json::from_slice(&text).map_err(|source| SpoolError::Record { path, source })
     }
 
-    /// Every job record in the spool, oldest first. Unreadable records are returned as errors
-    /// beside the good ones, so one bad file never hides the others.
+    /// Every job record in the spool, in arrival order ([`Job::seq`]; records without one
+    /// first, by creation time, then id). Unreadable records are returned as errors beside the
+    /// good ones (first), so one bad file never hides the others.
     pub fn jobs(&self) -> Result<Vec<Result<Job, SpoolError>>, SpoolError> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
@@ -423,8 +451,15 @@ impl Spool {
             }
             ids.push(name.to_string());
         }
-        ids.sort();
-        Ok(ids.iter().map(|id| self.load(id)).collect())
+        let mut jobs: Vec<(String, Result<Job, SpoolError>)> = ids
+            .into_iter()
+            .map(|id| {
+                let job = self.load(&id);
+                (id, job)
+            })
+            .collect();
+        jobs.sort_by(|(a_id, a), (b_id, b)| arrival(a).cmp(&arrival(b)).then(a_id.cmp(b_id)));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
     }
 
     /// Removes a finished job's directory.
@@ -483,6 +518,20 @@ impl Spool {
         }
         fs::remove_dir_all(tmp_dir).map_err(io("cannot remove", tmp_dir))?;
         Ok(restored)
+    }
+}
+
+/// A record's place in the listing: unreadable ones, then those without an arrival number (by
+/// creation time), then by arrival number.
+fn arrival(job: &Result<Job, SpoolError>) -> (u8, u64, Timestamp) {
+    match job {
+        Err(_) => (0, 0, 0),
+        Ok(Job {
+            seq: None,
+            created_at,
+            ..
+        }) => (1, 0, *created_at),
+        Ok(Job { seq: Some(seq), .. }) => (2, *seq, 0),
     }
 }
 
@@ -581,10 +630,12 @@ mod tests {
             id: id.into(),
             app: "my-app".into(),
             git_ref: "my-app-20260101000000-deadbeef".into(),
+            git_ref_given: false,
             payload: Payload::Url {
                 url: "https://example.com/a.tar.gz".into(),
             },
             created_at: 1,
+            seq: None,
             started_at: None,
             failed_attempts: 0,
             aborted_retries: 0,
@@ -607,7 +658,7 @@ mod tests {
         let spool = Spool::open(dir.path().join("spool")).unwrap();
         let (id, tmp) = spool.new_job_dir().unwrap();
         let mut j = job(&id);
-        spool.commit_new(&tmp, &j).unwrap();
+        spool.commit_new(&tmp, &mut j).unwrap();
         assert!(!tmp.exists());
         j.state = JobState::Deploying {
             deployment_id: "d1".into(),
@@ -680,7 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let (id, tmp) = spool.new_job_dir().unwrap();
-        spool.commit_new(&tmp, &job(&id)).unwrap();
+        spool.commit_new(&tmp, &mut job(&id)).unwrap();
         let (_, half) = spool.new_job_dir().unwrap();
         let listed = spool.jobs().unwrap();
         assert_eq!(listed.len(), 1);

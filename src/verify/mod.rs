@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::config::VerifyConfig;
 use crate::live::{Board, WaitKind};
 use crate::queue::check::{Check, Verdict};
+use crate::queue::clock::Clocks;
 use crate::queue::lane::{BoxFuture, Target};
 use crate::queue::observe::{Event, Observer};
 use crate::queue::spool::{Job, JobState, Spool, SpoolError, Step, now};
@@ -106,12 +107,16 @@ impl AppBase {
     }
 }
 
+/// The names of a check's times in its [`Clocks`].
+const CHECK_STARTED: &str = "check";
+const HEALTHY: &str = "healthy";
+
 /// What the board says while a check waits for its next probe.
-fn wait_cause(check: Option<&Check>, cfg: &VerifyConfig) -> String {
+fn wait_cause(check: Option<&Check>, cfg: &VerifyConfig, clocks: &mut Clocks) -> String {
     match check.and_then(|c| c.healthy_at) {
         Some(at) => format!(
             "soak: healthy for {} s of {} s",
-            now().saturating_sub(at),
+            clocks.elapsed(HEALTHY, at).as_secs(),
             cfg.soak.as_secs()
         ),
         None => format!(
@@ -189,6 +194,7 @@ impl VerifiedTarget {
             return Ok(());
         };
         let spool = &self.wiring.spool;
+        let mut clocks = Clocks::new();
         if job.check.is_none() {
             job.check = Some(Check::pending());
             spool.save(job)?;
@@ -205,8 +211,10 @@ impl VerifiedTarget {
             job.state = JobState::Verifying {
                 deployment_id: Some(deployment_id.clone()),
             };
-            if let Some(check) = job.check.as_mut() {
-                check.started_at.get_or_insert_with(now);
+            if let Some(check) = job.check.as_mut()
+                && check.started_at.is_none()
+            {
+                check.started_at = Some(clocks.stamp(CHECK_STARTED));
             }
             spool.save(job)?;
         }
@@ -219,7 +227,7 @@ impl VerifiedTarget {
             .and_then(|c| c.verdict.zip(c.reason.clone()));
         let (verdict, reason) = match decided {
             Some(decided) => decided,
-            None => match self.check(job, cfg).await? {
+            None => match self.check(job, cfg, &mut clocks).await? {
                 Some(decided) => decided,
                 None => return Ok(()),
             },
@@ -228,17 +236,24 @@ impl VerifiedTarget {
     }
 
     /// Runs the check from where the record says it is; `None` when the daemon stops first.
+    /// Its waits are measured on the monotonic clock (`clocks`), and the board's next try is
+    /// the wall clock now plus the wait.
     async fn check(
         &self,
         job: &mut Job,
         cfg: &VerifyConfig,
+        clocks: &mut Clocks,
     ) -> Result<Option<(Verdict, String)>, SpoolError> {
         let (app, id) = (job.app.clone(), job.id.clone());
         let board = &self.wiring.board;
         self.wiring.observer.event(job, &Event::Step(Step::Verify));
         let decided = loop {
             let check = job.check.get_or_insert_with(Check::pending);
-            match probe::next(check, cfg, now()) {
+            let started = match check.started_at {
+                Some(at) => clocks.elapsed(CHECK_STARTED, at),
+                None => Duration::ZERO,
+            };
+            match probe::next(check, cfg, started) {
                 Next::Warmup(left) => {
                     board.wait(
                         &app,
@@ -269,12 +284,16 @@ impl VerifiedTarget {
                         .observer
                         .event(job, &Event::Probed { probe: &answer });
                     let check = job.check.get_or_insert_with(Check::pending);
-                    let decided = probe::record(check, cfg, answer, now());
+                    let (at, healthy_for) = match check.healthy_at {
+                        Some(at) => (now(), Some(clocks.elapsed(HEALTHY, at))),
+                        None => (clocks.stamp(HEALTHY), None),
+                    };
+                    let decided = probe::record(check, cfg, answer, at, healthy_for);
                     self.wiring.spool.save(job)?;
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
-                    let cause = wait_cause(job.check.as_ref(), cfg);
+                    let cause = wait_cause(job.check.as_ref(), cfg, clocks);
                     board.wait(
                         &app,
                         WaitKind::Verify,

@@ -84,12 +84,11 @@ pub enum Next {
     Probe { soak: bool },
 }
 
-/// The next step of a check whose record says `check`, at `now`.
-pub fn next(check: &Check, cfg: &VerifyConfig, now: Timestamp) -> Next {
-    let started = check.started_at.unwrap_or(now);
-    let warm_end = started.saturating_add(cfg.warmup.as_secs());
-    if check.probes == 0 && now < warm_end {
-        return Next::Warmup(Duration::from_secs(warm_end - now));
+/// The next step of a check whose record says `check`, `started` after the check began
+/// (measured on the monotonic clock: see [`crate::queue::clock`]).
+pub fn next(check: &Check, cfg: &VerifyConfig, started: Duration) -> Next {
+    if check.probes == 0 && started < cfg.warmup {
+        return Next::Warmup(cfg.warmup - started);
     }
     Next::Probe {
         soak: check.healthy_at.is_some(),
@@ -97,14 +96,18 @@ pub fn next(check: &Check, cfg: &VerifyConfig, now: Timestamp) -> Next {
 }
 
 /// Records a probe's answer in `check` and says whether it decides the check (with why).
+/// `now` is recorded as the first healthy answer's time; `healthy_for` is how long ago that
+/// answer came, if one did (measured on the monotonic clock).
 pub fn record(
     check: &mut Check,
     cfg: &VerifyConfig,
     probe: Probe,
     now: Timestamp,
+    healthy_for: Option<Duration>,
 ) -> Option<(Verdict, String)> {
     check.probes += 1;
-    let decided = match check.healthy_at {
+    let healthy = check.healthy_at.map(|_| healthy_for.unwrap_or_default());
+    let decided = match healthy {
         None if probe.healthy => {
             check.healthy_at = Some(now);
             cfg.soak
@@ -129,16 +132,16 @@ pub fn record(
                 )
             })
         }
-        Some(at) if !probe.healthy => Some((
+        Some(healthy) if !probe.healthy => Some((
             Verdict::Unhealthy,
             format!(
                 "stopped answering well {} s after its first healthy answer (during the {} soak): {}",
-                now.saturating_sub(at),
+                healthy.as_secs(),
                 humantime::format_duration(cfg.soak),
                 probe.describe()
             ),
         )),
-        Some(at) if now.saturating_sub(at) >= cfg.soak.as_secs() => Some((
+        Some(healthy) if healthy >= cfg.soak => Some((
             Verdict::Verified,
             format!(
                 "healthy, and still answering well after the {} soak: {}",
@@ -188,20 +191,18 @@ mod tests {
             started_at: Some(100),
             ..Check::default()
         };
-        assert_eq!(
-            next(&check, &cfg(), 104),
-            Next::Warmup(Duration::from_secs(6))
-        );
-        assert_eq!(next(&check, &cfg(), 110), Next::Probe { soak: false });
+        let secs = Duration::from_secs;
+        assert_eq!(next(&check, &cfg(), secs(4)), Next::Warmup(secs(6)));
+        assert_eq!(next(&check, &cfg(), secs(10)), Next::Probe { soak: false });
         check.probes = 1;
-        assert_eq!(next(&check, &cfg(), 101), Next::Probe { soak: false });
+        assert_eq!(next(&check, &cfg(), secs(1)), Next::Probe { soak: false });
     }
 
     #[test]
     fn failures_before_the_first_healthy_answer_are_bounded_by_attempts() {
         let mut check = Check::default();
-        assert_eq!(record(&mut check, &cfg(), answer(500), 1), None);
-        let (verdict, why) = record(&mut check, &cfg(), answer(502), 2).unwrap();
+        assert_eq!(record(&mut check, &cfg(), answer(500), 1, None), None);
+        let (verdict, why) = record(&mut check, &cfg(), answer(502), 2, None).unwrap();
         assert_eq!(verdict, Verdict::Unhealthy);
         assert!(
             why.contains("2 attempt(s)") && why.contains("HTTP 502"),
@@ -211,15 +212,17 @@ mod tests {
 
     #[test]
     fn a_healthy_app_is_verified_after_the_soak_and_one_that_dies_is_not() {
+        let secs = |n| Some(Duration::from_secs(n));
         let mut check = Check::default();
-        assert_eq!(record(&mut check, &cfg(), answer(200), 10), None);
-        assert_eq!(record(&mut check, &cfg(), answer(200), 20), None);
-        let (verdict, _) = record(&mut check, &cfg(), answer(200), 40).unwrap();
+        assert_eq!(record(&mut check, &cfg(), answer(200), 10, None), None);
+        assert_eq!(check.healthy_at, Some(10));
+        assert_eq!(record(&mut check, &cfg(), answer(200), 20, secs(10)), None);
+        let (verdict, _) = record(&mut check, &cfg(), answer(200), 40, secs(30)).unwrap();
         assert_eq!(verdict, Verdict::Verified);
 
         let mut check = Check::default();
-        record(&mut check, &cfg(), answer(200), 10);
-        let (verdict, why) = record(&mut check, &cfg(), answer(503), 25).unwrap();
+        record(&mut check, &cfg(), answer(200), 10, None);
+        let (verdict, why) = record(&mut check, &cfg(), answer(503), 25, secs(15)).unwrap();
         assert_eq!(verdict, Verdict::Unhealthy);
         assert!(why.contains("15 s after"), "{why}");
     }
@@ -232,7 +235,7 @@ mod tests {
         };
         let mut check = Check::default();
         assert_eq!(
-            record(&mut check, &cfg, answer(200), 1).map(|d| d.0),
+            record(&mut check, &cfg, answer(200), 1, None).map(|d| d.0),
             Some(Verdict::Verified)
         );
     }

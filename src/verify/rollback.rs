@@ -115,6 +115,6 @@ pub fn make(
         rollback: Some(of),
         ..Check::pending()
     });
-    spool.commit_new(&tmp, &job)?;
+    spool.commit_new(&tmp, &mut job)?;
     Ok(job)
 }

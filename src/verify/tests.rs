@@ -241,7 +241,7 @@ mod target {
             std::fs::copy(&file, tmp.join(crate::queue::spool::ARCHIVE_NAME)).unwrap();
             let mut job = super::job(&id, &file, "sha-v1");
             job.id = id;
-            self.spool.commit_new(&tmp, &job).unwrap();
+            self.spool.commit_new(&tmp, &mut job).unwrap();
             job
         }
     }

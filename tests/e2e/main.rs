@@ -10,6 +10,8 @@ mod support;
 mod archive_checks;
 /// Seeded fault storms, with and without SIGKILL (big ones: `bench/reliability.sh`).
 mod chaos;
+/// The wall clock jumps, or differs from the platform's (libfaketime).
+mod clock;
 /// Colours, verbosity, completions, the man page, SCALINGO_APP and --region.
 mod command_line;
 /// `dropdeploy config check`.

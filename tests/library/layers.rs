@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "queue::spool",
             "queue::check",
+            "queue::clock",
             "queue::retry",
             "queue::observe",
             "queue::intake",

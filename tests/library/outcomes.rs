@@ -53,8 +53,9 @@ impl World {
                 .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + secs))
                 .unwrap();
         }
-        let job = Job {
+        let mut job = Job {
             git_ref: format!("{app}-20251125174258-{}", &id[id.len() - 8..]),
+            git_ref_given: false,
             id,
             app: app.to_string(),
             payload: Payload::Archive {
@@ -71,6 +72,7 @@ impl World {
                 copied: false,
             },
             created_at: now() - 48,
+            seq: None,
             started_at: Some(now() - 47),
             failed_attempts: 0,
             aborted_retries: 0,
@@ -78,7 +80,7 @@ impl World {
             check: None,
             state,
         };
-        self.spool.commit_new(&tmp, &job).unwrap();
+        self.spool.commit_new(&tmp, &mut job).unwrap();
         job
     }
 

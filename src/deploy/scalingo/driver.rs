@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::RetryConfig;
 use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
 use crate::deploy::scalingo::follow::{Phase, explain, phase};
+pub use crate::queue::clock::Clocks;
 pub use crate::queue::observe::{Event, LogObserver, Observer};
 use crate::queue::retry::next_delay;
 use crate::queue::spool::{
@@ -42,17 +43,16 @@ pub enum Action {
     Done,
 }
 
-/// The state machine's next step. `now` decides whether an upload slot is stale.
-pub fn next_action(job: &Job, now: Timestamp) -> Action {
-    let stale = |at: Timestamp| now.saturating_sub(at) >= SOURCE_STALE_AFTER.as_secs();
+/// The state machine's next step. `stale`: the job's upload slot (if it has one) is older
+/// than [`SOURCE_STALE_AFTER`] (see [`source_at`]).
+pub fn next_action(job: &Job, stale: bool) -> Action {
     match &job.state {
         JobState::Queued => match job.payload {
             Payload::Url { .. } => Action::RequestDeployment,
             Payload::Archive { .. } => Action::CreateSource,
         },
-        JobState::SourceCreated { at, .. } if stale(*at) => Action::CreateSource,
+        JobState::SourceCreated { .. } | JobState::Uploaded { .. } if stale => Action::CreateSource,
         JobState::SourceCreated { .. } => Action::Upload,
-        JobState::Uploaded { source_at, .. } if stale(*source_at) => Action::CreateSource,
         JobState::Uploaded { .. } => Action::RequestDeployment,
         JobState::DeployRequested { .. } => Action::FindOrPost,
         JobState::Deploying { .. } => Action::Follow,
@@ -64,6 +64,26 @@ pub fn next_action(job: &Job, now: Timestamp) -> Action {
         | JobState::Unhealthy { .. } => Action::Done,
     }
 }
+
+/// When the job's upload slot was made, if its record holds one.
+pub fn source_at(state: &JobState) -> Option<Timestamp> {
+    match state {
+        JobState::SourceCreated { at, .. } => Some(*at),
+        JobState::Uploaded { source_at, .. } => Some(*source_at),
+        JobState::DeployRequested { source_at, .. } => *source_at,
+        _ => None,
+    }
+}
+
+/// Whether the job's upload slot is older than [`SOURCE_STALE_AFTER`], on the monotonic clock.
+fn source_stale(job: &Job, clocks: &mut Clocks) -> bool {
+    source_at(&job.state).is_some_and(|at| clocks.elapsed(SOURCE, at) >= SOURCE_STALE_AFTER)
+}
+
+/// The names of the record's times in a run's [`Clocks`].
+const STARTED: &str = "started";
+const SOURCE: &str = "source";
+pub(super) const FOLLOWING: &str = "following";
 
 /// How one action failed.
 #[derive(Debug)]
@@ -178,11 +198,14 @@ impl Runner {
     /// Runs a job until it is finished, retrying transient errors with backoff and full jitter
     /// (honouring `Retry-After`) until the retry budget, counted from the job's first start,
     /// runs out. Only a failure to persist the record is returned as an error. When the
-    /// shutdown fires, returns between two steps with the job unfinished.
+    /// shutdown fires, returns between two steps with the job unfinished. Every duration (the
+    /// budget, an upload slot's age, `deploy_timeout`) is measured on the monotonic clock
+    /// from the times the record holds ([`Clocks`]).
     pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
         let mut shutdown = self.shutdown.clone();
+        let mut clocks = Clocks::new();
         if job.started_at.is_none() {
-            job.started_at = Some(now());
+            job.started_at = Some(clocks.stamp(STARTED));
             self.spool.save(job)?;
         } else if !matches!(job.state, JobState::Queued) && !job.state.is_finished() {
             self.observer.event(
@@ -201,7 +224,7 @@ impl Runner {
             if shutdown.is_requested() {
                 return Ok(());
             }
-            match self.advance(job).await {
+            match self.advance(job, &mut clocks).await {
                 Ok(()) => streak = 0,
                 Err(StepError::Spool(e)) => return Err(e),
                 Err(StepError::Permanent(failure)) => {
@@ -210,8 +233,10 @@ impl Runner {
                 }
                 Err(StepError::Transient(step, error)) => {
                     job.failed_attempts += 1;
-                    let started = job.started_at.unwrap_or_else(now);
-                    let spent = Duration::from_secs(now().saturating_sub(started));
+                    let spent = match job.started_at {
+                        Some(started) => clocks.elapsed(STARTED, started),
+                        None => Duration::ZERO,
+                    };
                     let left = self.retry.budget.saturating_sub(spent);
                     if left.is_zero() {
                         job.state = JobState::Failed(Failure {
@@ -256,8 +281,9 @@ impl Runner {
     }
 
     /// Performs one action and persists the state that follows it.
-    async fn advance(&self, job: &mut Job) -> Result<(), StepError> {
-        match next_action(job, now()) {
+    async fn advance(&self, job: &mut Job, clocks: &mut Clocks) -> Result<(), StepError> {
+        let stale = source_stale(job, clocks);
+        match next_action(job, stale) {
             Action::Done => Ok(()),
             Action::CreateSource => {
                 self.observer.event(job, &Event::Step(Step::CreateSource));
@@ -269,7 +295,7 @@ impl Runner {
                 job.state = JobState::SourceCreated {
                     upload_url: source.upload_url,
                     download_url: source.download_url,
-                    at: now(),
+                    at: clocks.stamp(SOURCE),
                 };
                 self.spool.save(job)?;
                 Ok(())
@@ -287,13 +313,19 @@ impl Runner {
                     (_, Payload::Url { url }) => (url.clone(), None),
                     (state, _) => unreachable_state(state)?,
                 };
+                // A git_ref given by the user may be on deployments already: say which.
+                let preexisting = match job.git_ref_given {
+                    true => Some(self.with_git_ref(job).await?),
+                    false => None,
+                };
                 job.state = JobState::DeployRequested {
                     source_url,
                     source_at,
                     requested_at: Some(now()),
+                    preexisting,
                 };
                 self.spool.save(job)?;
-                self.post_deployment(job).await
+                self.post_deployment(job, clocks).await
             }
             Action::FindOrPost => {
                 self.observer
@@ -304,25 +336,20 @@ impl Runner {
                     job.state = JobState::Deploying {
                         deployment_id: found.id,
                         platform_status: Some(found.status),
-                        since: Some(now()),
+                        since: Some(clocks.stamp(FOLLOWING)),
                     };
                     self.spool.save(job)?;
                     return Ok(());
                 }
-                if let JobState::DeployRequested {
-                    source_at: Some(at),
-                    ..
-                } = job.state
-                    && now().saturating_sub(at) >= SOURCE_STALE_AFTER.as_secs()
-                {
+                if stale {
                     // Never posted, and the upload has expired since: upload again.
                     job.state = JobState::Queued;
                     self.spool.save(job)?;
                     return Ok(());
                 }
-                self.post_deployment(job).await
+                self.post_deployment(job, clocks).await
             }
-            Action::Follow => self.follow(job).await,
+            Action::Follow => self.follow(job, clocks).await,
         }
     }
 
@@ -376,7 +403,7 @@ impl Runner {
         }
     }
 
-    async fn post_deployment(&self, job: &mut Job) -> Result<(), StepError> {
+    async fn post_deployment(&self, job: &mut Job, clocks: &mut Clocks) -> Result<(), StepError> {
         let JobState::DeployRequested { source_url, .. } = job.state.clone() else {
             return unreachable_state(&job.state);
         };
@@ -402,31 +429,61 @@ impl Runner {
         job.state = JobState::Deploying {
             deployment_id: deployment.id,
             platform_status: Some(deployment.status),
-            since: Some(now()),
+            since: Some(clocks.stamp(FOLLOWING)),
         };
         self.spool.save(job)?;
         Ok(())
     }
 
-    async fn find_by_git_ref(&self, job: &Job) -> Result<Option<Deployment>, StepError> {
+    /// The app's recent deployments carrying the job's git_ref.
+    async fn listed_with_git_ref(&self, job: &Job) -> Result<Vec<Deployment>, StepError> {
         let page = self
             .client
             .list_deployments(&job.app, 1, ADOPT_SEARCH)
             .await
             .map_err(|e| api_failure(Step::CreateDeployment, e))?;
-        let requested_at = match job.state {
-            JobState::DeployRequested { requested_at, .. } => requested_at,
-            _ => None,
-        };
-        Ok(page.deployments.into_iter().find(|d| {
-            d.git_ref.as_deref() == Some(job.git_ref.as_str())
-                && !created_before(d.created_at.as_deref(), requested_at)
-        }))
+        let mut found = page.deployments;
+        found.retain(|d| d.git_ref.as_deref() == Some(job.git_ref.as_str()));
+        Ok(found)
+    }
+
+    /// The ids of the deployments carrying the job's (user-given) git_ref before it posts.
+    async fn with_git_ref(&self, job: &Job) -> Result<Vec<String>, StepError> {
+        let found = self.listed_with_git_ref(job).await?;
+        Ok(found.into_iter().map(|d| d.id).collect())
+    }
+
+    /// The deployment this job made, if the platform has one (see [`adoptable`]).
+    async fn find_by_git_ref(&self, job: &Job) -> Result<Option<Deployment>, StepError> {
+        let found = self.listed_with_git_ref(job).await?;
+        Ok(found.into_iter().find(|d| adoptable(job, d)))
+    }
+}
+
+/// Whether `d`, which carries the job's git_ref, is the deployment the job asked for. No clock
+/// decides it: the job's own git_ref carries its nonce, so any deployment with it is the job's;
+/// a git_ref given by the user may be older than the job, so the deployments that carried it
+/// before the job posted (listed then, `preexisting`) are not the job's, and any other is.
+/// Only a record written before that list existed falls back to comparing times, with a
+/// margin for clocks that differ.
+pub fn adoptable(job: &Job, d: &Deployment) -> bool {
+    if !job.git_ref_given {
+        return true;
+    }
+    match &job.state {
+        JobState::DeployRequested {
+            preexisting: Some(before),
+            ..
+        } => !before.contains(&d.id),
+        JobState::DeployRequested { requested_at, .. } => {
+            !created_before(d.created_at.as_deref(), *requested_at)
+        }
+        _ => true,
     }
 }
 
 /// Clocks differ between this machine and the platform: a deployment counts as made before
-/// the request only when it is older by more than this.
+/// the request only when it is older by more than this (records without `preexisting` only).
 const CLOCK_SKEW: u64 = 300;
 
 /// Whether a deployment's `created_at` (RFC 3339) is clearly before the job asked for one, so

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::deploy::scalingo::stream::{Link, StreamEvent, Subscription, Update};
+use crate::queue::clock::Since;
 
 /// While the stream is up, the deployment is still checked every this many `follow_interval`s
 /// (90 s by default): at most one request in a minute and a half, and a lost event delays the
@@ -15,7 +16,7 @@ use crate::deploy::scalingo::stream::{Link, StreamEvent, Subscription, Update};
 const STREAM_CHECK_EVERY: u32 = 30;
 
 impl Runner {
-    pub(super) async fn follow(&self, job: &mut Job) -> Result<(), StepError> {
+    pub(super) async fn follow(&self, job: &mut Job, clocks: &mut Clocks) -> Result<(), StepError> {
         let JobState::Deploying {
             deployment_id,
             platform_status,
@@ -27,7 +28,7 @@ impl Runner {
         self.observer.event(job, &Event::Step(Step::Follow));
         let budget = self.client.budget().clone();
         budget.track(&job.app);
-        let since = self.follow_start(job, &deployment_id, platform_status, since)?;
+        let since = self.follow_start(job, &deployment_id, platform_status, since, clocks)?;
         let mut stream = self.stream.then(|| self.client.stream(&job.app));
         let mut shutdown = self.shutdown.clone();
         // Without a stream, check at once; with one, when it connects (or at the poll timer).
@@ -59,8 +60,7 @@ impl Runner {
             } else if poller.is_none() {
                 poller = Some(budget.polling());
             }
-            let waited = Duration::from_secs(now().saturating_sub(since));
-            let left = self.deploy_timeout.saturating_sub(waited);
+            let left = self.deploy_timeout.saturating_sub(since.elapsed());
             // Counted from the last check, so that a stream's steady events (build lines,
             // pings) do not put it off.
             let period = if streaming {
@@ -155,26 +155,28 @@ impl Runner {
         Ok(())
     }
 
-    /// When the following started, for the time limit. A record from before the limit existed
-    /// has no start: it counts from now, and the job records it.
+    /// When the following started, for the time limit, on the monotonic clock (see
+    /// [`Clocks`]). A record from before the limit existed has no start: it counts from now,
+    /// and the job records it.
     fn follow_start(
         &self,
         job: &mut Job,
         deployment_id: &str,
         platform_status: Option<String>,
         since: Option<Timestamp>,
-    ) -> Result<Timestamp, StepError> {
+        clocks: &mut Clocks,
+    ) -> Result<Since, StepError> {
         if let Some(at) = since {
-            return Ok(at);
+            return Ok(clocks.since(FOLLOWING, at));
         }
-        let at = now();
+        let at = clocks.stamp(FOLLOWING);
         job.state = JobState::Deploying {
             deployment_id: deployment_id.to_string(),
             platform_status,
             since: Some(at),
         };
         self.spool.save(job)?;
-        Ok(at)
+        Ok(clocks.since(FOLLOWING, at))
     }
 
     /// Hands the observer the deployment's output lines not shown yet (when output is wanted);
@@ -214,8 +216,8 @@ impl Runner {
     }
 
     /// The failure of a deployment followed for longer than the limit, if it is.
-    fn overdue(&self, job: &Job, since: Timestamp) -> Option<Failure> {
-        let waited = Duration::from_secs(now().saturating_sub(since));
+    fn overdue(&self, job: &Job, since: Since) -> Option<Failure> {
+        let waited = since.elapsed();
         if waited < self.deploy_timeout {
             return None;
         }
@@ -234,7 +236,7 @@ impl Runner {
                 "deployment {deployment_id} did not finish within deploy_timeout ({}): still \
                  `{status}` after {}; stopped waiting for it (the platform may still finish it)",
                 humantime::format_duration(self.deploy_timeout),
-                humantime::format_duration(waited),
+                humantime::format_duration(Duration::from_secs(waited.as_secs())),
             ),
             status: Some(status.to_string()),
             deployment_id: Some(deployment_id.clone()),
