@@ -62,9 +62,30 @@ pub struct Wait {
     pub cause: String,
     /// Since when (this cause).
     pub since: Timestamp,
-    /// When a timer tries again, if one does.
+    /// When a timer tries again, if one does (by the wall clock when the wait was put).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// The same moment on the machine's monotonic clock (`CLOCK_MONOTONIC`, seconds), which
+    /// every process reads alike and no wall-clock jump moves: see [`Wait::next_try`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_monotonic: Option<u64>,
+}
+
+impl Wait {
+    /// When the timer tries again, by the wall clock now: the timers run on the monotonic
+    /// clock, so a wall clock stepped since the wait was put does not move the next try.
+    pub fn next_try(&self) -> Option<Timestamp> {
+        match (self.retry_monotonic, monotonic_secs()) {
+            (Some(at), Some(mono)) => Some(now() + at.saturating_sub(mono)),
+            _ => self.retry_at,
+        }
+    }
+}
+
+/// The machine's monotonic clock, in seconds.
+fn monotonic_secs() -> Option<u64> {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).ok()
 }
 
 /// The content of `live.json`.
@@ -129,6 +150,9 @@ impl Board {
             cause: cause.to_string(),
             since,
             retry_at,
+            retry_monotonic: retry_at
+                .zip(monotonic_secs())
+                .map(|(at, mono)| mono + at.saturating_sub(now())),
         };
         if waits.get(&key) != Some(&wait) {
             waits.insert(key, wait);
@@ -224,6 +248,8 @@ mod tests {
         let file: LiveFile = serde_json::from_str(&text).unwrap();
         assert_eq!(file.waits.len(), 1);
         assert_eq!(file.waits[0].retry_at, Some(9));
+        // A time in the past: tried again now.
+        assert!(file.waits[0].next_try().unwrap() >= now());
         assert!(board.wait(
             "a",
             WaitKind::Claim,

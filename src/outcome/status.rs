@@ -133,7 +133,7 @@ pub fn status_json(
                         "subject": wait.subject,
                         "cause": wait.cause,
                         "since": rfc3339_utc(wait.since),
-                        "retry_at": wait.retry_at.map(rfc3339_utc),
+                        "retry_at": wait.next_try().map(rfc3339_utc),
                     })
                 })
                 .collect();
@@ -330,7 +330,7 @@ fn unrecorded_line(jobs: &[&Job]) -> String {
 /// What the daemon waits on, with its cause and next try.
 fn wait_line(wait: &Wait) -> String {
     let next = wait
-        .retry_at
+        .next_try()
         .map(|t| format!(", next try {}", rfc3339_utc(t)))
         .unwrap_or_default();
     format!(

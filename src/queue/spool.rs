@@ -742,6 +742,44 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_listed_in_arrival_order_not_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        // Made within one second: their ids differ only by their random part.
+        let mut made = Vec::new();
+        for _ in 0..20 {
+            let (id, tmp) = spool.new_job_dir().unwrap();
+            let mut j = job(&id);
+            spool.commit_new(&tmp, &mut j).unwrap();
+            made.push((id, j.seq.unwrap()));
+        }
+        let listed: Vec<String> = spool
+            .jobs()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.unwrap().id)
+            .collect();
+        let ids: Vec<String> = made.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(listed, ids);
+        assert!(made.windows(2).all(|w| w[0].1 < w[1].1), "{made:?}");
+        // A record from before the numbers comes first; a lost counter is rebuilt from the
+        // records, never giving a number twice.
+        let mut old = job("00000000000000-old");
+        old.created_at = 5;
+        fs::create_dir(spool.job_dir(&old.id)).unwrap();
+        spool.save(&old).unwrap();
+        fs::remove_file(dir.path().join(SEQUENCE_NAME)).unwrap();
+        let again = Spool::open(dir.path()).unwrap();
+        let (id, tmp) = again.new_job_dir().unwrap();
+        let mut last = job(&id);
+        again.commit_new(&tmp, &mut last).unwrap();
+        assert_eq!(last.seq, Some(made.last().unwrap().1 + 1));
+        let listed = again.jobs().unwrap();
+        assert_eq!(listed[0].as_ref().unwrap().id, old.id);
+        assert_eq!(listed[21].as_ref().unwrap().id, id);
+    }
+
+    #[test]
     fn a_corrupt_record_is_reported_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();

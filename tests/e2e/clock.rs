@@ -102,9 +102,9 @@ fn ambiguous_create(world: &World, offset: &str, extra: &[&str]) -> crate::suppo
 fn a_clock_ten_minutes_ahead_does_not_deploy_twice_after_a_lost_create_answer() {
     let world = platform(Duration::from_millis(50));
     let run = ambiguous_create(&world, "+10m", &[]);
-    run.assert_code(0).assert_contains("already posted");
     let deployments = world.fake.deployments("my-app");
     assert_eq!(deployments.len(), 1, "one deployment: {deployments:#?}");
+    run.assert_code(0).assert_contains("already posted");
 }
 
 #[test]
@@ -209,6 +209,35 @@ fn a_clock_jumping_an_hour_ahead_while_building_does_not_fail_the_job() {
 }
 
 #[test]
+fn a_clock_jumping_an_hour_ahead_during_a_retried_call_does_not_spend_the_retry_budget() {
+    let world = platform(Duration::from_millis(50));
+    let clock = FakeClock::new(&world, "+0");
+    // The first upload slot asked for is answered after the client's 2 s limit: a transient
+    // error, retried within the budget (30 s in the tests' configuration).
+    world
+        .fake
+        .fail_next(Endpoint::CreateSource, Fault::Delay(Duration::from_secs(4)));
+    let archive = world.archive("a.tar.gz");
+    let mut deploy = spawn_faked(
+        &world,
+        &clock,
+        &["deploy", "--app", "my-app", archive.to_str().unwrap()],
+        "deploy",
+    );
+    assert!(wait_for(LONG, || world
+        .fake
+        .requests_in_flight(Endpoint::CreateSource)
+        > 0));
+    clock.set("+1h");
+    let status = deploy.wait_exit(LONG);
+    let out = std::fs::read_to_string(world.path("deploy.stdout")).unwrap_or_default();
+    let err = world.log("deploy");
+    assert!(status.success(), "{out}\n{err}");
+    assert!(!format!("{out}{err}").contains("gave up"), "{out}\n{err}");
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
 fn a_clock_stepping_back_an_hour_during_the_warmup_does_not_make_the_check_wait_an_hour() {
     let world = platform(Duration::from_millis(50));
     let url = format!("{}/up", world.fake.app_url("app"));
@@ -235,4 +264,50 @@ fn a_clock_stepping_back_an_hour_during_the_warmup_does_not_make_the_check_wait_
     // The warmup ends 4 s after it began, by the monotonic clock; not an hour later.
     let history = world.wait_history(1, Duration::from_secs(30));
     assert_eq!(history[0]["outcome"], "verified", "{history:#?}");
+}
+
+#[test]
+fn status_shows_the_checks_next_try_right_after_the_clock_stepped_back() {
+    let world = platform(Duration::from_millis(50));
+    let url = format!("{}/up", world.fake.app_url("app"));
+    let drop = world.add_drop_app(
+        "app",
+        &format!(
+            "verify = {{ url = \"{url}\", timeout = \"2s\", interval = \"100ms\", attempts = 3, \
+             warmup = \"60s\", soak = \"0s\" }}"
+        ),
+    );
+    let clock = FakeClock::new(&world, "+0");
+    let _daemon = start_daemon_faked(&world, &clock, "d");
+    world.drop_archive(&drop, "v1.tar.gz");
+    let warming = wait_for(LONG, || {
+        std::fs::read_to_string(world.state.join("live.json"))
+            .is_ok_and(|t| t.contains("warmup before the first probe"))
+    });
+    assert!(
+        warming,
+        "the check waits for its warmup:\n{}",
+        world.log("d")
+    );
+    clock.set("-1h");
+    // `status` on the same (stepped) clock: the next probe is due within the minute of warmup.
+    let run = run_faked(&world, &clock, &["status", "--json"]);
+    run.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let waits = status["apps"][0]["waits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let next = waits
+        .iter()
+        .find(|w| w["kind"] == "verify")
+        .and_then(|w| w["retry_at"].as_str())
+        .unwrap_or_else(|| panic!("a verify wait with a next try: {status:#}"));
+    let next = humantime::parse_rfc3339(next).unwrap();
+    let faked_now = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let ahead = next.duration_since(faked_now).unwrap_or_default();
+    assert!(
+        next + Duration::from_secs(5) >= faked_now && ahead <= Duration::from_secs(65),
+        "next try {next:?} is {ahead:?} after now on the daemon's clock: {status:#}"
+    );
 }
