@@ -18,9 +18,9 @@ pub fn new_id() -> String {
     format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..))
 }
 
-/// The id of a rollback made by job `parent`: it sorts right after the parent's, so that a
-/// restart, which resumes the spool's jobs in the order of their ids, finishes the parent
-/// first (else the parent, waiting, would count as newer work and cut the rollback's check).
+/// The id of a rollback made by job `parent`: named after it, for whoever reads the spool (a
+/// restart resumes jobs in arrival order, `Job::seq`: the parent, older, finishes first, else
+/// it would count as newer work and cut the rollback's check).
 pub fn child_id(parent: &str) -> String {
     format!("{parent}.r{:08x}", fastrand::u32(..))
 }
