@@ -490,13 +490,11 @@ fn status_shows_each_lane_from_the_spool_and_the_history() {
     );
     running.started_at = Some(1_764_092_578);
     w.spool.save(&running).unwrap();
-    let mut pending = [
+    let pending = [
         w.job("my-app", "next.tar.gz", JobState::Queued, None),
         w.job("my-app", "after.tar.gz", JobState::Queued, None),
     ];
-    // Pending jobs are listed in spool order: by id, i.e. by creation (then at random within
-    // one second).
-    pending.sort_by(|a, b| a.id.cmp(&b.id));
+    // Pending jobs are listed in spool order: by arrival (even within one second).
     let pending: Vec<String> = pending.iter().map(file_name).collect();
     let stray = w.job("stray-app", "x.tar.gz", JobState::Queued, None);
     let mut last = entry("my-app", "old", Outcome::Succeeded);
