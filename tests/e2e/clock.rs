@@ -311,3 +311,28 @@ fn status_shows_the_checks_next_try_right_after_the_clock_stepped_back() {
         "next try {next:?} is {ahead:?} after now on the daemon's clock: {status:#}"
     );
 }
+
+#[test]
+fn a_clock_jumping_an_hour_ahead_does_not_make_the_bearer_look_expired() {
+    // Bearer tokens live an hour, as on the platform; the deployment builds for 8 s.
+    let world = World::with(FakeConfig {
+        step: Duration::from_secs(2),
+        ..FakeConfig::default()
+    });
+    let clock = FakeClock::new(&world, "+0");
+    let archive = world.archive("a.tar.gz");
+    let mut deploy = spawn_faked(
+        &world,
+        &clock,
+        &["deploy", "--app", "my-app", archive.to_str().unwrap()],
+        "deploy",
+    );
+    assert!(world.fake.wait_until(LONG, |s| s.deployments_created == 1));
+    let before = world.fake.stats().exchanges;
+    clock.set("+1h");
+    let status = deploy.wait_exit(LONG);
+    assert!(status.success(), "{}", world.log("deploy"));
+    let after = world.fake.stats().exchanges;
+    // The bearer exchanged before the jump is still good for 55 minutes by the platform.
+    assert_eq!(after, before, "exchanged again {} times", after - before);
+}

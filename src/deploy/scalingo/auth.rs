@@ -17,11 +17,14 @@ use crate::config::Secret;
 /// How long before its `exp` a bearer token is exchanged again.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
-/// A bearer token and the moment it stops being accepted.
+/// A bearer token and the moment it stops being accepted, on the monotonic clock: its
+/// lifetime (`exp - iat`, both the platform's) counted from the exchange, so that neither a
+/// clock that differs from the platform's nor one stepped since makes it look expired (which
+/// would exchange again at every call).
 #[derive(Clone)]
 pub struct Bearer {
     pub token: Secret,
-    pub expires_at: SystemTime,
+    pub expires: tokio::time::Instant,
 }
 
 /// Exchanges the API token for bearer tokens and caches the current one.
@@ -61,9 +64,11 @@ impl Authenticator {
     pub async fn renewal_due(&self) -> Option<SystemTime> {
         let cached = self.cached.lock().await;
         cached.as_ref().map(|b| {
-            b.expires_at
-                .checked_sub(REFRESH_MARGIN)
-                .unwrap_or(b.expires_at)
+            let left = b
+                .expires
+                .saturating_duration_since(tokio::time::Instant::now())
+                .saturating_sub(REFRESH_MARGIN);
+            SystemTime::now() + left
         })
     }
 
@@ -71,7 +76,7 @@ impl Authenticator {
     pub async fn bearer(&self) -> Result<Secret, ApiError> {
         let mut cached = self.cached.lock().await;
         if let Some(b) = cached.as_ref()
-            && b.expires_at > SystemTime::now() + REFRESH_MARGIN
+            && b.expires > tokio::time::Instant::now() + REFRESH_MARGIN
         {
             return Ok(b.token.clone());
         }
@@ -134,11 +139,10 @@ impl Authenticator {
             what,
             detail: e.without_url().to_string(),
         })?;
-        let expires_at = jwt_expiry(&body.token)
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(55 * 60));
+        let lifetime = jwt_lifetime(&body.token).unwrap_or(Duration::from_secs(55 * 60));
         Ok(Bearer {
             token: Secret::new(body.token),
-            expires_at,
+            expires: tokio::time::Instant::now() + lifetime,
         })
     }
 }
@@ -162,16 +166,32 @@ fn shared_cache(auth_url: &str, api_token: &Secret) -> Arc<Mutex<Option<Bearer>>
 /// Reads the `exp` claim of a JWT without checking its signature (the server checks it; the
 /// client only needs to know when to exchange again).
 pub fn jwt_expiry(jwt: &str) -> Option<SystemTime> {
+    Some(UNIX_EPOCH + Duration::from_secs_f64(jwt_claim(jwt, "exp")?))
+}
+
+/// How long a JWT is valid from its issue: `exp - iat`, both by the platform's clock (without
+/// `iat`: until `exp` by this machine's clock).
+pub fn jwt_lifetime(jwt: &str) -> Option<Duration> {
+    let exp = jwt_claim(jwt, "exp")?;
+    let left = match jwt_claim(jwt, "iat") {
+        Some(iat) => exp - iat,
+        None => jwt_expiry(jwt)?
+            .duration_since(SystemTime::now())
+            .ok()?
+            .as_secs_f64(),
+    };
+    (left.is_finite() && left >= 0.0).then(|| Duration::from_secs_f64(left))
+}
+
+/// A numeric claim of a JWT (seconds since the epoch), if it has a sane one.
+fn jwt_claim(jwt: &str, name: &str) -> Option<f64> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    if !exp.is_finite() || exp < 0.0 {
-        return None;
-    }
-    Some(UNIX_EPOCH + Duration::from_secs_f64(exp))
+    let value = claims.get(name)?.as_f64()?;
+    (value.is_finite() && value >= 0.0 && value < 1e12).then_some(value)
 }
 
 #[cfg(test)]
@@ -194,6 +214,15 @@ mod tests {
             jwt_expiry(&t),
             Some(UNIX_EPOCH + Duration::from_secs(1_700_003_600))
         );
+    }
+
+    #[test]
+    fn the_lifetime_is_the_platforms_exp_less_iat_whatever_this_clock_says() {
+        // Issued long ago by this machine's clock: still valid for its hour from the exchange.
+        let t = jwt(r#"{"iat":1700000000,"exp":1700003600}"#);
+        assert_eq!(jwt_lifetime(&t), Some(Duration::from_secs(3600)));
+        assert_eq!(jwt_lifetime(&jwt(r#"{"iat":5,"exp":1}"#)), None);
+        assert_eq!(jwt_lifetime(&jwt(r#"{"exp":1}"#)), None);
     }
 
     #[test]

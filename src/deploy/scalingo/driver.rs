@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::RetryConfig;
 use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
 use crate::deploy::scalingo::follow::{Phase, explain, phase};
-pub use crate::queue::clock::Clocks;
+use crate::queue::clock::Clocks;
 pub use crate::queue::observe::{Event, LogObserver, Observer};
 use crate::queue::retry::next_delay;
 use crate::queue::spool::{
