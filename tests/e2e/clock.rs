@@ -150,17 +150,18 @@ fn spool_jobs(world: &World) -> usize {
     world.job_records().len()
 }
 
-#[test]
-fn after_a_restart_jobs_run_in_arrival_order_even_when_the_clock_stepped_back() {
+/// a1 builds when the clock steps back an hour and a2..=a`last` arrive, one after the other;
+/// then a restart. Returns the world once `history` lines are written, having checked that
+/// the app never had two deployments at once.
+fn restart_after_the_clock_stepped_back(policy: &str, last: usize, history: usize) -> World {
     let world = platform(Duration::from_millis(700));
-    let drop = world.add_drop_app("my-app", "queue = \"all\"");
+    let drop = world.add_drop_app("my-app", &format!("queue = \"{policy}\""));
     let clock = FakeClock::new(&world, "+0");
     let mut daemon = start_daemon_faked(&world, &clock, "first");
     world.drop_archive(&drop, "a1.tar.gz");
     assert!(world.fake.wait_until(LONG, |s| s.deployments_created == 1));
-    // The clock steps back an hour while a1 builds; five more arrive, one after the other.
     clock.set("-1h");
-    for n in 2..=6 {
+    for n in 2..=last {
         world.drop_archive(&drop, &format!("a{n}.tar.gz"));
         assert!(wait_for(LONG, || spool_jobs(&world) == n), "a{n} queued");
     }
@@ -168,19 +169,38 @@ fn after_a_restart_jobs_run_in_arrival_order_even_when_the_clock_stepped_back() 
     daemon.wait_exit(Duration::from_secs(20));
     assert!(world.history().is_empty(), "{:#?}", world.history());
     let _daemon = start_daemon_faked(&world, &clock, "second");
-    world.wait_history(6, Duration::from_secs(120));
-    let expected: Vec<String> = (1..=6).map(|n| format!("a{n}.tar.gz")).collect();
-    assert_eq!(files(&world), expected, "{}", world.log("second"));
+    world.wait_history(history, Duration::from_secs(120));
     // One deployment at a time: each starts after the one before finished.
     let deployments = world.fake.deployments("my-app");
-    assert_eq!(deployments.len(), 6);
     for pair in deployments.windows(2) {
         let finished = pair[0].finished_at.unwrap();
         assert!(
             pair[1].created_at >= finished,
-            "two deployments at once: {pair:#?}"
+            "two deployments at once: {pair:#?}\n{}",
+            world.log("second")
         );
     }
+    world
+}
+
+#[test]
+fn after_a_restart_jobs_run_in_arrival_order_even_when_the_clock_stepped_back() {
+    let world = restart_after_the_clock_stepped_back("all", 6, 6);
+    let expected: Vec<String> = (1..=6).map(|n| format!("a{n}.tar.gz")).collect();
+    assert_eq!(files(&world), expected, "{}", world.log("second"));
+    assert_eq!(world.fake.deployments("my-app").len(), 6);
+}
+
+#[test]
+fn with_queue_latest_a_job_under_way_at_a_restart_ends_before_the_newer_one_starts() {
+    let world = restart_after_the_clock_stepped_back("latest", 2, 2);
+    assert_eq!(
+        files(&world),
+        ["a1.tar.gz", "a2.tar.gz"],
+        "{}",
+        world.log("second")
+    );
+    assert_eq!(world.fake.deployments("my-app").len(), 2);
 }
 
 #[test]

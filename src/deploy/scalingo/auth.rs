@@ -191,7 +191,7 @@ fn jwt_claim(jwt: &str, name: &str) -> Option<f64> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let value = claims.get(name)?.as_f64()?;
-    (value.is_finite() && value >= 0.0 && value < 1e12).then_some(value)
+    (value.is_finite() && (0.0..1e12).contains(&value)).then_some(value)
 }
 
 #[cfg(test)]
