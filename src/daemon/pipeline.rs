@@ -95,7 +95,15 @@ impl Pipeline {
             after: after.clone(),
             state_dir: state_dir.clone(),
         });
-        let ctx = LaneContext::new(spool.clone(), observer, finisher, max_parallel, shutdown);
+        let ctx = LaneContext::new(crate::queue::lane::LaneParts {
+            spool: spool.clone(),
+            observer,
+            finisher,
+            max_parallel,
+            shutdown,
+            state_dir: state_dir.clone(),
+            board: board.clone(),
+        });
         Pipeline {
             spool,
             wiring,
