@@ -180,6 +180,21 @@ impl Daemon {
         }
     }
 
+    /// Delivers the outcome hooks that a process which stopped left undelivered (see
+    /// [`AfterOutcome::deliver_left`]).
+    pub(super) async fn deliver_left_hooks(&self) {
+        let (after, outcomes, spool) = (
+            self.pipeline.after.clone(),
+            self.pipeline.outcomes.clone(),
+            self.pipeline.spool.clone(),
+        );
+        let _ = crate::blocking::run(move || {
+            after.deliver_left(&outcomes, &spool);
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .await;
+    }
+
     /// Re-reads the configuration. A configuration with errors is refused whole; otherwise
     /// removed apps stop after their job in flight, added apps start, changed apps take their
     /// new settings.

@@ -56,7 +56,11 @@ fn a_removed_apps_waiting_job_stays_in_the_spool_until_the_app_is_back() {
     let full = std::fs::read_to_string(&world.config).unwrap();
     let daemon = world.start_daemon("d");
     world.drop_archive(&drop, "in-flight.tar.gz");
-    assert!(world.fake.wait_for_deployments("my-app", LONG, |d| d.len() == 1));
+    assert!(
+        world
+            .fake
+            .wait_for_deployments("my-app", LONG, |d| d.len() == 1)
+    );
     world.drop_archive(&drop, "waiting.tar.gz");
     assert!(
         wait_for(LONG, || world.job_records().len() == 2),
@@ -76,7 +80,11 @@ fn a_removed_apps_waiting_job_stays_in_the_spool_until_the_app_is_back() {
     );
     let records = world.job_records();
     assert_eq!(records.len(), 1, "it waits in the spool");
-    assert!(records[0].contains("\"state\": \"queued\""), "{}", records[0]);
+    assert!(
+        records[0].contains("\"state\": \"queued\""),
+        "{}",
+        records[0]
+    );
     // The app is back: its waiting job is deployed.
     reload(&world, &daemon, &full, 2);
     let history = world.wait_history(2, LONG);
@@ -91,7 +99,11 @@ fn an_app_removed_and_added_back_never_has_two_deployments_at_once() {
     let full = std::fs::read_to_string(&world.config).unwrap();
     let daemon = world.start_daemon("d");
     world.drop_archive(&drop, "first.tar.gz");
-    assert!(world.fake.wait_for_deployments("my-app", LONG, |d| d.len() == 1));
+    assert!(
+        world
+            .fake
+            .wait_for_deployments("my-app", LONG, |d| d.len() == 1)
+    );
     reload(&world, &daemon, &without, 1);
     reload(&world, &daemon, &full, 2);
     world.drop_archive(&drop, "second.tar.gz");
@@ -115,7 +127,11 @@ fn a_deploy_beside_the_daemon_waits_for_the_daemons_deployment_of_the_same_app()
     let (world, _, drop) = slow_world(Duration::from_millis(600));
     let _daemon = world.start_daemon("d");
     world.drop_archive(&drop, "dropped.tar.gz");
-    assert!(world.fake.wait_for_deployments("my-app", LONG, |d| d.len() == 1));
+    assert!(
+        world
+            .fake
+            .wait_for_deployments("my-app", LONG, |d| d.len() == 1)
+    );
     let other = world.archive("other.tar.gz");
     let run = world.run(&["deploy", "--app", "my-app", other.to_str().unwrap()]);
     run.assert_code(0);
@@ -142,7 +158,11 @@ fn the_daemon_waits_for_a_deploy_of_the_same_app_and_status_says_why() {
         &["deploy", "--app", "my-app", given.to_str().unwrap()],
         "deploy",
     ));
-    assert!(world.fake.wait_for_deployments("my-app", LONG, |d| d.len() == 1));
+    assert!(
+        world
+            .fake
+            .wait_for_deployments("my-app", LONG, |d| d.len() == 1)
+    );
     world.drop_archive(&drop, "dropped.tar.gz");
     let mut shown = String::new();
     let waits = wait_for(LONG, || {
