@@ -191,7 +191,7 @@ impl VerifiedTarget {
         let spool = &self.wiring.spool;
         if job.check.is_none() {
             job.check = Some(Check::pending());
-            spool.save(job)?;
+            spool.save_async(job).await?;
         }
         if matches!(job.state, JobState::Queued) && job.rollback().is_none() {
             self.clear_attention(&job.app);
@@ -208,7 +208,7 @@ impl VerifiedTarget {
             if let Some(check) = job.check.as_mut() {
                 check.started_at.get_or_insert_with(now);
             }
-            spool.save(job)?;
+            spool.save_async(job).await?;
         }
         if !matches!(job.state, JobState::Verifying { .. }) {
             return Ok(());
@@ -270,7 +270,7 @@ impl VerifiedTarget {
                         .event(job, &Event::Probed { probe: &answer });
                     let check = job.check.get_or_insert_with(Check::pending);
                     let decided = probe::record(check, cfg, answer, now());
-                    self.wiring.spool.save(job)?;
+                    self.wiring.spool.save_async(job).await?;
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
@@ -326,7 +326,7 @@ impl VerifiedTarget {
             check.verdict = Some(verdict);
             check.reason = Some(reason.clone());
         }
-        self.wiring.spool.save(job)?;
+        self.wiring.spool.save_async(job).await?;
         self.wiring.board.clear(&job.app, WaitKind::Verify, &job.id);
         match verdict {
             Verdict::Verified => {
@@ -350,7 +350,7 @@ impl VerifiedTarget {
                 };
             }
         }
-        self.wiring.spool.save(job)?;
+        self.wiring.spool.save_async(job).await?;
         let probe = job.check.as_ref().and_then(|c| c.last.clone());
         self.wiring.observer.event(
             job,

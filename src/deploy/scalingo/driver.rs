@@ -183,7 +183,7 @@ impl Runner {
         let mut shutdown = self.shutdown.clone();
         if job.started_at.is_none() {
             job.started_at = Some(now());
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
         } else if !matches!(job.state, JobState::Queued) && !job.state.is_finished() {
             self.observer.event(
                 job,
@@ -206,7 +206,7 @@ impl Runner {
                 Err(StepError::Spool(e)) => return Err(e),
                 Err(StepError::Permanent(failure)) => {
                     job.state = JobState::Failed(failure);
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                 }
                 Err(StepError::Transient(step, error)) => {
                     job.failed_attempts += 1;
@@ -228,13 +228,13 @@ impl Runner {
                             http_status: error.status(),
                             gave_up: true,
                         });
-                        self.spool.save(job)?;
+                        self.spool.save_async(job).await?;
                         continue;
                     }
                     let delay =
                         next_delay(&self.retry, streak, error.retry_after(), fastrand::f64())
                             .min(left);
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     self.observer.event(
                         job,
                         &Event::Retrying {
@@ -271,7 +271,7 @@ impl Runner {
                     download_url: source.download_url,
                     at: now(),
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Ok(())
             }
             Action::Upload => self.upload(job).await,
@@ -292,7 +292,7 @@ impl Runner {
                     source_at,
                     requested_at: Some(now()),
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 self.post_deployment(job).await
             }
             Action::FindOrPost => {
@@ -306,7 +306,7 @@ impl Runner {
                         platform_status: Some(found.status),
                         since: Some(now()),
                     };
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     return Ok(());
                 }
                 if let JobState::DeployRequested {
@@ -317,7 +317,7 @@ impl Runner {
                 {
                     // Never posted, and the upload has expired since: upload again.
                     job.state = JobState::Queued;
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     return Ok(());
                 }
                 self.post_deployment(job).await
@@ -360,7 +360,7 @@ impl Runner {
                     download_url,
                     source_at: at,
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Ok(())
             }
             // The storage refuses the slot (expired or revoked): make a new one, a few times.
@@ -369,7 +369,7 @@ impl Runner {
             {
                 job.source_renewals += 1;
                 job.state = JobState::Queued;
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Err(StepError::Transient(Step::Upload, error))
             }
             Err(e) => Err(api_failure(Step::Upload, e)),
@@ -404,7 +404,7 @@ impl Runner {
             platform_status: Some(deployment.status),
             since: Some(now()),
         };
-        self.spool.save(job)?;
+        self.spool.save_async(job).await?;
         Ok(())
     }
 
