@@ -218,10 +218,13 @@ fn a_dead_webhook_does_not_fail_the_deployment() {
     assert_eq!(history[1]["outcome"], "succeeded");
 }
 
+/// Bodies a receiver answered.
+type Bodies = Arc<Mutex<Vec<String>>>;
+
 /// A webhook receiver that reads the first request and never answers it (the daemon is killed
 /// meanwhile); it answers every later one 200. Returns its port, the number of requests seen,
 /// and the bodies answered.
-fn receiver_hanging_first() -> (u16, Arc<Mutex<usize>>, Arc<Mutex<Vec<String>>>) {
+fn receiver_hanging_first() -> (u16, Arc<Mutex<usize>>, Bodies) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (seen, answered) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
