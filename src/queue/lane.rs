@@ -368,6 +368,14 @@ async fn accept(
     settings: &LaneSettings,
     known: &Arc<Mutex<HashSet<String>>>,
 ) {
+    // Handed in again (a watched tree's loop resuming its jobs when its app comes back): it
+    // keeps its place, and the newer submitter hears of its end.
+    if let Some(slot) = pending.iter_mut().find(|(waiting, _)| waiting.id == job.id) {
+        if done.is_some() {
+            slot.1 = done;
+        }
+        return;
+    }
     // A job recovered under way supersedes nothing: what waits arrived after it.
     if settings.policy == QueuePolicy::Latest && !under_way(&job) {
         let (waiting, kept): (Vec<_>, Vec<_>) = pending
