@@ -312,7 +312,8 @@ async fn lane_task(
         ctx.observer
             .lane(&app, usize::from(current.is_some()), pending.len());
         if let Ok(target) = &settings.target {
-            target.lane_waiting(pending.len());
+            // A retired lane's waiting jobs do not run next: no reason to cut a check short.
+            target.lane_waiting(if retired { 0 } else { pending.len() });
         }
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.
