@@ -176,3 +176,74 @@ fn the_daemon_waits_for_a_deploy_of_the_same_app_and_status_says_why() {
     assert_eq!(deployments.len(), 2);
     assert_eq!(overlapping(&deployments), None, "{}", world.log("d"));
 }
+
+/// The history's files and outcomes, in order.
+fn files_in_history(world: &World) -> Vec<(String, String)> {
+    world
+        .history()
+        .iter()
+        .map(|h| {
+            (
+                h["file"].as_str().unwrap_or("").to_string(),
+                h["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_restart_a_job_under_way_ends_before_a_queued_one_listed_first_starts() {
+    let world = World::with(FakeConfig {
+        step: Duration::from_millis(2500),
+        ..FakeConfig::default()
+    });
+    let drop = world.add_drop_app("my-app", "");
+    // The first daemon's clock is half an hour ahead: the job it makes (x) is listed after
+    // one made later at the right time (y), as two jobs of the same second can be.
+    let mut first = crate::support::Proc(
+        world
+            .command(&["run"])
+            .env(
+                "LD_PRELOAD",
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            )
+            .env("FAKETIME", "+30m")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(world.path("first.stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for(LONG, || world
+        .log("first")
+        .contains("dropdeploy is running")));
+    world.drop_archive(&drop, "x.tar.gz");
+    assert!(
+        world
+            .fake
+            .wait_for_deployments("my-app", LONG, |d| d.len() == 1)
+    );
+    first.signal("TERM");
+    assert!(first.wait_exit(LONG).success(), "{}", world.log("first"));
+    // The second daemon resumes x; y is dropped and waits behind it; then a stop again.
+    let mut second = world.start_daemon("second");
+    world.drop_archive(&drop, "y.tar.gz");
+    assert!(wait_for(LONG, || world.job_records().len() == 2));
+    second.signal("TERM");
+    assert!(second.wait_exit(LONG).success(), "{}", world.log("second"));
+    assert!(world.history().is_empty(), "{:?}", world.history());
+    let _third = world.start_daemon("third");
+    world.wait_history(2, LONG);
+    assert_eq!(
+        files_in_history(&world),
+        [
+            ("x.tar.gz".to_string(), "succeeded".to_string()),
+            ("y.tar.gz".to_string(), "succeeded".to_string())
+        ],
+        "x, under way on the platform, ends first; y, the last dropped, is deployed last:\n{}",
+        world.log("third")
+    );
+    let deployments = world.fake.deployments("my-app");
+    assert_eq!(deployments.len(), 2);
+    assert_eq!(overlapping(&deployments), None, "{}", world.log("third"));
+}
