@@ -55,6 +55,10 @@ use crate::outcome::HistoryEntry;
 use crate::process::{self, Ending, Finished, RunError};
 use crate::queue::retry::{Class, classify_status, next_delay, parse_retry_after};
 
+mod pending;
+
+pub use pending::{PENDING_DIR, Pending, PendingNote};
+
 /// The ceiling of the wait before the second webhook attempt; it doubles after each further
 /// failure. The wait itself is drawn below it (full jitter).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -140,9 +144,19 @@ impl Hooks {
     /// `spawn_blocking`); outside any Tokio runtime it uses the one `Hooks::new` was called
     /// in, if any, and otherwise logs that it cannot run.
     pub fn notify(&self, hook: &HookConfig, entry: &HistoryEntry) {
-        if !hook.wants(entry.outcome.name()) {
-            return;
-        }
+        self.deliver(Some(hook), entry, None);
+    }
+
+    /// Like [`Hooks::notify`], for the app's hook if it has one, and then removes `note` (the
+    /// job's [`PendingNote`]) once the delivery has ended, delivered or given up (at once when
+    /// there is nothing to deliver). A delivery abandoned at exit keeps its note: the next
+    /// start delivers it again.
+    pub fn deliver(
+        &self,
+        hook: Option<&HookConfig>,
+        entry: &HistoryEntry,
+        note: Option<PendingNote>,
+    ) {
         let (app, job) = (entry.app.clone(), entry.job.clone());
         let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
             tracing::warn!(
@@ -152,6 +166,36 @@ impl Hooks {
             );
             return;
         };
+        let (webhook, command) = match hook.filter(|h| h.wants(entry.outcome.name())) {
+            Some(hook) => self.work(hook, entry),
+            None => (None, None),
+        };
+        let delivery = async move {
+            let webhook = async {
+                if let Some(webhook) = webhook {
+                    webhook.deliver().await;
+                }
+            };
+            let command = async {
+                if let Some(command) = command {
+                    command.run().await;
+                }
+            };
+            tokio::join!(webhook, command);
+            if let Some(note) = note {
+                let _ = tokio::task::spawn_blocking(move || note.done()).await;
+            }
+        };
+        self.tasks.spawn_on(delivery, &runtime);
+    }
+
+    /// The webhook delivery and the command run of `hook` for `entry`.
+    fn work(
+        &self,
+        hook: &HookConfig,
+        entry: &HistoryEntry,
+    ) -> (Option<Webhook>, Option<CommandRun>) {
+        let (app, job) = (entry.app.clone(), entry.job.clone());
         let body = match serde_json::to_vec(entry) {
             Ok(body) => body,
             Err(e) => {
@@ -160,36 +204,33 @@ impl Hooks {
                     job,
                     "cannot run the on_outcome hook: cannot encode the outcome: {e}"
                 );
-                return;
+                return (None, None);
             }
         };
-        if let Some(url) = &hook.webhook {
-            let delivery = Webhook {
-                client: self.client.clone(),
-                url: url.clone(),
-                body: body.clone(),
-                timeout: hook.timeout,
-                attempts: hook.retries.max(1),
-                app: app.clone(),
-                job: job.clone(),
-            };
-            self.tasks.spawn_on(delivery.deliver(), &runtime);
-        }
-        if !hook.command.is_empty() {
+        let webhook = hook.webhook.as_ref().map(|url| Webhook {
+            client: self.client.clone(),
+            url: url.clone(),
+            body: body.clone(),
+            timeout: hook.timeout,
+            attempts: hook.retries.max(1),
+            app: app.clone(),
+            job: job.clone(),
+        });
+        let command = (!hook.command.is_empty()).then(|| {
             let inherited = match &self.inherited_env {
                 Some(vars) => vars.clone(),
                 None => std::env::vars_os().collect(),
             };
-            let run = CommandRun {
+            CommandRun {
                 argv: hook.command.clone(),
                 env: command_env(inherited, entry),
                 stdin: body,
                 timeout: hook.timeout,
                 app,
                 job,
-            };
-            self.tasks.spawn_on(run.run(), &runtime);
-        }
+            }
+        });
+        (webhook, command)
     }
 
     /// Waits up to `within` for the notifications under way to end (a stopping daemon calls

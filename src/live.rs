@@ -35,6 +35,9 @@ pub enum WaitKind {
     /// Calls to the platform's API held back: its rate limit answered 429, or the client's own
     /// budget of requests a minute is spent.
     RateLimit,
+    /// A job that waits because another process sharing the `state_dir` (a one-shot `deploy`,
+    /// the daemon) deploys the same app; looked at again every few seconds.
+    AppBusy,
 }
 
 impl WaitKind {
@@ -47,6 +50,7 @@ impl WaitKind {
             WaitKind::Verify => "verifying",
             WaitKind::Attention => "needs attention",
             WaitKind::RateLimit => "API calls paused",
+            WaitKind::AppBusy => "waiting for another process",
         }
     }
 }

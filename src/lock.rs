@@ -113,6 +113,81 @@ impl JobLock {
     }
 }
 
+/// The folder of the apps' locks inside `state_dir`.
+pub const APP_LOCKS_DIR: &str = "locks";
+
+/// The hold of one process on one app, released on drop (or death): whichever process drives
+/// one of the app's jobs (a daemon's lane, a one-shot `deploy`) holds it, so that processes
+/// sharing a `state_dir` never deploy one app twice at once. The holder writes its pid and job
+/// in the file, for the message of whoever waits.
+#[derive(Debug)]
+pub struct AppLock {
+    _file: File,
+}
+
+/// Who holds an app's lock, as its holder wrote it (either may be missing while it writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppHolder {
+    pub pid: Option<u32>,
+    pub job: Option<String>,
+}
+
+impl AppLock {
+    /// The lock file of `app` in the folder `dir`: the name's bytes other than lowercase
+    /// letters, digits and `-` are written as `_<hex>`, so any name makes one plain file name.
+    pub fn path(dir: &Path, app: &str) -> PathBuf {
+        let mut name = String::with_capacity(app.len() + 5);
+        for byte in app.bytes() {
+            match byte {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' => name.push(char::from(byte)),
+                other => name.push_str(&format!("_{other:02x}")),
+            }
+        }
+        name.push_str(".lock");
+        dir.join(name)
+    }
+
+    /// Takes `app`'s lock in `dir` (created if missing) without waiting, for `job`.
+    /// `Ok(Err(holder))`: another process (or another handle of this one) holds it.
+    pub fn try_acquire(
+        dir: &Path,
+        app: &str,
+        job: &str,
+    ) -> std::io::Result<Result<AppLock, AppHolder>> {
+        std::fs::create_dir_all(dir)?;
+        let path = AppLock::path(dir, app);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Ok(Err(read_holder(&mut file)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{} {job}", std::process::id())?;
+        Ok(Ok(AppLock { _file: file }))
+    }
+}
+
+fn read_holder(file: &mut File) -> AppHolder {
+    let mut text = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+        return AppHolder::default();
+    }
+    let mut words = text.split_whitespace();
+    AppHolder {
+        pid: words.next().and_then(|w| w.parse().ok()),
+        job: words.next().map(str::to_string),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +215,32 @@ mod tests {
         assert!(JobLock::try_acquire(dir.path()).unwrap().is_none());
         drop(first);
         assert!(JobLock::try_acquire(dir.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_app_is_held_by_one_holder_at_a_time_who_says_who_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        let first = AppLock::try_acquire(&locks, "my-app", "job-1")
+            .unwrap()
+            .unwrap();
+        let holder = AppLock::try_acquire(&locks, "my-app", "job-2")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(holder.pid, Some(std::process::id()));
+        assert_eq!(holder.job.as_deref(), Some("job-1"));
+        assert!(
+            AppLock::try_acquire(&locks, "other", "job-3")
+                .unwrap()
+                .is_ok()
+        );
+        drop(first);
+        assert!(
+            AppLock::try_acquire(&locks, "my-app", "job-2")
+                .unwrap()
+                .is_ok()
+        );
+        let odd = AppLock::path(&locks, "a/b\nc");
+        assert_eq!(odd.file_name().unwrap(), "a_2fb_0ac.lock");
     }
 }

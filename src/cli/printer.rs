@@ -154,6 +154,7 @@ impl Observer for Printer {
             Event::NeedsAttention { reason } => {
                 self.line(&format!("{app}: needs attention: {reason}"))
             }
+            Event::Waiting { reason } => self.line(&format!("{app}: waiting: {reason}")),
             Event::Finished => self.finish(),
         }
     }

@@ -115,8 +115,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// Hands every unfinished job of a configured app to its lane, oldest first, and records
-    /// the outcome of finished jobs whose outcome was not recorded yet.
+    /// Hands every unfinished job of a configured app to its lane, those already under way on
+    /// the platform first (each is driven to its end before any queued job of its app
+    /// starts), then the others in the spool's order; and records the outcome of finished jobs
+    /// whose outcome was not recorded yet.
     pub(super) async fn recover(&mut self) {
         let spool = self.pipeline.spool.clone();
         let jobs = match tokio::task::spawn_blocking(move || spool.jobs()).await {
@@ -130,6 +132,12 @@ impl Daemon {
                 return;
             }
         };
+        let mut jobs = jobs;
+        // Stable: the spool's order holds within each group.
+        jobs.sort_by_key(|job| {
+            !job.as_ref()
+                .is_ok_and(|job| !job.is_done() && crate::queue::lane::under_way(job))
+        });
         for job in jobs {
             let job = match job {
                 Ok(job) => job,
@@ -170,6 +178,21 @@ impl Daemon {
                 );
             }
         }
+    }
+
+    /// Delivers the outcome hooks that a process which stopped left undelivered (see
+    /// [`AfterOutcome::deliver_left`]).
+    pub(super) async fn deliver_left_hooks(&self) {
+        let (after, outcomes, spool) = (
+            self.pipeline.after.clone(),
+            self.pipeline.outcomes.clone(),
+            self.pipeline.spool.clone(),
+        );
+        let _ = crate::blocking::run(move || {
+            after.deliver_left(&outcomes, &spool);
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .await;
     }
 
     /// Re-reads the configuration. A configuration with errors is refused whole; otherwise

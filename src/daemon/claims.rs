@@ -70,7 +70,7 @@ impl Daemon {
                 })
                 .await;
                 match done {
-                    Ok(Ok(entry)) => self.pipeline.after.done(&entry),
+                    Ok(Ok(entry)) => self.pipeline.after.done(&entry, None),
                     Ok(Err(e)) => {
                         tracing::error!(app = %app.name, file = %shown, "cannot move the refused archive to failed/: {e}")
                     }

@@ -130,6 +130,7 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
         daemon.start_lane(&app);
     }
     daemon.recover().await;
+    daemon.deliver_left_hooks().await;
     for app in daemon.config.apps.clone() {
         daemon
             .start_watcher(&app)
@@ -197,11 +198,12 @@ impl Daemon {
             None => None,
         };
         let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
-        let after = Arc::new(AfterOutcome {
-            metrics: metrics.clone(),
+        let after = Arc::new(AfterOutcome::new(
+            metrics.clone(),
             hooks,
-            config: std::sync::RwLock::new(config.clone()),
-        });
+            &config,
+            &config.state_dir,
+        ));
         let startup::State { lock, live, spool } = state;
         let board = Arc::new(StatusBoard {
             inner: Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),

@@ -95,7 +95,15 @@ impl Pipeline {
             after: after.clone(),
             state_dir: state_dir.clone(),
         });
-        let ctx = LaneContext::new(spool.clone(), observer, finisher, max_parallel, shutdown);
+        let ctx = LaneContext::new(crate::queue::lane::LaneParts {
+            spool: spool.clone(),
+            observer,
+            finisher,
+            max_parallel,
+            shutdown,
+            state_dir: state_dir.clone(),
+            board: board.clone(),
+        });
         Pipeline {
             spool,
             wiring,
@@ -157,13 +165,15 @@ impl Pipeline {
         let outcomes = self.outcomes.clone();
         let id = job.id.clone();
         let state_dir = self.state_dir.clone();
+        let after = self.after.clone();
         let done = crate::blocking::run(move || {
             remember_tree(&state_dir, &job);
-            outcomes.record(&job, keep_done)
+            let note = after.note_for(&job);
+            outcomes.record(&job, keep_done).map(|entry| (entry, note))
         })
         .await;
         match done {
-            Ok(entry) => self.after.done(&entry),
+            Ok((entry, note)) => self.after.done(&entry, note),
             Err(e) => tracing::error!(job = %id, "cannot record the outcome: {e}"),
         }
     }
@@ -251,11 +261,7 @@ impl OneShot {
         let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
         let metrics = Metrics::new();
         metrics.register_app(&app.name);
-        let after = Arc::new(AfterOutcome {
-            metrics,
-            hooks,
-            config: std::sync::RwLock::new(config.clone()),
-        });
+        let after = Arc::new(AfterOutcome::new(metrics, hooks, &config, &state_dir));
         // The lane stops with the command's stop, or when the command is done with it.
         let (trigger, stop) = shutdown::channel();
         let trigger = Arc::new(trigger);

@@ -253,6 +253,11 @@ impl Outcomes {
     pub fn history_path(&self) -> PathBuf {
         self.state_dir.join(HISTORY_NAME)
     }
+
+    /// The history line recorded for `job`, if there is one. Blocking.
+    pub fn entry_of(&self, job: &str) -> Result<Option<HistoryEntry>, OutcomeError> {
+        history::find_job_line(&self.history_path(), job, 0)
+    }
 }
 
 /// A Unix timestamp as RFC 3339 in UTC, e.g. `2026-11-25T17:42:58Z`.

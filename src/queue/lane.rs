@@ -5,20 +5,31 @@
 //! (which ends `superseded`, its file kept); with `queue = "all"` in arrival order. A global
 //! semaphore caps how many lanes deploy at once (`max_parallel`). Finished jobs are handed to
 //! the [`Finisher`], which records their outcome.
+//!
+//! A job already under way (recovered after a restart: past `queued`, or started before) runs
+//! before any queued job of its app, and is never superseded. Before it drives a job, a lane
+//! holds the app's lock in the `state_dir` (so that another process sharing it, a one-shot
+//! `deploy` or the daemon, never deploys the same app at the same time) and the job's lock
+//! ([`hold`]). A removed app's lane is retired: it finishes its job in flight and starts
+//! nothing more; if the app comes back, the same lane takes it up again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::QueuePolicy;
+use crate::live::Board;
 use crate::queue::observe::Observer;
 use crate::queue::spool::{Job, JobState, Spool, SpoolError};
 use crate::shutdown::Shutdown;
+
+mod hold;
+
+use hold::{Supersede, hold, supersede};
 
 /// A boxed future that [`Target`] returns (no async-trait crate needed).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -59,22 +70,43 @@ pub struct LaneContext {
     finisher: Arc<dyn Finisher>,
     permits: Arc<Semaphore>,
     shutdown: Shutdown,
+    /// The `state_dir`: the apps' locks are in its `locks/` (see [`crate::lock::AppLock`]).
+    state_dir: std::path::PathBuf,
+    /// Where a lane shows that it waits for another process.
+    board: Arc<Board>,
+}
+
+/// What a [`LaneContext`] is made of.
+pub struct LaneParts {
+    pub spool: Spool,
+    pub observer: Arc<dyn Observer>,
+    pub finisher: Arc<dyn Finisher>,
+    pub max_parallel: usize,
+    pub shutdown: Shutdown,
+    /// The `state_dir` that the spool is in, shared with any other process using it.
+    pub state_dir: std::path::PathBuf,
+    pub board: Arc<Board>,
 }
 
 impl LaneContext {
-    pub fn new(
-        spool: Spool,
-        observer: Arc<dyn Observer>,
-        finisher: Arc<dyn Finisher>,
-        max_parallel: usize,
-        shutdown: Shutdown,
-    ) -> Arc<Self> {
+    pub fn new(parts: LaneParts) -> Arc<Self> {
+        let LaneParts {
+            spool,
+            observer,
+            finisher,
+            max_parallel,
+            shutdown,
+            state_dir,
+            board,
+        } = parts;
         Arc::new(LaneContext {
             spool,
             observer,
             finisher,
             permits: Arc::new(Semaphore::new(max_parallel.max(1))),
             shutdown,
+            state_dir,
+            board,
         })
     }
 }
@@ -85,13 +117,18 @@ type Done = Option<oneshot::Sender<JobState>>;
 
 enum LaneMsg {
     Submit(Box<Job>, Done),
+    /// New settings; a retired lane takes up its app again.
     Settings(LaneSettings),
+    /// The app was removed: finish the job in flight, start nothing more.
+    Retire,
 }
 
 /// A running lane.
 struct Lane {
     tx: mpsc::UnboundedSender<LaneMsg>,
     task: JoinHandle<()>,
+    /// Its app was removed (see [`Lanes::retire`]).
+    retired: bool,
 }
 
 /// All lanes, by app name.
@@ -115,12 +152,15 @@ impl Lanes {
         &self.ctx
     }
 
-    /// Starts the app's lane, or updates its settings if it runs already.
+    /// Starts the app's lane, or updates its settings if it runs already (a retired lane
+    /// takes up its app again: a lane still finishing its job in flight is the app's lane, so
+    /// that one app never has two).
     pub fn ensure(&mut self, app: &str, settings: LaneSettings) {
-        if let Some(lane) = self.lanes.get(app)
+        if let Some(lane) = self.lanes.get_mut(app)
             && !lane.task.is_finished()
             && lane.tx.send(LaneMsg::Settings(settings.clone())).is_ok()
         {
+            lane.retired = false;
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -131,7 +171,14 @@ impl Lanes {
             self.ctx.clone(),
             self.known.clone(),
         ));
-        self.lanes.insert(app.to_string(), Lane { tx, task });
+        self.lanes.insert(
+            app.to_string(),
+            Lane {
+                tx,
+                task,
+                retired: false,
+            },
+        );
     }
 
     /// Whether the job was already handed to a lane.
@@ -157,7 +204,7 @@ impl Lanes {
         if self.knows(&job.id) {
             return Ok(());
         }
-        let Some(lane) = self.lanes.get(&job.app) else {
+        let Some(lane) = self.lanes.get(&job.app).filter(|lane| !lane.retired) else {
             return Err(Box::new(job));
         };
         if let Ok(mut known) = self.known.lock() {
@@ -167,29 +214,39 @@ impl Lanes {
             .send(LaneMsg::Submit(Box::new(job), done))
             .map_err(|e| match e.0 {
                 LaneMsg::Submit(job, _) => job,
-                LaneMsg::Settings(_) => unreachable!("a submit was sent"),
+                LaneMsg::Settings(_) | LaneMsg::Retire => unreachable!("a submit was sent"),
             })
     }
 
     /// A handle that submits to the app's lane from another task (a watched directory's
     /// redeploy loop).
     pub fn sender(&self, app: &str) -> Option<LaneSender> {
-        self.lanes.get(app).map(|lane| LaneSender {
-            tx: lane.tx.clone(),
-            known: self.known.clone(),
-        })
+        self.lanes
+            .get(app)
+            .filter(|l| !l.retired)
+            .map(|lane| LaneSender {
+                tx: lane.tx.clone(),
+                known: self.known.clone(),
+            })
     }
 
-    /// Stops the app's lane from taking work: it ends after the job in flight. Jobs still
-    /// waiting stay in the spool, unfinished, for when the app is configured again.
+    /// Stops the app's lane from taking work: it finishes the job in flight and starts
+    /// nothing more. Jobs still waiting stay in the spool, unfinished, and in the lane, for
+    /// when the app is configured again ([`Lanes::ensure`] takes the same lane up again).
     pub fn retire(&mut self, app: &str) {
-        // Dropping the sender closes the lane's inbox.
-        self.lanes.remove(app);
+        if let Some(lane) = self.lanes.get_mut(app) {
+            lane.retired = true;
+            let _ = lane.tx.send(LaneMsg::Retire);
+        }
     }
 
-    /// The apps with a lane.
+    /// The apps with a lane that is not retired.
     pub fn apps(&self) -> Vec<String> {
-        self.lanes.keys().cloned().collect()
+        self.lanes
+            .iter()
+            .filter(|(_, lane)| !lane.retired)
+            .map(|(app, _)| app.clone())
+            .collect()
     }
 
     /// Waits for every lane to end (after the shutdown fired, or after all were retired).
@@ -234,11 +291,15 @@ async fn lane_task(
     let mut pending: VecDeque<(Job, Done)> = VecDeque::new();
     let mut current: Option<JoinHandle<Option<Job>>> = None;
     let mut open = true;
+    // A retired lane starts nothing: its waiting jobs stay in the spool (and here, for when
+    // the app comes back).
+    let mut retired = false;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         if !shutdown.is_requested()
+            && !retired
             && current.is_none()
-            && let Some((job, done)) = pending.pop_front()
+            && let Some((job, done)) = take_next(&mut pending)
         {
             current = Some(tokio::spawn(run_job(
                 job,
@@ -251,7 +312,8 @@ async fn lane_task(
         ctx.observer
             .lane(&app, usize::from(current.is_some()), pending.len());
         if let Ok(target) = &settings.target {
-            target.lane_waiting(pending.len());
+            // A retired lane's waiting jobs do not run next: no reason to cut a check short.
+            target.lane_waiting(if retired { 0 } else { pending.len() });
         }
         if current.is_none() && (!open || shutdown.is_requested()) {
             // Waiting jobs stay in the spool, unfinished: the next start resumes them.
@@ -260,9 +322,13 @@ async fn lane_task(
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 Some(LaneMsg::Submit(job, done)) => {
-                    accept(&app, *job, done, &mut pending, settings.policy, &ctx, &settings).await;
+                    accept(&app, *job, done, &mut pending, &ctx, &settings, &known).await;
                 }
-                Some(LaneMsg::Settings(s)) => settings = s,
+                Some(LaneMsg::Settings(s)) => {
+                    settings = s;
+                    retired = false;
+                }
+                Some(LaneMsg::Retire) => retired = true,
                 None => open = false,
             },
             next = async { match current.as_mut() { Some(c) => c.await.ok().flatten(), None => None } }, if current.is_some() => {
@@ -276,54 +342,77 @@ async fn lane_task(
     }
 }
 
+/// Whether a job is already under way: past `queued`, or started before (a restart came in
+/// between). Such a job runs before any queued one, and is never superseded.
+pub fn under_way(job: &Job) -> bool {
+    !matches!(job.state, JobState::Queued) || job.started_at.is_some()
+}
+
+/// The job to run next: the first one already under way, else the first in line.
+fn take_next(pending: &mut VecDeque<(Job, Done)>) -> Option<(Job, Done)> {
+    let at = pending
+        .iter()
+        .position(|(job, _)| under_way(job))
+        .unwrap_or(0);
+    pending.remove(at)
+}
+
 /// Puts a new job in line. With the `latest` policy, jobs that wait and never started are
-/// superseded by it; a job already under way (recovered after a restart) is never superseded.
+/// superseded by it; a job already under way (recovered after a restart) is never superseded,
+/// nor a job that another process drives (see [`supersede`]).
 async fn accept(
     app: &str,
     job: Job,
     done: Done,
     pending: &mut VecDeque<(Job, Done)>,
-    policy: QueuePolicy,
     ctx: &Arc<LaneContext>,
     settings: &LaneSettings,
+    known: &Arc<Mutex<HashSet<String>>>,
 ) {
-    if policy == QueuePolicy::Latest {
-        let (superseded, kept): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(waiting, _)| {
-            matches!(waiting.state, JobState::Queued) && waiting.started_at.is_none()
-        });
+    // Handed in again (a watched tree's loop resuming its jobs when its app comes back): it
+    // keeps its place, and the newer submitter hears of its end.
+    if let Some(slot) = pending.iter_mut().find(|(waiting, _)| waiting.id == job.id) {
+        if done.is_some() {
+            slot.1 = done;
+        }
+        return;
+    }
+    // A job recovered under way supersedes nothing: what waits arrived after it.
+    if settings.policy == QueuePolicy::Latest && !under_way(&job) {
+        let (waiting, kept): (Vec<_>, Vec<_>) = pending
+            .drain(..)
+            .partition(|(waiting, _)| !under_way(waiting));
         pending.extend(kept);
-        for (mut old, old_done) in superseded {
-            tracing::info!(
-                app,
-                job = %old.id,
-                by = %job.id,
-                "superseded by a newer archive before it started"
-            );
-            old.state = JobState::Superseded { by: job.id.clone() };
-            let (spool, finisher, keep) =
-                (ctx.spool.clone(), ctx.finisher.clone(), settings.keep_done);
-            let state = old.state.clone();
-            let recorded = tokio::task::spawn_blocking(move || match spool.save(&old) {
-                Ok(()) => finisher.finish(&old, keep),
-                Err(e) => tracing::error!(job = %old.id, "cannot record superseded job: {e}"),
-            })
-            .await;
-            if let Err(e) = recorded {
-                tracing::error!(app, "superseding a job failed: {e}");
-            }
-            if let Some(tx) = old_done {
-                let _ = tx.send(state);
+        for (old, old_done) in waiting {
+            let id = old.id.clone();
+            match supersede(ctx, old, &job.id, settings.keep_done).await {
+                Supersede::Done(state) => {
+                    tracing::info!(app, job = %id, by = %job.id, "superseded by a newer archive before it started");
+                    forget(known, &id);
+                    if let Some(tx) = old_done {
+                        let _ = tx.send(state);
+                    }
+                }
+                Supersede::Kept(old) => pending.push_back((*old, old_done)),
+                Supersede::Gone => forget(known, &id),
             }
         }
     }
     pending.push_back((job, done));
 }
 
+/// The job is no longer in a lane's hands.
+fn forget(known: &Arc<Mutex<HashSet<String>>>, id: &str) {
+    if let Ok(mut known) = known.lock() {
+        known.remove(id);
+    }
+}
+
 /// A job made by the one that just finished (a rollback) runs next, unless newer work waits:
 /// then the newer work wins and the follow-up ends superseded by it.
 async fn follow_up(
     app: &str,
-    mut next: Job,
+    next: Job,
     pending: &mut VecDeque<(Job, Done)>,
     ctx: &Arc<LaneContext>,
     settings: &LaneSettings,
@@ -336,59 +425,18 @@ async fn follow_up(
         pending.push_back((next, None));
         return;
     };
-    if !matches!(next.state, JobState::Queued) {
+    if under_way(&next) {
         pending.push_back((next, None));
         return;
     }
-    tracing::info!(app, job = %next.id, by = %newer, "a newer job waits; it runs instead");
-    next.state = JobState::Superseded { by: newer };
-    let (spool, finisher, keep) = (ctx.spool.clone(), ctx.finisher.clone(), settings.keep_done);
     let id = next.id.clone();
-    let recorded = tokio::task::spawn_blocking(move || match spool.save(&next) {
-        Ok(()) => finisher.finish(&next, keep),
-        Err(e) => tracing::error!(job = %next.id, "cannot record superseded job: {e}"),
-    })
-    .await;
-    if let Err(e) = recorded {
-        tracing::error!(app, "superseding a job failed: {e}");
-    }
-    if let Ok(mut known) = known.lock() {
-        known.remove(&id);
-    }
-}
-
-/// How often a lane looks again at a job that another process drives.
-const LOCKED_JOB_RECHECK: Duration = Duration::from_secs(2);
-
-/// Takes the job's lock, waiting (with a log line) while another process holds it. `None`:
-/// the daemon stops, or the job directory is gone or cannot be locked.
-async fn job_lock(
-    spool: &Spool,
-    job: &Job,
-    shutdown: &mut Shutdown,
-) -> Option<crate::lock::JobLock> {
-    let dir = spool.job_dir(&job.id);
-    let mut said = false;
-    loop {
-        match crate::lock::JobLock::try_acquire(&dir) {
-            Ok(Some(lock)) => return Some(lock),
-            Ok(None) => {
-                if !std::mem::replace(&mut said, true) {
-                    tracing::warn!(
-                        app = %job.app,
-                        job = %job.id,
-                        "another dropdeploy process is driving this job; waiting for it to let go"
-                    );
-                }
-                if !shutdown.sleep(LOCKED_JOB_RECHECK).await {
-                    return None;
-                }
-            }
-            Err(e) => {
-                tracing::error!(app = %job.app, job = %job.id, "cannot lock the job directory {}: {e}", dir.display());
-                return None;
-            }
+    match supersede(ctx, next, &newer, settings.keep_done).await {
+        Supersede::Done(_) => {
+            tracing::info!(app, job = %id, by = %newer, "a newer job waits; it runs instead");
+            forget(known, &id);
         }
+        Supersede::Kept(next) => pending.push_back((*next, None)),
+        Supersede::Gone => forget(known, &id),
     }
 }
 
@@ -402,15 +450,17 @@ async fn run_job(
     known: Arc<Mutex<HashSet<String>>>,
 ) -> Option<Job> {
     let mut shutdown = ctx.shutdown.clone();
+    // Another process sharing the state_dir (a one-shot `deploy`, the daemon) may be deploying
+    // this app, or driving this job: wait for it. `None`: the daemon stops first, or the job
+    // cannot be locked; it stays in the spool.
+    let _held = hold(&ctx, &job, &mut shutdown).await?;
     let permit = tokio::select! {
         permit = ctx.permits.clone().acquire_owned() => permit.ok(),
         _ = shutdown.requested() => None,
     };
-    // The daemon stops first: the job stays in the spool.
     let permit = permit?;
-    // Another process sharing the state_dir (a one-shot `deploy`) may be driving this job.
-    let _lock = job_lock(&ctx.spool, &job, &mut shutdown).await?;
-    match ctx.spool.load(&job.id) {
+    let (spool, id) = (ctx.spool.clone(), job.id.clone());
+    match crate::blocking::run(move || spool.load(&id)).await {
         Ok(fresh) => job = fresh,
         Err(e) => {
             tracing::warn!(app = %job.app, job = %job.id, "the job is gone from the spool (finished by another process?): {e}");
@@ -445,9 +495,7 @@ async fn run_job(
         if let Some(tx) = done {
             let _ = tx.send(state);
         }
-        if let Ok(mut known) = known.lock() {
-            known.remove(&id);
-        }
+        forget(&known, &id);
         let spool = ctx.spool.clone();
         return match next {
             Some(next) => tokio::task::spawn_blocking(move || spool.load(&next))

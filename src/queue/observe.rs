@@ -47,6 +47,9 @@ pub enum Event<'a> {
     RollingBack { job: &'a str, to_ref: &'a str },
     /// The rollback was unhealthy too: the app needs a person.
     NeedsAttention { reason: &'a str },
+    /// The job waits before it starts: another process sharing the `state_dir` deploys the
+    /// same app (`reason` says who). Told once per wait.
+    Waiting { reason: &'a str },
     /// The job is finished (see its state).
     Finished,
 }
@@ -161,6 +164,7 @@ impl Observer for LogObserver {
             Event::NeedsAttention { reason } => {
                 tracing::error!(app, job = id, "needs attention: {reason}")
             }
+            Event::Waiting { reason } => tracing::warn!(app, job = id, "waiting: {reason}"),
             Event::Finished => {}
         }
     }

@@ -430,6 +430,21 @@ impl Spool {
         write_record(&self.job_dir(&job.id), job)
     }
 
+    /// [`Spool::save`] on a blocking thread (it fsyncs twice), for async code: the record is
+    /// written from a copy of `job`.
+    pub async fn save_async(&self, job: &Job) -> Result<(), SpoolError> {
+        let (spool, copy) = (self.clone(), job.clone());
+        match crate::blocking::run(move || spool.save(&copy)).await {
+            Ok(()) => Ok(()),
+            Err(crate::blocking::BlockingError::Failed(e)) => Err(e),
+            Err(crate::blocking::BlockingError::Crashed(e)) => Err(SpoolError::Io {
+                action: "cannot write the record of",
+                path: self.job_dir(&job.id),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
     /// Reads one job's record.
     pub fn load(&self, id: &str) -> Result<Job, SpoolError> {
         let path = self.job_dir(id).join(RECORD_NAME);

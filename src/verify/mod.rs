@@ -197,7 +197,7 @@ impl VerifiedTarget {
         let mut clocks = Clocks::new();
         if job.check.is_none() {
             job.check = Some(Check::pending());
-            spool.save(job)?;
+            spool.save_async(job).await?;
         }
         if matches!(job.state, JobState::Queued) && job.rollback().is_none() {
             self.clear_attention(&job.app);
@@ -216,7 +216,7 @@ impl VerifiedTarget {
             {
                 check.started_at = Some(clocks.stamp(CHECK_STARTED));
             }
-            spool.save(job)?;
+            spool.save_async(job).await?;
         }
         if !matches!(job.state, JobState::Verifying { .. }) {
             return Ok(());
@@ -289,7 +289,7 @@ impl VerifiedTarget {
                         None => (clocks.stamp(HEALTHY), None),
                     };
                     let decided = probe::record(check, cfg, answer, at, healthy_for);
-                    self.wiring.spool.save(job)?;
+                    self.wiring.spool.save_async(job).await?;
                     if let Some(decided) = decided {
                         break Some(decided);
                     }
@@ -345,7 +345,7 @@ impl VerifiedTarget {
             check.verdict = Some(verdict);
             check.reason = Some(reason.clone());
         }
-        self.wiring.spool.save(job)?;
+        self.wiring.spool.save_async(job).await?;
         self.wiring.board.clear(&job.app, WaitKind::Verify, &job.id);
         match verdict {
             Verdict::Verified => {
@@ -369,7 +369,7 @@ impl VerifiedTarget {
                 };
             }
         }
-        self.wiring.spool.save(job)?;
+        self.wiring.spool.save_async(job).await?;
         let probe = job.check.as_ref().and_then(|c| c.last.clone());
         self.wiring.observer.event(
             job,

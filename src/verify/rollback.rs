@@ -40,7 +40,7 @@ pub async fn start(
         None => {
             let id = child_id(&job.id);
             check.follow_up = Some(id.clone());
-            spool.save(job)?;
+            spool.save_async(job).await?;
             id
         }
     };

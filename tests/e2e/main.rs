@@ -28,6 +28,8 @@ mod hostile_drops;
 mod local_releases;
 /// The daemon's metrics endpoint and outcome hooks.
 mod observability;
+/// One deployment per app at a time: reloads, and a `deploy` beside the daemon.
+mod one_app_at_a_time;
 /// The API token and bearer tokens never leak.
 mod secrets;
 /// Following deployments over the stream, the budget of API requests, regions.

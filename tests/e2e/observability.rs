@@ -217,3 +217,87 @@ fn a_dead_webhook_does_not_fail_the_deployment() {
     let history = world.wait_history(2, LONG);
     assert_eq!(history[1]["outcome"], "succeeded");
 }
+
+/// Bodies a receiver answered.
+type Bodies = Arc<Mutex<Vec<String>>>;
+
+/// A webhook receiver that reads the first request and never answers it (the daemon is killed
+/// meanwhile); it answers every later one 200. Returns its port, the number of requests seen,
+/// and the bodies answered.
+fn receiver_hanging_first() -> (u16, Arc<Mutex<usize>>, Bodies) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, answered) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let (seen2, answered2) = (seen.clone(), answered.clone());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let first = {
+                let mut seen = seen2.lock().unwrap();
+                *seen += 1;
+                *seen == 1
+            };
+            if first {
+                held.push(stream);
+                continue;
+            }
+            answered2
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen, answered)
+}
+
+#[test]
+fn a_hook_under_way_when_the_daemon_is_killed_is_delivered_at_the_next_start() {
+    let world = World::new();
+    let (port, seen, answered) = receiver_hanging_first();
+    let drop = world.add_drop_app("my-app", "");
+    world.append_config(&format!(
+        "\n[on_outcome]\nwebhook = \"http://127.0.0.1:{port}/hook\"\ntimeout = \"60s\"\n"
+    ));
+    let mut daemon = world.start_daemon("first");
+    world.drop_archive(&drop, "a.tar.gz");
+    let history = world.wait_history(1, LONG);
+    let job = history[0]["job"].as_str().unwrap().to_string();
+    // The outcome is recorded, the job has left the spool, the hook is being delivered.
+    assert!(wait_for(LONG, || *seen.lock().unwrap() == 1));
+    assert!(wait_for(LONG, || world.job_records().is_empty()));
+    daemon.kill9();
+    let _daemon = world.start_daemon("second");
+    let delivered = wait_for(LONG, || {
+        answered
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|body| body.contains(&job))
+    });
+    assert!(
+        delivered,
+        "the hook was lost with the daemon that was delivering it:\n{}",
+        world.log("second")
+    );
+    assert_eq!(world.history().len(), 1, "the outcome is recorded once");
+    // Delivered: nothing is delivered again at the start after.
+    assert!(wait_for(LONG, || {
+        std::fs::read_dir(world.state.join("hooks")).is_ok_and(|mut d| d.next().is_none())
+    }));
+}

@@ -3,6 +3,8 @@
 //!
 //! Run one part with a filter, e.g. `cargo test --test library pack::`.
 
+/// Job records are saved off the async runtime.
+mod blocking_saves;
 /// The drop folder watcher: what it takes, when, and what it leaves alone.
 mod drop_folders;
 /// Replays of the fuzzers' inputs (`tests/fuzz_inputs/`).

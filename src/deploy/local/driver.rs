@@ -43,7 +43,7 @@ impl ReleaseRunner {
         }
         if job.started_at.is_none() {
             job.started_at = Some(now());
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
         }
         if let Payload::Url { url } = &job.payload {
             job.state = JobState::Failed(failure(
@@ -54,7 +54,7 @@ impl ReleaseRunner {
                 ),
                 Vec::new(),
             ));
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
             return Ok(());
         }
         self.observer.event(job, &Event::Step(Step::Extract));
@@ -105,7 +105,7 @@ impl ReleaseRunner {
                 Vec::new(),
             )),
         };
-        self.spool.save(job)?;
+        self.spool.save_async(job).await?;
         self.observer.event(job, &Event::Finished);
         Ok(())
     }

@@ -206,7 +206,7 @@ impl Runner {
         let mut clocks = Clocks::new();
         if job.started_at.is_none() {
             job.started_at = Some(clocks.stamp(STARTED));
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
         } else if !matches!(job.state, JobState::Queued) && !job.state.is_finished() {
             self.observer.event(
                 job,
@@ -229,7 +229,7 @@ impl Runner {
                 Err(StepError::Spool(e)) => return Err(e),
                 Err(StepError::Permanent(failure)) => {
                     job.state = JobState::Failed(failure);
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                 }
                 Err(StepError::Transient(step, error)) => {
                     job.failed_attempts += 1;
@@ -253,13 +253,13 @@ impl Runner {
                             http_status: error.status(),
                             gave_up: true,
                         });
-                        self.spool.save(job)?;
+                        self.spool.save_async(job).await?;
                         continue;
                     }
                     let delay =
                         next_delay(&self.retry, streak, error.retry_after(), fastrand::f64())
                             .min(left);
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     self.observer.event(
                         job,
                         &Event::Retrying {
@@ -297,7 +297,7 @@ impl Runner {
                     download_url: source.download_url,
                     at: clocks.stamp(SOURCE),
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Ok(())
             }
             Action::Upload => self.upload(job).await,
@@ -324,7 +324,7 @@ impl Runner {
                     requested_at: Some(now()),
                     preexisting,
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 self.post_deployment(job, clocks).await
             }
             Action::FindOrPost => {
@@ -338,13 +338,13 @@ impl Runner {
                         platform_status: Some(found.status),
                         since: Some(clocks.stamp(FOLLOWING)),
                     };
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     return Ok(());
                 }
                 if stale {
                     // Never posted, and the upload has expired since: upload again.
                     job.state = JobState::Queued;
-                    self.spool.save(job)?;
+                    self.spool.save_async(job).await?;
                     return Ok(());
                 }
                 self.post_deployment(job, clocks).await
@@ -387,7 +387,7 @@ impl Runner {
                     download_url,
                     source_at: at,
                 };
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Ok(())
             }
             // The storage refuses the slot (expired or revoked): make a new one, a few times.
@@ -396,7 +396,7 @@ impl Runner {
             {
                 job.source_renewals += 1;
                 job.state = JobState::Queued;
-                self.spool.save(job)?;
+                self.spool.save_async(job).await?;
                 Err(StepError::Transient(Step::Upload, error))
             }
             Err(e) => Err(api_failure(Step::Upload, e)),
@@ -431,7 +431,7 @@ impl Runner {
             platform_status: Some(deployment.status),
             since: Some(clocks.stamp(FOLLOWING)),
         };
-        self.spool.save(job)?;
+        self.spool.save_async(job).await?;
         Ok(())
     }
 

@@ -67,17 +67,32 @@ impl Finisher for Recorded {
     }
 }
 
-struct Quiet;
+/// Remembers the lane's counts (in flight, pending) and the waits it was told of.
+#[derive(Default)]
+struct Seen {
+    lanes: Mutex<Vec<(usize, usize)>>,
+    waits: Mutex<Vec<String>>,
+}
 
-impl Observer for Quiet {
-    fn event(&self, _: &Job, _: &Event<'_>) {}
+impl Observer for Seen {
+    fn event(&self, _: &Job, event: &Event<'_>) {
+        if let Event::Waiting { reason } = event {
+            self.waits.lock().unwrap().push(reason.to_string());
+        }
+    }
+
+    fn lane(&self, _app: &str, in_flight: usize, pending: usize) {
+        self.lanes.lock().unwrap().push((in_flight, pending));
+    }
 }
 
 struct Bench {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     spool: Spool,
     held: Arc<Held>,
     recorded: Arc<Recorded>,
+    seen: Arc<Seen>,
+    board: Arc<crate::live::Board>,
     lanes: Lanes,
 }
 
@@ -86,18 +101,24 @@ impl Bench {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path().join("spool")).unwrap();
         let recorded = Arc::new(Recorded::default());
-        let ctx = LaneContext::new(
-            spool.clone(),
-            Arc::new(Quiet),
-            recorded.clone(),
+        let seen = Arc::new(Seen::default());
+        let board = Arc::new(crate::live::Board::in_memory());
+        let ctx = LaneContext::new(LaneParts {
+            spool: spool.clone(),
+            observer: seen.clone(),
+            finisher: recorded.clone(),
             max_parallel,
-            Shutdown::never(),
-        );
+            shutdown: Shutdown::never(),
+            state_dir: dir.path().to_path_buf(),
+            board: board.clone(),
+        });
         Bench {
-            _dir: dir,
+            dir,
             spool,
             held: Held::new(),
             recorded,
+            seen,
+            board,
             lanes: Lanes::new(ctx),
         }
     }
@@ -292,4 +313,190 @@ async fn newer_work_wins_over_a_follow_up_and_the_target_hears_of_it() {
         assert_eq!(finished[2], (newer.clone(), "succeeded"));
         assert_eq!(b.held.ran(), [parent, newer], "the follow-up never ran");
     }
+}
+
+impl Bench {
+    /// Polls `check` for `within`: true if it ever held. For what must *not* happen, where no
+    /// event says that it will not.
+    async fn ever(&self, within: Duration, check: impl Fn(&Bench) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if check(self) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        check(self)
+    }
+
+    /// A job of `app` recorded as already deploying on the platform (recovered after a
+    /// restart), handed to its lane.
+    fn job_under_way(&mut self, app: &str) -> String {
+        let mut job =
+            crate::queue::intake::enqueue_url(&self.spool, app, "https://x/u.tar.gz", app, None)
+                .unwrap();
+        job.started_at = Some(job.created_at);
+        job.state = JobState::Deploying {
+            deployment_id: "d-under-way".into(),
+            platform_status: Some("building".into()),
+            since: Some(job.created_at),
+        };
+        self.spool.save(&job).unwrap();
+        let id = job.id.clone();
+        self.lanes.submit(job).unwrap();
+        id
+    }
+
+    fn job_state(&self, id: &str) -> &'static str {
+        self.spool
+            .load(id)
+            .map(|j| j.state.name())
+            .unwrap_or("gone")
+    }
+}
+
+/// The time in which the bugs these tests guard against showed at once (a lane starting a job
+/// within milliseconds); a correct lane never does it, however long it waits.
+const NEVER: Duration = Duration::from_millis(400);
+
+#[tokio::test]
+async fn a_retired_lane_finishes_its_job_in_flight_and_starts_nothing_more() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::All);
+    let first = b.job("a");
+    b.until("the first job to start", |b| {
+        b.held.ran() == [first.clone()]
+    })
+    .await;
+    let waiting = b.job("a");
+    b.lanes.retire("a");
+    b.held.release.add_permits(1);
+    b.until("the job in flight to finish", |b| b.finished().len() == 1)
+        .await;
+    assert!(
+        !b.ever(NEVER, |b| b.held.ran().len() > 1).await,
+        "the waiting job was deployed after its app was removed: {:?}",
+        b.held.ran()
+    );
+    assert_eq!(b.job_state(&waiting), "queued", "it waits in the spool");
+    // The app comes back: the same lane takes its waiting job up.
+    b.lane("a", QueuePolicy::All);
+    b.held.release.add_permits(1);
+    b.until("the waiting job to run", |b| b.finished().len() == 2)
+        .await;
+    assert_eq!(b.held.ran(), [first, waiting]);
+}
+
+#[tokio::test]
+async fn a_re_added_apps_lane_waits_for_the_retired_one() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::Latest);
+    let first = b.job("a");
+    b.until("the first job to start", |b| {
+        b.held.ran() == [first.clone()]
+    })
+    .await;
+    b.lanes.retire("a");
+    b.lane("a", QueuePolicy::Latest);
+    let second = b.job("a");
+    assert!(
+        !b.ever(NEVER, |b| b.held.ran().len() > 1).await,
+        "a job of the re-added app started while the retired lane still deployed: {:?}",
+        b.held.ran()
+    );
+    b.held.release.add_permits(2);
+    b.until("both to finish", |b| b.finished().len() == 2).await;
+    assert_eq!(b.held.ran(), [first, second]);
+    assert_eq!(b.held.most_at_once.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_job_under_way_runs_before_queued_ones_and_is_never_superseded() {
+    for policy in [QueuePolicy::Latest, QueuePolicy::All] {
+        let mut b = Bench::new(4);
+        b.lane("a", policy);
+        let first = b.job("a");
+        b.until("the first job to start", |b| {
+            b.held.ran() == [first.clone()]
+        })
+        .await;
+        // Recovered after a restart: a queued job listed before one already building.
+        let queued = b.job("a");
+        let building = b.job_under_way("a");
+        b.held.release.add_permits(3);
+        b.until("all three to finish", |b| b.finished().len() == 3)
+            .await;
+        assert_eq!(
+            b.held.ran(),
+            [first, building.clone(), queued.clone()],
+            "{policy:?}: the job under way is driven to its end before the queued one starts"
+        );
+        assert!(
+            b.finished().iter().all(|(_, state)| *state == "succeeded"),
+            "{policy:?}: {:?}",
+            b.finished()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_job_that_another_process_drives_is_not_superseded() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::Latest);
+    let first = b.job("a");
+    b.until("the first job to start", |b| {
+        b.held.ran() == [first.clone()]
+    })
+    .await;
+    let resumed = b.job("a");
+    // Another process (a one-shot `deploy` resuming the same archive) drives it.
+    let other = crate::lock::JobLock::try_acquire(&b.spool.job_dir(&resumed))
+        .unwrap()
+        .unwrap();
+    let newer = b.job("a");
+    b.until("the newer job to be in line", |b| {
+        !b.finished().is_empty() || b.seen.lanes.lock().unwrap().contains(&(1, 2))
+    })
+    .await;
+    assert!(
+        b.finished().is_empty(),
+        "superseded while another process held it: {:?}",
+        b.finished()
+    );
+    assert_eq!(b.job_state(&resumed), "queued");
+    drop(other);
+    b.held.release.add_permits(3);
+    b.until("all three to finish", |b| b.finished().len() == 3)
+        .await;
+    assert_eq!(b.held.ran(), [first, resumed, newer]);
+}
+
+#[tokio::test]
+async fn a_job_waits_while_another_process_deploys_its_app_and_says_so() {
+    let mut b = Bench::new(4);
+    b.lane("a", QueuePolicy::Latest);
+    let locks = b.dir.path().join(crate::lock::APP_LOCKS_DIR);
+    // Another process sharing the state_dir deploys the app.
+    let other = crate::lock::AppLock::try_acquire(&locks, "a", "theirs")
+        .unwrap()
+        .unwrap();
+    let mine = b.job("a");
+    b.until("the wait to be told", |b| {
+        !b.seen.waits.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(b.held.ran().is_empty(), "deployed while the app was held");
+    let told = b.seen.waits.lock().unwrap()[0].clone();
+    assert!(told.contains("is deploying a (job theirs)"), "{told}");
+    let board = b.board.snapshot();
+    assert_eq!(board.len(), 1, "{board:?}");
+    assert_eq!(board[0].kind, crate::live::WaitKind::AppBusy);
+    assert!(board[0].retry_at.is_some(), "a wait with its next look");
+    drop(other);
+    b.held.release.add_permits(1);
+    b.until("the job to run once the app is free", |b| {
+        b.finished() == [(mine.clone(), "succeeded")]
+    })
+    .await;
+    assert!(b.board.snapshot().is_empty(), "the wait is off the board");
 }

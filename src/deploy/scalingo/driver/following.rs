@@ -28,7 +28,9 @@ impl Runner {
         self.observer.event(job, &Event::Step(Step::Follow));
         let budget = self.client.budget().clone();
         budget.track(&job.app);
-        let since = self.follow_start(job, &deployment_id, platform_status, since, clocks)?;
+        let since = self
+            .follow_start(job, &deployment_id, platform_status, since, clocks)
+            .await?;
         let mut stream = self.stream.then(|| self.client.stream(&job.app));
         let mut shutdown = self.shutdown.clone();
         // Without a stream, check at once; with one, when it connects (or at the poll timer).
@@ -74,7 +76,7 @@ impl Runner {
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(left);
             tokio::select! {
-                update = next_update(&mut stream) => self.on_update(job, &mut f, update)?,
+                update = next_update(&mut stream) => self.on_update(job, &mut f, update).await?,
                 _ = tokio::time::sleep(wait) => f.check = true,
                 // Stopping leaves the deployment running on the platform; the job stays
                 // `deploying` and is followed again after the restart.
@@ -100,7 +102,7 @@ impl Runner {
                 .await;
         }
         if deployment.status != f.last_status {
-            if let Err(e) = self.record_status(job, &deployment.status) {
+            if let Err(e) = self.record_status(job, &deployment.status).await {
                 return Some(Err(e));
             }
             f.last_status = deployment.status.clone();
@@ -111,7 +113,7 @@ impl Runner {
                 job.state = JobState::Succeeded {
                     deployment_id: f.deployment_id.clone(),
                 };
-                Some(self.spool.save(job).map_err(StepError::from))
+                Some(self.spool.save_async(job).await.map_err(StepError::from))
             }
             Phase::Failed => Some(self.deployment_failed(job, deployment, &f.tail).await),
         }
@@ -119,7 +121,12 @@ impl Runner {
 
     /// What the stream said: build lines go to the observer (and the failure's tail), a
     /// running status is recorded, an end or a (re)connection asks for a check.
-    fn on_update(&self, job: &mut Job, f: &mut Following, update: Update) -> Result<(), StepError> {
+    async fn on_update(
+        &self,
+        job: &mut Job,
+        f: &mut Following,
+        update: Update,
+    ) -> Result<(), StepError> {
         match update {
             Update::Event(StreamEvent::Log { id, content }) if id == f.deployment_id => {
                 let lines: Vec<String> = content.lines().map(strip_ansi).collect();
@@ -135,7 +142,7 @@ impl Runner {
             Update::Event(StreamEvent::Status { id, status }) if id == f.deployment_id => {
                 if phase(&status) == Phase::Running {
                     if status != f.last_status {
-                        self.record_status(job, &status)?;
+                        self.record_status(job, &status).await?;
                         f.last_status = status;
                     }
                 } else {
@@ -158,7 +165,7 @@ impl Runner {
     /// When the following started, for the time limit, on the monotonic clock (see
     /// [`Clocks`]). A record from before the limit existed has no start: it counts from now,
     /// and the job records it.
-    fn follow_start(
+    async fn follow_start(
         &self,
         job: &mut Job,
         deployment_id: &str,
@@ -175,7 +182,7 @@ impl Runner {
             platform_status,
             since: Some(at),
         };
-        self.spool.save(job)?;
+        self.spool.save_async(job).await?;
         Ok(clocks.since(FOLLOWING, at))
     }
 
@@ -202,14 +209,14 @@ impl Runner {
 
     /// A new platform status: recorded in the job (if it is not there yet) and told to the
     /// observer.
-    fn record_status(&self, job: &mut Job, status: &str) -> Result<(), StepError> {
+    async fn record_status(&self, job: &mut Job, status: &str) -> Result<(), StepError> {
         if let JobState::Deploying {
             platform_status, ..
         } = &mut job.state
             && platform_status.as_deref() != Some(status)
         {
             *platform_status = Some(status.to_string());
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
         }
         self.observer.event(job, &Event::Status { status });
         Ok(())
@@ -258,7 +265,7 @@ impl Runner {
             job.aborted_retries += 1;
             job.git_ref = format!("{}-r{}", job.git_ref, job.aborted_retries);
             job.state = JobState::Queued;
-            self.spool.save(job)?;
+            self.spool.save_async(job).await?;
             return Ok(());
         }
         let log_tail = if streamed.is_empty() {
@@ -284,7 +291,7 @@ impl Runner {
             http_status: None,
             gave_up: false,
         });
-        self.spool.save(job)?;
+        self.spool.save_async(job).await?;
         Ok(())
     }
 }
