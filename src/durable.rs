@@ -90,8 +90,10 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
     if path.is_dir() {
         return Ok(());
     }
+    // A parent that exists, even as a file, is left for `mkdir` to judge (`Not a directory`).
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
+        && fs::symlink_metadata(parent).is_err()
     {
         create_dir_all(parent)?;
     }
@@ -223,6 +225,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn folders_are_made_with_their_parents_and_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_all(&deep).unwrap();
+        create_dir_all(&deep).unwrap();
+        write(&deep.join("x.json"), b"x").unwrap();
+        remove_tree(&dir.path().join("a")).unwrap();
+        assert!(!dir.path().join("a").exists());
+        // Run again after it is gone, as after a crash in the middle: nothing to do.
+        remove_tree(&dir.path().join("a")).unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = create_dir_all(&file.join("sub")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotADirectory, "{err}");
     }
 
     #[test]

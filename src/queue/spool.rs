@@ -352,7 +352,7 @@ impl Spool {
     /// Opens (creating it if needed) the spool directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
+        crate::durable::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
         Ok(Spool { dir })
     }
 

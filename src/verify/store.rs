@@ -252,7 +252,7 @@ impl Store {
     pub fn set_attention(&self, attention: &Attention) -> Result<(), StoreError> {
         let path = self.attention_path(&attention.app);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+            crate::durable::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
         }
         let bytes = serde_json::to_vec_pretty(attention).map_err(|e| StoreError::Io {
             action: "cannot write",
@@ -288,7 +288,7 @@ impl Store {
     /// Clears the app's attention flag. Returns whether it was set.
     pub fn clear_attention(&self, app: &str) -> Result<bool, StoreError> {
         let path = self.attention_path(app);
-        match fs::remove_file(&path) {
+        match crate::durable::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
                     crate::durable::sync_dir(dir)?;

@@ -32,7 +32,13 @@ fn world_with(verified: bool) -> (World, PathBuf) {
     } else {
         String::new()
     };
-    let drop = world.add_drop_app("app", &verify);
+    // A file found at start (put back after a crash) waits `settle`: short here.
+    let drop = world.dir.path().join("drop").join("app");
+    world.append_config(&format!(
+        "\n[[app]]\nname = \"app\"\ndrop_dir = \"{}\"\nsettle = \"20ms\"\n{verify}\n",
+        drop.display()
+    ));
+    world.fake.add_app("app");
     (world, drop)
 }
 
@@ -269,7 +275,8 @@ struct Swept {
     crashed: usize,
 }
 
-/// Runs `ks` on `threads` threads (each run waits more than it works).
+/// Runs `ks` on `threads` threads (each run waits more than it works: six keep two cores
+/// busy).
 fn sweep(ks: Vec<u64>, threads: usize) -> Swept {
     let queue = std::sync::Mutex::new(ks);
     let failures = std::sync::Mutex::new(Vec::new());
@@ -323,7 +330,7 @@ fn a_crash_after_any_durable_step_loses_nothing_and_duplicates_nothing() {
         mut failures,
         clean,
         crashed,
-    } = sweep(ks, 8);
+    } = sweep(ks, 6);
     failures.sort_by_key(|f| f.0);
     eprintln!(
         "crash-point sweep: N = {n} durable steps; K = 1..={n}: {crashed} runs crashed at \
@@ -512,7 +519,10 @@ fn a_half_claimed_file_whose_folder_is_missing_is_kept_said_and_put_back_later()
         "the file went back:\n{}",
         world.log("d")
     );
-    assert!(!kept.exists());
+    assert!(
+        wait_for(LONG, || !kept.exists()),
+        "the half-made directory goes"
+    );
     assert!(wait_for(LONG, || !world
         .run(&["status"])
         .all()
