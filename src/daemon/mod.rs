@@ -34,6 +34,7 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 
 mod apps;
 mod claims;
+mod leftovers;
 mod observe;
 mod pipeline;
 mod startup;

@@ -11,9 +11,10 @@ pub(super) struct State {
     pub(super) spool: Spool,
 }
 
-/// Takes the state_dir (exit status 2 if another daemon has it or it cannot be written), puts
-/// back files claimed when a daemon died, checks every app's folders, and removes half-made
-/// local releases: all before any new work is taken.
+/// Takes the state_dir (exit status 2 if another daemon has it or it cannot be written),
+/// cleans what a crash left (`leftovers.rs`), checks every app's folders, puts back files
+/// claimed when a daemon died, and removes half-made local releases: all before any new work
+/// is taken.
 pub(super) async fn open_state(config: &Config) -> Result<State, DaemonError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         setup_error(
@@ -36,16 +37,12 @@ pub(super) async fn open_state(config: &Config) -> Result<State, DaemonError> {
         }
         other => DaemonError::Startup(other.to_string()),
     })?;
-    for restored in spool
-        .clean_partial()
-        .map_err(|e| DaemonError::Startup(e.to_string()))?
-    {
-        tracing::warn!(
-            file = %restored.display(),
-            "a file claimed when the daemon stopped was put back in its drop folder"
-        );
-    }
+    super::leftovers::clean_spool(&spool);
+    // The drop folders first (made if missing, as at every start), so that a file claimed
+    // when a daemon died finds its folder to go back to.
     check_apps(config, &spool)?;
+    super::leftovers::clean_drop_folders(config);
+    super::leftovers::put_back_claims(&spool, &live).map_err(DaemonError::Startup)?;
     recover_releases(config).await;
     Ok(State { lock, live, spool })
 }
@@ -207,9 +204,9 @@ pub(super) fn probe_rename(
     let src = from.join(&name);
     let dst = to.join(&name);
     std::fs::write(&src, b"").map_err(|e| (Probe::DropFolder, e))?;
-    let moved = std::fs::rename(&src, &dst).map_err(|e| (Probe::Spool, e));
-    let _ = std::fs::remove_file(&src);
-    let _ = std::fs::remove_file(&dst);
+    let moved = crate::durable::rename(&src, &dst).map_err(|e| (Probe::Spool, e));
+    let _ = crate::durable::remove_file(&src);
+    let _ = crate::durable::remove_file(&dst);
     moved
 }
 

@@ -212,8 +212,7 @@ pub(super) fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), Ou
     // at once by several threads never interleave.
     file.write_all(&line)
         .map_err(io_err("cannot append to the history file", path))?;
-    file.sync_all()
-        .map_err(io_err("cannot sync the history file", path))?;
+    crate::durable::sync_file(&file, path).map_err(io_err("cannot sync the history file", path))?;
     if created && let Some(dir) = path.parent() {
         sync_dir(if dir.as_os_str().is_empty() {
             Path::new(".")

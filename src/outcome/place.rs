@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use crate::durable;
 use crate::verify::store::Protected;
 
 use super::record::crash_point;
@@ -59,7 +60,7 @@ pub(super) fn place(
     if let Some(previous) = previous
         && same_file(src, previous)
     {
-        fs::remove_file(src).map_err(io_err("cannot remove the spool's copy", src))?;
+        durable::remove_file(src).map_err(io_err("cannot remove the spool's copy", src))?;
         sync_dir(src_dir)?;
         return Ok(previous.to_path_buf());
     }
@@ -85,10 +86,10 @@ pub(super) fn place(
         crash_point("reason")?;
         // A hard link fails on an existing name where rename would silently replace it, so two
         // outcomes landing on one name at once cannot overwrite each other.
-        match fs::hard_link(src, &dest) {
+        match durable::hard_link(src, &dest) {
             Ok(()) => {
                 sync_dir(dir)?;
-                fs::remove_file(src).map_err(io_err("cannot remove the spool's copy", src))?;
+                durable::remove_file(src).map_err(io_err("cannot remove the spool's copy", src))?;
                 sync_dir(src_dir)?;
                 return Ok(dest);
             }
@@ -102,7 +103,7 @@ pub(super) fn place(
                     release_reason(&dest, text.as_deref())?;
                     continue;
                 }
-                fs::rename(src, &dest).map_err(io_err("cannot move the archive to", &dest))?;
+                durable::rename(src, &dest).map_err(io_err("cannot move the archive to", &dest))?;
                 sync_dir(dir)?;
                 sync_dir(src_dir)?;
                 return Ok(dest);
@@ -140,9 +141,9 @@ pub(super) fn claim_reason(path: &Path, text: &str) -> Result<bool, OutcomeError
     let mut file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
     file.write_all(text.as_bytes())
         .map_err(io_err("cannot write", &tmp))?;
-    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    durable::sync_file(&file, &tmp).map_err(io_err("cannot sync", &tmp))?;
     drop(file);
-    let claimed = match fs::hard_link(&tmp, path) {
+    let claimed = match durable::hard_link(&tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             holds_text(path).map(|ours| ours.unwrap_or(false))
@@ -150,13 +151,13 @@ pub(super) fn claim_reason(path: &Path, text: &str) -> Result<bool, OutcomeError
         // No hard links on this filesystem: rename, the name having just been free.
         Err(_) => match holds_text(path) {
             Ok(Some(ours)) => Ok(ours),
-            Ok(None) => fs::rename(&tmp, path)
+            Ok(None) => durable::rename(&tmp, path)
                 .map(|()| true)
                 .map_err(io_err("cannot rename into", path)),
             Err(e) => Err(e),
         },
     };
-    if let Err(e) = fs::remove_file(&tmp)
+    if let Err(e) = durable::remove_file(&tmp)
         && e.kind() != io::ErrorKind::NotFound
     {
         return Err(io_err("cannot remove", &tmp)(e));
@@ -174,7 +175,7 @@ fn release_reason(archive: &Path, text: Option<&str>) -> Result<(), OutcomeError
     let path = DropLayout::reason_path(archive);
     match fs::read(&path) {
         Ok(bytes) if bytes == text.as_bytes() => {
-            fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+            durable::remove_file(&path).map_err(io_err("cannot remove", &path))?;
             sync_dir(path.parent().unwrap_or(Path::new(".")))
         }
         Ok(_) => Ok(()),
@@ -236,7 +237,7 @@ pub(super) fn prune_done(
         if protected.iter().any(|p| p.matches(&path)) {
             continue;
         }
-        match fs::remove_file(&path) {
+        match durable::remove_file(&path) {
             Ok(()) => deleted.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot delete the old archive", &path)(e)),
@@ -253,9 +254,5 @@ fn ensure_dir(dir: &Path) -> Result<(), OutcomeError> {
     if exists(dir)? {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    durable::create_dir_all(dir).map_err(io_err("cannot create", dir))
 }

@@ -292,7 +292,7 @@ impl Outcomes {
         if !is_temp {
             return;
         }
-        if let Err(error) = fs::remove_dir_all(temp_dir)
+        if let Err(error) = crate::durable::remove_tree(temp_dir)
             .and_then(|()| crate::durable::sync_dir(self.spool.dir()).map_err(|e| e.source))
         {
             tracing::warn!(

@@ -103,16 +103,21 @@ pub fn enqueue_archive(
             original: file.to_path_buf(),
         };
         if let Err(e) = spool.write_claim(&tmp, &claim) {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = crate::durable::remove_tree(&tmp);
             return Err(e.into());
         }
     }
     let moved = match transfer {
         Transfer::Copy => fs::copy(file, &archive).map(|_| ()),
-        Transfer::Move => fs::rename(file, &archive),
+        Transfer::Move => claim_rename(file, &archive, &tmp),
     };
     if let Err(source) = moved {
-        let _ = fs::remove_dir_all(&tmp);
+        if transfer == Transfer::Move && archive.exists() {
+            // Moved, but not made durable: the file goes back.
+            give_back(spool, &tmp, transfer);
+        } else {
+            let _ = crate::durable::remove_tree(&tmp);
+        }
         return Err(IntakeError::Io {
             action: match transfer {
                 Transfer::Copy => "cannot copy into the spool",
@@ -127,7 +132,7 @@ pub fn enqueue_archive(
         Err(err) => {
             let (rejection, kept) = match transfer {
                 Transfer::Copy => {
-                    let _ = fs::remove_dir_all(&tmp);
+                    let _ = crate::durable::remove_tree(&tmp);
                     (err, None)
                 }
                 Transfer::Move => (err, Some(archive)),
@@ -169,13 +174,25 @@ pub fn enqueue_archive(
     Ok(job)
 }
 
+/// Moves a dropped `file` into the job directory being made (`tmp`) and makes the move
+/// durable on both sides: the job directory holding it, and the drop folder without it.
+fn claim_rename(file: &Path, archive: &Path, tmp: &Path) -> std::io::Result<()> {
+    crate::durable::rename(file, archive)?;
+    let sync = |dir: &Path| crate::durable::sync_dir(dir).map_err(|e| e.source);
+    sync(tmp)?;
+    match file.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => sync(folder),
+        _ => sync(Path::new(".")),
+    }
+}
+
 /// After an I/O failure past the move (a full disk writing the record, say), a claimed file
 /// goes back to its drop folder at once, so the claim's retry finds it there (instead of it
 /// waiting in a half-made job until the next start).
 fn give_back(spool: &Spool, tmp: &Path, transfer: Transfer) {
     let undone = match transfer {
         Transfer::Move => spool.put_back(tmp).map(|_| ()),
-        Transfer::Copy => fs::remove_dir_all(tmp).map_err(|source| SpoolError::Io {
+        Transfer::Copy => crate::durable::remove_tree(tmp).map_err(|source| SpoolError::Io {
             action: "cannot remove",
             path: tmp.to_path_buf(),
             source,
@@ -215,11 +232,10 @@ pub fn enqueue_packed(
     let packed_at = started.elapsed();
     let packed = match packed {
         Ok(packed) if unless_digest == Some(packed.digest.as_str()) => {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = crate::durable::remove_tree(&tmp);
             return Ok(None);
         }
-        Ok(packed) => fs::File::open(&archive)
-            .and_then(|f| f.sync_all())
+        Ok(packed) => crate::durable::sync_path(&archive)
             .map_err(|source| crate::archive::pack::PackError::Io {
                 path: archive.clone(),
                 action: "sync",
@@ -231,7 +247,7 @@ pub fn enqueue_packed(
     let packed = match packed {
         Ok(p) => p,
         Err(source) => {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = crate::durable::remove_tree(&tmp);
             return Err(IntakeError::Pack { root, source });
         }
     };

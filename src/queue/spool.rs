@@ -372,7 +372,7 @@ impl Spool {
     /// Opens (creating it if needed) the spool directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
+        crate::durable::create_dir_all(&dir).map_err(io("cannot create spool directory", &dir))?;
         Ok(Spool {
             dir,
             sequence: sequence::Sequence::default(),
@@ -399,8 +399,9 @@ impl Spool {
         for _ in 0..16 {
             let id = format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..));
             let tmp = self.dir.join(format!(".new-{id}"));
-            match fs::create_dir(&tmp) {
-                Ok(()) => return Ok((id, tmp)),
+            match crate::durable::create_dir(&tmp) {
+                // Made durable before a dropped file is moved into it.
+                Ok(()) => return sync_dir(&self.dir).map(|()| (id, tmp)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io("cannot create job directory", &tmp)(e)),
             }
@@ -421,7 +422,7 @@ impl Spool {
         }
         write_record(tmp_dir, job)?;
         let dir = self.job_dir(&job.id);
-        fs::rename(tmp_dir, &dir).map_err(io("cannot move job directory to", &dir))?;
+        crate::durable::rename(tmp_dir, &dir).map_err(io("cannot move job directory to", &dir))?;
         sync_dir(&self.dir)
     }
 
@@ -477,11 +478,56 @@ impl Spool {
         Ok(jobs.into_iter().map(|(_, job)| job).collect())
     }
 
-    /// Removes a finished job's directory.
+    /// Removes a finished job's directory, safely at every step: it is first renamed to a
+    /// dot-name (`.gone-<id>`, never listed as a job) and that made durable, then deleted; a
+    /// crash in between leaves a `.gone-` directory that [`Spool::clean_leftovers`] removes
+    /// at the next start, never a job record without its outcome note.
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         let dir = self.job_dir(id);
-        fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))?;
+        let gone = self.dir.join(format!("{GONE_PREFIX}{id}"));
+        match crate::durable::rename(&dir, &gone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("cannot remove", &dir)(e)),
+        }
+        sync_dir(&self.dir)?;
+        crate::durable::remove_tree(&gone).map_err(io("cannot remove", &gone))?;
         sync_dir(&self.dir)
+    }
+
+    /// Removes what a crash can leave in the spool, besides half-made jobs (see
+    /// [`Spool::clean_partial`]): the `.gone-` directories of finished jobs being removed,
+    /// directories without a record (left by an older version's removal: their outcome was
+    /// recorded), the start-up's rename probes, and temporary files. Returns what it removed.
+    /// Call it only while no job is being made or removed (at start, under the state lock).
+    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>, SpoolError> {
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
+            let entry = entry.map_err(io("cannot list", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let litter = if is_dir {
+                name.starts_with(GONE_PREFIX)
+                    || (!name.starts_with('.') && !path.join(RECORD_NAME).exists())
+            } else {
+                is_temporary(&name)
+            };
+            if !litter {
+                continue;
+            }
+            let gone = if is_dir {
+                crate::durable::remove_tree(&path)
+            } else {
+                crate::durable::remove_file(&path)
+            };
+            gone.map_err(io("cannot remove", &path))?;
+            removed.push(path);
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
     }
 
     /// Writes the claim note into a job directory being made (see [`CLAIM_NAME`]).
@@ -496,18 +542,32 @@ impl Spool {
 
     /// Cleans up after a process that died while making a job: a dropped file that had been
     /// moved in goes back where it came from (beside it, with a `.recovered-N` suffix, if that
-    /// name was taken since); then the half-made directory is removed. Returns the files put
-    /// back.
-    pub fn clean_partial(&self) -> Result<Vec<PathBuf>, SpoolError> {
-        let mut restored = Vec::new();
+    /// name was taken since); then the half-made directory is removed. One file that cannot go
+    /// back (its drop folder is missing: moved away, or its mount not back yet) stops nothing:
+    /// it stays in its half-made directory, listed in [`Partial::kept`], for the caller to say
+    /// so and try again later ([`Spool::put_back`]).
+    pub fn clean_partial(&self) -> Result<Partial, SpoolError> {
+        let mut partial = Partial::default();
         for entry in fs::read_dir(&self.dir).map_err(io("cannot list", &self.dir))? {
             let entry = entry.map_err(io("cannot list", &self.dir))?;
             if !entry.file_name().to_string_lossy().starts_with(".new-") {
                 continue;
             }
-            restored.extend(self.put_back(&entry.path())?);
+            let dir = entry.path();
+            match self.put_back(&dir) {
+                Ok(restored) => partial.restored.extend(restored),
+                Err(error) => {
+                    let claim = read_claim(&dir);
+                    partial.kept.push(KeptClaim {
+                        app: claim.as_ref().map(|c| c.app.clone()),
+                        original: claim.map(|c| c.original),
+                        dir,
+                        error: error.to_string(),
+                    })
+                }
+            }
         }
-        Ok(restored)
+        Ok(partial)
     }
 
     /// Undoes one job directory being made (`tmp_dir`, see [`Spool::new_job_dir`]): a dropped
@@ -518,20 +578,19 @@ impl Spool {
         let archive = tmp_dir.join(ARCHIVE_NAME);
         let mut restored = None;
         if archive.exists() {
-            let claim: Option<Claim> = fs::read(tmp_dir.join(CLAIM_NAME))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
             // A copy (the one-shot command) has no claim: the user still has the file.
-            if let Some(claim) = claim {
+            if let Some(claim) = read_claim(tmp_dir) {
                 let target = free_name(&claim.original, "recovered");
-                fs::rename(&archive, &target).map_err(io("cannot put back", &target))?;
+                crate::durable::rename(&archive, &target)
+                    .map_err(io("cannot put back", &target))?;
                 if let Some(parent) = target.parent() {
                     sync_dir(parent)?;
                 }
                 restored = Some(target);
             }
         }
-        fs::remove_dir_all(tmp_dir).map_err(io("cannot remove", tmp_dir))?;
+        crate::durable::remove_tree(tmp_dir).map_err(io("cannot remove", tmp_dir))?;
+        sync_dir(&self.dir)?;
         Ok(restored)
     }
 }
@@ -548,6 +607,44 @@ fn arrival(job: &Result<Job, SpoolError>) -> (u8, u64, Timestamp) {
         }) => (1, 0, *created_at),
         Ok(Job { seq: Some(seq), .. }) => (2, *seq, 0),
     }
+}
+
+/// The prefix of a finished job's directory being removed (see [`Spool::remove`]).
+const GONE_PREFIX: &str = ".gone-";
+
+/// Whether a file name in the spool is one of the daemon's own temporary files: a durable
+/// write's `.<name>.tmp`, or a start-up rename probe.
+fn is_temporary(name: &str) -> bool {
+    (name.starts_with('.') && name.ends_with(".tmp")) || name.starts_with(".dropdeploy-probe-")
+}
+
+/// The claim note of a job directory being made, if it has a readable one.
+fn read_claim(tmp_dir: &Path) -> Option<Claim> {
+    fs::read(tmp_dir.join(CLAIM_NAME))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// What [`Spool::clean_partial`] did.
+#[derive(Debug, Default)]
+pub struct Partial {
+    /// Files put back in their drop folders.
+    pub restored: Vec<PathBuf>,
+    /// Files that could not go back, still in the spool.
+    pub kept: Vec<KeptClaim>,
+}
+
+/// A claimed file that could not be put back, kept in its half-made job directory.
+#[derive(Debug, Clone)]
+pub struct KeptClaim {
+    /// The half-made job directory holding it (`<spool>/.new-<id>/`).
+    pub dir: PathBuf,
+    /// The app that claimed it, when the claim note says.
+    pub app: Option<String>,
+    /// Where it was dropped, when the claim note says.
+    pub original: Option<PathBuf>,
+    /// Why it could not go back.
+    pub error: String,
 }
 
 fn write_record(dir: &Path, job: &Job) -> Result<(), SpoolError> {
@@ -707,7 +804,7 @@ mod tests {
         fs::write(tmp.join(ARCHIVE_NAME), b"bytes").unwrap();
         // Meanwhile someone dropped another file with the same name.
         fs::write(&original, b"newer").unwrap();
-        let restored = spool.clean_partial().unwrap();
+        let restored = spool.clean_partial().unwrap().restored;
         assert_eq!(restored, vec![drop.join("app.recovered-1.tar.gz")]);
         assert_eq!(fs::read(&restored[0]).unwrap(), b"bytes");
         assert_eq!(fs::read(&original).unwrap(), b"newer");

@@ -115,7 +115,7 @@ pub fn unfinished_jobs(spool: &Spool, app: &str) -> Vec<Job> {
 fn remember(state_dir: &Path, app: &str, digest: &str, job: &str) -> std::io::Result<()> {
     let path = last_path(state_dir, app);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::create_dir_all(dir)?;
     }
     let bytes = serde_json::to_vec(&LastDeploy {
         digest: digest.to_string(),

@@ -84,16 +84,14 @@ pub fn make(
     };
     let tmp = spool.dir().join(format!(".new-{id}"));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io("cannot remove", &tmp))?;
+        crate::durable::remove_tree(&tmp).map_err(io("cannot remove", &tmp))?;
     }
-    fs::create_dir(&tmp).map_err(io("cannot create job directory", &tmp))?;
+    crate::durable::create_dir(&tmp).map_err(io("cannot create job directory", &tmp))?;
     let source = store.archive_path(kept);
     let archive = tmp.join(ARCHIVE_NAME);
-    if fs::hard_link(&source, &archive).is_err() {
+    if crate::durable::hard_link(&source, &archive).is_err() {
         fs::copy(&source, &archive).map_err(io("cannot copy the kept archive to", &archive))?;
-        fs::File::open(&archive)
-            .and_then(|f| f.sync_all())
-            .map_err(io("cannot sync", &archive))?;
+        crate::durable::sync_path(&archive).map_err(io("cannot sync", &archive))?;
     }
     let created_at = now();
     let nonce = format!("{:08x}", fastrand::u32(..));

@@ -142,18 +142,16 @@ impl Store {
             return Ok(false);
         };
         let dir = self.app_dir(&job.app);
-        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        crate::durable::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         let dest = dir.join(format!("{}.tar.gz", job.id));
         if fs::symlink_metadata(&dest).is_err() {
             let tmp = dir.join(format!(".{}.tar.gz.tmp", job.id));
-            let _ = fs::remove_file(&tmp);
-            if fs::hard_link(archive, &tmp).is_err() {
+            let _ = crate::durable::remove_file(&tmp);
+            if crate::durable::hard_link(archive, &tmp).is_err() {
                 fs::copy(archive, &tmp).map_err(io_err("cannot copy the archive to", &tmp))?;
-                fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_err("cannot sync", &tmp))?;
+                crate::durable::sync_path(&tmp).map_err(io_err("cannot sync", &tmp))?;
             }
-            fs::rename(&tmp, &dest).map_err(io_err("cannot rename into", &dest))?;
+            crate::durable::rename(&tmp, &dest).map_err(io_err("cannot rename into", &dest))?;
             crate::durable::sync_dir(&dir)?;
         }
         let kept = Kept {
@@ -190,8 +188,8 @@ impl Store {
             .chain(others.into_iter().skip(KEEP_VERIFIED))
         {
             // The record goes first: an archive without a record is never listed.
-            let _ = fs::remove_file(dir.join(format!("{}.json", old.job)));
-            let _ = fs::remove_file(self.archive_path(&old));
+            let _ = crate::durable::remove_file(&dir.join(format!("{}.json", old.job)));
+            let _ = crate::durable::remove_file(&self.archive_path(&old));
         }
         Ok(true)
     }
@@ -254,7 +252,7 @@ impl Store {
     pub fn set_attention(&self, attention: &Attention) -> Result<(), StoreError> {
         let path = self.attention_path(&attention.app);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+            crate::durable::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
         }
         let bytes = serde_json::to_vec_pretty(attention).map_err(|e| StoreError::Io {
             action: "cannot write",
@@ -290,7 +288,7 @@ impl Store {
     /// Clears the app's attention flag. Returns whether it was set.
     pub fn clear_attention(&self, app: &str) -> Result<bool, StoreError> {
         let path = self.attention_path(app);
-        match fs::remove_file(&path) {
+        match crate::durable::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
                     crate::durable::sync_dir(dir)?;

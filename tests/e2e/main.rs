@@ -16,6 +16,8 @@ mod clock;
 mod command_line;
 /// `dropdeploy config check`.
 mod config_command;
+/// The daemon killed after each of its durable steps, and what a crash leaves.
+mod crash_points;
 /// `dropdeploy run`: drops, queues, signals, restarts, recovery.
 mod daemon;
 /// `dropdeploy deploy` and its retries, faults and token handling.

@@ -203,7 +203,7 @@ pub fn prepare(dir: &Path) -> Result<(), DropError> {
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
             ) =>
         {
-            fs::create_dir_all(dir).map_err(|source| DropError::Create {
+            crate::durable::create_dir_all(dir).map_err(|source| DropError::Create {
                 dir: dir.to_path_buf(),
                 source,
             })?;
@@ -218,7 +218,8 @@ pub fn prepare(dir: &Path) -> Result<(), DropError> {
     }
     let layout = DropLayout::new(dir);
     for path in [layout.done(), layout.failed()] {
-        fs::create_dir_all(&path).map_err(|source| DropError::CreateSubfolder {
+        // Made durable in the drop folder (fsynced), like every folder the daemon makes.
+        crate::durable::create_dir_all(&path).map_err(|source| DropError::CreateSubfolder {
             dir: dir.to_path_buf(),
             path: path.clone(),
             source,
