@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -15,13 +15,23 @@ use super::auth::Authenticator;
 use super::budget::Budget;
 use super::stream::StreamHub;
 use crate::config::{ScalingoConfig, Secret};
+use crate::human::bytes as human_size;
 use crate::queue::retry::{Class, classify_status, parse_retry_after};
 
 /// How many 429s in a row one call waits out (each pausing the whole client) before it reports
 /// the error to its caller's retry loop.
 const MAX_RATE_LIMITED_TRIES: u32 = 4;
+/// Redirects followed by one API call.
+const MAX_REDIRECTS: usize = 5;
 /// How much of an error body is kept in a message.
 const MAX_ERROR_BODY: usize = 600;
+/// The most of an error body that is read (the rest is not waited for).
+const ERROR_BODY_READ: usize = 64 * 1024;
+/// The longest JSON answer read: a page of deployments is a few dozen kB. A longer one is
+/// [`ApiError::TooLarge`], found without holding more than this in memory.
+pub const MAX_ANSWER: usize = 8 * 1024 * 1024;
+/// The longest build output read.
+pub const MAX_OUTPUT: usize = 32 * 1024 * 1024;
 
 /// An API failure, saying what was attempted and whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +75,16 @@ pub enum ApiError {
     /// The server answered success with a body this client cannot read.
     #[error("{what}: unexpected response: {detail}")]
     Decode { what: &'static str, detail: String },
+    /// The answer was longer than this client reads ([`MAX_ANSWER`]); the rest was not read.
+    #[error("{what}: the answer from {url} is too large: {}", too_large_text(*.declared, *.limit))]
+    TooLarge {
+        what: &'static str,
+        url: String,
+        /// The most that is read.
+        limit: u64,
+        /// The length the server announced (`Content-Length`), when it did.
+        declared: Option<u64>,
+    },
     /// The region is not one the platform lists (`GET {auth}/v1/regions`).
     #[error(
         "invalid region \"{region}\": the platform's regions are {} (set --region, \
@@ -89,8 +109,9 @@ impl ApiError {
             // Only a refused exchange proves the API token bad; see the variant's docs.
             ApiError::FreshBearerRefused { .. } => Class::Transient,
             ApiError::Status { status, .. } => classify_status(*status),
-            // A garbled success answer usually means a proxy or a half-written body.
-            ApiError::Decode { .. } => Class::Transient,
+            // A garbled or oversized success answer usually means a proxy or a half-written
+            // body: the platform's next answer may be whole.
+            ApiError::Decode { .. } | ApiError::TooLarge { .. } => Class::Transient,
             ApiError::File { .. } | ApiError::UnknownRegion { .. } => Class::Permanent,
         }
     }
@@ -131,6 +152,21 @@ fn waited_text(waited: Duration, limit: Duration) -> String {
     }
 }
 
+/// `4294967296 bytes (4.0 GiB) announced, …` or `more than …`: why an answer was not read.
+fn too_large_text(declared: Option<u64>, limit: u64) -> String {
+    match declared {
+        Some(n) => format!(
+            "{n} bytes ({}) announced, more than the {} read at most",
+            human_size(n),
+            human_size(limit)
+        ),
+        None => format!(
+            "more than the {} read at most (reading stopped there)",
+            human_size(limit)
+        ),
+    }
+}
+
 /// A URL as it may appear in a message: without its query string, which for upload and
 /// download URLs holds a credential, and redacted (a token pasted into `api_url`).
 pub fn display_url(url: &str) -> String {
@@ -150,7 +186,8 @@ pub(crate) fn http_error(
     started: Instant,
     limit: Duration,
 ) -> ApiError {
-    let url = display_url(url);
+    // After a redirect, the URL that failed is the target's, not the one asked.
+    let url = display_url(err.url().map_or(url, reqwest::Url::as_str));
     if err.is_timeout() {
         return ApiError::Timeout {
             what,
@@ -186,14 +223,84 @@ pub(crate) async fn read_error_response(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = response.text().await.unwrap_or_default();
+    // After a redirect, the answer is the target's: name it.
+    let answered = display_url(response.url().as_str());
+    let _ = url;
+    let body = read_some(response, ERROR_BODY_READ).await;
+    let body = String::from_utf8_lossy(&body);
     ApiError::Status {
         what,
-        url: display_url(url),
+        url: answered,
         status,
         message: error_message(status, &body),
         retry_after,
     }
+}
+
+/// The first `limit` bytes of a body at most (what came before an error, if one comes).
+async fn read_some(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit
+        && let Ok(Some(chunk)) = response.chunk().await
+    {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    body
+}
+
+/// A success answer's body, `limit` bytes at most: a longer one is [`ApiError::TooLarge`]
+/// (refused at once when its `Content-Length` says so, else once `limit` bytes came). A
+/// broken or slow body is the request's error, naming the URL that answered.
+pub(crate) async fn read_body(
+    what: &'static str,
+    mut response: reqwest::Response,
+    limit: usize,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    let url = response.url().to_string();
+    let declared = response.content_length();
+    let too_large = || ApiError::TooLarge {
+        what,
+        url: display_url(&url),
+        limit: limit as u64,
+        declared,
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| http_error(what, &url, e, started, timeout))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON answer decoded as `T`. Text that is not UTF-8 is a garbled answer (transient), not
+/// one to read with replacement characters: a `status` read so would end the job for good.
+pub(crate) fn decode_json<T: DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::Decode {
+        what,
+        detail: format!(
+            "the answer is not UTF-8 text ({e}): {}",
+            shorten(&String::from_utf8_lossy(body), 200)
+        ),
+    })?;
+    serde_json::from_str(text).map_err(|e| ApiError::Decode {
+        what,
+        detail: format!("{e} in {}", shorten(text, 200)),
+    })
 }
 
 /// The readable part of an error body.
@@ -329,7 +436,8 @@ impl ScalingoClient {
         };
         let http = build(reqwest::redirect::Policy::limited(5))?;
         // Uploads stream their body from disk, which cannot be replayed automatically: their
-        // redirects are followed by hand, reopening the file.
+        // redirects are followed by hand, reopening the file. API calls follow theirs by hand
+        // too, so that an error names the URL that failed (`send_following`).
         let upload_http = build(reqwest::redirect::Policy::none())?;
         let (first, longest) = config.rate_limit_backoff;
         let budget = Arc::new(Budget::new(config.api_rate_limit).with_backoff(first, longest));
@@ -437,15 +545,12 @@ impl ScalingoClient {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T, ApiError> {
-        let text = self.call_text(what, method, url, body).await?;
-        serde_json::from_str(&text).map_err(|e| ApiError::Decode {
-            what,
-            detail: format!("{e} in {}", shorten(&text, 200)),
-        })
+        let body = self.call_bytes(what, method, url, body, MAX_ANSWER).await?;
+        decode_json(what, &body)
     }
 
     /// One authenticated request; on a 401 the token is exchanged again and the request made
-    /// once more. Returns the body of a 2xx answer.
+    /// once more. Returns the body of a 2xx answer, `limit` bytes at most (see [`read_body`]).
     ///
     /// A second 401 is [`ApiError::FreshBearerRefused`], transient: the exchange has just
     /// accepted the API token, so only its own 401 is permanent. One re-exchange per call
@@ -453,34 +558,23 @@ impl ScalingoClient {
     ///
     /// Every attempt takes a place in the client's [`Budget`]; a 429 pauses the whole client
     /// and the call waits it out, up to [`MAX_RATE_LIMITED_TRIES`] times.
-    pub(super) async fn call_text(
+    pub(super) async fn call_bytes(
         &self,
         what: &'static str,
         method: reqwest::Method,
         url: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<String, ApiError> {
+        limit: usize,
+    ) -> Result<Vec<u8>, ApiError> {
         let mut reauthenticated = false;
         let mut rate_limited = 0u32;
         loop {
             let bearer = self.auth.bearer().await?;
             self.budget.acquire().await;
             let started = Instant::now();
-            let mut request = self
-                .http
-                .request(method.clone(), url)
-                .header(AUTHORIZATION, format!("Bearer {}", bearer.expose()))
-                .header(ACCEPT, "application/json")
-                .timeout(self.timeout);
-            if let Some(body) = body {
-                request = request
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| http_error(what, url, e, started, self.timeout))?;
+            let response = self
+                .send_following(what, method.clone(), url, body, &bearer, started)
+                .await?;
             let status = response.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                 let err = read_error_response(what, url, response).await;
@@ -509,11 +603,80 @@ impl ScalingoClient {
             if !status.is_success() {
                 return Err(read_error_response(what, url, response).await);
             }
-            return response
-                .text()
-                .await
-                .map_err(|e| http_error(what, url, e, started, self.timeout));
+            return read_body(what, response, limit, started, self.timeout).await;
         }
+    }
+
+    /// Sends one request and follows its redirects by hand (at most [`MAX_REDIRECTS`]), so
+    /// that an error names the URL that failed, not the first one. The bearer goes only to the
+    /// origin of `url`; a 303 (or a 301 or 302 after a POST) is followed with a GET and no body,
+    /// as browsers and reqwest do. The whole chain shares the call's time limit.
+    async fn send_following(
+        &self,
+        what: &'static str,
+        mut method: reqwest::Method,
+        url: &str,
+        mut body: Option<&serde_json::Value>,
+        bearer: &Secret,
+        started: Instant,
+    ) -> Result<reqwest::Response, ApiError> {
+        let origin = reqwest::Url::parse(url).ok().map(|u| u.origin());
+        let mut target = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            let mut request = self
+                .upload_http
+                .request(method.clone(), &target)
+                .header(ACCEPT, "application/json")
+                .timeout(left.max(Duration::from_millis(1)));
+            let same_origin = reqwest::Url::parse(&target)
+                .ok()
+                .is_some_and(|u| Some(u.origin()) == origin);
+            if same_origin {
+                request = request.header(AUTHORIZATION, format!("Bearer {}", bearer.expose()));
+            }
+            if let Some(body) = body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| http_error(what, &target, e, started, self.timeout))?;
+            let status = response.status();
+            if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+                return Ok(response);
+            }
+            let next = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| response.url().join(l).ok());
+            let Some(next) = next else {
+                return Err(ApiError::Decode {
+                    what,
+                    detail: format!(
+                        "HTTP {status} from {} without a usable Location header",
+                        display_url(&target)
+                    ),
+                });
+            };
+            let to_get = status == reqwest::StatusCode::SEE_OTHER
+                || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST);
+            if to_get {
+                method = reqwest::Method::GET;
+                body = None;
+            }
+            target = next.to_string();
+        }
+        Err(ApiError::Decode {
+            what,
+            detail: format!(
+                "more than {MAX_REDIRECTS} redirects, the last to {}",
+                display_url(&target)
+            ),
+        })
     }
 
     /// `POST /v1/sources`: a new upload slot. Accepts the wrapped (`{"source":{…}}`) and the
@@ -572,9 +735,19 @@ impl ScalingoClient {
             deployment: Deployment,
         }
         let url = format!("{}/v1/apps/{app}/deployments/{id}", self.resolve().await?);
-        let w: Wrapped = self
-            .call("get deployment", reqwest::Method::GET, &url, None)
-            .await?;
+        let what = "get deployment";
+        let w: Wrapped = self.call(what, reqwest::Method::GET, &url, None).await?;
+        // An answer about another deployment (a confused proxy or cache) says nothing of this
+        // one: asked again, the platform answers for the right one.
+        if !w.deployment.id.is_empty() && w.deployment.id != id {
+            return Err(ApiError::Decode {
+                what,
+                detail: format!(
+                    "the answer is about deployment {}, not {id}",
+                    shorten(&w.deployment.id, 80)
+                ),
+            });
+        }
         Ok(w.deployment)
     }
 
@@ -640,10 +813,16 @@ impl ScalingoClient {
             return Ok(None);
         };
         match self
-            .call_text("fetch build output", reqwest::Method::GET, &url, None)
+            .call_bytes(
+                "fetch build output",
+                reqwest::Method::GET,
+                &url,
+                None,
+                MAX_OUTPUT,
+            )
             .await
         {
-            Ok(text) => Ok(Some(text)),
+            Ok(text) => Ok(Some(String::from_utf8_lossy(&text).into_owned())),
             Err(ApiError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

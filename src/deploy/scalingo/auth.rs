@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use tokio::sync::Mutex;
 
-use super::api::{ApiError, http_error, read_error_response};
+use super::api::{ApiError, MAX_ANSWER, http_error, read_body, read_error_response};
 use super::budget::Budget;
 use crate::config::Secret;
 
@@ -130,9 +130,10 @@ impl Authenticator {
         struct Exchanged {
             token: String,
         }
-        let body: Exchanged = response.json().await.map_err(|e| ApiError::Decode {
+        let body = read_body(what, response, MAX_ANSWER, started, self.timeout).await?;
+        let body: Exchanged = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
             what,
-            detail: e.without_url().to_string(),
+            detail: e.to_string(),
         })?;
         let expires_at = jwt_expiry(&body.token)
             .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(55 * 60));
