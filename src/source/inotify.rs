@@ -77,6 +77,35 @@ impl DirWatcher {
     fn paths(&self) -> std::sync::MutexGuard<'_, Paths> {
         self.paths.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Watches the directory `path` leads to, following a symbolic link at `path` itself (a
+    /// drop folder may be one); events still name `path`. The link's own replacement is not
+    /// seen here: the caller compares what `path` leads to on a timer.
+    pub fn watch_through_link(&mut self, path: &Path) -> notify::Result<()> {
+        self.add(path, mask() & !WatchMask::DONT_FOLLOW)
+    }
+
+    fn add(&mut self, path: &Path, mask: WatchMask) -> notify::Result<()> {
+        let mut watches = self.watches.clone();
+        let mut paths = self.paths();
+        // Under the lock: the reading thread resolves the new descriptor only after this.
+        let wd = watches.add(path, mask).map_err(|e| {
+            let error = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch)
+            } else if e.kind() == io::ErrorKind::NotFound {
+                notify::Error::new(notify::ErrorKind::PathNotFound)
+            } else {
+                notify::Error::io(e)
+            };
+            error.add_path(path.to_path_buf())
+        })?;
+        if let Some(old) = paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
+            // The same directory under another name (a bind mount, a renamed folder).
+            paths.by_path.remove(&old);
+        }
+        paths.by_path.insert(path.to_path_buf(), wd);
+        Ok(())
+    }
 }
 
 impl Watcher for DirWatcher {
@@ -103,25 +132,7 @@ impl Watcher for DirWatcher {
     /// Watches the directory `path` itself (its entries, not its subdirectories): `recursive`
     /// is not supported and counts as non-recursive.
     fn watch(&mut self, path: &Path, _recursive: RecursiveMode) -> notify::Result<()> {
-        let mut watches = self.watches.clone();
-        let mut paths = self.paths();
-        // Under the lock: the reading thread resolves the new descriptor only after this.
-        let wd = watches.add(path, mask()).map_err(|e| {
-            let error = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-                notify::Error::new(notify::ErrorKind::MaxFilesWatch)
-            } else if e.kind() == io::ErrorKind::NotFound {
-                notify::Error::new(notify::ErrorKind::PathNotFound)
-            } else {
-                notify::Error::io(e)
-            };
-            error.add_path(path.to_path_buf())
-        })?;
-        if let Some(old) = paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
-            // The same directory under another name (a bind mount, a renamed folder).
-            paths.by_path.remove(&old);
-        }
-        paths.by_path.insert(path.to_path_buf(), wd);
-        Ok(())
+        self.add(path, mask())
     }
 
     fn unwatch(&mut self, path: &Path) -> notify::Result<()> {

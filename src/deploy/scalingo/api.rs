@@ -402,8 +402,8 @@ pub struct DeploymentPage {
 /// The Scalingo API client of one region and token, with its own budget of requests
 /// ([`Budget`]) and its apps' deployment streams ([`StreamHub`]).
 pub struct ScalingoClient {
+    /// Follows no redirect by itself (see `send_following` and the upload).
     http: reqwest::Client,
-    upload_http: reqwest::Client,
     /// The API base URL, once known: given (`api_url`), or looked up from the region.
     api_url: tokio::sync::OnceCell<String>,
     /// The region to look up, when no API URL was given.
@@ -434,11 +434,12 @@ impl ScalingoClient {
                     detail: e.to_string(),
                 })
         };
-        let http = build(reqwest::redirect::Policy::limited(5))?;
+        // The token exchange lets the HTTP client follow its redirects.
+        let exchange_http = build(reqwest::redirect::Policy::limited(MAX_REDIRECTS))?;
         // Uploads stream their body from disk, which cannot be replayed automatically: their
         // redirects are followed by hand, reopening the file. API calls follow theirs by hand
         // too, so that an error names the URL that failed (`send_following`).
-        let upload_http = build(reqwest::redirect::Policy::none())?;
+        let http = build(reqwest::redirect::Policy::none())?;
         let (first, longest) = config.rate_limit_backoff;
         let budget = Arc::new(Budget::new(config.api_rate_limit).with_backoff(first, longest));
         let api_url = tokio::sync::OnceCell::new();
@@ -451,14 +452,13 @@ impl ScalingoClient {
         };
         Ok(ScalingoClient {
             auth: Authenticator::new(
-                http.clone(),
+                exchange_http,
                 config.auth_url.clone(),
                 token.clone(),
                 config.timeout,
                 budget.clone(),
             ),
             http,
-            upload_http,
             api_url,
             region,
             timeout: config.timeout,
@@ -625,7 +625,7 @@ impl ScalingoClient {
         for _ in 0..=MAX_REDIRECTS {
             let left = self.timeout.saturating_sub(started.elapsed());
             let mut request = self
-                .upload_http
+                .http
                 .request(method.clone(), &target)
                 .header(ACCEPT, "application/json")
                 .timeout(left.max(Duration::from_millis(1)));

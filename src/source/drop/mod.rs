@@ -287,7 +287,9 @@ impl DropWatcher {
     ///
     /// A file is sent once while it stays in the folder; once it leaves (claimed, deleted), the
     /// same name dropped again is sent again. If the drop folder itself is removed while watched,
-    /// it is created and watched again a little later (logged at ERROR). The watcher stops by
+    /// it is created and watched again a little later (logged at ERROR). A drop folder that is a
+    /// symbolic link to a directory is followed: the directory it leads to is watched, and
+    /// watched again within seconds when the link is pointed elsewhere. The watcher stops by
     /// itself if `tx`'s receiver is dropped.
     pub fn start(
         cfg: DropFolderConfig,
@@ -320,6 +322,7 @@ impl DropWatcher {
             source,
         })?;
         prepare(&dir)?;
+        let identity = watcher::identity(&dir);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         let watcher = start_watch(&dir, events_tx.clone(), overflow.clone())?;
@@ -333,6 +336,7 @@ impl DropWatcher {
             rescan: rescan.clone(),
             rechecks,
             watcher: Some(watcher),
+            identity,
         };
         let task = runtime.spawn(task.run());
         Ok(DropWatcher {

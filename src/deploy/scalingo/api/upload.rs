@@ -140,7 +140,7 @@ impl ScalingoClient {
                 report(total);
             });
             let response = self
-                .upload_http
+                .http
                 .put(&url)
                 .header(CONTENT_TYPE, "application/x-gzip")
                 .header(CONTENT_LENGTH, len)
