@@ -23,12 +23,17 @@
 //!
 //! One thread per watcher waits in `poll(2)` on the inotify descriptor and an eventfd that
 //! dropping the watcher signals: nothing runs while nothing changes.
+//!
+//! A test and diagnostic knob: with `DROPDEPLOY_INOTIFY_MAX_WATCHES=N` in its environment, the
+//! process behaves as if the kernel's `fs.inotify.max_user_watches` were reached once it holds
+//! `N` watches (a watch past that fails with `ENOSPC`), without touching the machine's sysctl.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
@@ -52,6 +57,18 @@ fn mask() -> WatchMask {
         | WatchMask::MOVE_SELF
         | WatchMask::DONT_FOLLOW
         | WatchMask::ONLYDIR
+}
+
+/// The environment variable of the test and diagnostic cap on watches (see the module docs).
+pub const MAX_WATCHES_ENV: &str = "DROPDEPLOY_INOTIFY_MAX_WATCHES";
+
+/// The watches this process holds, over all its watchers (for [`MAX_WATCHES_ENV`]).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// The cap set by [`MAX_WATCHES_ENV`], read once.
+fn cap() -> Option<usize> {
+    static CAP: OnceLock<Option<usize>> = OnceLock::new();
+    *CAP.get_or_init(|| std::env::var(MAX_WATCHES_ENV).ok()?.trim().parse().ok())
 }
 
 /// Watch descriptors and the directories they stand for.
@@ -88,6 +105,13 @@ impl DirWatcher {
     fn add(&mut self, path: &Path, mask: WatchMask) -> notify::Result<()> {
         let mut watches = self.watches.clone();
         let mut paths = self.paths();
+        if cap().is_some_and(|cap| HELD.load(Ordering::Acquire) >= cap)
+            && !paths.by_path.contains_key(path)
+        {
+            return Err(
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(path.to_path_buf())
+            );
+        }
         // Under the lock: the reading thread resolves the new descriptor only after this.
         let wd = watches.add(path, mask).map_err(|e| {
             let error = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
@@ -99,9 +123,14 @@ impl DirWatcher {
             };
             error.add_path(path.to_path_buf())
         })?;
-        if let Some(old) = paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
+        match paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
             // The same directory under another name (a bind mount, a renamed folder).
-            paths.by_path.remove(&old);
+            Some(old) => {
+                paths.by_path.remove(&old);
+            }
+            None => {
+                HELD.fetch_add(1, Ordering::AcqRel);
+            }
         }
         paths.by_path.insert(path.to_path_buf(), wd);
         Ok(())
@@ -141,7 +170,9 @@ impl Watcher for DirWatcher {
         let Some(wd) = paths.by_path.remove(path) else {
             return Err(notify::Error::watch_not_found().add_path(path.to_path_buf()));
         };
-        paths.by_wd.remove(&wd);
+        if paths.by_wd.remove(&wd).is_some() {
+            HELD.fetch_sub(1, Ordering::AcqRel);
+        }
         paths.deleted.remove(&wd);
         // EINVAL: the kernel already dropped it (the directory is gone).
         match watches.remove(wd) {
@@ -164,6 +195,8 @@ impl Drop for DirWatcher {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        let held = self.paths().by_wd.len();
+        HELD.fetch_sub(held, Ordering::AcqRel);
     }
 }
 
@@ -237,6 +270,7 @@ fn translate(event: &inotify::Event<&std::ffi::OsStr>, paths: &mut Paths, out: &
         // The kernel dropped the watch (directory removed, or unwatched).
         let deleted = paths.deleted.remove(&event.wd);
         if let Some(path) = paths.by_wd.remove(&event.wd) {
+            HELD.fetch_sub(1, Ordering::AcqRel);
             if paths.by_path.get(&path) == Some(&event.wd) {
                 paths.by_path.remove(&path);
             }

@@ -325,7 +325,15 @@ impl DropWatcher {
         let identity = watcher::identity(&dir);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let watcher = start_watch(&dir, events_tx.clone(), overflow.clone())?;
+        // An inotify limit does not stop the app: the folder is listed on a timer instead.
+        let (watcher, limited) = match start_watch(&dir, events_tx.clone(), overflow.clone()) {
+            Ok(watcher) => (Some(watcher), None),
+            Err(e @ DropError::InotifyLimit { .. }) => {
+                tracing::warn!(app = %cfg.app, "{e}; the drop folder is listed every {} s instead, until a watch can be had", watcher::LIMITED_RETRY.as_secs());
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
         let rescan = Arc::new(Notify::new());
         let (rechecks_tx, rechecks) = mpsc::unbounded_channel();
         let task = WatchTask {
@@ -335,8 +343,9 @@ impl DropWatcher {
             overflow,
             rescan: rescan.clone(),
             rechecks,
-            watcher: Some(watcher),
+            watcher,
             identity,
+            limited,
         };
         let task = runtime.spawn(task.run());
         Ok(DropWatcher {
@@ -372,6 +381,7 @@ impl Drop for DropWatcher {
         // Nobody checks those files any more; a new watcher of the folder shows them again.
         if let Some((live, app)) = &self.live {
             live.clear_kind(app, WaitKind::Settle);
+            live.clear_kind(app, WaitKind::Watch);
         }
     }
 }

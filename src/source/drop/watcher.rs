@@ -33,6 +33,10 @@ pub(super) const RESCAN_EVERY: Duration = Duration::from_secs(30);
 /// directory's watch nothing.
 const PATH_CHECK: Duration = Duration::from_secs(2);
 
+/// How often a drop folder that an inotify limit left without a watch is listed (and a watch
+/// tried again).
+pub(super) const LIMITED_RETRY: Duration = Duration::from_secs(2);
+
 /// A directory's device and inode: what the drop folder's path must still lead to.
 pub(super) type Identity = (u64, u64);
 
@@ -141,6 +145,9 @@ pub(super) struct WatchTask {
     pub(super) watcher: Option<DirWatcher>,
     /// What the folder's path led to when it was watched.
     pub(super) identity: Option<Identity>,
+    /// While an inotify limit leaves the folder without a watch: the limit's message. The
+    /// folder is then listed every [`LIMITED_RETRY`] instead, and a watch tried again.
+    pub(super) limited: Option<String>,
 }
 
 impl WatchTask {
@@ -159,6 +166,11 @@ impl WatchTask {
             next_rescan: Instant::now() + RESCAN_EVERY,
             next_path_check: Instant::now() + PATH_CHECK,
         };
+        if let Some(limit) = &self.limited {
+            self.folder
+                .show_unwatched(Some(&unwatched_cause(limit)), LIMITED_RETRY);
+            deadlines.recreate_at = Some(Instant::now() + LIMITED_RETRY);
+        }
         if !self.folder.scan(Rescan::EventsLost).await {
             self.lose_folder(&mut deadlines.recreate_at);
         }
@@ -174,7 +186,7 @@ impl WatchTask {
                 self.discard_queued_events();
                 turn.events_lost = true;
             }
-            if self.watcher.is_none() {
+            if self.watcher.is_none() && self.limited.is_none() {
                 continue;
             }
             if turn.folder_lost {
@@ -291,7 +303,21 @@ impl WatchTask {
         match self.watch_again() {
             Ok(()) => {
                 tracing::info!(app = %self.folder.app, drop_dir = %self.folder.dir.display(), "drop folder watched again");
+                if self.limited.take().is_some() {
+                    self.folder.show_unwatched(None, LIMITED_RETRY);
+                }
                 deadlines.recreate_failed = false;
+                true
+            }
+            // Listed on a timer meanwhile: true, so that this turn lists it.
+            Err(e @ DropError::InotifyLimit { .. }) => {
+                if self.limited.is_none() {
+                    tracing::warn!(app = %self.folder.app, "{e}; the drop folder is listed every {} s instead, until a watch can be had", LIMITED_RETRY.as_secs());
+                    self.folder
+                        .show_unwatched(Some(&unwatched_cause(&e.to_string())), LIMITED_RETRY);
+                    self.limited = Some(e.to_string());
+                }
+                deadlines.recreate_at = Some(Instant::now() + LIMITED_RETRY);
                 true
             }
             Err(e) => {
@@ -345,6 +371,14 @@ impl WatchTask {
         self.watcher = Some(watcher);
         Ok(())
     }
+}
+
+/// What the board says of a drop folder an inotify limit left without a watch.
+pub(super) fn unwatched_cause(limit: &str) -> String {
+    format!(
+        "no inotify watch, listed every {} s instead: {limit}",
+        LIMITED_RETRY.as_secs()
+    )
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

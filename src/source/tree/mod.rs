@@ -129,6 +129,17 @@ pub enum TreeState {
     /// The watch ended for good: the root was not back within [`TreeConfig::give_up`], or the
     /// watcher failed. `cause` names the source directory.
     Stopped { cause: String },
+    /// Watched, but an inotify limit left some directories without a watch: they are listed on
+    /// a timer instead (changes in them are seen within `next_check`, not at once).
+    Partial {
+        /// The root, as an absolute path.
+        root: PathBuf,
+        /// How many directories are without a watch.
+        unwatched: usize,
+        /// In words: how many, one of them, and the limit with how to raise it.
+        cause: String,
+        next_check: SystemTime,
+    },
 }
 
 /// What the watcher task shares with its [`TreeWatcher`].
@@ -375,6 +386,9 @@ impl TreeWatcher {
                 let state = states.borrow_and_update().clone();
                 match state {
                     TreeState::NotWatched {
+                        cause, next_check, ..
+                    }
+                    | TreeState::Partial {
                         cause, next_check, ..
                     } => {
                         let next = next_check
