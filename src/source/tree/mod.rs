@@ -260,8 +260,9 @@ impl TreeWatcher {
     /// one).
     ///
     /// Fails, with a message naming the directory, when the root is missing, not a directory or
-    /// unreadable, when an ignore file has a bad pattern, or when an inotify limit is reached
-    /// (the message says which `sysctl` to raise). No burst is reported for what is already
+    /// unreadable, or when an ignore file has a bad pattern. An inotify limit does not fail it:
+    /// the directories left without a watch are listed on a timer instead
+    /// ([`TreeState::Partial`], and one warning saying which `sysctl` to raise). No burst is reported for what is already
     /// there: whether to deploy at start is the caller's decision.
     pub fn start(cfg: TreeConfig) -> Result<TreeWatcher, WatchError> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
