@@ -195,10 +195,9 @@ pub(crate) fn http_error(
 }
 
 /// Reads an error response into [`ApiError::Status`]: JSON `error`/`errors` when present,
-/// else the text itself, shortened.
+/// else the text itself, shortened (64 KiB read at most), naming the URL that answered.
 pub(crate) async fn read_error_response(
     what: &'static str,
-    url: &str,
     response: reqwest::Response,
 ) -> ApiError {
     let status = response.status().as_u16();
@@ -209,7 +208,6 @@ pub(crate) async fn read_error_response(
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
     // After a redirect, the answer is the target's: name it.
     let answered = display_url(response.url().as_str());
-    let _ = url;
     let body = read_some(response, ERROR_BODY_READ).await;
     let body = String::from_utf8_lossy(&body);
     ApiError::Status {
@@ -495,7 +493,7 @@ impl ScalingoClient {
                 .await?;
             let status = response.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let err = read_error_response(what, url, response).await;
+                let err = read_error_response(what, response).await;
                 self.budget.refused(err.retry_after());
                 rate_limited += 1;
                 if rate_limited < MAX_RATE_LIMITED_TRIES {
@@ -511,7 +509,7 @@ impl ScalingoClient {
                     reauthenticated = true;
                     continue;
                 }
-                return Err(match read_error_response(what, url, response).await {
+                return Err(match read_error_response(what, response).await {
                     ApiError::Status { url, message, .. } => {
                         ApiError::FreshBearerRefused { what, url, message }
                     }
@@ -519,7 +517,7 @@ impl ScalingoClient {
                 });
             }
             if !status.is_success() {
-                return Err(read_error_response(what, url, response).await);
+                return Err(read_error_response(what, response).await);
             }
             return read_body(what, response, limit, started, self.timeout).await;
         }

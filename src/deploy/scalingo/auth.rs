@@ -107,13 +107,13 @@ impl Authenticator {
             .await
             .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let err = read_error_response(what, &url, response).await;
+            let err = read_error_response(what, response).await;
             self.budget.refused(err.retry_after());
             return Err(err);
         }
         self.budget.answered();
         if !response.status().is_success() {
-            let mut err = read_error_response(what, &url, response).await;
+            let mut err = read_error_response(what, response).await;
             if let ApiError::Status {
                 status: 401,
                 message,

@@ -170,7 +170,7 @@ impl ScalingoClient {
                 }
             }
             if status != reqwest::StatusCode::OK {
-                return Err(read_error_response(what, &url, response).await);
+                return Err(read_error_response(what, response).await);
             }
             return Ok(());
         }
