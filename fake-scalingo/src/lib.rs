@@ -41,7 +41,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
@@ -174,6 +174,18 @@ pub enum Fault {
     /// named by `source_url` (when it is one of ours) expires just before the deployment is
     /// created, so its build fails fetching it. Other endpoints: no effect.
     ExpiredSource,
+    /// Handle normally (side effects happen), then send the answer followed by this many bytes
+    /// of spaces: still valid JSON, streamed without a length (never held whole by the fake).
+    HugeBody(u64),
+    /// Handle normally (side effects happen), then garble the answer: a byte that is not UTF-8
+    /// (0xFF) put at the start of every JSON string value of a `status` or `id` key.
+    NotUtf8,
+    /// Handle normally (side effects happen), then answer with the `id` of every object
+    /// replaced by `other-id` (as a confused proxy or cache would).
+    OtherId,
+    /// Answer `307 Temporary Redirect` to this URL (a path is taken on the fake itself),
+    /// without handling the request.
+    RedirectTo(String),
 }
 
 /// Counters, as a snapshot.
@@ -1077,6 +1089,26 @@ async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, mut req: Request<Incomin
             }
             _ => dispatch(&mut cx, &route, &mut body, true).await,
         },
+        Some(Fault::HugeBody(extra)) => {
+            let resp = dispatch(&mut cx, &route, &mut body, false).await;
+            huge_body(resp, extra).await
+        }
+        Some(Fault::NotUtf8) => {
+            let resp = dispatch(&mut cx, &route, &mut body, false).await;
+            rewrite_body(resp, |v| garble_strings(v, &["\"status\":\"", "\"id\":\""])).await
+        }
+        Some(Fault::OtherId) => {
+            let resp = dispatch(&mut cx, &route, &mut body, false).await;
+            rewrite_body(resp, |v| replace_ids(v, "other-id")).await
+        }
+        Some(Fault::RedirectTo(location)) => {
+            cx.drain(&mut body).await;
+            let mut resp = text_resp(307, "text/plain; charset=utf-8", "redirected");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
         None => dispatch(&mut cx, &route, &mut body, false).await,
     };
     guard.finish(Some(&resp));
@@ -2223,6 +2255,84 @@ fn text_resp(status: u16, content_type: &'static str, body: impl Into<Bytes>) ->
 
 fn json_resp(status: u16, value: Value) -> Resp {
     text_resp(status, "application/json; charset=utf-8", value.to_string())
+}
+
+/// `resp` with its body followed by `extra` spaces, streamed in 64 KiB chunks without a length.
+async fn huge_body(resp: Resp, extra: u64) -> Resp {
+    let (mut parts, body) = resp.into_parts();
+    let head = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let chunk = Bytes::from(vec![b' '; 64 << 10]);
+    let spaces = futures_util::stream::unfold(extra, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(chunk.len() as u64);
+                (chunk.slice(..n as usize), left - n)
+            })
+        }
+    });
+    let stream = futures_util::stream::once(async move { head })
+        .chain(spaces)
+        .map(|b| Ok::<_, io::Error>(Frame::data(b)));
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+/// `resp` with its body rewritten by `f` (its length set again).
+async fn rewrite_body(resp: Resp, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Resp {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let bytes = f(bytes.to_vec());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(bytes))
+}
+
+/// A 0xFF byte put right after every occurrence of one of `keys` (a key and its opening quote).
+fn garble_strings(body: Vec<u8>, keys: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 8);
+    let mut i = 0;
+    while i < body.len() {
+        out.push(body[i]);
+        i += 1;
+        if keys.iter().any(|k| out.ends_with(k.as_bytes())) {
+            out.push(0xFF);
+        }
+    }
+    out
+}
+
+/// Every `"id"` of a JSON body replaced by `id` (a body that is not JSON is kept).
+fn replace_ids(body: Vec<u8>, id: &str) -> Vec<u8> {
+    fn walk(value: &mut Value, id: &str) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if key == "id" && v.is_string() {
+                        *v = Value::String(id.to_string());
+                    } else {
+                        walk(v, id);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, id)),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(mut value) => {
+            walk(&mut value, id);
+            value.to_string().into_bytes()
+        }
+        Err(_) => body,
+    }
 }
 
 fn json_error(status: u16, message: &str) -> Resp {

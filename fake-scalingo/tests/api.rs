@@ -1133,3 +1133,55 @@ async fn the_app_links_its_deployments_stream() {
     assert_eq!(plain.status(), StatusCode::FORBIDDEN);
     assert_eq!(server.stats().stream_refused, 1);
 }
+
+#[tokio::test]
+async fn garbling_faults_answer_what_they_say() {
+    let server = FakeScalingo::start(fast());
+    let http = fake_scalingo::http_client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let jwt = exchange(&server, &http).await;
+    let post = || {
+        http.post(format!("{}/v1/sources", server.url()))
+            .bearer_auth(&jwt)
+            .json(&json!({}))
+            .send()
+    };
+
+    // HugeBody: the answer, then exactly that many spaces, without a length.
+    server.fail_next(Endpoint::CreateSource, Fault::HugeBody(1 << 20));
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.content_length(), None);
+    let body = resp.bytes().await.unwrap();
+    let json_len = body.iter().rposition(|&b| b != b' ').unwrap() + 1;
+    assert_eq!(body.len() - json_len, 1 << 20);
+    assert!(serde_json::from_slice::<Value>(&body).is_ok(), "still JSON");
+
+    // NotUtf8: a 0xFF byte at the start of the id's value.
+    server.fail_next(Endpoint::GetApp, Fault::NotUtf8);
+    let body = http
+        .get(format!("{}/v1/apps/{APP}", server.url()))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(std::str::from_utf8(&body).is_err());
+    assert!(body.windows(7).any(|w| w == b"\"id\":\"\xff"), "{body:?}");
+
+    // RedirectTo: a 307 to the given place, nothing made.
+    let made = server.stats().sources_created;
+    server.fail_next(
+        Endpoint::CreateSource,
+        Fault::RedirectTo("/elsewhere".into()),
+    );
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(resp.headers()["location"], "/elsewhere");
+    assert_eq!(server.stats().sources_created, made);
+}

@@ -229,6 +229,10 @@ pub(super) async fn say_gaps(
                 println!("{app}: {} is not watched: {cause}", root.display());
                 said = Some(cause);
             }
+            TreeState::Partial { root, cause, .. } if said.as_ref() != Some(&cause) => {
+                println!("{app}: {} is partly watched: {cause}", root.display());
+                said = Some(cause);
+            }
             TreeState::Watched if said.take().is_some() => {
                 println!("{app}: the source directory is back; watching it again");
             }

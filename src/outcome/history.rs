@@ -180,6 +180,11 @@ pub(super) fn file_len(path: &Path) -> Result<u64, OutcomeError> {
 
 /// Appends `entry` as one line, in one write, and fsyncs. A last line left without its newline
 /// (a write cut short) is closed first, so the new line never glues onto it.
+///
+/// The look at the last byte and the write happen under an exclusive `flock` of the file
+/// (every appender, in any process, takes it): otherwise a line being written by another
+/// appender at that moment (its bytes partly in the file) looks cut short, and a newline
+/// added before this one leaves a blank line between the two.
 pub(super) fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), OutcomeError> {
     let line = serde_json::to_vec(entry).map_err(|source| OutcomeError::Json {
         action: "cannot write a history line to",
@@ -195,6 +200,8 @@ pub(super) fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), Ou
         .create(true)
         .open(path)
         .map_err(io_err("cannot open the history file", path))?;
+    // Released when `file` is closed, at the end of this function (or by the kernel on a crash).
+    lock_exclusive(&file).map_err(io_err("cannot lock the history file", path))?;
     let len = file
         .metadata()
         .map_err(io_err("cannot stat the history file", path))?
@@ -221,6 +228,17 @@ pub(super) fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), Ou
         })?;
     }
     Ok(())
+}
+
+/// Waits for the exclusive `flock` of `file` (held by other appenders for one write and fsync).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    loop {
+        match rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
 }
 
 /// The entry for `job` in the history at or after byte `from` (from the start if the file is
@@ -321,5 +339,89 @@ impl RevLines {
             chunk.extend_from_slice(&self.buf);
             self.buf = chunk;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    fn entry(job: &str) -> HistoryEntry {
+        HistoryEntry {
+            app: "my-app".into(),
+            job: job.into(),
+            ..HistoryEntry::default()
+        }
+    }
+
+    /// Issue 21: one blank line among 10,006 lines appended at once. An appender that looks at
+    /// the last byte while another's line is half in the file took it for a line cut short.
+    /// Here the half-written line is the test's own, written under the lock every appender
+    /// takes: the append must wait for it, not glue a newline onto half a line.
+    #[test]
+    fn an_append_waits_for_a_line_being_written_and_adds_no_blank_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        append_history(&path, &entry("j0")).unwrap();
+        let line = serde_json::to_vec(&entry("j1")).unwrap();
+        let (head, tail) = line.split_at(line.len() / 2);
+
+        let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
+        rustix::fs::flock(writer.as_fd(), rustix::fs::FlockOperation::LockExclusive).unwrap();
+        writer.write_all(head).unwrap();
+        let appender = {
+            let path = path.clone();
+            std::thread::spawn(move || append_history(&path, &entry("j2")))
+        };
+        // The appender must not finish while the line is half written; give it a generous
+        // moment to do the wrong thing (it has nothing to wait for but the lock).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !appender.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        writer.write_all(tail).unwrap();
+        writer.write_all(b"\n").unwrap();
+        drop(writer);
+        appender.join().unwrap().unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        for line in &lines {
+            assert!(
+                serde_json::from_str::<HistoryEntry>(line).is_ok(),
+                "a damaged or blank line in {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_are_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        append_history(&path, &entry(&format!("t{t}-{i}"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 320);
+        assert!(
+            lines
+                .iter()
+                .all(|l| serde_json::from_str::<HistoryEntry>(l).is_ok())
+        );
     }
 }

@@ -42,6 +42,10 @@ impl Probe {
     /// One line: `HTTP 500 in 12 ms: "oops"`, or `no answer after 5 ms: connection refused`.
     pub fn describe(&self) -> String {
         match (self.status, &self.error) {
+            // Headers came, and then the body did not (or broke).
+            (Some(status), Some(error)) => {
+                format!("HTTP {status} after {} ms: {error}", self.latency_ms)
+            }
             (Some(status), _) if self.excerpt.is_empty() => {
                 format!("HTTP {status} in {} ms", self.latency_ms)
             }

@@ -23,12 +23,17 @@
 //!
 //! One thread per watcher waits in `poll(2)` on the inotify descriptor and an eventfd that
 //! dropping the watcher signals: nothing runs while nothing changes.
+//!
+//! A test and diagnostic knob: with `DROPDEPLOY_INOTIFY_MAX_WATCHES=N` in its environment, the
+//! process behaves as if the kernel's `fs.inotify.max_user_watches` were reached once it holds
+//! `N` watches (a watch past that fails with `ENOSPC`), without touching the machine's sysctl.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
@@ -54,6 +59,18 @@ fn mask() -> WatchMask {
         | WatchMask::ONLYDIR
 }
 
+/// The environment variable of the test and diagnostic cap on watches (see the module docs).
+pub const MAX_WATCHES_ENV: &str = "DROPDEPLOY_INOTIFY_MAX_WATCHES";
+
+/// The watches this process holds, over all its watchers (for [`MAX_WATCHES_ENV`]).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// The cap set by [`MAX_WATCHES_ENV`], read once.
+fn cap() -> Option<usize> {
+    static CAP: OnceLock<Option<usize>> = OnceLock::new();
+    *CAP.get_or_init(|| std::env::var(MAX_WATCHES_ENV).ok()?.trim().parse().ok())
+}
+
 /// Watch descriptors and the directories they stand for.
 #[derive(Default)]
 struct Paths {
@@ -76,6 +93,47 @@ pub struct DirWatcher {
 impl DirWatcher {
     fn paths(&self) -> std::sync::MutexGuard<'_, Paths> {
         self.paths.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches the directory `path` leads to, following a symbolic link at `path` itself (a
+    /// drop folder may be one); events still name `path`. The link's own replacement is not
+    /// seen here: the caller compares what `path` leads to on a timer.
+    pub fn watch_through_link(&mut self, path: &Path) -> notify::Result<()> {
+        self.add(path, mask() & !WatchMask::DONT_FOLLOW)
+    }
+
+    fn add(&mut self, path: &Path, mask: WatchMask) -> notify::Result<()> {
+        let mut watches = self.watches.clone();
+        let mut paths = self.paths();
+        if cap().is_some_and(|cap| HELD.load(Ordering::Acquire) >= cap)
+            && !paths.by_path.contains_key(path)
+        {
+            return Err(
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(path.to_path_buf())
+            );
+        }
+        // Under the lock: the reading thread resolves the new descriptor only after this.
+        let wd = watches.add(path, mask).map_err(|e| {
+            let error = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch)
+            } else if e.kind() == io::ErrorKind::NotFound {
+                notify::Error::new(notify::ErrorKind::PathNotFound)
+            } else {
+                notify::Error::io(e)
+            };
+            error.add_path(path.to_path_buf())
+        })?;
+        match paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
+            // The same directory under another name (a bind mount, a renamed folder).
+            Some(old) => {
+                paths.by_path.remove(&old);
+            }
+            None => {
+                HELD.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        paths.by_path.insert(path.to_path_buf(), wd);
+        Ok(())
     }
 }
 
@@ -103,25 +161,7 @@ impl Watcher for DirWatcher {
     /// Watches the directory `path` itself (its entries, not its subdirectories): `recursive`
     /// is not supported and counts as non-recursive.
     fn watch(&mut self, path: &Path, _recursive: RecursiveMode) -> notify::Result<()> {
-        let mut watches = self.watches.clone();
-        let mut paths = self.paths();
-        // Under the lock: the reading thread resolves the new descriptor only after this.
-        let wd = watches.add(path, mask()).map_err(|e| {
-            let error = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-                notify::Error::new(notify::ErrorKind::MaxFilesWatch)
-            } else if e.kind() == io::ErrorKind::NotFound {
-                notify::Error::new(notify::ErrorKind::PathNotFound)
-            } else {
-                notify::Error::io(e)
-            };
-            error.add_path(path.to_path_buf())
-        })?;
-        if let Some(old) = paths.by_wd.insert(wd.clone(), path.to_path_buf()) {
-            // The same directory under another name (a bind mount, a renamed folder).
-            paths.by_path.remove(&old);
-        }
-        paths.by_path.insert(path.to_path_buf(), wd);
-        Ok(())
+        self.add(path, mask())
     }
 
     fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
@@ -130,7 +170,9 @@ impl Watcher for DirWatcher {
         let Some(wd) = paths.by_path.remove(path) else {
             return Err(notify::Error::watch_not_found().add_path(path.to_path_buf()));
         };
-        paths.by_wd.remove(&wd);
+        if paths.by_wd.remove(&wd).is_some() {
+            HELD.fetch_sub(1, Ordering::AcqRel);
+        }
         paths.deleted.remove(&wd);
         // EINVAL: the kernel already dropped it (the directory is gone).
         match watches.remove(wd) {
@@ -153,6 +195,8 @@ impl Drop for DirWatcher {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        let held = self.paths().by_wd.len();
+        HELD.fetch_sub(held, Ordering::AcqRel);
     }
 }
 
@@ -226,6 +270,7 @@ fn translate(event: &inotify::Event<&std::ffi::OsStr>, paths: &mut Paths, out: &
         // The kernel dropped the watch (directory removed, or unwatched).
         let deleted = paths.deleted.remove(&event.wd);
         if let Some(path) = paths.by_wd.remove(&event.wd) {
+            HELD.fetch_sub(1, Ordering::AcqRel);
             if paths.by_path.get(&path) == Some(&event.wd) {
                 paths.by_path.remove(&path);
             }

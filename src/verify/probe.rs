@@ -10,12 +10,16 @@ use crate::queue::spool::Timestamp;
 /// How much of a body is read, at most (enough for `contains` on a health page).
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Asks `url` (the check's) once. Never fails: no answer is an unhealthy probe saying why.
+/// Asks `url` (the check's) once. Never fails: no answer is an unhealthy probe saying why, and
+/// headers whose body does not come (or breaks) are an unhealthy probe with their status.
 pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig, url: &str) -> Probe {
     let started = Instant::now();
+    // The status and when it came, once the headers are in.
+    let mut headers: Option<(u16, Duration)> = None;
     let answer = tokio::time::timeout(cfg.timeout, async {
         let mut resp = http.get(url).send().await?;
         let status = resp.status().as_u16();
+        headers = Some((status, started.elapsed()));
         let mut body = Vec::new();
         while body.len() < BODY_LIMIT
             && let Some(chunk) = resp.chunk().await?
@@ -26,6 +30,27 @@ pub async fn probe(http: &reqwest::Client, cfg: &VerifyConfig, url: &str) -> Pro
     })
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
+    if let Some((status, after)) = headers
+        && !matches!(answer, Ok(Ok(_)))
+    {
+        let what = match &answer {
+            Ok(Err(e)) => format!("the body broke: {}", describe_error(e)),
+            _ => format!(
+                "the body did not come within the {} timeout",
+                humantime::format_duration(cfg.timeout)
+            ),
+        };
+        return Probe {
+            status: Some(status),
+            latency_ms,
+            excerpt: String::new(),
+            error: Some(crate::redact::redact_owned(format!(
+                "headers in {} ms, but {what}",
+                after.as_millis()
+            ))),
+            healthy: false,
+        };
+    }
     match answer {
         Ok(Ok((status, body))) => {
             let text = String::from_utf8_lossy(&body);
@@ -225,6 +250,43 @@ mod tests {
         let (verdict, why) = record(&mut check, &cfg(), answer(503), 25, secs(15)).unwrap();
         assert_eq!(verdict, Verdict::Unhealthy);
         assert!(why.contains("15 s after"), "{why}");
+    }
+
+    /// Issue 21: headers that came without their body were reported as "no answer".
+    #[tokio::test]
+    async fn headers_without_their_body_say_so_with_their_status() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+                .unwrap();
+            // Keep the connection open, the body never finished, until the probe is done.
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        });
+        let cfg = VerifyConfig {
+            timeout: Duration::from_millis(500),
+            ..cfg()
+        };
+        let http = crate::http::client_builder().build().unwrap();
+        let probe = probe(&http, &cfg, &format!("http://{addr}/up")).await;
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+        assert_eq!(probe.status, Some(200), "{probe:?}");
+        assert!(!probe.healthy);
+        let said = probe.describe();
+        assert!(
+            said.contains("HTTP 200")
+                && said.contains("headers in")
+                && said.contains("the body did not come within the 500ms timeout"),
+            "{said}"
+        );
+        assert!(!said.contains("no answer"), "{said}");
     }
 
     #[test]

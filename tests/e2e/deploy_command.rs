@@ -245,6 +245,39 @@ fn three_503s_then_success() {
 }
 
 #[test]
+fn a_garbled_deployment_answer_is_asked_again_not_taken_as_a_failure() {
+    // Issue 21: a GET answer with a byte that is not UTF-8 in its status was read as the
+    // status "\u{fffd}queued", an unknown one, so the job failed for good while the platform
+    // went on to deploy it. Another deployment's answer is no answer either.
+    for fault in [Fault::NotUtf8, Fault::OtherId] {
+        let world = World::new();
+        world.fake.fail_next(Endpoint::GetDeployment, fault.clone());
+        deploy(&world, "my-app", &world.archive("a.tar.gz"))
+            .assert_code(0)
+            .assert_contains("success: deployment");
+        let deployments = world.fake.deployments("my-app");
+        assert_eq!(deployments.len(), 1, "{fault:?}");
+        assert_eq!(deployments[0].status, "success", "{fault:?}");
+        let history = world.history();
+        assert_eq!(history.len(), 1, "{fault:?}: {history:?}");
+        assert_eq!(history[0]["outcome"], "succeeded", "{fault:?}: {history:?}");
+    }
+}
+
+#[test]
+fn a_huge_deployment_answer_is_refused_and_asked_again() {
+    let world = World::new();
+    world
+        .fake
+        .fail_next(Endpoint::GetDeployment, Fault::HugeBody(256 << 20));
+    deploy(&world, "my-app", &world.archive("a.tar.gz"))
+        .assert_code(0)
+        .assert_contains("too large")
+        .assert_contains("success: deployment");
+    assert_eq!(world.fake.deployments("my-app").len(), 1);
+}
+
+#[test]
 fn a_connection_cut_mid_upload_is_retried() {
     let world = World::new();
     world.fake.fail_next(Endpoint::Upload, Fault::CloseMidBody);

@@ -245,3 +245,24 @@ fn a_claim_that_fails_on_a_full_disk_is_retried_once_space_is_freed() {
     assert_eq!(history[0]["file"], "full.tar.gz");
     assert!(!status(&world).contains("waiting to claim"));
 }
+
+/// Issue 21: a drop folder that an inotify limit leaves without a watch stopped the whole
+/// daemon at start. It is listed on a timer instead, and `status` says so. The daemon's own cap
+/// on watches (a test knob) stands for the kernel's limit.
+#[test]
+fn a_drop_folder_without_an_inotify_watch_is_listed_instead() {
+    let world = support::World::new();
+    let drop = world.add_drop_app("my-app", "");
+    let _daemon = world.start_daemon_with_env("d", &[("DROPDEPLOY_INOTIFY_MAX_WATCHES", "0")]);
+    let line = wait_status_line(&world, &["not watched:", "no inotify watch"], "d");
+    assert!(line.contains(&drop.display().to_string()), "{line}");
+    world.drop_archive(&drop, "a.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["outcome"], "succeeded");
+    let log = world.log("d");
+    let said = log
+        .lines()
+        .filter(|l| l.contains("the inotify limit"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+}

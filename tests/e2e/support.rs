@@ -256,7 +256,19 @@ impl World {
     /// Starts `dropdeploy run` in the background (output in `<tag>.stdout` / `<tag>.stderr`)
     /// and waits until it watches its folders.
     pub fn start_daemon(&self, tag: &str) -> Proc {
-        let child = Proc(self.spawn(&["run"], tag));
+        self.start_daemon_with_env(tag, &[])
+    }
+
+    /// [`World::start_daemon`] with more variables in the daemon's environment.
+    pub fn start_daemon_with_env(&self, tag: &str, env: &[(&str, &str)]) -> Proc {
+        let stdout = std::fs::File::create(self.path(&format!("{tag}.stdout"))).unwrap();
+        let stderr = std::fs::File::create(self.path(&format!("{tag}.stderr"))).unwrap();
+        let mut command = self.command(&["run"]);
+        command.stdout(stdout).stderr(stderr);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = Proc(command.spawn().unwrap());
         let log = self.path(&format!("{tag}.stderr"));
         let up = wait_for(Duration::from_secs(30), || {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("dropdeploy is running"))

@@ -353,6 +353,64 @@ fn a_removed_source_dir_shows_in_status_and_its_new_content_is_deployed_when_it_
     world.wait_history(2, LONG);
 }
 
+/// Issue 21: with inotify's limit reached, the daemon did not start at all (drop-folder apps
+/// included), and while running it logged an error per batch and never deployed edits in the
+/// directories it could not watch while `status` said all was well. The daemon's own cap on
+/// watches (a test knob) stands for the kernel's limit: 4 watches, one for the drop folder.
+#[test]
+fn an_inotify_limit_is_said_once_shown_in_status_and_the_rest_is_listed_instead() {
+    let world = World::new();
+    let drop = world.add_drop_app("drop-app", "");
+    let root = world.add_tree_app("my-app", "");
+    for i in 0..30 {
+        let dir = root.join(format!("d{i:02}")).join("sub");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f.js"), b"1\n").unwrap();
+    }
+    let _daemon = world.start_daemon_with_env("d", &[("DROPDEPLOY_INOTIFY_MAX_WATCHES", "4")]);
+
+    // Other apps are unaffected.
+    world.drop_archive(&drop, "a.tar.gz");
+    let history = world.wait_history(1, LONG);
+    assert_eq!(history[0]["app"], "drop-app");
+    assert_eq!(history[0]["outcome"], "succeeded");
+
+    // The unwatched part is on the board.
+    let mut shown = String::new();
+    assert!(
+        wait_for(LONG, || {
+            shown = status(&world);
+            shown.contains(&format!("not watched: {}: ", root.display()))
+                && shown.contains("without an inotify watch")
+        }),
+        "{shown}\n--- log\n{}",
+        world.log("d")
+    );
+
+    // Edits in directories without a watch are deployed all the same (listed on a timer).
+    std::fs::write(root.join("d29/sub/f.js"), b"2\n").unwrap();
+    std::fs::create_dir_all(root.join("d28/sub/new")).unwrap();
+    std::fs::write(root.join("d28/sub/new/g.js"), b"new\n").unwrap();
+    let history = world.wait_history(2, LONG);
+    assert_eq!(history[1]["app"], "my-app", "{history:?}");
+    assert_eq!(history[1]["outcome"], "succeeded");
+    let d = &world.fake.deployments("my-app")[0];
+    let (archive, _) = world.deployed_listing(&d.source_url);
+    assert_eq!(world.deployed_file(&archive, "my-app/d29/sub/f.js"), "2\n");
+    assert_eq!(
+        world.deployed_file(&archive, "my-app/d28/sub/new/g.js"),
+        "new\n"
+    );
+
+    // One warning, not one per batch.
+    let log = world.log("d");
+    let said = log
+        .lines()
+        .filter(|l| l.contains("the inotify limit") && l.contains("my-app"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+}
+
 #[test]
 fn a_source_dir_swapped_by_rename_is_deployed() {
     let world = World::new();

@@ -436,3 +436,75 @@ async fn stopping_the_watcher_ends_its_task() {
         .expect("the task ended in time");
     assert!(ended.is_none(), "got {ended:?}");
 }
+
+/// Waits up to `within` for the next ready file.
+async fn next_within(rx: &mut mpsc::Receiver<ReadyFile>, within: Duration) -> ReadyFile {
+    timeout(within, rx.recv())
+        .await
+        .expect("no ready file arrived in time")
+        .expect("the watcher stopped")
+}
+
+/// Points the symbolic link `link` at `target` in one rename, as `ln -sfn` users expect.
+fn point(link: &Path, target: &Path) {
+    let staged = link.with_extension("new-link");
+    let _ = fs::remove_file(&staged);
+    std::os::unix::fs::symlink(target, &staged).expect("make the new link");
+    fs::rename(&staged, link).expect("swap the link in");
+}
+
+/// Issue 21: a drop folder that is a symbolic link to a directory was refused at start with
+/// "Not a directory"; it is followed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drop_folder_that_is_a_symlink_to_a_directory_is_followed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let real = tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let dir = tmp.path().join("drop");
+    std::os::unix::fs::symlink(&real, &dir).unwrap();
+    let (_watcher, mut rx) = start(&dir, Duration::from_millis(300));
+    assert!(real.join("done").is_dir() && real.join("failed").is_dir());
+    let path = rename_in(tmp.path(), &dir, "app.tar.gz", b"x");
+    let ready = next(&mut rx).await;
+    assert_eq!(ready.path, path);
+    assert_eq!(ready.readiness, Readiness::RenamedIn);
+}
+
+/// Issue 21: a drop folder swapped for a symbolic link while watched had its files never
+/// taken; and a link pointed at another directory leaves the old one watched. Both are
+/// followed within seconds, and files already in the new directory are taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drop_folder_swapped_for_a_symlink_and_repointed_is_watched_where_it_leads() {
+    let (tmp, dir) = drop_folder();
+    let (_watcher, mut rx) = start(&dir, Duration::from_millis(200));
+    let first = tmp.path().join("first");
+    fs::create_dir(&first).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&first, &dir).unwrap();
+    // Taken through the link once it is watched again (after the 2 s grace of a removal).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !first.join("failed").is_dir() {
+        assert!(
+            Instant::now() < deadline,
+            "the link's target was not prepared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = rename_in(tmp.path(), &dir, "one.tar.gz", b"1");
+    assert_eq!(
+        next_within(&mut rx, Duration::from_secs(20)).await.path,
+        path
+    );
+
+    // Pointed elsewhere: a file already there, and one renamed in later, are both taken.
+    let second = tmp.path().join("second");
+    fs::create_dir(&second).unwrap();
+    fs::write(second.join("two.tar.gz"), b"2").unwrap();
+    point(&dir, &second);
+    let ready = next_within(&mut rx, Duration::from_secs(20)).await;
+    assert_eq!(ready.path, dir.join("two.tar.gz"));
+    let path = rename_in(tmp.path(), &dir, "three.tar.gz", b"3");
+    let ready = next_within(&mut rx, Duration::from_secs(20)).await;
+    assert_eq!(ready.path, path);
+    assert!(second.join("done").is_dir(), "the new folder was prepared");
+}

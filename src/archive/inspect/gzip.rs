@@ -10,6 +10,10 @@ use super::messages::human_size;
 use super::{Rejection, RejectionKind};
 
 pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The most zero bytes accepted after the last gzip member: padding to a tape block or a
+/// device's sector, never more than a few kB; more is not padding but a file to refuse before
+/// it is read (and uploaded) whole.
+pub(crate) const MAX_TRAILING_ZEROS: u64 = 1024 * 1024;
 /// Enough to see the `ustar` magic of an uncompressed tar header (offset 257).
 pub(super) const SNIFF_LEN: usize = 512;
 
@@ -74,15 +78,38 @@ pub(super) struct GzipMembers<R> {
     /// The last member ended cleanly and the file is at its end.
     pub(super) done: bool,
     pub(super) fault: Option<Rejection>,
+    /// The most of the file read ([`super::Limits::max_compressed`]).
+    max_compressed: u64,
 }
 
 impl<R: Read> GzipMembers<R> {
-    pub(super) fn new(input: Compressed<R>) -> Self {
+    pub(super) fn new(input: Compressed<R>, max_compressed: u64) -> Self {
         GzipMembers {
             decoder: Some(GzDecoder::new(input)),
             done: false,
             fault: None,
+            max_compressed,
         }
+    }
+
+    /// Fails once more of the file than [`Self::max_compressed`] was read.
+    fn check_size(&mut self) -> io::Result<()> {
+        let read = self
+            .decoder
+            .as_ref()
+            .map_or(0, |decoder| decoder.get_ref().get_ref().bytes);
+        if read <= self.max_compressed {
+            return Ok(());
+        }
+        Err(self.fail(Rejection::new(
+            RejectionKind::TooLarge,
+            format!(
+                "the file is larger than the {} any archive within the size limit takes \
+                 compressed (read so far: {})",
+                human_size(self.max_compressed),
+                human_size(read)
+            ),
+        )))
     }
 
     /// The file's own read error, if reading it failed (not the archive's fault).
@@ -154,6 +181,7 @@ impl<R: Read> GzipMembers<R> {
             }
             return Ok(());
         }
+        let padding_from = consumed(input);
         loop {
             let available = input.fill_buf()?;
             if available.is_empty() {
@@ -162,7 +190,20 @@ impl<R: Read> GzipMembers<R> {
             }
             let length = available.len();
             match available.iter().position(|&byte| byte != 0) {
-                None => input.consume(length),
+                None => {
+                    input.consume(length);
+                    if consumed(input) - padding_from > MAX_TRAILING_ZEROS {
+                        return Err(self.fail(Rejection::new(
+                            RejectionKind::CorruptGzip,
+                            format!(
+                                "unexpected data after the end of the gzip stream at {}: more \
+                                 than {} of zero bytes, not padding",
+                                human_size(padding_from),
+                                human_size(MAX_TRAILING_ZEROS)
+                            ),
+                        )));
+                    }
+                }
                 Some(at) => {
                     input.consume(at);
                     let offset = consumed(input);
@@ -197,7 +238,9 @@ impl<R: Read> Read for GzipMembers<R> {
             let Some(decoder) = self.decoder.as_mut() else {
                 return Ok(0);
             };
-            match decoder.read(buf) {
+            let read = decoder.read(buf);
+            self.check_size()?;
+            match read {
                 Ok(0) => self.after_member()?,
                 Ok(n) => return Ok(n),
                 Err(error) => return Err(self.classify(error)),

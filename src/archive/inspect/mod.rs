@@ -12,7 +12,8 @@
 //! - the file is gzip (one or more members, as parallel packers write), every member's CRC and
 //!   length verified, and nothing but zero bytes after the last member: GNU `tar xzf` fails on
 //!   other trailing data ("trailing garbage ignored", exit 2), while zero padding is accepted by
-//!   `gzip` and `tar` alike, so that is what we accept too;
+//!   `gzip` and `tar` alike, so that is what we accept too, up to [`gzip::MAX_TRAILING_ZEROS`];
+//! - the file itself is at most [`Limits::max_compressed`] (reading stops one chunk past it);
 //! - the uncompressed stream (counted as it is read, reading stops one byte past the limit) is at
 //!   most [`Limits::max_uncompressed`];
 //! - it is a readable tar archive: every header and body read or skipped, so truncation is found,
@@ -52,6 +53,19 @@ pub struct Limits {
     /// padding included). One byte more and the archive is refused as
     /// [`RejectionKind::TooLarge`], without decompressing further.
     pub max_uncompressed: u64,
+}
+
+impl Limits {
+    /// The largest accepted size of the file itself: what any gzip of a tar stream within
+    /// [`Limits::max_uncompressed`] can take (deflate's stored blocks add 5 bytes per 64 KiB,
+    /// every member about 20), with room to spare. Past it the archive is refused as
+    /// [`RejectionKind::TooLarge`] without reading further: empty gzip members or zero padding
+    /// could otherwise go on for ever, and every byte of the file would be uploaded.
+    pub fn max_compressed(&self) -> u64 {
+        self.max_uncompressed
+            .saturating_add(self.max_uncompressed / 16)
+            .saturating_add(1024 * 1024)
+    }
 }
 
 impl Default for Limits {
@@ -143,7 +157,8 @@ pub enum RejectionKind {
     Empty,
     /// The file is not gzip at all (the reason names the format it looks like, if known).
     NotGzip,
-    /// Bad deflate data, a CRC or length mismatch, or non-zero data after the last member.
+    /// Bad deflate data, a CRC or length mismatch, or non-zero data (or more than
+    /// [`gzip::MAX_TRAILING_ZEROS`] zero bytes) after the last member.
     CorruptGzip,
     /// The gzip stream ends before its end: an incomplete copy or upload.
     TruncatedGzip,
@@ -151,7 +166,8 @@ pub enum RejectionKind {
     NotTar,
     /// The tar archive is damaged or truncated after a valid start.
     CorruptTar,
-    /// The uncompressed size exceeds [`Limits::max_uncompressed`].
+    /// The uncompressed size exceeds [`Limits::max_uncompressed`], or the file's own size
+    /// [`Limits::max_compressed`].
     TooLarge,
     /// Not exactly one top-level folder.
     NoSingleRoot,
@@ -200,7 +216,10 @@ pub fn inspect_reader(
     }
 
     let source = SourceReader::new(Cursor::new(prefix).chain(reader));
-    let gzip = GzipMembers::new(BufReader::with_capacity(64 * 1024, source));
+    let gzip = GzipMembers::new(
+        BufReader::with_capacity(64 * 1024, source),
+        limits.max_compressed(),
+    );
     let mut archive = tar::Archive::new(SizeLimit::new(gzip, limits.max_uncompressed));
     let mut scan = Scan::default();
     let mut scanned = scan_entries(&mut archive, &mut scan);

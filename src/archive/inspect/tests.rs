@@ -216,6 +216,56 @@ fn accepts_zero_bytes_after_the_gzip_end_as_gzip_does() {
     assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
 }
 
+/// Issue 21: a small gzip followed by 5 GiB of zeros was accepted (and would have been
+/// uploaded whole). Zero padding is bounded; 64 MiB stand for the 5 GiB here.
+#[test]
+fn rejects_more_zero_padding_after_the_gzip_end_than_any_padding() {
+    let bytes = tgz_of(&["app/", "app/a"]);
+    let end = bytes.len() as u64;
+    let zeros = io::repeat(0).take(64 << 20);
+    let verdict = inspect_reader(io::Cursor::new(bytes).chain(zeros), &Limits::default())
+        .expect("no read error");
+    let rejection = verdict.expect_err("64 MiB of zeros is no padding");
+    assert_eq!(rejection.kind, RejectionKind::CorruptGzip);
+    assert!(
+        rejection.reason.contains(&format!(
+            "after the end of the gzip stream at {}",
+            human_size(end)
+        )) && rejection.reason.contains("zero bytes"),
+        "{}",
+        rejection.reason
+    );
+}
+
+/// Empty gzip members after the archive decompress to nothing: only the file's own size bound
+/// stops them.
+#[test]
+fn rejects_a_file_larger_than_any_archive_within_the_limit_compresses_to() {
+    let limits = Limits {
+        max_uncompressed: 64 * 1024,
+    };
+    let mut bytes = tgz_of(&["app/", "app/a"]);
+    let empty = gzip(b"");
+    while (bytes.len() as u64) <= limits.max_compressed() + 64 * 1024 {
+        bytes.extend_from_slice(&empty);
+    }
+    let rejection = check_with(&bytes, &limits).expect_err("too large a file");
+    assert_eq!(rejection.kind, RejectionKind::TooLarge);
+    assert!(
+        rejection
+            .reason
+            .contains(&human_size(limits.max_compressed())),
+        "{}",
+        rejection.reason
+    );
+    // The same archive with a few empty members is fine.
+    let mut few = tgz_of(&["app/", "app/a"]);
+    for _ in 0..10 {
+        few.extend_from_slice(&empty);
+    }
+    assert_eq!(check_with(&few, &limits).unwrap().entries, 2);
+}
+
 #[test]
 fn rejects_garbage_after_the_gzip_end_as_gnu_tar_does() {
     let mut bytes = tgz_of(&["app/", "app/a"]);

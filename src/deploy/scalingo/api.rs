@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::RETRY_AFTER;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,17 @@ use crate::queue::retry::{Class, classify_status, parse_retry_after};
 /// How many 429s in a row one call waits out (each pausing the whole client) before it reports
 /// the error to its caller's retry loop.
 const MAX_RATE_LIMITED_TRIES: u32 = 4;
+/// Redirects followed by one API call.
+const MAX_REDIRECTS: usize = 5;
 /// How much of an error body is kept in a message.
 const MAX_ERROR_BODY: usize = 600;
+/// The most of an error body that is read (the rest is not waited for).
+const ERROR_BODY_READ: usize = 64 * 1024;
+/// The longest JSON answer read: a page of deployments is a few dozen kB. A longer one is
+/// [`ApiError::TooLarge`], found without holding more than this in memory.
+pub const MAX_ANSWER: usize = 8 * 1024 * 1024;
+/// The longest build output read.
+pub const MAX_OUTPUT: usize = 32 * 1024 * 1024;
 
 /// An API failure, saying what was attempted and whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +74,16 @@ pub enum ApiError {
     /// The server answered success with a body this client cannot read.
     #[error("{what}: unexpected response: {detail}")]
     Decode { what: &'static str, detail: String },
+    /// The answer was longer than this client reads ([`MAX_ANSWER`]); the rest was not read.
+    #[error("{what}: the answer from {url} is too large: {}", too_large_text(*.declared, *.limit))]
+    TooLarge {
+        what: &'static str,
+        url: String,
+        /// The most that is read.
+        limit: u64,
+        /// The length the server announced (`Content-Length`), when it did.
+        declared: Option<u64>,
+    },
     /// The region is not one the platform lists (`GET {auth}/v1/regions`).
     #[error(
         "invalid region \"{region}\": the platform's regions are {} (set --region, \
@@ -89,8 +108,9 @@ impl ApiError {
             // Only a refused exchange proves the API token bad; see the variant's docs.
             ApiError::FreshBearerRefused { .. } => Class::Transient,
             ApiError::Status { status, .. } => classify_status(*status),
-            // A garbled success answer usually means a proxy or a half-written body.
-            ApiError::Decode { .. } => Class::Transient,
+            // A garbled or oversized success answer usually means a proxy or a half-written
+            // body: the platform's next answer may be whole.
+            ApiError::Decode { .. } | ApiError::TooLarge { .. } => Class::Transient,
             ApiError::File { .. } | ApiError::UnknownRegion { .. } => Class::Permanent,
         }
     }
@@ -150,7 +170,8 @@ pub(crate) fn http_error(
     started: Instant,
     limit: Duration,
 ) -> ApiError {
-    let url = display_url(url);
+    // After a redirect, the URL that failed is the target's, not the one asked.
+    let url = display_url(err.url().map_or(url, reqwest::Url::as_str));
     if err.is_timeout() {
         return ApiError::Timeout {
             what,
@@ -174,10 +195,9 @@ pub(crate) fn http_error(
 }
 
 /// Reads an error response into [`ApiError::Status`]: JSON `error`/`errors` when present,
-/// else the text itself, shortened.
+/// else the text itself, shortened (64 KiB read at most), naming the URL that answered.
 pub(crate) async fn read_error_response(
     what: &'static str,
-    url: &str,
     response: reqwest::Response,
 ) -> ApiError {
     let status = response.status().as_u16();
@@ -186,10 +206,13 @@ pub(crate) async fn read_error_response(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = response.text().await.unwrap_or_default();
+    // After a redirect, the answer is the target's: name it.
+    let answered = display_url(response.url().as_str());
+    let body = read_some(response, ERROR_BODY_READ).await;
+    let body = String::from_utf8_lossy(&body);
     ApiError::Status {
         what,
-        url: display_url(url),
+        url: answered,
         status,
         message: error_message(status, &body),
         retry_after,
@@ -295,8 +318,8 @@ pub struct DeploymentPage {
 /// The Scalingo API client of one region and token, with its own budget of requests
 /// ([`Budget`]) and its apps' deployment streams ([`StreamHub`]).
 pub struct ScalingoClient {
+    /// Follows no redirect by itself (see `send_following` and the upload).
     http: reqwest::Client,
-    upload_http: reqwest::Client,
     /// The API base URL, once known: given (`api_url`), or looked up from the region.
     api_url: tokio::sync::OnceCell<String>,
     /// The region to look up, when no API URL was given.
@@ -327,10 +350,12 @@ impl ScalingoClient {
                     detail: e.to_string(),
                 })
         };
-        let http = build(reqwest::redirect::Policy::limited(5))?;
+        // The token exchange lets the HTTP client follow its redirects.
+        let exchange_http = build(reqwest::redirect::Policy::limited(MAX_REDIRECTS))?;
         // Uploads stream their body from disk, which cannot be replayed automatically: their
-        // redirects are followed by hand, reopening the file.
-        let upload_http = build(reqwest::redirect::Policy::none())?;
+        // redirects are followed by hand, reopening the file. API calls follow theirs by hand
+        // too, so that an error names the URL that failed (`send_following`).
+        let http = build(reqwest::redirect::Policy::none())?;
         let (first, longest) = config.rate_limit_backoff;
         let budget = Arc::new(Budget::new(config.api_rate_limit).with_backoff(first, longest));
         let api_url = tokio::sync::OnceCell::new();
@@ -343,14 +368,13 @@ impl ScalingoClient {
         };
         Ok(ScalingoClient {
             auth: Authenticator::new(
-                http.clone(),
+                exchange_http,
                 config.auth_url.clone(),
                 token.clone(),
                 config.timeout,
                 budget.clone(),
             ),
             http,
-            upload_http,
             api_url,
             region,
             timeout: config.timeout,
@@ -437,15 +461,12 @@ impl ScalingoClient {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T, ApiError> {
-        let text = self.call_text(what, method, url, body).await?;
-        serde_json::from_str(&text).map_err(|e| ApiError::Decode {
-            what,
-            detail: format!("{e} in {}", shorten(&text, 200)),
-        })
+        let body = self.call_bytes(what, method, url, body, MAX_ANSWER).await?;
+        decode_json(what, &body)
     }
 
     /// One authenticated request; on a 401 the token is exchanged again and the request made
-    /// once more. Returns the body of a 2xx answer.
+    /// once more. Returns the body of a 2xx answer, `limit` bytes at most (see [`read_body`]).
     ///
     /// A second 401 is [`ApiError::FreshBearerRefused`], transient: the exchange has just
     /// accepted the API token, so only its own 401 is permanent. One re-exchange per call
@@ -453,37 +474,26 @@ impl ScalingoClient {
     ///
     /// Every attempt takes a place in the client's [`Budget`]; a 429 pauses the whole client
     /// and the call waits it out, up to [`MAX_RATE_LIMITED_TRIES`] times.
-    pub(super) async fn call_text(
+    pub(super) async fn call_bytes(
         &self,
         what: &'static str,
         method: reqwest::Method,
         url: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<String, ApiError> {
+        limit: usize,
+    ) -> Result<Vec<u8>, ApiError> {
         let mut reauthenticated = false;
         let mut rate_limited = 0u32;
         loop {
             let bearer = self.auth.bearer().await?;
             self.budget.acquire().await;
             let started = Instant::now();
-            let mut request = self
-                .http
-                .request(method.clone(), url)
-                .header(AUTHORIZATION, format!("Bearer {}", bearer.expose()))
-                .header(ACCEPT, "application/json")
-                .timeout(self.timeout);
-            if let Some(body) = body {
-                request = request
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| http_error(what, url, e, started, self.timeout))?;
+            let response = self
+                .send_following(what, method.clone(), url, body, &bearer, started)
+                .await?;
             let status = response.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let err = read_error_response(what, url, response).await;
+                let err = read_error_response(what, response).await;
                 self.budget.refused(err.retry_after());
                 rate_limited += 1;
                 if rate_limited < MAX_RATE_LIMITED_TRIES {
@@ -499,7 +509,7 @@ impl ScalingoClient {
                     reauthenticated = true;
                     continue;
                 }
-                return Err(match read_error_response(what, url, response).await {
+                return Err(match read_error_response(what, response).await {
                     ApiError::Status { url, message, .. } => {
                         ApiError::FreshBearerRefused { what, url, message }
                     }
@@ -507,12 +517,9 @@ impl ScalingoClient {
                 });
             }
             if !status.is_success() {
-                return Err(read_error_response(what, url, response).await);
+                return Err(read_error_response(what, response).await);
             }
-            return response
-                .text()
-                .await
-                .map_err(|e| http_error(what, url, e, started, self.timeout));
+            return read_body(what, response, limit, started, self.timeout).await;
         }
     }
 
@@ -554,14 +561,24 @@ impl ScalingoClient {
         let body = serde_json::json!({
             "deployment": { "git_ref": git_ref, "source_url": source_url }
         });
+        let what = "create deployment";
         let w: Wrapped = self
-            .call(
-                "create deployment",
-                reqwest::Method::POST,
-                &url,
-                Some(&body),
-            )
+            .call(what, reqwest::Method::POST, &url, Some(&body))
             .await?;
+        // An answer about another deployment says nothing of this one (transient: the retry
+        // looks the deployment up by its git_ref, it never posts blindly again).
+        if let Some(answered) = &w.deployment.git_ref
+            && !answered.is_empty()
+            && answered != git_ref
+        {
+            return Err(ApiError::Decode {
+                what,
+                detail: format!(
+                    "the answer is about a deployment of git_ref {}, not {git_ref}",
+                    shorten(answered, 80)
+                ),
+            });
+        }
         Ok(w.deployment)
     }
 
@@ -572,9 +589,19 @@ impl ScalingoClient {
             deployment: Deployment,
         }
         let url = format!("{}/v1/apps/{app}/deployments/{id}", self.resolve().await?);
-        let w: Wrapped = self
-            .call("get deployment", reqwest::Method::GET, &url, None)
-            .await?;
+        let what = "get deployment";
+        let w: Wrapped = self.call(what, reqwest::Method::GET, &url, None).await?;
+        // An answer about another deployment (a confused proxy or cache) says nothing of this
+        // one: asked again, the platform answers for the right one.
+        if !w.deployment.id.is_empty() && w.deployment.id != id {
+            return Err(ApiError::Decode {
+                what,
+                detail: format!(
+                    "the answer is about deployment {}, not {id}",
+                    shorten(&w.deployment.id, 80)
+                ),
+            });
+        }
         Ok(w.deployment)
     }
 
@@ -640,17 +667,27 @@ impl ScalingoClient {
             return Ok(None);
         };
         match self
-            .call_text("fetch build output", reqwest::Method::GET, &url, None)
+            .call_bytes(
+                "fetch build output",
+                reqwest::Method::GET,
+                &url,
+                None,
+                MAX_OUTPUT,
+            )
             .await
         {
-            Ok(text) => Ok(Some(text)),
+            Ok(text) => Ok(Some(String::from_utf8_lossy(&text).into_owned())),
             Err(ApiError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 }
 
+mod answer;
 mod upload;
+
+pub(crate) use answer::{decode_json, read_body};
+use answer::{read_some, too_large_text};
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use tokio::sync::Mutex;
 
-use super::api::{ApiError, http_error, read_error_response};
+use super::api::{ApiError, MAX_ANSWER, http_error, read_body, read_error_response};
 use super::budget::Budget;
 use crate::config::Secret;
 
@@ -112,13 +112,13 @@ impl Authenticator {
             .await
             .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let err = read_error_response(what, &url, response).await;
+            let err = read_error_response(what, response).await;
             self.budget.refused(err.retry_after());
             return Err(err);
         }
         self.budget.answered();
         if !response.status().is_success() {
-            let mut err = read_error_response(what, &url, response).await;
+            let mut err = read_error_response(what, response).await;
             if let ApiError::Status {
                 status: 401,
                 message,
@@ -135,9 +135,10 @@ impl Authenticator {
         struct Exchanged {
             token: String,
         }
-        let body: Exchanged = response.json().await.map_err(|e| ApiError::Decode {
+        let body = read_body(what, response, MAX_ANSWER, started, self.timeout).await?;
+        let body: Exchanged = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
             what,
-            detail: e.without_url().to_string(),
+            detail: e.to_string(),
         })?;
         let lifetime = jwt_lifetime(&body.token).unwrap_or(Duration::from_secs(55 * 60));
         Ok(Bearer {

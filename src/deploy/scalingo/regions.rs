@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::api::{ApiError, ScalingoClient};
+use super::api::{ApiError, MAX_ANSWER, ScalingoClient, decode_json};
 
 /// How long a fetched list is used before it is fetched again.
 const CACHE_FOR: Duration = Duration::from_secs(3600);
@@ -47,13 +47,11 @@ pub async fn list(client: &ScalingoClient) -> Result<Vec<Region>, ApiError> {
         regions: Vec<Region>,
     }
     let url = format!("{auth}/v1/regions");
-    let text = client
-        .call_text("list regions", reqwest::Method::GET, &url, None)
+    let what = "list regions";
+    let body = client
+        .call_bytes(what, reqwest::Method::GET, &url, None, MAX_ANSWER)
         .await?;
-    let listed: Listed = serde_json::from_str(&text).map_err(|e| ApiError::Decode {
-        what: "list regions",
-        detail: e.to_string(),
-    })?;
+    let listed: Listed = decode_json(what, &body)?;
     if let Ok(mut cached) = cache().lock() {
         cached.insert(auth, (Instant::now(), listed.regions.clone()));
     }

@@ -77,6 +77,27 @@ impl Folder {
         }
     }
 
+    /// Shows on the board that the folder is listed on a timer instead of watched (`cause`),
+    /// or takes that off (`None`).
+    pub(super) fn show_unwatched(&self, cause: Option<&str>, retry: Duration) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let subject = self.dir.display().to_string();
+        match cause {
+            Some(cause) => {
+                let next = (std::time::SystemTime::now() + retry)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .ok();
+                live.wait(&self.app, WaitKind::Watch, &subject, cause, next);
+            }
+            None => {
+                live.clear(&self.app, WaitKind::Watch, &subject);
+            }
+        }
+    }
+
     pub(super) fn add_candidate(&mut self, path: PathBuf, mut settling: Settling) {
         settling.arrival = self.arrivals;
         self.arrivals += 1;

@@ -288,7 +288,9 @@ impl DropWatcher {
     ///
     /// A file is sent once while it stays in the folder; once it leaves (claimed, deleted), the
     /// same name dropped again is sent again. If the drop folder itself is removed while watched,
-    /// it is created and watched again a little later (logged at ERROR). The watcher stops by
+    /// it is created and watched again a little later (logged at ERROR). A drop folder that is a
+    /// symbolic link to a directory is followed: the directory it leads to is watched, and
+    /// watched again within seconds when the link is pointed elsewhere. The watcher stops by
     /// itself if `tx`'s receiver is dropped.
     pub fn start(
         cfg: DropFolderConfig,
@@ -321,9 +323,18 @@ impl DropWatcher {
             source,
         })?;
         prepare(&dir)?;
+        let identity = watcher::identity(&dir);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let watcher = start_watch(&dir, events_tx.clone(), overflow.clone())?;
+        // An inotify limit does not stop the app: the folder is listed on a timer instead.
+        let (watcher, limited) = match start_watch(&dir, events_tx.clone(), overflow.clone()) {
+            Ok(watcher) => (Some(watcher), None),
+            Err(e @ DropError::InotifyLimit { .. }) => {
+                tracing::warn!(app = %cfg.app, "{e}; the drop folder is listed every {} s instead, until a watch can be had", watcher::LIMITED_RETRY.as_secs());
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
         let rescan = Arc::new(Notify::new());
         let (rechecks_tx, rechecks) = mpsc::unbounded_channel();
         let task = WatchTask {
@@ -333,7 +344,9 @@ impl DropWatcher {
             overflow,
             rescan: rescan.clone(),
             rechecks,
-            watcher: Some(watcher),
+            watcher,
+            identity,
+            limited,
         };
         let task = runtime.spawn(task.run());
         Ok(DropWatcher {
@@ -369,6 +382,7 @@ impl Drop for DropWatcher {
         // Nobody checks those files any more; a new watcher of the folder shows them again.
         if let Some((live, app)) = &self.live {
             live.clear_kind(app, WaitKind::Settle);
+            live.clear_kind(app, WaitKind::Watch);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use notify::{Event, RecursiveMode, Watcher};
+use notify::{Event, Watcher};
 use tokio::sync::{Notify, mpsc};
 
 use super::complete::check_interval;
@@ -28,10 +28,28 @@ const RECREATE_RETRY: Duration = Duration::from_secs(5);
 /// How often each drop folder is listed even when no event came: the safety net for a file
 /// whose events never come (events are hints), so a rescan and a timer reach the same answer.
 pub(super) const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// How often the drop folder's path is checked to lead to the directory watched: a symbolic
+/// link pointed elsewhere (or a folder swapped by a rename of a parent) sends the old
+/// directory's watch nothing.
+const PATH_CHECK: Duration = Duration::from_secs(2);
 
-/// Starts a non-recursive notify watch on `dir` whose callback never blocks: it only tries to
-/// queue the event, and raises `overflow` when the queue is full. Opens and reads are dropped:
-/// they say nothing about completeness.
+/// How often a drop folder that an inotify limit left without a watch is listed (and a watch
+/// tried again).
+pub(super) const LIMITED_RETRY: Duration = Duration::from_secs(2);
+
+/// A directory's device and inode: what the drop folder's path must still lead to.
+pub(super) type Identity = (u64, u64);
+
+/// What `dir` leads to now (symbolic links followed, as for the watch). Blocking: one `stat`.
+pub(super) fn identity(dir: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Starts a non-recursive notify watch on `dir` (the directory it leads to, when it is a
+/// symbolic link) whose callback never blocks: it only tries to queue the event, and raises
+/// `overflow` when the queue is full. Opens and reads are dropped: they say nothing about
+/// completeness.
 pub(super) fn start_watch(
     dir: &Path,
     events: mpsc::Sender<notify::Result<Event>>,
@@ -41,7 +59,7 @@ pub(super) fn start_watch(
     let mut watcher =
         DirWatcher::new(handler, notify::Config::default()).map_err(|e| watch_error(dir, e))?;
     watcher
-        .watch(dir, RecursiveMode::NonRecursive)
+        .watch_through_link(dir)
         .map_err(|e| watch_error(dir, e))?;
     Ok(watcher)
 }
@@ -81,6 +99,8 @@ struct Deadlines {
     recreate_failed: bool,
     /// The next periodic rescan.
     next_rescan: Instant,
+    /// The next check that the folder's path leads to the directory watched.
+    next_path_check: Instant,
 }
 
 /// What one turn of the event loop leaves to do about the folder as a whole.
@@ -94,6 +114,8 @@ struct Turn {
     periodic: bool,
     /// The folder itself was deleted or renamed away.
     folder_lost: bool,
+    /// The folder's path leads to another directory now (a symbolic link pointed elsewhere).
+    swapped: bool,
 }
 
 impl Turn {
@@ -121,6 +143,11 @@ pub(super) struct WatchTask {
     pub(super) rechecks: mpsc::UnboundedReceiver<PathBuf>,
     /// `None` while the folder is missing.
     pub(super) watcher: Option<DirWatcher>,
+    /// What the folder's path led to when it was watched.
+    pub(super) identity: Option<Identity>,
+    /// While an inotify limit leaves the folder without a watch: the limit's message. The
+    /// folder is then listed every [`LIMITED_RETRY`] instead, and a watch tried again.
+    pub(super) limited: Option<String>,
 }
 
 impl WatchTask {
@@ -137,7 +164,13 @@ impl WatchTask {
             recreate_at: None,
             recreate_failed: false,
             next_rescan: Instant::now() + RESCAN_EVERY,
+            next_path_check: Instant::now() + PATH_CHECK,
         };
+        if let Some(limit) = &self.limited {
+            self.folder
+                .show_unwatched(Some(&unwatched_cause(limit)), LIMITED_RETRY);
+            deadlines.recreate_at = Some(Instant::now() + LIMITED_RETRY);
+        }
         if !self.folder.scan(Rescan::EventsLost).await {
             self.lose_folder(&mut deadlines.recreate_at);
         }
@@ -153,12 +186,18 @@ impl WatchTask {
                 self.discard_queued_events();
                 turn.events_lost = true;
             }
-            if self.watcher.is_none() {
+            if self.watcher.is_none() && self.limited.is_none() {
                 continue;
             }
             if turn.folder_lost {
                 self.lose_folder(&mut deadlines.recreate_at);
                 continue;
+            }
+            if turn.swapped {
+                turn.events_lost = self.follow_swap(&mut deadlines);
+                if self.watcher.is_none() {
+                    continue;
+                }
             }
             for why in turn.rescans() {
                 if !self.folder.scan(why).await {
@@ -194,8 +233,46 @@ impl WatchTask {
                 deadlines.recreate_at = None;
                 turn.events_lost = self.try_watch_again(deadlines);
             }
+            () = sleep_until(Some(deadlines.next_path_check)), if self.watcher.is_some() => {
+                deadlines.next_path_check = Instant::now() + PATH_CHECK;
+                turn.swapped = self.leads_elsewhere().await;
+            }
         }
         Ok(turn)
+    }
+
+    /// Whether the folder's path leads to a directory other than the one watched now (a
+    /// missing one is left to the watch's own events and the rescans).
+    async fn leads_elsewhere(&self) -> bool {
+        let dir = self.folder.dir.clone();
+        let now = crate::blocking::run(move || Ok::<_, std::io::Error>(identity(&dir))).await;
+        matches!(now, Ok(Some(now)) if Some(now) != self.identity)
+    }
+
+    /// The folder's path leads to another directory (a symbolic link pointed elsewhere): what
+    /// was known of the old one is forgotten and the new one is watched at once. True when it
+    /// is watched (its files are then listed as after lost events).
+    fn follow_swap(&mut self, deadlines: &mut Deadlines) -> bool {
+        tracing::info!(
+            app = %self.folder.app,
+            drop_dir = %self.folder.dir.display(),
+            "the drop folder's path leads to another directory now; watching that one"
+        );
+        self.forget_all();
+        self.watcher = None;
+        self.try_watch_again(deadlines)
+    }
+
+    /// Forgets every file known in the folder (it is another folder now, or none).
+    fn forget_all(&mut self) {
+        let known: Vec<PathBuf> = (self.folder.candidates.keys())
+            .chain(self.folder.sent.iter())
+            .cloned()
+            .collect();
+        for path in known {
+            self.folder.forget(&path);
+        }
+        self.folder.warned.clear();
     }
 
     /// Applies one event's hints to the candidates (one renamed in is checked at once) and
@@ -226,7 +303,21 @@ impl WatchTask {
         match self.watch_again() {
             Ok(()) => {
                 tracing::info!(app = %self.folder.app, drop_dir = %self.folder.dir.display(), "drop folder watched again");
+                if self.limited.take().is_some() {
+                    self.folder.show_unwatched(None, LIMITED_RETRY);
+                }
                 deadlines.recreate_failed = false;
+                true
+            }
+            // Listed on a timer meanwhile: true, so that this turn lists it.
+            Err(e @ DropError::InotifyLimit { .. }) => {
+                if self.limited.is_none() {
+                    tracing::warn!(app = %self.folder.app, "{e}; the drop folder is listed every {} s instead, until a watch can be had", LIMITED_RETRY.as_secs());
+                    self.folder
+                        .show_unwatched(Some(&unwatched_cause(&e.to_string())), LIMITED_RETRY);
+                    self.limited = Some(e.to_string());
+                }
+                deadlines.recreate_at = Some(Instant::now() + LIMITED_RETRY);
                 true
             }
             Err(e) => {
@@ -264,19 +355,14 @@ impl WatchTask {
             RECREATE_GRACE.as_secs()
         );
         self.watcher = None;
-        let known: Vec<PathBuf> = (self.folder.candidates.keys())
-            .chain(self.folder.sent.iter())
-            .cloned()
-            .collect();
-        for path in known {
-            self.folder.forget(&path);
-        }
-        self.folder.warned.clear();
+        self.forget_all();
         *recreate_at = Some(Instant::now() + RECREATE_GRACE);
     }
 
     fn watch_again(&mut self) -> Result<(), DropError> {
         prepare(&self.folder.dir)?;
+        // Taken before the watch: a swap in between shows as a mismatch (one rewatch too many).
+        self.identity = identity(&self.folder.dir);
         let watcher = start_watch(
             &self.folder.dir,
             self.events_tx.clone(),
@@ -285,6 +371,14 @@ impl WatchTask {
         self.watcher = Some(watcher);
         Ok(())
     }
+}
+
+/// What the board says of a drop folder an inotify limit left without a watch.
+pub(super) fn unwatched_cause(limit: &str) -> String {
+    format!(
+        "no inotify watch, listed every {} s instead: {limit}",
+        LIMITED_RETRY.as_secs()
+    )
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -129,6 +129,17 @@ pub enum TreeState {
     /// The watch ended for good: the root was not back within [`TreeConfig::give_up`], or the
     /// watcher failed. `cause` names the source directory.
     Stopped { cause: String },
+    /// Watched, but an inotify limit left some directories without a watch: they are listed on
+    /// a timer instead (changes in them are seen within `next_check`, not at once).
+    Partial {
+        /// The root, as an absolute path.
+        root: PathBuf,
+        /// How many directories are without a watch.
+        unwatched: usize,
+        /// In words: how many, one of them, and the limit with how to raise it.
+        cause: String,
+        next_check: SystemTime,
+    },
 }
 
 /// What the watcher task shares with its [`TreeWatcher`].
@@ -249,8 +260,9 @@ impl TreeWatcher {
     /// one).
     ///
     /// Fails, with a message naming the directory, when the root is missing, not a directory or
-    /// unreadable, when an ignore file has a bad pattern, or when an inotify limit is reached
-    /// (the message says which `sysctl` to raise). No burst is reported for what is already
+    /// unreadable, or when an ignore file has a bad pattern. An inotify limit does not fail it:
+    /// the directories left without a watch are listed on a timer instead
+    /// ([`TreeState::Partial`], and one warning saying which `sysctl` to raise). No burst is reported for what is already
     /// there: whether to deploy at start is the caller's decision.
     pub fn start(cfg: TreeConfig) -> Result<TreeWatcher, WatchError> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -375,6 +387,9 @@ impl TreeWatcher {
                 let state = states.borrow_and_update().clone();
                 match state {
                     TreeState::NotWatched {
+                        cause, next_check, ..
+                    }
+                    | TreeState::Partial {
                         cause, next_check, ..
                     } => {
                         let next = next_check

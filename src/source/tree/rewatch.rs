@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{MISSING_CHECK, RETRY_CHECK, ROOT_CHECK, Shared, StopOnDrop, TreeState, lock};
 use crate::blocking::BlockingError;
 use crate::source::watch::{
-    Changes, DirectoryWatches, EventStream, RulesSource, WatchError, root_identity,
+    Changes, DirectoryWatches, EventStream, RulesSource, UNWATCHED_CHECK, WatchError, root_identity,
 };
 
 /// What the watcher task needs to watch the root again.
@@ -79,8 +79,29 @@ async fn watch_until_lost(
 ) -> Lost {
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + ROOT_CHECK, ROOT_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unwatched = tokio::time::interval_at(
+        tokio::time::Instant::now() + UNWATCHED_CHECK,
+        UNWATCHED_CHECK,
+    );
+    unwatched.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        publish_unwatched(&watches, shared);
+        let partial = watches.unwatched().is_some();
         tokio::select! {
+            _ = unwatched.tick(), if partial => {
+                let polled = tokio::task::spawn_blocking(move || {
+                    let changes = watches.poll_unwatched();
+                    (watches, changes)
+                })
+                .await;
+                match polled {
+                    Ok((back, changes)) => {
+                        watches = back;
+                        shared.record(&watches, &changes);
+                    }
+                    Err(e) => return Lost::Failed(format!("the source directory watcher failed: {e}")),
+                }
+            }
             batch = events.next_batch() => {
                 let Some(batch) = batch else {
                     return Lost::Failed("the file watcher stopped".to_string());
@@ -116,6 +137,51 @@ async fn watch_until_lost(
             }
         }
     }
+}
+
+/// Shows the directories an inotify limit left without a watch in the tree's state (so on the
+/// board and in `status`), or that there are none any more.
+fn publish_unwatched(watches: &DirectoryWatches, shared: &Shared) {
+    let partial = watches.unwatched().map(|(count, example, limit)| {
+        let cause = format!(
+            "{count} director{} without an inotify watch (e.g. {}), listed every {} s instead: \
+             {limit}",
+            if count == 1 { "y" } else { "ies" },
+            example.display(),
+            UNWATCHED_CHECK.as_secs()
+        );
+        (count, cause)
+    });
+    shared
+        .state
+        .send_if_modified(|state| match (&*state, partial) {
+            (TreeState::Watched, Some((unwatched, cause))) => {
+                *state = TreeState::Partial {
+                    root: watches.root().to_path_buf(),
+                    unwatched,
+                    cause,
+                    next_check: SystemTime::now() + UNWATCHED_CHECK,
+                };
+                true
+            }
+            (TreeState::Partial { unwatched: was, .. }, Some((unwatched, cause))) => {
+                let changed = *was != unwatched;
+                if changed {
+                    *state = TreeState::Partial {
+                        root: watches.root().to_path_buf(),
+                        unwatched,
+                        cause,
+                        next_check: SystemTime::now() + UNWATCHED_CHECK,
+                    };
+                }
+                changed
+            }
+            (TreeState::Partial { .. }, None) => {
+                *state = TreeState::Watched;
+                true
+            }
+            _ => false,
+        });
 }
 
 /// Looks for a lost root at once, then on a timer, until it can be watched again; publishes

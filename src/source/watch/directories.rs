@@ -1,7 +1,7 @@
 //! The directory-watch bookkeeping: which directories of a source tree are watched, kept in
 //! line with the tree and its ignore rules as events come in.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use notify::{PollWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::events::{Batch, Changes, EVENT_QUEUE, EventStream, Seen, read_event};
-use super::{RulesSource, WatchError, forward_events, is_not_found, watch_error};
+use super::{RulesSource, WatchError, forward_events, inotify_limit, is_not_found, watch_error};
 use crate::archive::ignore::IgnoreRules;
 
 /// The paths counted in one batch.
@@ -25,8 +25,6 @@ struct Tally {
     found: usize,
     rules_changed: bool,
     root_lost: bool,
-    /// An inotify limit was logged in this batch (logged once per batch).
-    limit_logged: bool,
 }
 
 /// The watches over one source tree: a notify watcher and the set of directories it watches.
@@ -42,6 +40,14 @@ pub(crate) struct DirectoryWatches {
     polling: bool,
     /// The directories watched. Ordered, so a directory and everything below it are together.
     pub(super) watched: BTreeSet<PathBuf>,
+    /// The directories the rules keep that an inotify limit left without a watch: they are
+    /// listed on a timer instead ([`Self::poll_unwatched`]), and watched once a watch is had.
+    unwatched: BTreeSet<PathBuf>,
+    /// What each unwatched directory held when last listed (a hash of its entries).
+    fingerprints: HashMap<PathBuf, u64>,
+    /// The inotify limit that left directories unwatched, as said in the one warning (until
+    /// every directory is watched again).
+    limit: Option<String>,
     /// The root's device and inode when it was watched: the path may later lead elsewhere.
     identity: RootIdentity,
 }
@@ -115,14 +121,22 @@ impl DirectoryWatches {
             watcher,
             polling: poll.is_some(),
             watched: BTreeSet::new(),
+            unwatched: BTreeSet::new(),
+            fingerprints: HashMap::new(),
+            limit: None,
             identity,
         };
         // The root first: a directory made while the rest is walked is then seen by its event.
         let root = watches.root.clone();
-        watches
-            .watch(&root)
-            .map_err(|e| watch_error(&watches.root, &root, &e))?;
+        if let Err(e) = watches.watch(&root) {
+            let error = watch_error(&watches.root, &root, &e);
+            if !matches!(error, WatchError::InotifyLimit { .. }) {
+                return Err(error);
+            }
+            watches.note_limit(&root, &error);
+        }
         watches.watch_kept()?;
+        watches.fingerprint_unwatched();
         tracing::debug!(
             app = %watches.app,
             root = %watches.root.display(),
@@ -134,7 +148,8 @@ impl DirectoryWatches {
     }
 
     /// Watches every directory the rules keep, at start. A directory that vanished meanwhile is
-    /// skipped, one that cannot be watched is skipped with a warning; an inotify limit fails.
+    /// skipped, one that cannot be watched is skipped with a warning; one an inotify limit
+    /// refuses is listed on a timer instead (one warning for them all).
     fn watch_kept(&mut self) -> Result<(), WatchError> {
         let dirs = self.rules.directories().map_err(|e| WatchError::Rules {
             root: self.root.clone(),
@@ -151,13 +166,119 @@ impl DirectoryWatches {
                 Err(e) => {
                     let error = watch_error(&self.root, &dir, &e);
                     if matches!(error, WatchError::InotifyLimit { .. }) {
-                        return Err(error);
+                        self.note_limit(&dir, &error);
+                    } else {
+                        tracing::warn!(app = %self.app, "{error}; changes in it are not seen");
                     }
-                    tracing::warn!(app = %self.app, "{error}; changes in it are not seen");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records a directory an inotify limit left without a watch; the first one since every
+    /// directory was last watched is the one warning.
+    fn note_limit(&mut self, dir: &Path, error: &WatchError) {
+        self.unwatched.insert(dir.to_path_buf());
+        if self.limit.is_none() {
+            tracing::warn!(
+                app = %self.app,
+                "{error}; it and the other directories left without a watch are listed every {} \
+                 s instead, until watches can be had (`status` shows how many)",
+                UNWATCHED_CHECK.as_secs()
+            );
+            self.limit = Some(error.to_string());
+        }
+    }
+
+    /// How many directories the rules keep are without a watch (an inotify limit), one of
+    /// them, and the limit's message.
+    pub(crate) fn unwatched(&self) -> Option<(usize, &Path, &str)> {
+        let first = self.unwatched.iter().next()?;
+        Some((
+            self.unwatched.len(),
+            first,
+            self.limit.as_deref().unwrap_or("inotify limit reached"),
+        ))
+    }
+
+    /// Lists every unwatched directory and remembers what it holds (no change reported).
+    fn fingerprint_unwatched(&mut self) {
+        let dirs: Vec<PathBuf> = self.unwatched.iter().cloned().collect();
+        for dir in dirs {
+            let print = fingerprint(&dir, &self.rules);
+            self.fingerprints.insert(dir, print);
+        }
+    }
+
+    /// The timer's turn for the directories an inotify limit left without a watch: each is
+    /// watched if a watch can be had now (and counts as changed: what happened meanwhile is
+    /// unknown), else listed, and counts as changed when what it holds changed since the last
+    /// listing (a new directory in it is watched, or listed from then on). Blocking.
+    pub(crate) fn poll_unwatched(&mut self) -> Changes {
+        let mut tally = Tally::default();
+        let mut limited = false;
+        let dirs: Vec<PathBuf> = self.unwatched.iter().cloned().collect();
+        for dir in dirs {
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                self.unwatched.remove(&dir);
+                self.fingerprints.remove(&dir);
+                tally.named.insert(dir);
+                continue;
+            }
+            if !limited {
+                match self.watch(&dir) {
+                    Ok(()) => {
+                        tally.named.insert(dir);
+                        continue;
+                    }
+                    Err(e) if inotify_limit(&e).is_some() => limited = true,
+                    Err(e) => {
+                        tracing::debug!(app = %self.app, dir = %dir.display(), "still not watched: {e}")
+                    }
+                }
+            }
+            let print = fingerprint(&dir, &self.rules);
+            if self.fingerprints.insert(dir.clone(), print) != Some(print) {
+                self.changed_unwatched(&dir, &mut tally);
+            }
+        }
+        if self.unwatched.is_empty() && self.limit.take().is_some() {
+            tracing::info!(app = %self.app, root = %self.root.display(), "every directory of the source directory is watched again");
+        }
+        if tally.rules_changed && self.rebuild_rules() {
+            self.reconcile(false, &mut tally);
+        }
+        Changes {
+            paths: tally.named.len().saturating_add(tally.found),
+            named: tally.named.iter().cloned().collect(),
+            found: tally.found,
+            overflow: false,
+            rules_rebuilt: tally.rules_changed,
+            root_lost: false,
+        }
+    }
+
+    /// An unwatched directory holds something else now: it counts as changed, an ignore file in
+    /// it may have changed, and a directory new in it is taken in as a new tree.
+    fn changed_unwatched(&mut self, dir: &Path, tally: &mut Tally) {
+        tally.named.insert(dir.to_path_buf());
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir && IgnoreRules::is_ignore_file(&path) {
+                tally.rules_changed = true;
+            } else if is_dir
+                && !self.watched.contains(&path)
+                && !self.unwatched.contains(&path)
+                && !self.rules.is_ignored(&path, true)
+            {
+                self.watch_new_tree(&path, tally);
+            }
+        }
     }
 
     /// The rules as they are now.
@@ -364,11 +485,18 @@ impl DirectoryWatches {
             }
         };
         let wanted: BTreeSet<PathBuf> = dirs.into_iter().map(|d| self.absolute(d)).collect();
-        let stale: Vec<PathBuf> = self.watched.difference(&wanted).cloned().collect();
+        let stale: Vec<PathBuf> = (self.watched.difference(&wanted))
+            .chain(self.unwatched.difference(&wanted))
+            .cloned()
+            .collect();
         for dir in stale {
             self.unwatch(&dir);
         }
         for dir in wanted {
+            // A directory listed instead of watched waits for the timer's next try.
+            if self.unwatched.contains(&dir) {
+                continue;
+            }
             if again || !self.watched.contains(&dir) {
                 self.watch_or_log(&dir, tally);
             }
@@ -376,19 +504,21 @@ impl DirectoryWatches {
     }
 
     /// Watches one directory. Does not fail: a directory that vanished is skipped, an error is
-    /// logged (an inotify limit at ERROR, once per batch). Returns whether it is watched.
-    fn watch_or_log(&mut self, dir: &Path, tally: &mut Tally) -> bool {
+    /// logged, and one an inotify limit refuses is listed on a timer instead (one warning, see
+    /// [`Self::note_limit`]). Returns whether it is watched (or listed).
+    fn watch_or_log(&mut self, dir: &Path, _tally: &mut Tally) -> bool {
         match self.watch(dir) {
             Ok(()) => true,
             Err(e) if is_not_found(&e) => false,
             Err(e) => {
                 let error = watch_error(&self.root, dir, &e);
-                if !matches!(error, WatchError::InotifyLimit { .. }) {
-                    tracing::warn!(app = %self.app, "{error}; changes in it are not seen");
-                } else if !tally.limit_logged {
-                    tally.limit_logged = true;
-                    tracing::error!(app = %self.app, "{error}; changes in it are not seen");
+                if matches!(error, WatchError::InotifyLimit { .. }) {
+                    self.note_limit(dir, &error);
+                    self.fingerprints
+                        .insert(dir.to_path_buf(), fingerprint(dir, &self.rules));
+                    return true;
                 }
+                tracing::warn!(app = %self.app, "{error}; changes in it are not seen");
                 false
             }
         }
@@ -397,12 +527,16 @@ impl DirectoryWatches {
     fn watch(&mut self, dir: &Path) -> notify::Result<()> {
         self.watcher.watch(dir, RecursiveMode::NonRecursive)?;
         self.watched.insert(dir.to_path_buf());
+        self.unwatched.remove(dir);
+        self.fingerprints.remove(dir);
         Ok(())
     }
 
     /// Drops one watch. inotify has usually dropped it already (the directory was deleted or
     /// renamed away): an error here says nothing new.
     fn unwatch(&mut self, dir: &Path) {
+        self.unwatched.remove(dir);
+        self.fingerprints.remove(dir);
         self.watched.remove(dir);
         if let Err(e) = self.watcher.unwatch(dir) {
             tracing::trace!(app = %self.app, dir = %dir.display(), "unwatch: {e}");
@@ -411,10 +545,13 @@ impl DirectoryWatches {
 
     /// Drops the watches of a directory that left, and of everything below it.
     fn forget(&mut self, dir: &Path) {
-        let below: Vec<PathBuf> = self
-            .watched
-            .range(dir.to_path_buf()..)
+        let below: Vec<PathBuf> = (self.watched.range(dir.to_path_buf()..))
             .take_while(|p| p.starts_with(dir))
+            .chain(
+                self.unwatched
+                    .range(dir.to_path_buf()..)
+                    .take_while(|p| p.starts_with(dir)),
+            )
             .cloned()
             .collect();
         for path in below {
@@ -435,6 +572,46 @@ impl DirectoryWatches {
     fn root_is_the_same(&self) -> bool {
         root_identity(&self.root).is_ok_and(|now| now == self.identity)
     }
+}
+
+/// How often the directories an inotify limit left without a watch are listed (and a watch
+/// tried again for them).
+pub(crate) const UNWATCHED_CHECK: Duration = Duration::from_secs(5);
+
+/// A hash of what `dir` holds (each kept entry's name, type, size, times and inode): it
+/// changes when anything in it is made, removed, renamed or written. Blocking.
+fn fingerprint(dir: &Path, rules: &IgnoreRules) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut seen: Vec<(std::ffi::OsString, [i64; 7])> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !IgnoreRules::is_ignore_file(&path) && rules.is_ignored(&path, meta.is_dir()) {
+            continue;
+        }
+        seen.push((
+            entry.file_name(),
+            [
+                i64::from(meta.mode()),
+                meta.size() as i64,
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+                meta.ino() as i64,
+            ],
+        ));
+    }
+    seen.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    seen.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Checks that the root is a directory that can be listed; returns its device and inode.

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::archive::ignore::{IgnoreError, IgnoreRules};
 
-pub(crate) use directories::{DirectoryWatches, root_identity};
+pub(crate) use directories::{DirectoryWatches, UNWATCHED_CHECK, root_identity};
 pub(crate) use events::{Changes, EventStream};
 
 // Linux errno values (the same on every Linux architecture) that mean an inotify limit.

@@ -143,3 +143,104 @@ fn a_deployment_missing_fields_decodes_with_empty_ones() {
             .unwrap();
     assert_eq!(w.deployment.links, Some(DeploymentLinks { output: None }));
 }
+
+/// A client of the fake platform, and the fake.
+fn client_of_fake() -> (fake_scalingo::FakeScalingo, ScalingoClient) {
+    let fake = fake_scalingo::FakeScalingo::start(fake_scalingo::FakeConfig::default());
+    let config = ScalingoConfig {
+        api_url: fake.url(),
+        auth_url: fake.url(),
+        region: None,
+        api_url_explicit: true,
+        timeout: Duration::from_secs(60),
+        ..ScalingoConfig::default()
+    };
+    let client = ScalingoClient::new(&config, Secret::new(fake.api_token())).expect("client");
+    (fake, client)
+}
+
+/// A deployment made on the fake (through the client), and its id.
+async fn one_deployment(fake: &fake_scalingo::FakeScalingo, client: &ScalingoClient) -> String {
+    let url = fake.host_archive(b"not an archive, never built before the test ends");
+    client
+        .create_deployment("my-app", "ref-1", &url)
+        .await
+        .expect("created")
+        .id
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_bound_is_refused_naming_its_size() {
+    use fake_scalingo::{Endpoint, Fault};
+    let (fake, client) = client_of_fake();
+    let id = one_deployment(&fake, &client).await;
+    // 64 MiB of spaces after the JSON: valid JSON, read whole before the bound.
+    fake.fail_next(Endpoint::GetDeployment, Fault::HugeBody(64 << 20));
+    let err = client
+        .get_deployment("my-app", &id)
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("too large") && text.contains("8.4 MB") && text.contains("get deployment"),
+        "{text}"
+    );
+    assert!(
+        err.is_transient(),
+        "a garbled answer may be whole next time"
+    );
+    // The next answer is whole again.
+    assert_eq!(client.get_deployment("my-app", &id).await.unwrap().id, id);
+}
+
+#[tokio::test]
+async fn a_deployment_answer_that_is_not_utf8_is_transient_not_a_failed_status() {
+    use fake_scalingo::{Endpoint, Fault};
+    let (fake, client) = client_of_fake();
+    let id = one_deployment(&fake, &client).await;
+    fake.fail_next(Endpoint::GetDeployment, Fault::NotUtf8);
+    let err = client
+        .get_deployment("my-app", &id)
+        .await
+        .expect_err("a garbled answer is no status");
+    assert!(matches!(err, ApiError::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn an_answer_about_another_deployment_is_transient() {
+    use fake_scalingo::{Endpoint, Fault};
+    let (fake, client) = client_of_fake();
+    let id = one_deployment(&fake, &client).await;
+    fake.fail_next(Endpoint::GetDeployment, Fault::OtherId);
+    let err = client
+        .get_deployment("my-app", &id)
+        .await
+        .expect_err("not the one asked for");
+    let text = err.to_string();
+    assert!(text.contains("other-id") && text.contains(&id), "{text}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn an_error_after_a_redirect_names_the_target() {
+    use fake_scalingo::{Endpoint, Fault};
+    let (fake, client) = client_of_fake();
+    client.create_source().await.expect("a first source");
+    fake.fail_next(
+        Endpoint::CreateSource,
+        Fault::RedirectTo("/v1/elsewhere".into()),
+    );
+    let err = client.create_source().await.expect_err("the target is 404");
+    let text = err.to_string();
+    assert!(text.contains("/v1/elsewhere"), "{text}");
+    assert!(!text.contains("/v1/sources"), "{text}");
+
+    // A target that does not answer at all: the connection error names it too.
+    let gone = "http://127.0.0.1:9/nowhere";
+    fake.fail_next(Endpoint::CreateSource, Fault::RedirectTo(gone.into()));
+    let err = client.create_source().await.expect_err("nobody there");
+    let text = err.to_string();
+    assert!(text.contains(gone), "{text}");
+}

@@ -140,7 +140,7 @@ impl ScalingoClient {
                 report(total);
             });
             let response = self
-                .upload_http
+                .http
                 .put(&url)
                 .header(CONTENT_TYPE, "application/x-gzip")
                 .header(CONTENT_LENGTH, len)
@@ -170,7 +170,7 @@ impl ScalingoClient {
                 }
             }
             if status != reqwest::StatusCode::OK {
-                return Err(read_error_response(what, &url, response).await);
+                return Err(read_error_response(what, response).await);
             }
             return Ok(());
         }
