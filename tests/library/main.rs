@@ -3,6 +3,8 @@
 //!
 //! Run one part with a filter, e.g. `cargo test --test library pack::`.
 
+/// The Scalingo client against fixtures of the platform's documented answers.
+mod conformance;
 /// The drop folder watcher: what it takes, when, and what it leaves alone.
 mod drop_folders;
 /// Replays of the fuzzers' inputs (`tests/fuzz_inputs/`).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
 use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
+use crate::deploy::scalingo::budget::BudgetWaits;
 use crate::deploy::scalingo::follow::{Phase, explain, phase};
 pub use crate::queue::observe::{Event, LogObserver, Observer};
 use crate::queue::retry::next_delay;
@@ -180,6 +181,14 @@ impl Runner {
     /// runs out. Only a failure to persist the record is returned as an error. When the
     /// shutdown fires, returns between two steps with the job unfinished.
     pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
+        // Waiting for the API budget (its window, a 429's pause) is not failing: it is counted
+        // apart and left out of the retry budget. `status` shows the wait meanwhile.
+        self.client.budget().track(&job.app);
+        let waits = BudgetWaits::default();
+        waits.scope(self.run_counted(job, &waits)).await
+    }
+
+    async fn run_counted(&self, job: &mut Job, waits: &BudgetWaits) -> Result<(), SpoolError> {
         let mut shutdown = self.shutdown.clone();
         if job.started_at.is_none() {
             job.started_at = Some(now());
@@ -209,17 +218,27 @@ impl Runner {
                     self.spool.save(job)?;
                 }
                 Err(StepError::Transient(step, error)) => {
-                    job.failed_attempts += 1;
+                    // A 429 that outlasted the call's own pauses: a wait, not a failure.
+                    let rate_limited = error.status() == Some(429);
+                    if !rate_limited {
+                        job.failed_attempts += 1;
+                    }
                     let started = job.started_at.unwrap_or_else(now);
                     let spent = Duration::from_secs(now().saturating_sub(started));
-                    let left = self.retry.budget.saturating_sub(spent);
+                    // Each wait for the budget is bounded (a window, a few pauses per call),
+                    // and the retry delays between failed calls still count: this ends.
+                    let left = self
+                        .retry
+                        .budget
+                        .saturating_sub(spent.saturating_sub(waits.total()));
                     if left.is_zero() {
                         job.state = JobState::Failed(Failure {
                             step,
                             reason: crate::redact::redact_owned(format!(
-                                "gave up after {} failed attempts over {} (retry budget {}); last error: {error}",
+                                "gave up after {} failed attempts over {}{} (retry budget {}); last error: {error}",
                                 job.failed_attempts,
                                 humantime::format_duration(spent),
+                                budget_share(waits.total()),
                                 humantime::format_duration(self.retry.budget),
                             )),
                             status: None,
@@ -246,6 +265,10 @@ impl Runner {
                     );
                     if !shutdown.sleep(delay).await {
                         return Ok(());
+                    }
+                    if rate_limited {
+                        // The platform's own pause is a wait; a longer backoff is not.
+                        waits.add(delay.min(error.retry_after().unwrap_or_default()));
                     }
                     streak += 1;
                 }
@@ -425,6 +448,18 @@ impl Runner {
     }
 }
 
+/// `, 40s of it waiting for the API budget`, when some was.
+fn budget_share(waited: Duration) -> String {
+    let waited = Duration::from_secs(waited.as_secs());
+    if waited.is_zero() {
+        return String::new();
+    }
+    format!(
+        ", {} of it waiting for the API budget",
+        humantime::format_duration(waited)
+    )
+}
+
 /// Clocks differ between this machine and the platform: a deployment counts as made before
 /// the request only when it is older by more than this.
 const CLOCK_SKEW: u64 = 300;
@@ -435,7 +470,7 @@ fn created_before(created_at: Option<&str>, requested_at: Option<Timestamp>) -> 
     let (Some(created), Some(requested)) = (created_at, requested_at) else {
         return false;
     };
-    let Ok(created) = humantime::parse_rfc3339_weak(created) else {
+    let Some(created) = crate::deploy::scalingo::lenient::timestamp(created) else {
         return false;
     };
     let created = created
@@ -492,9 +527,14 @@ pub fn strip_ansi(line: &str) -> String {
             }
             continue;
         }
-        if c != '\r' {
-            out.push(c);
+        if c == '\r' {
+            // A line rewritten in place (a progress meter): what shows is its last state.
+            if chars.peek().is_some() {
+                out.clear();
+            }
+            continue;
         }
+        out.push(c);
     }
     out
 }
