@@ -61,7 +61,9 @@ fn a_deployment_is_followed_over_the_stream_with_its_build_lines() {
 
 #[test]
 fn a_stream_cut_mid_deployment_reconnects_and_the_job_succeeds() {
-    let world = World::with(slow(1000));
+    // A connection cut young waits a backoff (3 to 4.5 s) before the next: the build lasts
+    // long enough for the reconnection to come before its last lines.
+    let world = World::with(slow(3500));
     let archive = world.archive("release.tar.gz");
     let mut child = world.spawn(
         &[
@@ -90,7 +92,8 @@ fn a_stream_cut_mid_deployment_reconnects_and_the_job_succeeds() {
     let out = std::fs::read_to_string(world.path("cut.stderr")).unwrap();
     let stdout = std::fs::read_to_string(world.path("cut.stdout")).unwrap();
     assert!(status.success(), "{out}\n{stdout}");
-    assert!(world.fake.stats().stream_connections >= 2);
+    let stats = world.fake.stats();
+    assert!(stats.stream_connections >= 2, "{stats:?}\n{out}");
     // Lines sent after the reconnection were shown (the last ones come at the end).
     assert!(out.contains("-----> Starting containers"), "{out}");
     assert!(stdout.contains("success: deployment"), "{stdout}");

@@ -42,8 +42,9 @@ pub const ORIGIN: &str = "http://scalingo-cli.local/1";
 const SILENCE: Duration = Duration::from_secs(90);
 /// Longest wait between two tries to connect.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// The first wait after a failed connection; doubled for each one in a row (jittered).
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The first wait after a failed connection (jittered up to half as much again): as long
+/// as the default polling interval, so that two dials never cost more than polls would.
+const FIRST_BACKOFF: Duration = Duration::from_secs(3);
 /// A connection is established once a frame came after the auth, or after this long without
 /// a close.
 pub const ESTABLISHED_AFTER: Duration = Duration::from_secs(3);
@@ -273,15 +274,15 @@ struct Followers {
     last_dial: LastDial,
 }
 
-/// `d` or less, at least half of it: spreads the apps' reconnections.
+/// `d`, or up to half as much again: spreads the apps' reconnections.
 fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+    d.mul_f64(1.0 + fastrand::f64() / 2.0)
 }
 
 /// The wait before the next try after `failures` failed connections in a row (at least 1),
 /// and whether followers poll meanwhile (a spell of polling).
 pub fn retry_wait(failures: u32, unit: f64) -> (Duration, bool) {
-    let unit = 0.5 + unit.clamp(0.0, 1.0) / 2.0;
+    let unit = 1.0 + unit.clamp(0.0, 1.0) / 2.0;
     if failures >= FAILURES_BEFORE_POLLING {
         let extra = failures - FAILURES_BEFORE_POLLING;
         let spell = POLLING_SPELL
@@ -307,7 +308,7 @@ async fn run(client: Arc<ScalingoClient>, app: String, to: Followers) {
                 tracing::debug!(app, "deployments stream broke: {why}; reconnecting");
                 to.link.send_replace(Link::Down);
                 failures = 0;
-                jittered(Duration::from_millis(1000))
+                jittered(Duration::from_millis(500))
             }
             Ended::Failed(why) => {
                 failures += 1;
@@ -739,17 +740,17 @@ mod tests {
 
     #[test]
     fn failures_grow_a_jittered_backoff_then_a_spell_of_polling() {
-        let (first, spell) = retry_wait(1, 1.0);
+        let (first, spell) = retry_wait(1, 0.0);
         assert_eq!((first, spell), (FIRST_BACKOFF, false));
-        assert_eq!(retry_wait(1, 0.0).0, FIRST_BACKOFF / 2, "jittered");
+        assert_eq!(retry_wait(1, 1.0).0, FIRST_BACKOFF * 3 / 2, "jittered");
         assert_eq!(
-            retry_wait(FAILURES_BEFORE_POLLING, 1.0),
+            retry_wait(FAILURES_BEFORE_POLLING, 0.0),
             (POLLING_SPELL, true)
         );
         assert_eq!(
-            retry_wait(FAILURES_BEFORE_POLLING + 1, 1.0),
+            retry_wait(FAILURES_BEFORE_POLLING + 1, 0.0),
             (POLLING_SPELL * 2, true)
         );
-        assert_eq!(retry_wait(40, 1.0), (MAX_SPELL, true));
+        assert_eq!(retry_wait(40, 0.0), (MAX_SPELL, true));
     }
 }

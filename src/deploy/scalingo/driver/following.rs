@@ -73,6 +73,10 @@ impl Runner {
                 // Events are hints: one lost (by the platform, or a slow connection's buffer)
                 // must not leave the job waiting until `deploy_timeout`.
                 f.last_check + self.follow_interval * STREAM_CHECK_EVERY
+            } else if streaming {
+                // (Re)connected: soon, at most one check in a few seconds (connections are
+                // themselves paced by the stream's backoff).
+                f.last_check + poll.min(ESTABLISHED_AFTER)
             } else {
                 f.next_poll(stream.as_ref(), link, poll)
             };
@@ -309,8 +313,8 @@ struct Following {
 }
 
 impl Following {
-    /// When to ask the platform next while the stream is not up (or after it connected): at
-    /// most one request, a check or the stream's dial, per polling interval, so that a stream
+    /// When to ask the platform next while the stream is not up: at most one request, a
+    /// check or the stream's dial, per polling interval, so that a stream
     /// that keeps failing never costs more than polling would; and while a connection is
     /// being made (dialled, not yet shown accepted nor failed), not before it is settled.
     fn next_poll(
