@@ -372,10 +372,11 @@ fn a_stream_whose_auth_is_refused_by_a_plain_close_costs_no_more_than_polling() 
     let stats = refused.fake.stats();
     assert!(stats.stream_auth_failures >= 1, "{stats:?}");
     assert_eq!(stats.stream_connections, 0, "never authenticated");
-    // Connections that end before the server showed it accepted the auth are failures: a
-    // couple of them, then a spell of polling (not a dial every half second).
-    assert!(
-        stats.requests_to(Endpoint::Stream) <= 2,
+    // A connection that ends before the server showed it accepted the auth is an auth
+    // refused: a spell of polling follows at once (not a dial every half second).
+    assert_eq!(
+        stats.requests_to(Endpoint::Stream),
+        1,
         "{:?}",
         stats.by_endpoint
     );

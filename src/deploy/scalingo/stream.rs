@@ -12,9 +12,10 @@
 //! - an auth refused may be a plain close (no close frame, no code): a connection counts as
 //!   established only once the server has shown it accepted the auth (a first frame after it,
 //!   or [`ESTABLISHED_AFTER`] without a close);
-//! - a connection that ends before that, or younger than [`YOUNG`], is a failure: the next try
-//!   waits a doubling, jittered backoff, and after [`FAILURES_BEFORE_POLLING`] in a row the
-//!   followers poll for a spell ([`Link::Refused`]) before the stream is tried again;
+//! - a connection that ends younger than [`YOUNG`] is a failure: the next try waits a
+//!   doubling, jittered backoff, and after [`FAILURES_BEFORE_POLLING`] in a row the followers
+//!   poll for a spell ([`Link::Refused`]) before the stream is tried again; one that ends
+//!   before it was established (the auth refused) starts a spell at once;
 //! - each connection may start with the log so far ("existing logs and real time logs"):
 //!   [`ShownLines`] skips what a replay repeats.
 //!
@@ -263,6 +264,9 @@ enum Ended {
     Broken(String),
     /// Before being established, or young: the dial, the auth or the server failed.
     Failed(String),
+    /// Ended right after the auth frame, before any frame: the auth refused ("the websocket
+    /// will be ended immediately"). Followers poll for a spell at once.
+    AuthRefused(String),
     /// The platform refused the stream.
     Refused(String),
 }
@@ -310,8 +314,11 @@ async fn run(client: Arc<ScalingoClient>, app: String, to: Followers) {
                 failures = 0;
                 jittered(Duration::from_millis(500))
             }
-            Ended::Failed(why) => {
+            Ended::Failed(why) | Ended::AuthRefused(why) => {
                 failures += 1;
+                if matches!(ended, Ended::AuthRefused(_)) {
+                    failures = failures.max(FAILURES_BEFORE_POLLING);
+                }
                 let (wait, spell) = retry_wait(failures, fastrand::f64());
                 if spell {
                     tracing::info!(
@@ -419,7 +426,7 @@ async fn session(
         }
     };
     match established {
-        None => Ended::Failed(format!(
+        None => Ended::AuthRefused(format!(
             "ended before it showed the auth was accepted ({why})"
         )),
         Some(at) if at.elapsed() < YOUNG => Ended::Failed(format!(

@@ -241,7 +241,7 @@ impl Runner {
     }
 
     /// A failure status: the job fails with the last lines of the build output, those the
-    /// stream brought (`streamed`), else fetched once.
+    /// stream brought (`streamed`) when they are a whole tail, else fetched once.
     async fn deployment_failed(
         &self,
         job: &mut Job,
@@ -255,10 +255,12 @@ impl Runner {
             self.spool.save(job)?;
             return Ok(());
         }
-        let log_tail = if streamed.is_empty() {
+        // Fewer lines than a tail: the stream may have started after the build did.
+        let log_tail = if streamed.len() < LOG_TAIL_LINES {
             match self.client.output(&deployment).await {
                 Ok(Some(text)) => tail_lines(&text, LOG_TAIL_LINES),
-                Ok(None) => Vec::new(),
+                Ok(None) => streamed.iter().cloned().collect(),
+                Err(_) if !streamed.is_empty() => streamed.iter().cloned().collect(),
                 Err(e) => vec![format!("(build output unavailable: {e})")],
             }
         } else {
