@@ -399,8 +399,10 @@ fn a_stream_whose_auth_is_refused_by_a_plain_close_costs_no_more_than_polling() 
 fn a_stream_cut_and_replayed_shows_each_build_line_once() {
     let world = World::with(FakeConfig {
         stream_replay: true,
-        stream_cut_every: Some(Duration::from_millis(2000)),
-        ..slow(1500)
+        // Cut after the connection counts as established (a frame, or 3 s without a close),
+        // however slow the machine: the next one starts with the log so far.
+        stream_cut_every: Some(Duration::from_millis(3500)),
+        ..slow(2000)
     });
     let run = deploy(&world, "1s");
     run.assert_code(0).assert_contains("success: deployment");
