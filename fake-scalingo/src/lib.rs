@@ -84,6 +84,17 @@ pub struct FakeConfig {
     pub stream: bool,
     /// Time between two `ping` events on the stream.
     pub stream_ping: Duration,
+    /// The stream refuses every `auth` frame by ending the connection at once with no close
+    /// frame: the documentation says only that on an authentication error "the websocket will
+    /// be ended immediately" (the 4001 close of a valid-looking but expired token is this
+    /// fake's own choice).
+    pub stream_refuse_auth: bool,
+    /// Each connection first gets the log so far of the app's running deployments (and of its
+    /// newest one), one `log` frame each: "you'll start receiving existing logs and real time
+    /// logs", says the documentation.
+    pub stream_replay: bool,
+    /// Each stream connection is cut (no close frame) this long after it authenticated.
+    pub stream_cut_every: Option<Duration>,
     /// The platform's rate limit on API requests (`None`: unlimited).
     pub rate_limit: Option<RateLimit>,
     /// Regions served on a port of their own (see `GET /v1/regions`).
@@ -102,6 +113,9 @@ pub struct Chaos {
     pub probability: f64,
     /// The `Delay` picked: slower than the client's timeout.
     pub delay_past_timeout: Duration,
+    /// Only plain transient faults (500, 503, a dropped connection): no 429, delay, expired
+    /// token or source, nor `aborted` outcome.
+    pub transient_only: bool,
 }
 
 impl Default for FakeConfig {
@@ -118,6 +132,9 @@ impl Default for FakeConfig {
             chaos: None,
             stream: true,
             stream_ping: Duration::from_secs(1),
+            stream_refuse_auth: false,
+            stream_replay: false,
+            stream_cut_every: None,
             rate_limit: None,
             extra_regions: Vec::new(),
         }
@@ -1136,6 +1153,14 @@ fn chaos_fault(
     if rng.f64() >= probability {
         return None;
     }
+    if chaos.transient_only {
+        let menu = [
+            Fault::Status(500),
+            Fault::Status(503),
+            Fault::CloseConnection,
+        ];
+        return Some(menu[rng.usize(..menu.len())].clone());
+    }
     let delay = chaos.delay_past_timeout;
     let mut menu = vec![
         Fault::Status(500),
@@ -1374,6 +1399,8 @@ fn fake_stats(cx: &Cx) -> Resp {
             "deployments_finished": stats.deployments_finished,
             "stream_connections": stats.stream_connections,
             "stream_auths": stats.stream_auths,
+            "stream_auth_failures": stats.stream_auth_failures,
+            "faults_injected": stats.faults_injected,
         }),
     )
 }
@@ -1850,55 +1877,53 @@ impl Build {
         stream::publish(&self.shared, &self.app, &self.id, "status", data);
     }
 
+    /// Appends to the output and publishes the lines under the state lock, so that a stream
+    /// connection's replay (taken under it) and the events after it neither overlap nor leave
+    /// a gap.
     fn log(&self, lines: &[String]) {
-        self.update(|d| {
+        let mut st = self.shared.lock();
+        self.append_and_publish(&mut st, lines);
+    }
+
+    fn append_and_publish(&self, st: &mut State, lines: &[String]) {
+        if let Some(d) = st.deployment_mut(&self.app, &self.id) {
             for line in lines {
                 d.output.push_str(line);
                 d.output.push('\n');
             }
-        });
-        self.publish_log(lines);
-    }
-
-    fn publish_log(&self, lines: &[String]) {
-        if lines.is_empty() {
-            return;
         }
-        let content: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let data = json!({ "content": content });
-        stream::publish(&self.shared, &self.app, &self.id, "log", data);
+        if !lines.is_empty() {
+            let content: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let data = json!({ "content": content });
+            stream::publish(&self.shared, &self.app, &self.id, "log", data);
+        }
     }
 
     async fn step(&self) {
         tokio::time::sleep(self.shared.step()).await;
     }
 
+    /// Ends the build: the last lines (after padding, for a failure, so that the meaningful
+    /// ones come last) go to the output and the stream, then the final status.
     fn finish(&self, status: &str, last_lines: &[String]) {
-        self.finish_quietly(status, last_lines);
-        self.publish_log(last_lines);
-        self.publish_status(status);
-    }
-
-    fn finish_quietly(&self, status: &str, last_lines: &[String]) {
         let mut st = self.shared.lock();
+        let mut lines = Vec::new();
         if let Some(d) = st.deployment_mut(&self.app, &self.id) {
-            let failed = status != "success";
-            let mut have = d.output.lines().count();
-            if failed {
-                // Keep the meaningful last lines last: pad before them.
-                while have + last_lines.len() < MIN_FAILURE_LINES {
-                    d.output.push_str("       \n");
-                    have += 1;
-                }
+            if status != "success" {
+                let have = d.output.lines().count();
+                let pad = MIN_FAILURE_LINES.saturating_sub(have + last_lines.len());
+                lines.extend(std::iter::repeat_n("       ".to_string(), pad));
             }
-            for line in last_lines {
-                d.output.push_str(line);
-                d.output.push('\n');
-            }
+            lines.extend(last_lines.iter().cloned());
+        }
+        self.append_and_publish(&mut st, &lines);
+        if let Some(d) = st.deployment_mut(&self.app, &self.id) {
             d.status = status.to_string();
             d.finished_at = Some(SystemTime::now());
         }
         st.stats.deployments_finished += 1;
+        drop(st);
+        self.publish_status(status);
     }
 }
 

@@ -59,6 +59,23 @@ struct Args {
     /// Refuse the deployments stream (404), so that clients fall back to polling.
     #[arg(long)]
     no_stream: bool,
+    /// End every stream connection at its auth frame with no close frame (auth refused by a
+    /// plain close, as the documentation allows).
+    #[arg(long)]
+    stream_refuse_auth: bool,
+    /// Send the log so far at the start of each stream connection.
+    #[arg(long)]
+    stream_replay: bool,
+    /// Cut each stream connection (no close frame) this long after its auth.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    stream_cut_every: Option<Duration>,
+    /// Plain transient faults (500, 503, dropped connections) on this share of the API
+    /// requests, 0.0 to 1.0 (seeded by --fault-seed).
+    #[arg(long, value_name = "SHARE")]
+    transient_faults: Option<f64>,
+    /// The seed of --transient-faults.
+    #[arg(long, default_value_t = 1)]
+    fault_seed: u64,
     /// No line per request on stderr (benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -76,6 +93,17 @@ fn main() -> std::io::Result<()> {
         log_requests: !args.quiet,
         rate_limit: args.rate_limit.map(fake_scalingo::RateLimit::per_minute),
         stream: !args.no_stream,
+        stream_refuse_auth: args.stream_refuse_auth,
+        stream_replay: args.stream_replay,
+        stream_cut_every: args.stream_cut_every,
+        chaos: args
+            .transient_faults
+            .map(|probability| fake_scalingo::Chaos {
+                seed: args.fault_seed,
+                probability,
+                delay_past_timeout: Duration::ZERO,
+                transient_only: true,
+            }),
         ..FakeConfig::default()
     };
     if let Some(token) = args.token {

@@ -7,8 +7,14 @@
 //! `{"id":"<deployment>","type":…,"data":{…}}`: `ping` (every `FakeConfig::stream_ping`),
 //! `new` (`data.deployment`), `log` (`data.content`) and `status` (`data.status`). Another
 //! `auth` frame replaces the connection's token; when the token it holds expires (or is revoked)
-//! the server closes the connection (code 4001). Nothing is replayed: events sent while a
-//! client is not connected are lost for it, as with the real stream.
+//! the server closes the connection (code 4001). Events sent while a client is not connected
+//! are lost for it.
+//!
+//! Options for what the documentation allows and this fake does not do by default:
+//! `FakeConfig::stream_refuse_auth` ends every connection at its `auth` frame with no close
+//! frame; `stream_replay` sends the log so far on each connection (as one `log` frame per
+//! deployment, its running ones and its newest); `stream_cut_every` cuts each connection (no
+//! close frame) that long after its auth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +119,11 @@ where
     let mut kick = shared.kick.subscribe();
     let first = tokio::time::timeout(AUTH_DEADLINE, ws.next()).await;
     let mut token = match first {
+        // "The websocket will be ended immediately": no close frame, no code.
+        Ok(Some(Ok(Message::Text(_)))) if shared.cfg.stream_refuse_auth => {
+            shared.lock().stats.stream_auth_failures += 1;
+            return;
+        }
         Ok(Some(Ok(Message::Text(text)))) => match auth_token(&text) {
             Some(t) if valid(&shared, &t) => t,
             _ => {
@@ -130,10 +141,28 @@ where
         st.stats.stream_auths += 1;
         st.stats.stream_connections += 1;
     }
+    if shared.cfg.stream_replay {
+        let (replay, fresh) = replay(&shared, &app);
+        events = fresh;
+        for frame in replay {
+            if ws.send(Message::text(frame)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let cut = async {
+        match shared.cfg.stream_cut_every {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cut);
     let mut ping = tokio::time::interval(shared.cfg.stream_ping);
     ping.tick().await;
     loop {
         tokio::select! {
+            // `stream_cut_every`: the connection breaks without a close frame.
+            _ = &mut cut => return,
             event = events.recv() => match event {
                 Ok((for_app, frame)) if for_app == app => {
                     if ws.send(Message::text(frame)).await.is_err() {
@@ -171,4 +200,29 @@ where
             _ = kick.changed() => return,
         }
     }
+}
+
+/// The log so far of the app's deployments that are running, and of its newest one, as `log`
+/// frames, with a subscription to the events that follow. Both are taken under the state
+/// lock, under which the builder appends and publishes: no line is in both, none in neither.
+fn replay(
+    shared: &Shared,
+    app: &str,
+) -> (Vec<String>, tokio::sync::broadcast::Receiver<StreamMessage>) {
+    let st = shared.lock();
+    let fresh = shared.events.subscribe();
+    let Some(app) = st.app(app) else {
+        return (Vec::new(), fresh);
+    };
+    let newest = app.deployments.len().saturating_sub(1);
+    let frames = app
+        .deployments
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| (*i == newest || !d.is_finished()) && !d.output.is_empty())
+        .map(|(_, d)| {
+            json!({ "id": d.id, "type": "log", "data": { "content": d.output } }).to_string()
+        })
+        .collect();
+    (frames, fresh)
 }

@@ -1185,3 +1185,96 @@ async fn garbling_faults_answer_what_they_say() {
     assert_eq!(resp.headers()["location"], "/elsewhere");
     assert_eq!(server.stats().sources_created, made);
 }
+
+/// Dials the app's stream as the official client does and sends the auth frame.
+async fn stream_with_auth(
+    server: &FakeScalingo,
+    jwt: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let url = format!(
+        "{}/v1/apps/{APP}/deployments/stream",
+        server.url().replacen("http://", "ws://", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "http://scalingo-cli.local/1".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let auth = json!({"type": "auth", "data": {"token": jwt}}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(auth))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The next frame that is not a ping, or how the connection ended: `Err(true)` for a close
+/// frame, `Err(false)` for an end without one.
+async fn next_frame<S>(ws: &mut S) -> Result<Value, bool>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["type"] != "ping" {
+                    return Ok(v);
+                }
+            }
+            Some(Ok(Message::Close(_))) => return Err(true),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_stream_can_refuse_auth_by_a_plain_close() {
+    let server = FakeScalingo::start(FakeConfig {
+        stream_refuse_auth: true,
+        ..fast()
+    });
+    let jwt = exchange(&server, &client()).await;
+    let mut ws = stream_with_auth(&server, &jwt).await;
+    assert_eq!(next_frame(&mut ws).await, Err(false), "no close frame");
+    assert_eq!(server.stats().stream_auth_failures, 1);
+    assert_eq!(server.stats().stream_connections, 0);
+}
+
+#[tokio::test]
+async fn the_stream_can_replay_the_log_so_far_and_cut_connections() {
+    let server = FakeScalingo::start(FakeConfig {
+        stream_replay: true,
+        stream_cut_every: Some(Duration::from_millis(300)),
+        ..fast()
+    });
+    let http = client();
+    let jwt = exchange(&server, &http).await;
+    let d = upload_and_deploy(&server, &http, &jwt, "replay-1", good_archive()).await;
+    let id = d["id"].as_str().unwrap();
+    let done = wait_finished(&server, &http, &jwt, id).await;
+    let output = fetch_output(&http, &jwt, &done).await;
+    // A connection after the end still starts with the whole log of the newest deployment.
+    let mut ws = stream_with_auth(&server, &jwt).await;
+    let first = next_frame(&mut ws).await.unwrap();
+    assert_eq!(first["type"], "log");
+    assert_eq!(first["id"], id);
+    assert_eq!(first["data"]["content"], output.as_str());
+    // Then it is cut, without a close frame.
+    let started = Instant::now();
+    assert_eq!(next_frame(&mut ws).await, Err(false));
+    assert!(started.elapsed() < DEADLINE);
+}

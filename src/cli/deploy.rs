@@ -24,7 +24,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         && !valid_git_ref(r)
     {
         return fail(format!(
-            "--git-ref {r:?} is not accepted by the platform: use only letters, digits, '.', '_' and '-', not starting with '-'"
+            "--git-ref {r:?} is not accepted by the platform: a git_ref becomes part of an image tag, so use only letters, digits, '.', '_' and '-', at most 128 of them, not starting with '-' or '.'"
         ));
     }
     let setup =

@@ -190,7 +190,7 @@ pub enum Command {
         /// The region (overrides the config file).
         #[arg(long, env = "SCALINGO_REGION")]
         region: Option<String>,
-        /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-');
+        /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-' or '.');
         /// default: <app>-<YYYYmmddHHMMSS>-<first 8 hex of the archive's sha256>.
         #[arg(long)]
         git_ref: Option<String>,

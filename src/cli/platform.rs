@@ -8,7 +8,7 @@ use super::*;
 use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
 use crate::deploy::scalingo::driver::strip_ansi;
 use crate::deploy::scalingo::follow::{Phase, phase};
-use crate::deploy::scalingo::stream::{Link, StreamEvent, Update};
+use crate::deploy::scalingo::stream::{Link, ShownLines, StreamEvent, Update};
 
 /// Before any job exists: the app's region (its own, else `[scalingo]`'s when no API URL was
 /// given) must be one the platform lists. Only a permanent answer is an error; a platform that
@@ -101,7 +101,7 @@ pub(super) async fn deployments(cli: &Cli, app: &str, region: Option<&str>, limi
 
 /// A deployment's age (since `created_at`) and duration (to `finished_at`, or `running`).
 fn times(d: &Deployment, now: SystemTime) -> (String, String) {
-    let parse = |t: Option<&str>| t.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let parse = |t: Option<&str>| t.and_then(crate::deploy::scalingo::lenient::timestamp);
     let created = parse(d.created_at.as_deref());
     let finished = parse(d.finished_at.as_deref());
     let short = |span: Duration| crate::human::duration(Duration::from_secs(span.as_secs()));
@@ -154,23 +154,23 @@ pub(super) async fn logs(
             }
         }
     }
-    let printed = match client.output(&d).await {
-        Ok(Some(text)) => {
-            print_lines(&text);
-            text.lines().count()
-        }
-        Ok(None) => 0,
+    let mut shown = ShownLines::default();
+    match client.output(&d).await {
+        Ok(Some(text)) => print_lines(&shown.polled(text.lines().map(strip_ansi).collect())),
+        Ok(None) => {}
         Err(e) => {
             eprintln!("dropdeploy: {app}: {e}");
             return exit_for(&e);
         }
-    };
+    }
+    // The connection may start with the log so far, printed above: skipped.
+    shown.connected();
     let Some(stream) = stream else {
         return EXIT_OK;
     };
     // Bounded like a followed deployment: the platform ends every deployment well before.
     let limit = config.scalingo.deploy_timeout;
-    let followed = follow_output(&client, app, &d, stream, printed, &config);
+    let followed = follow_output(&client, app, &d, stream, shown, &config);
     match tokio::time::timeout(limit, followed).await {
         Ok(code) => code,
         Err(_) => {
@@ -206,13 +206,14 @@ async fn find_deployment(
 }
 
 /// Prints the running deployment's new build lines until it ends: from the stream while it
-/// is up, else by polling its output (paced by the budget). `printed`: lines already shown.
+/// is up, else by polling its output (paced by the budget). `shown`: the lines already
+/// printed; each line is printed once, whatever the stream replays.
 async fn follow_output(
     client: &ScalingoClient,
     app: &str,
     d: &Deployment,
     mut stream: crate::deploy::scalingo::stream::Subscription,
-    mut printed: usize,
+    mut shown: ShownLines,
     config: &Config,
 ) -> u8 {
     let budget = client.budget().clone();
@@ -220,8 +221,9 @@ async fn follow_output(
         if matches!(stream.link(), Link::Up(_)) {
             match stream.next().await {
                 Update::Event(StreamEvent::Log { id, content }) if id == d.id => {
-                    print_lines(&content)
+                    print_lines(&shown.streamed(content.lines().map(strip_ansi)))
                 }
+                Update::Link(Link::Up(_)) => shown.connected(),
                 Update::Event(StreamEvent::Status { id, status })
                     if id == d.id && phase(&status) != Phase::Running =>
                 {
@@ -243,11 +245,7 @@ async fn follow_output(
             }
         };
         if let Ok(Some(text)) = client.output(&now).await {
-            let lines: Vec<&str> = text.lines().collect();
-            for line in lines.iter().skip(printed) {
-                println!("{}", strip_ansi(line));
-            }
-            printed = printed.max(lines.len());
+            print_lines(&shown.polled(text.lines().map(strip_ansi).collect()));
         }
         if phase(&now.status) != Phase::Running {
             eprintln!("{app}: deployment {} ended: {}", d.id, now.status);
@@ -256,8 +254,8 @@ async fn follow_output(
     }
 }
 
-fn print_lines(text: &str) {
-    for line in text.lines() {
-        println!("{}", strip_ansi(line));
+fn print_lines(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
     }
 }

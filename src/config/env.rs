@@ -29,6 +29,17 @@ pub(super) const ENV_VARS: [&str; 5] = [
 /// The systemd credential that holds the API token (`LoadCredential=scalingo-token:…`).
 const TOKEN_CREDENTIAL: &str = "scalingo-token";
 
+/// The platform's documentation writes these variables as bare hosts
+/// (`https://$SCALINGO_API_URL/v1`): one without a scheme is taken as https.
+fn with_scheme(value: &str) -> String {
+    let value = value.trim();
+    if value.contains("://") || value.is_empty() {
+        value.to_string()
+    } else {
+        format!("https://{value}")
+    }
+}
+
 /// The environment variables the configuration reads, captured once. Its `Debug` shows the
 /// names only, never the values.
 #[derive(Clone, Default)]
@@ -119,7 +130,7 @@ pub(super) fn apply_env(
         }
     }
     if let Some(api_url) = env.get(ENV_API_URL) {
-        match base_url(api_url) {
+        match base_url(&with_scheme(api_url)) {
             Ok(url) => {
                 s.api_url = url;
                 s.api_url_explicit = true;
@@ -131,7 +142,7 @@ pub(super) fn apply_env(
         }
     }
     if let Some(auth_url) = env.get(ENV_AUTH_URL) {
-        match base_url(auth_url) {
+        match base_url(&with_scheme(auth_url)) {
             Ok(url) => s.auth_url = url,
             Err(why) => report.env(ENV_AUTH_URL, why),
         }

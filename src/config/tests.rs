@@ -378,6 +378,12 @@ fn each_environment_variable_overrides_the_file() {
     let env = Env::from_pairs([("SCALINGO_API_URL", "http://localhost:9000")]);
     assert_eq!(Config::from_env(&env).unwrap().config.scalingo.region, None);
 
+    // Documented as a bare host (`https://$SCALINGO_API_URL/v1`): https.
+    let s = load(&[("SCALINGO_API_URL", "api.osc-fr1.scalingo.com")]);
+    assert_eq!(s.api_url, "https://api.osc-fr1.scalingo.com");
+    let s = load(&[("SCALINGO_AUTH_URL", "auth.scalingo.com/")]);
+    assert_eq!(s.auth_url, "https://auth.scalingo.com");
+
     let s = load(&[("SCALINGO_AUTH_URL", "http://localhost:9001")]);
     assert_eq!(s.auth_url, "http://localhost:9001");
     assert_eq!(load(&[]).auth_url, "https://auth.example");
@@ -409,7 +415,7 @@ fn the_environment_applies_without_a_file() {
 fn bad_environment_values_name_the_variable() {
     let env = Env::from_pairs([
         ("SCALINGO_REGION", "OSC FR1"),
-        ("SCALINGO_API_URL", "api.example"),
+        ("SCALINGO_API_URL", "ftp://api.example"),
     ]);
     let message = Config::from_env(&env).unwrap_err().to_string();
     let lines: Vec<&str> = message.lines().collect();
@@ -419,8 +425,9 @@ fn bad_environment_values_name_the_variable() {
         "{message}"
     );
     assert!(
-        lines[1]
-            .starts_with("$SCALINGO_API_URL: \"api.example\" is not an http:// or https:// URL"),
+        lines[1].starts_with(
+            "$SCALINGO_API_URL: \"ftp://api.example\" is not an http:// or https:// URL"
+        ),
         "{message}"
     );
 }

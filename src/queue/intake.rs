@@ -77,7 +77,8 @@ fn job_nonce(id: &str) -> &str {
 /// Whether a user-chosen `git_ref` is acceptable to the platform.
 pub fn valid_git_ref(git_ref: &str) -> bool {
     !git_ref.is_empty()
-        && !git_ref.starts_with('-')
+        && git_ref.len() <= 128
+        && !git_ref.starts_with(['-', '.'])
         && git_ref
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))

@@ -81,6 +81,7 @@ impl Storm {
                 seed: p.seed,
                 probability: p.probability,
                 delay_past_timeout: Duration::from_millis(1300),
+                transient_only: false,
             }),
             step: Duration::from_millis(20),
             // CHAOS_STREAM=0: no deployments stream, every deployment polled.

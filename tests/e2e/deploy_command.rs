@@ -647,7 +647,11 @@ fn a_token_exchange_time_out_names_the_time_waited() {
 
 #[test]
 fn steps_go_to_stderr_and_the_result_to_stdout() {
-    let world = World::new();
+    // Steps long enough for `building` to be seen once the stream shows it is connected.
+    let world = World::with(FakeConfig {
+        step: Duration::from_millis(700),
+        ..FakeConfig::default()
+    });
     let run = deploy(&world, "my-app", &world.archive("a.tar.gz"));
     run.assert_code(0);
     assert!(run.stderr.contains("status building"), "{}", run.stderr);

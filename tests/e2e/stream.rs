@@ -61,7 +61,9 @@ fn a_deployment_is_followed_over_the_stream_with_its_build_lines() {
 
 #[test]
 fn a_stream_cut_mid_deployment_reconnects_and_the_job_succeeds() {
-    let world = World::with(slow(1000));
+    // A connection cut young waits a backoff (3 to 4.5 s) before the next: the build lasts
+    // long enough for the reconnection to come before its last lines.
+    let world = World::with(slow(3500));
     let archive = world.archive("release.tar.gz");
     let mut child = world.spawn(
         &[
@@ -90,7 +92,8 @@ fn a_stream_cut_mid_deployment_reconnects_and_the_job_succeeds() {
     let out = std::fs::read_to_string(world.path("cut.stderr")).unwrap();
     let stdout = std::fs::read_to_string(world.path("cut.stdout")).unwrap();
     assert!(status.success(), "{out}\n{stdout}");
-    assert!(world.fake.stats().stream_connections >= 2);
+    let stats = world.fake.stats();
+    assert!(stats.stream_connections >= 2, "{stats:?}\n{out}");
     // Lines sent after the reconnection were shown (the last ones come at the end).
     assert!(out.contains("-----> Starting containers"), "{out}");
     assert!(stdout.contains("success: deployment"), "{stdout}");
@@ -326,4 +329,201 @@ fn logs_prints_a_deployment_output_and_follows_a_running_one() {
         .assert_contains("-----> Starting containers")
         .assert_contains("ended: success");
     assert!(world.fake.stats().stream_connections >= 1);
+}
+
+/// The world's retry budget set to `budget` (the world's own is 30 s).
+fn with_retry_budget(world: &World, budget: &str) {
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    let text = text.replace("budget = \"30s\"", &format!("budget = \"{budget}\""));
+    std::fs::write(&world.config, text).unwrap();
+}
+
+/// How many times each build line shows in a run's output (`  | ` lines), and in the build
+/// output the platform kept, colours stripped.
+fn printed_and_built(run_output: &str, built: &str) -> Vec<(String, usize, usize)> {
+    let built: Vec<String> = built
+        .lines()
+        .map(dropdeploy::deploy::scalingo::driver::strip_ansi)
+        .collect();
+    let printed: Vec<&str> = run_output
+        .lines()
+        .filter_map(|l| l.strip_prefix("  | "))
+        .collect();
+    let mut counts: Vec<(String, usize, usize)> = Vec::new();
+    for line in &printed {
+        if counts.iter().all(|(l, _, _)| l != line) {
+            let p = printed.iter().filter(|p| *p == line).count();
+            let b = built.iter().filter(|b| b == line).count();
+            counts.push((line.to_string(), p, b));
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_stream_whose_auth_is_refused_by_a_plain_close_costs_no_more_than_polling() {
+    let refused = World::with(FakeConfig {
+        stream_refuse_auth: true,
+        ..slow(1000)
+    });
+    deploy(&refused, "1s")
+        .assert_code(0)
+        .assert_contains("success: deployment");
+    let stats = refused.fake.stats();
+    assert!(stats.stream_auth_failures >= 1, "{stats:?}");
+    assert_eq!(stats.stream_connections, 0, "never authenticated");
+    // A connection that ends before the server showed it accepted the auth is an auth
+    // refused: a spell of polling follows at once (not a dial every half second).
+    assert_eq!(
+        stats.requests_to(Endpoint::Stream),
+        1,
+        "{:?}",
+        stats.by_endpoint
+    );
+    // The same deployment followed by polling only.
+    let polled = World::with(FakeConfig {
+        stream: false,
+        ..slow(1000)
+    });
+    deploy(&polled, "1s").assert_code(0);
+    let polling = polled.fake.stats().api_requests();
+    assert!(
+        stats.api_requests() <= polling + 2,
+        "{} requests with a refusing stream, {polling} polling: {:?}",
+        stats.api_requests(),
+        stats.by_endpoint
+    );
+}
+
+#[test]
+fn a_stream_cut_and_replayed_shows_each_build_line_once() {
+    let world = World::with(FakeConfig {
+        stream_replay: true,
+        // Cut after the connection counts as established (a frame, or 3 s without a close),
+        // however slow the machine: the next one starts with the log so far.
+        stream_cut_every: Some(Duration::from_millis(3500)),
+        ..slow(2000)
+    });
+    let run = deploy(&world, "1s");
+    run.assert_code(0).assert_contains("success: deployment");
+    let stats = world.fake.stats();
+    assert!(stats.stream_connections >= 2, "{stats:?}");
+    let built = world.fake.deployments("my-app")[0].output.clone();
+    let counts = printed_and_built(&run.stderr, &built);
+    assert!(
+        counts
+            .iter()
+            .any(|(l, p, _)| l == "-----> Build environment" && *p == 1),
+        "{counts:?}\n{}",
+        run.stderr
+    );
+    let repeated: Vec<_> = counts.iter().filter(|(_, p, b)| p > b).collect();
+    assert!(
+        repeated.is_empty(),
+        "shown more often than built: {repeated:?}"
+    );
+    // Young connections are failures: a spell of polling follows, not a dial every 2 s.
+    assert!(
+        stats.requests_to(Endpoint::Stream) <= 3,
+        "{:?}",
+        stats.by_endpoint
+    );
+}
+
+#[test]
+fn logs_follow_shows_a_replayed_log_once() {
+    let world = World::with(FakeConfig {
+        stream_replay: true,
+        ..slow(1500)
+    });
+    let archive = world.archive("release.tar.gz");
+    let mut child = world.spawn(
+        &[
+            "deploy",
+            "--app",
+            "my-app",
+            "--no-follow",
+            archive.to_str().unwrap(),
+        ],
+        "started",
+    );
+    crate::support::wait_exit(&mut child, LONG);
+    // Building, with output: the stream's connection starts with it again.
+    assert!(wait_for(LONG, || {
+        world
+            .fake
+            .deployments("my-app")
+            .first()
+            .is_some_and(|d| d.status == "building" && !d.output.is_empty())
+    }));
+    let run = world.run(&["logs", "--app", "my-app", "--follow"]);
+    run.assert_code(0).assert_contains("ended: success");
+    let shown = run.stdout.matches("-----> Build environment").count();
+    assert_eq!(shown, 1, "{}", run.stdout);
+    assert_eq!(run.stdout.matches("-----> Starting containers").count(), 1);
+}
+
+#[test]
+fn time_paused_by_a_429_is_not_spent_from_the_retry_budget() {
+    let world = World::new();
+    with_retry_budget(&world, "3s");
+    // The create waits out a 429 of 4 s (every call pauses), then fails once (503).
+    world.fake.fail_next(
+        Endpoint::CreateDeployment,
+        Fault::RateLimited {
+            retry_after: Some("4".to_string()),
+        },
+    );
+    world
+        .fake
+        .fail_next(Endpoint::CreateDeployment, Fault::Status(503));
+    deploy(&world, "1s")
+        .assert_code(0)
+        .assert_contains("success: deployment");
+}
+
+#[test]
+fn a_job_that_gives_up_says_how_long_it_waited_for_the_budget() {
+    let world = World::new();
+    with_retry_budget(&world, "3s");
+    world.fake.fail_next(
+        Endpoint::CreateDeployment,
+        Fault::RateLimited {
+            retry_after: Some("4".to_string()),
+        },
+    );
+    for _ in 0..200 {
+        world
+            .fake
+            .fail_next(Endpoint::CreateDeployment, Fault::Status(503));
+    }
+    let run = deploy(&world, "1s");
+    // 3: gave up on transient errors.
+    run.assert_code(3)
+        .assert_contains("of it waiting for the API budget (retry budget 3s)");
+    // Failing, not waiting, used up the budget: more than one attempt.
+    assert!(
+        !run.all().contains("after 1 failed attempts"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn a_git_ref_starting_with_a_dot_is_refused_before_any_upload() {
+    let world = World::new();
+    let archive = world.archive("release.tar.gz");
+    world
+        .run(&[
+            "deploy",
+            "--app",
+            "my-app",
+            "--git-ref",
+            ".hidden",
+            archive.to_str().unwrap(),
+        ])
+        .assert_code(2)
+        .assert_contains("image tag")
+        .assert_contains("not starting with '-' or '.'");
+    assert_eq!(world.fake.stats().sources_created, 0);
 }

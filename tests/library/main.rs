@@ -5,6 +5,8 @@
 
 /// Job records are saved off the async runtime.
 mod blocking_saves;
+/// The Scalingo client against fixtures of the platform's documented answers.
+mod conformance;
 /// The drop folder watcher: what it takes, when, and what it leaves alone.
 mod drop_folders;
 /// Replays of the fuzzers' inputs (`tests/fuzz_inputs/`).

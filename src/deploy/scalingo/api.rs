@@ -286,17 +286,17 @@ pub struct Source {
 /// [`super::follow::phase`]; an empty `id` makes the job look its deployment up by `git_ref`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deployment {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::string")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::string")]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::optional_string")]
     pub git_ref: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::optional_string")]
     pub app_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::optional_string")]
     pub created_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::optional_string")]
     pub finished_at: Option<String>,
     #[serde(default)]
     pub links: Option<DeploymentLinks>,
@@ -313,6 +313,8 @@ pub struct DeploymentLinks {
 pub struct DeploymentPage {
     pub deployments: Vec<Deployment>,
     pub next_page: Option<u32>,
+    /// `meta.pagination.prev_page` as documented, or `previous_page` as answered.
+    pub prev_page: Option<u32>,
 }
 
 /// The Scalingo API client of one region and token, with its own budget of requests
@@ -625,15 +627,14 @@ impl ScalingoClient {
         let listed: Listed = self
             .call("list deployments", reqwest::Method::GET, &url, None)
             .await?;
-        let next_page = listed
-            .meta
-            .as_ref()
-            .and_then(|m| m.pointer("/pagination/next_page"))
-            .and_then(|n| n.as_u64())
-            .and_then(|n| u32::try_from(n).ok());
+        let pagination = |key: &str| {
+            let field = listed.meta.as_ref()?.get("pagination")?.get(key);
+            super::lenient::page_number(field)
+        };
         Ok(DeploymentPage {
+            next_page: pagination("next_page"),
+            prev_page: pagination("prev_page").or_else(|| pagination("previous_page")),
             deployments: listed.deployments,
-            next_page,
         })
     }
 
@@ -644,21 +645,21 @@ impl ScalingoClient {
 
     /// The app's own URL (`app.url`, e.g. `https://my-app.osc-fr1.scalingo.io`), the base of a
     /// health check given as a path.
+    /// Without `url`, the one the platform generated (`app.base_url`).
     pub async fn app_url(&self, app: &str) -> Result<Option<String>, ApiError> {
-        self.app_field(app, "/app/url").await
+        let shown = self.get_app(app).await?;
+        Ok(app_text(&shown, "/app/url").or_else(|| app_text(&shown, "/app/base_url")))
     }
 
     /// One text field of `GET /v1/apps/:app` (a JSON pointer); `None` when absent or empty.
     async fn app_field(&self, app: &str, pointer: &str) -> Result<Option<String>, ApiError> {
+        Ok(app_text(&self.get_app(app).await?, pointer))
+    }
+
+    /// `GET /v1/apps/:app`, as JSON.
+    pub async fn get_app(&self, app: &str) -> Result<serde_json::Value, ApiError> {
         let url = format!("{}/v1/apps/{app}", self.resolve().await?);
-        let shown: serde_json::Value = self
-            .call("get app", reqwest::Method::GET, &url, None)
-            .await?;
-        Ok(shown
-            .pointer(pointer)
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string))
+        self.call("get app", reqwest::Method::GET, &url, None).await
     }
 
     /// The build output of a deployment (`links.output`), or `None` while there is none (404).
@@ -684,6 +685,15 @@ impl ScalingoClient {
 }
 
 mod answer;
+/// A non-empty text field of an app's answer (a JSON pointer).
+pub fn app_text(shown: &serde_json::Value, pointer: &str) -> Option<String> {
+    shown
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 mod upload;
 
 pub(crate) use answer::{decode_json, read_body};

@@ -7,10 +7,11 @@
 //!
 //! Every wait here is bounded (a window, or a pause of at most [`MAX_PAUSE`]) and shows on the
 //! board of waits ([`crate::live`]) for each app that uses the client, so `status` says why
-//! nothing moves.
+//! nothing moves. A job counts its calls' waits ([`BudgetWaits`]): waiting for the budget is
+//! not failing, and does not use up the job's retry budget.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,6 +35,32 @@ const POLL_SHARE: f64 = 0.5;
 const SHOWN_AFTER: Duration = Duration::from_secs(1);
 /// What the board calls the client's waits.
 const SUBJECT: &str = "platform API";
+
+tokio::task_local! {
+    /// The waits of the job whose task this is (see [`BudgetWaits::scope`]).
+    static WAITS: BudgetWaits;
+}
+
+/// The time one job's calls spent waiting for a place in the budget or for a 429's pause.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetWaits(Arc<AtomicU64>);
+
+impl BudgetWaits {
+    /// The time waited so far.
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn add(&self, waited: Duration) {
+        let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Runs `work`, counting in `self` what its calls (on this task) wait for a budget.
+    pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
+        WAITS.scope(self.clone(), work).await
+    }
+}
 
 /// One client's budget of API requests.
 pub struct Budget {
@@ -140,8 +167,18 @@ impl Budget {
         }
     }
 
-    /// Waits for a place in the window (and for a pause to end), then takes it.
+    /// Waits for a place in the window (and for a pause to end), then takes it. The time
+    /// waited counts in the current job's [`BudgetWaits`], if any.
     pub async fn acquire(&self) {
+        let started = Instant::now();
+        self.take_place().await;
+        let waited = started.elapsed();
+        if !waited.is_zero() {
+            let _ = WAITS.try_with(|w| w.add(waited));
+        }
+    }
+
+    async fn take_place(&self) {
         let mut shown = false;
         loop {
             let wait = {
@@ -332,6 +369,29 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_counts_the_time_its_calls_waited_for_the_budget() {
+        let budget = Budget::new(1);
+        let waits = BudgetWaits::default();
+        budget.acquire().await;
+        waits
+            .scope(async {
+                budget.acquire().await;
+                budget.refused(Some(Duration::from_secs(10)));
+                budget.acquire().await;
+            })
+            .await;
+        // The window (a minute and a margin), then the pause.
+        assert!(
+            waits.total() >= WINDOW + Duration::from_secs(10),
+            "{waits:?}"
+        );
+        // Outside the scope, another job's waits are not counted here.
+        let before = waits.total();
+        budget.acquire().await;
+        assert_eq!(waits.total(), before);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
 use crate::deploy::scalingo::api::{ApiError, Deployment, ScalingoClient};
+use crate::deploy::scalingo::budget::BudgetWaits;
 use crate::deploy::scalingo::follow::{Phase, explain, phase};
 use crate::queue::clock::Clocks;
 pub use crate::queue::observe::{Event, LogObserver, Observer};
@@ -202,6 +203,14 @@ impl Runner {
     /// budget, an upload slot's age, `deploy_timeout`) is measured on the monotonic clock
     /// from the times the record holds ([`Clocks`]).
     pub async fn run(&self, job: &mut Job) -> Result<(), SpoolError> {
+        // Waiting for the API budget (its window, a 429's pause) is not failing: it is counted
+        // apart and left out of the retry budget. `status` shows the wait meanwhile.
+        self.client.budget().track(&job.app);
+        let waits = BudgetWaits::default();
+        waits.scope(self.run_counted(job, &waits)).await
+    }
+
+    async fn run_counted(&self, job: &mut Job, waits: &BudgetWaits) -> Result<(), SpoolError> {
         let mut shutdown = self.shutdown.clone();
         let mut clocks = Clocks::new();
         if job.started_at.is_none() {
@@ -232,19 +241,29 @@ impl Runner {
                     self.spool.save_async(job).await?;
                 }
                 Err(StepError::Transient(step, error)) => {
-                    job.failed_attempts += 1;
+                    // A 429 that outlasted the call's own pauses: a wait, not a failure.
+                    let rate_limited = error.status() == Some(429);
+                    if !rate_limited {
+                        job.failed_attempts += 1;
+                    }
                     let spent = match job.started_at {
                         Some(started) => clocks.elapsed(STARTED, started),
                         None => Duration::ZERO,
                     };
-                    let left = self.retry.budget.saturating_sub(spent);
+                    // Each wait for the budget is bounded (a window, a few pauses per call),
+                    // and the retry delays between failed calls still count: this ends.
+                    let left = self
+                        .retry
+                        .budget
+                        .saturating_sub(spent.saturating_sub(waits.total()));
                     if left.is_zero() {
                         job.state = JobState::Failed(Failure {
                             step,
                             reason: crate::redact::redact_owned(format!(
-                                "gave up after {} failed attempts over {} (retry budget {}); last error: {error}",
+                                "gave up after {} failed attempts over {}{} (retry budget {}); last error: {error}",
                                 job.failed_attempts,
                                 humantime::format_duration(spent),
+                                budget_share(waits.total()),
                                 humantime::format_duration(self.retry.budget),
                             )),
                             status: None,
@@ -271,6 +290,10 @@ impl Runner {
                     );
                     if !shutdown.sleep(delay).await {
                         return Ok(());
+                    }
+                    if rate_limited {
+                        // The platform's own pause is a wait; a longer backoff is not.
+                        waits.add(delay.min(error.retry_after().unwrap_or_default()));
                     }
                     streak += 1;
                 }
@@ -482,6 +505,18 @@ pub fn adoptable(job: &Job, d: &Deployment) -> bool {
     }
 }
 
+/// `, 40s of it waiting for the API budget`, when some was.
+fn budget_share(waited: Duration) -> String {
+    let waited = Duration::from_secs(waited.as_secs());
+    if waited.is_zero() {
+        return String::new();
+    }
+    format!(
+        ", {} of it waiting for the API budget",
+        humantime::format_duration(waited)
+    )
+}
+
 /// Clocks differ between this machine and the platform: a deployment counts as made before
 /// the request only when it is older by more than this (records without `preexisting` only).
 const CLOCK_SKEW: u64 = 300;
@@ -492,7 +527,7 @@ fn created_before(created_at: Option<&str>, requested_at: Option<Timestamp>) -> 
     let (Some(created), Some(requested)) = (created_at, requested_at) else {
         return false;
     };
-    let Ok(created) = humantime::parse_rfc3339_weak(created) else {
+    let Some(created) = crate::deploy::scalingo::lenient::timestamp(created) else {
         return false;
     };
     let created = created
@@ -549,9 +584,14 @@ pub fn strip_ansi(line: &str) -> String {
             }
             continue;
         }
-        if c != '\r' {
-            out.push(c);
+        if c == '\r' {
+            // A line rewritten in place (a progress meter): what shows is its last state.
+            if chars.peek().is_some() {
+                out.clear();
+            }
+            continue;
         }
+        out.push(c);
     }
     out
 }

@@ -6,5 +6,6 @@ pub mod auth;
 pub mod budget;
 pub mod driver;
 pub mod follow;
+pub mod lenient;
 pub mod regions;
 pub mod stream;

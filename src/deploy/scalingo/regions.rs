@@ -19,10 +19,21 @@ const CACHE_FOR: Duration = Duration::from_secs(3600);
 /// One region as the platform lists it (other fields ignored, missing ones empty).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Region {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::string")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::string")]
     pub api: String,
+    /// The platform's default region (the official CLI takes it, else the first).
+    #[serde(default, deserialize_with = "super::lenient::flag")]
+    pub default: bool,
+}
+
+/// The region the platform marks `default`, else the first listed.
+pub fn default_of(regions: &[Region]) -> Option<&Region> {
+    regions
+        .iter()
+        .find(|r| r.default)
+        .or_else(|| regions.first())
 }
 
 type Cache = Mutex<HashMap<String, (Instant, Vec<Region>)>>;

@@ -7,7 +7,20 @@
 //! (`data.content`) and `status` (`data.status`) for every deployment of the app. The stream
 //! authenticates again with the new bearer when it is renewed, reconnects with backoff when it
 //! breaks, and says whether it is connected ([`Link`]), so that a follower polls when it is not.
-//! Nothing is replayed after a reconnection: followers check the deployment once then.
+//!
+//! The documentation allows more than a happy stream, and it costs no more than polling:
+//! - an auth refused may be a plain close (no close frame, no code): a connection counts as
+//!   established only once the server has shown it accepted the auth (a first frame after it,
+//!   or [`ESTABLISHED_AFTER`] without a close);
+//! - a connection that ends younger than [`YOUNG`] is a failure: the next try waits a
+//!   doubling, jittered backoff, and after [`FAILURES_BEFORE_POLLING`] in a row the followers
+//!   poll for a spell ([`Link::Refused`]) before the stream is tried again; one that ends
+//!   before it was established (the auth refused) starts a spell at once;
+//! - each connection may start with the log so far ("existing logs and real time logs"):
+//!   [`ShownLines`] skips what a replay repeats.
+//!
+//! A connection is announced to followers in the stream of events itself
+//! ([`Update::Link`] with [`Link::Up`]), so that they see it before its first event.
 //!
 //! TLS for `wss://` is rustls on the process's provider (ring, see [`crate::http`]) with the
 //! system's roots, as for every HTTP call.
@@ -22,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use super::api::ScalingoClient;
+use super::lenient::text_of;
 
 /// The `Origin` header the official client dials with.
 pub const ORIGIN: &str = "http://scalingo-cli.local/1";
@@ -29,6 +43,19 @@ pub const ORIGIN: &str = "http://scalingo-cli.local/1";
 const SILENCE: Duration = Duration::from_secs(90);
 /// Longest wait between two tries to connect.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The first wait after a failed connection (jittered up to half as much again): as long
+/// as the default polling interval, so that two dials never cost more than polls would.
+const FIRST_BACKOFF: Duration = Duration::from_secs(3);
+/// A connection is established once a frame came after the auth, or after this long without
+/// a close.
+pub const ESTABLISHED_AFTER: Duration = Duration::from_secs(3);
+/// An established connection that ends sooner than this is a failure, not a break.
+pub const YOUNG: Duration = Duration::from_secs(10);
+/// After this many failed connections in a row, followers poll for a spell.
+pub const FAILURES_BEFORE_POLLING: u32 = 2;
+/// The first spell of polling; doubled for each failure after it, at most [`MAX_SPELL`].
+const POLLING_SPELL: Duration = Duration::from_secs(60);
+const MAX_SPELL: Duration = Duration::from_secs(10 * 60);
 /// Wait after the platform refused the stream (an HTTP error to the dial): followers poll.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -46,11 +73,8 @@ pub enum StreamEvent {
 /// Reads one frame; `None` for pings, unknown types and frames this client cannot read.
 pub fn parse(text: &str) -> Option<StreamEvent> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    let id = v
-        .get("id")
-        .and_then(|i| i.as_str())
-        .unwrap_or("")
-        .to_string();
+    // An id may come as a string, a number or null.
+    let id = v.get("id").and_then(text_of).unwrap_or_default();
     let data = v.get("data");
     let field = |name: &str| {
         data.and_then(|d| d.as_object()).and_then(|d| {
@@ -70,12 +94,15 @@ pub fn parse(text: &str) -> Option<StreamEvent> {
             id,
             status: field("status")?,
         }),
+        // `data.deployment` is an id in the documentation's example, an object for the CLI.
         "new" => {
-            let id = data
-                .and_then(|d| d.pointer("/deployment/id"))
-                .and_then(|i| i.as_str())
-                .map(str::to_string)
-                .unwrap_or(id);
+            let id = match data.and_then(|d| d.get("deployment")) {
+                Some(serde_json::Value::Object(d)) => d.get("id").and_then(text_of),
+                Some(other) => text_of(other),
+                None => None,
+            }
+            .filter(|i| !i.is_empty())
+            .unwrap_or(id);
             Some(StreamEvent::New { id })
         }
         _ => None,
@@ -100,10 +127,21 @@ pub struct StreamHub {
     apps: Mutex<HashMap<String, Weak<AppStream>>>,
 }
 
+/// What goes to followers, in order: a new connection, then its events.
+#[derive(Debug, Clone)]
+enum Item {
+    Connected(u64),
+    Event(StreamEvent),
+}
+
+/// When the stream last dialled (each dial is an API request).
+type LastDial = Arc<Mutex<Option<tokio::time::Instant>>>;
+
 /// One app's stream, alive while a follower holds it.
 pub struct AppStream {
-    events: broadcast::Sender<StreamEvent>,
+    events: broadcast::Sender<Item>,
     link: watch::Receiver<Link>,
+    last_dial: LastDial,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -116,7 +154,7 @@ impl Drop for AppStream {
 /// A follower's view of its app's stream.
 pub struct Subscription {
     stream: Arc<AppStream>,
-    events: broadcast::Receiver<StreamEvent>,
+    events: broadcast::Receiver<Item>,
     link: watch::Receiver<Link>,
 }
 
@@ -135,24 +173,39 @@ impl Subscription {
         *self.link.borrow()
     }
 
-    /// The next event or change of the link. Never ends while the stream lives.
+    /// When the stream last dialled (an API request, as a poll is), if it did.
+    pub fn last_dial(&self) -> Option<tokio::time::Instant> {
+        match self.stream.last_dial.lock() {
+            Ok(at) => *at,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// The next event or change of the link. Never ends while the stream lives. A connection
+    /// ([`Link::Up`]) comes in order with the events, before its first one.
     pub async fn next(&mut self) -> Update {
-        tokio::select! {
-            event = self.events.recv() => match event {
-                Ok(e) => Update::Event(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => Update::Missed,
-                Err(broadcast::error::RecvError::Closed) => {
-                    std::future::pending::<()>().await;
-                    Update::Missed
-                }
-            },
-            changed = self.link.changed() => match changed {
-                Ok(()) => Update::Link(*self.link.borrow_and_update()),
-                Err(_) => {
-                    std::future::pending::<()>().await;
-                    Update::Missed
-                }
-            },
+        loop {
+            tokio::select! {
+                biased;
+                event = self.events.recv() => return match event {
+                    Ok(Item::Event(e)) => Update::Event(e),
+                    Ok(Item::Connected(n)) => Update::Link(Link::Up(n)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Update::Missed,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await;
+                        Update::Missed
+                    }
+                },
+                changed = self.link.changed() => match changed {
+                    // Announced among the events instead.
+                    Ok(()) if matches!(*self.link.borrow_and_update(), Link::Up(_)) => {}
+                    Ok(()) => return Update::Link(*self.link.borrow()),
+                    Err(_) => {
+                        std::future::pending::<()>().await;
+                        return Update::Missed;
+                    }
+                },
+            }
         }
     }
 
@@ -179,9 +232,19 @@ impl ScalingoClient {
             None => {
                 let (events, _) = broadcast::channel(1024);
                 let (link_tx, link) = watch::channel(Link::Down);
-                let task =
-                    tokio::spawn(run(self.clone(), app.to_string(), events.clone(), link_tx));
-                let stream = Arc::new(AppStream { events, link, task });
+                let last_dial = LastDial::default();
+                let to = Followers {
+                    events: events.clone(),
+                    link: link_tx,
+                    last_dial: last_dial.clone(),
+                };
+                let task = tokio::spawn(run(self.clone(), app.to_string(), to));
+                let stream = Arc::new(AppStream {
+                    events,
+                    link,
+                    last_dial,
+                    task,
+                });
                 apps.insert(app.to_string(), Arc::downgrade(&stream));
                 stream
             }
@@ -197,45 +260,86 @@ impl ScalingoClient {
 /// Why one connection ended.
 #[derive(Debug)]
 enum Ended {
-    /// After being connected: reconnect soon.
+    /// After being established for at least [`YOUNG`]: reconnect soon.
     Broken(String),
-    /// Before: the dial or the auth failed.
+    /// Before being established, or young: the dial, the auth or the server failed.
     Failed(String),
+    /// Ended right after the auth frame, before any frame: the auth refused ("the websocket
+    /// will be ended immediately"). Followers poll for a spell at once.
+    AuthRefused(String),
     /// The platform refused the stream.
     Refused(String),
 }
 
-/// Connects, serves, reconnects with backoff, for as long as a follower holds the stream.
-async fn run(
-    client: Arc<ScalingoClient>,
-    app: String,
-    events: broadcast::Sender<StreamEvent>,
+/// Where the stream task tells its followers what happens.
+struct Followers {
+    events: broadcast::Sender<Item>,
     link: watch::Sender<Link>,
-) {
+    last_dial: LastDial,
+}
+
+/// `d`, or up to half as much again: spreads the apps' reconnections.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(1.0 + fastrand::f64() / 2.0)
+}
+
+/// The wait before the next try after `failures` failed connections in a row (at least 1),
+/// and whether followers poll meanwhile (a spell of polling).
+pub fn retry_wait(failures: u32, unit: f64) -> (Duration, bool) {
+    let unit = 1.0 + unit.clamp(0.0, 1.0) / 2.0;
+    if failures >= FAILURES_BEFORE_POLLING {
+        let extra = failures - FAILURES_BEFORE_POLLING;
+        let spell = POLLING_SPELL
+            .saturating_mul(1 << extra.min(4))
+            .min(MAX_SPELL);
+        return (spell.mul_f64(unit), true);
+    }
+    let backoff = FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(MAX_BACKOFF);
+    (backoff.mul_f64(unit), false)
+}
+
+/// Connects, serves, reconnects with backoff, for as long as a follower holds the stream.
+async fn run(client: Arc<ScalingoClient>, app: String, to: Followers) {
     let mut url: Option<String> = None;
     let mut failures = 0u32;
     let mut connections = 0u64;
     loop {
-        let ended = session(&client, &app, &mut url, &events, &link, &mut connections).await;
+        let ended = session(&client, &app, &mut url, &to, &mut connections).await;
         let delay = match &ended {
             Ended::Broken(why) => {
                 tracing::debug!(app, "deployments stream broke: {why}; reconnecting");
-                link.send_replace(Link::Down);
+                to.link.send_replace(Link::Down);
                 failures = 0;
-                Duration::from_millis(500)
+                jittered(Duration::from_millis(500))
             }
-            Ended::Failed(why) => {
-                tracing::debug!(app, "deployments stream unavailable: {why}");
-                link.send_replace(Link::Down);
+            Ended::Failed(why) | Ended::AuthRefused(why) => {
                 failures += 1;
-                MAX_BACKOFF.min(Duration::from_secs(1 << failures.min(5)))
+                if matches!(ended, Ended::AuthRefused(_)) {
+                    failures = failures.max(FAILURES_BEFORE_POLLING);
+                }
+                let (wait, spell) = retry_wait(failures, fastrand::f64());
+                if spell {
+                    tracing::info!(
+                        app,
+                        "deployments stream failed {failures} times in a row ({why}); following \
+                         by polling, the stream tried again in {}",
+                        humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                    );
+                    to.link.send_replace(Link::Refused);
+                } else {
+                    tracing::debug!(app, "deployments stream unavailable: {why}");
+                    to.link.send_replace(Link::Down);
+                }
+                wait
             }
             Ended::Refused(why) => {
                 tracing::info!(
                     app,
                     "deployments stream refused ({why}); following by polling"
                 );
-                link.send_replace(Link::Refused);
+                to.link.send_replace(Link::Refused);
                 url = None;
                 REFUSED_BACKOFF
             }
@@ -244,22 +348,29 @@ async fn run(
     }
 }
 
+/// One connection, from its dial to its end.
 async fn session(
     client: &Arc<ScalingoClient>,
     app: &str,
     url: &mut Option<String>,
-    events: &broadcast::Sender<StreamEvent>,
-    link: &watch::Sender<Link>,
+    to: &Followers,
     connections: &mut u64,
 ) -> Ended {
-    let (mut ws, mut bearer) = match connect(client, app, url).await {
+    let (mut ws, mut bearer) = match connect(client, app, url, &to.last_dial).await {
         Ok(open) => open,
         Err(ended) => return ended,
     };
-    *connections += 1;
-    link.send_replace(Link::Up(*connections));
+    let opened = tokio::time::Instant::now();
+    let mut established: Option<tokio::time::Instant> = None;
+    let mut last_frame = opened;
+    let establish = |connections: &mut u64| {
+        *connections += 1;
+        to.link.send_replace(Link::Up(*connections));
+        let _ = to.events.send(Item::Connected(*connections));
+        tokio::time::Instant::now()
+    };
     let mut renew_at = renewal_deadline(client.auth.renewal_due().await);
-    loop {
+    let why = loop {
         let renewal = async {
             match renew_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -267,40 +378,62 @@ async fn session(
             }
         };
         tokio::select! {
-            frame = tokio::time::timeout(SILENCE, ws.next()) => match frame {
-                Err(_) => return Ended::Broken(format!("no frame for {}", humantime::format_duration(SILENCE))),
-                Ok(None) => return Ended::Broken("closed".into()),
-                Ok(Some(Err(e))) => return Ended::Broken(e.to_string()),
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    if let Some(event) = parse(&text) {
-                        let _ = events.send(event);
-                    }
-                }
-                Ok(Some(Ok(Message::Close(frame)))) => {
+            // No close for a while after the auth: taken as accepted.
+            _ = tokio::time::sleep_until(opened + ESTABLISHED_AFTER), if established.is_none() => {
+                established = Some(establish(connections));
+            }
+            frame = tokio::time::timeout_at(last_frame + SILENCE, ws.next()) => {
+                let frame = match frame {
+                    Err(_) => break format!("no frame for {}", humantime::format_duration(SILENCE)),
+                    Ok(None) => break "closed".to_string(),
+                    Ok(Some(Err(e))) => break e.to_string(),
+                    Ok(Some(Ok(frame))) => frame,
+                };
+                last_frame = tokio::time::Instant::now();
+                if let Message::Close(frame) = frame {
                     if frame.as_ref().is_some_and(|f| u16::from(f.code) == 4001) {
                         // The stream refused the bearer: exchange again before reconnecting.
                         client.auth.invalidate(&bearer).await;
                     }
-                    let why = frame.map(|f| format!("closed by the platform: {} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "closed by the platform".into());
-                    return Ended::Broken(why);
+                    break frame
+                        .map(|f| format!("closed by the platform: {} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_else(|| "closed by the platform".into());
                 }
-                Ok(Some(Ok(_))) => {}
+                // A frame after the auth: the server accepted it.
+                if established.is_none() {
+                    established = Some(establish(connections));
+                }
+                if let Message::Text(text) = frame
+                    && let Some(event) = parse(&text)
+                {
+                    let _ = to.events.send(Item::Event(event));
+                }
             },
             _ = renewal => {
                 match client.auth.bearer().await {
                     Ok(fresh) if fresh != bearer => {
                         if let Err(e) = ws.send(Message::text(auth_frame(fresh.expose()))).await {
-                            return Ended::Broken(format!("sending the renewed auth frame: {e}"));
+                            break format!("sending the renewed auth frame: {e}");
                         }
                         tracing::debug!(app, "deployments stream authenticated with the renewed bearer");
                         bearer = fresh;
                     }
                     Ok(_) => {}
-                    Err(e) => return Ended::Broken(e.to_string()),
+                    Err(e) => break e.to_string(),
                 }
                 renew_at = renewal_deadline(client.auth.renewal_due().await);
             }
         }
+    };
+    match established {
+        None => Ended::AuthRefused(format!(
+            "ended before it showed the auth was accepted ({why})"
+        )),
+        Some(at) if at.elapsed() < YOUNG => Ended::Failed(format!(
+            "ended {} after it was established ({why})",
+            humantime::format_duration(Duration::from_millis(at.elapsed().as_millis() as u64))
+        )),
+        Some(_) => Ended::Broken(why),
     }
 }
 
@@ -309,6 +442,7 @@ async fn connect(
     client: &Arc<ScalingoClient>,
     app: &str,
     url: &mut Option<String>,
+    last_dial: &LastDial,
 ) -> Result<(Socket, crate::config::Secret), Ended> {
     let stream_url = match url.clone() {
         Some(u) => u,
@@ -332,6 +466,9 @@ async fn connect(
         .await
         .map_err(|e| Ended::Failed(e.to_string()))?;
     client.budget.acquire().await;
+    if let Ok(mut at) = last_dial.lock() {
+        *at = Some(tokio::time::Instant::now());
+    }
     let mut ws = match dial(&stream_url, client.timeout).await {
         Ok(ws) => ws,
         Err(Dial::Refused(why)) => return Err(Ended::Refused(why)),
@@ -472,6 +609,73 @@ async fn tls_connect(
         .await
 }
 
+/// The build lines of one deployment shown so far, so that each is shown once across
+/// reconnections: a connection may start with the log so far (a replay), which is skipped
+/// line by line while it repeats what was shown, in order from the first line. A line that
+/// differs ends the replay; lines held while matching are shown then after all (they were
+/// new), so a line that the build itself repeats still shows each time it comes.
+#[derive(Debug, Default)]
+pub struct ShownLines {
+    /// A hash of each line shown, in order.
+    seen: Vec<u64>,
+    /// While a new connection may be replaying: how far it matched, and the lines held.
+    replay: Option<(usize, Vec<String>)>,
+}
+
+fn line_hash(line: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    line.hash(&mut h);
+    h.finish()
+}
+
+impl ShownLines {
+    /// How many lines were shown.
+    pub fn count(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// A new connection: what it sends first may be the log so far again.
+    pub fn connected(&mut self) {
+        self.replay = (!self.seen.is_empty()).then(|| (0, Vec::new()));
+    }
+
+    /// Lines that came over the stream; returns those to show.
+    pub fn streamed(&mut self, lines: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut show = Vec::new();
+        for line in lines {
+            if let Some((at, held)) = &mut self.replay {
+                if self.seen.get(*at) == Some(&line_hash(&line)) {
+                    held.push(line);
+                    *at += 1;
+                    if *at == self.seen.len() {
+                        // The whole log so far came again: a replay, skipped.
+                        self.replay = None;
+                    }
+                    continue;
+                }
+                // Not a replay after all: what was held is new.
+                let (_, held) = self.replay.take().unwrap_or_default();
+                for h in held {
+                    self.seen.push(line_hash(&h));
+                    show.push(h);
+                }
+            }
+            self.seen.push(line_hash(&line));
+            show.push(line);
+        }
+        show
+    }
+
+    /// The whole output so far (a poll): returns the lines not shown yet.
+    pub fn polled(&mut self, all: Vec<String>) -> Vec<String> {
+        self.replay = None;
+        let new: Vec<String> = all.into_iter().skip(self.seen.len()).collect();
+        self.seen.extend(new.iter().map(|l| line_hash(l)));
+        new
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,5 +710,54 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&auth_frame("jwt")).unwrap();
         assert_eq!(v["type"], "auth");
         assert_eq!(v["data"]["token"], "jwt");
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_replay_of_the_log_so_far_is_shown_once_and_new_lines_after_it() {
+        let mut shown = ShownLines::default();
+        assert_eq!(shown.streamed(lines("a\nb\n")), lines("a\nb"));
+        shown.connected();
+        // The log so far again, then a new line, in one frame.
+        assert_eq!(shown.streamed(lines("a\nb\nc\n")), lines("c"));
+        shown.connected();
+        // A replay cut in two frames, then a new line.
+        assert!(shown.streamed(lines("a\nb\n")).is_empty());
+        assert_eq!(shown.streamed(lines("c\nd\n")), lines("d"));
+        assert_eq!(shown.count(), 4);
+    }
+
+    #[test]
+    fn a_line_the_build_repeats_is_shown_each_time() {
+        let mut shown = ShownLines::default();
+        assert_eq!(shown.streamed(lines("x\ny\n")), lines("x\ny"));
+        // No replay on this connection: its first line equals the log's first one, the next
+        // does not: both are new.
+        shown.connected();
+        assert_eq!(shown.streamed(lines("x\n")), Vec::<String>::new());
+        assert_eq!(shown.streamed(lines("z\n")), lines("x\nz"));
+        // Without a reconnection, repeated lines are shown as they come.
+        assert_eq!(shown.streamed(lines("z\nz\n")), lines("z\nz"));
+        // A poll shows only what is beyond the lines shown.
+        assert_eq!(shown.polled(lines("x\ny\nx\nz\nz\nz\nw")), lines("w"));
+    }
+
+    #[test]
+    fn failures_grow_a_jittered_backoff_then_a_spell_of_polling() {
+        let (first, spell) = retry_wait(1, 0.0);
+        assert_eq!((first, spell), (FIRST_BACKOFF, false));
+        assert_eq!(retry_wait(1, 1.0).0, FIRST_BACKOFF * 3 / 2, "jittered");
+        assert_eq!(
+            retry_wait(FAILURES_BEFORE_POLLING, 0.0),
+            (POLLING_SPELL, true)
+        );
+        assert_eq!(
+            retry_wait(FAILURES_BEFORE_POLLING + 1, 0.0),
+            (POLLING_SPELL * 2, true)
+        );
+        assert_eq!(retry_wait(40, 0.0), (MAX_SPELL, true));
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::VecDeque;
 
 use super::*;
-use crate::deploy::scalingo::stream::{Link, StreamEvent, Subscription, Update};
+use crate::deploy::scalingo::stream::{
+    ESTABLISHED_AFTER, Link, ShownLines, StreamEvent, Subscription, Update,
+};
 use crate::queue::clock::Since;
 
 /// While the stream is up, the deployment is still checked every this many `follow_interval`s
@@ -38,10 +40,12 @@ impl Runner {
             check: stream.is_none(),
             deployment_id,
             last_status: String::new(),
-            shown_lines: 0,
+            lines: ShownLines::default(),
             tail: VecDeque::new(),
             connection: None,
+            connected_check: false,
             last_check: tokio::time::Instant::now(),
+            started: tokio::time::Instant::now(),
         };
         let mut poller = None;
         loop {
@@ -52,6 +56,7 @@ impl Runner {
             let streaming = matches!(link, Some(Link::Up(_)));
             if std::mem::take(&mut f.check) {
                 f.last_check = tokio::time::Instant::now();
+                f.connected_check = false;
                 if let Some(end) = self.check_deployment(job, &mut f, streaming).await {
                     return end;
                 }
@@ -65,14 +70,19 @@ impl Runner {
             let left = self.deploy_timeout.saturating_sub(since.elapsed());
             // Counted from the last check, so that a stream's steady events (build lines,
             // pings) do not put it off.
-            let period = if streaming {
+            let poll = budget.poll_interval(self.follow_interval);
+            let due = if streaming && !f.connected_check {
                 // Events are hints: one lost (by the platform, or a slow connection's buffer)
                 // must not leave the job waiting until `deploy_timeout`.
-                self.follow_interval * STREAM_CHECK_EVERY
+                f.last_check + self.follow_interval * STREAM_CHECK_EVERY
+            } else if streaming {
+                // (Re)connected: soon, at most one check in a few seconds (connections are
+                // themselves paced by the stream's backoff).
+                f.last_check + poll.min(ESTABLISHED_AFTER)
             } else {
-                budget.poll_interval(self.follow_interval)
+                f.next_poll(stream.as_ref(), link, poll)
             };
-            let wait = (f.last_check + period)
+            let wait = due
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(left);
             tokio::select! {
@@ -98,8 +108,7 @@ impl Runner {
             Err(e) => return Some(Err(api_failure(Step::Follow, e))),
         };
         if !streaming {
-            self.show_new_output(job, &deployment, &mut f.shown_lines)
-                .await;
+            self.show_new_output(job, &deployment, f).await;
         }
         if deployment.status != f.last_status {
             if let Err(e) = self.record_status(job, &deployment.status).await {
@@ -129,15 +138,9 @@ impl Runner {
     ) -> Result<(), StepError> {
         match update {
             Update::Event(StreamEvent::Log { id, content }) if id == f.deployment_id => {
-                let lines: Vec<String> = content.lines().map(strip_ansi).collect();
-                f.shown_lines += lines.len();
-                for line in &lines {
-                    if f.tail.len() == LOG_TAIL_LINES {
-                        f.tail.pop_front();
-                    }
-                    f.tail.push_back(line.clone());
-                }
-                self.observer.event(job, &Event::Output { lines: &lines });
+                // A replay of the log so far on a new connection is skipped.
+                let lines = f.lines.streamed(content.lines().map(strip_ansi));
+                f.show(&*self.observer, job, &lines);
             }
             Update::Event(StreamEvent::Status { id, status }) if id == f.deployment_id => {
                 if phase(&status) == Phase::Running {
@@ -151,10 +154,12 @@ impl Runner {
                 }
             }
             Update::Event(_) => {}
-            // (Re)connected: what happened meanwhile was not streamed; check once.
+            // (Re)connected: what happened meanwhile was not streamed; check once (within a
+            // polling interval of the last request). It may replay the log so far.
             Update::Link(Link::Up(n)) if f.connection != Some(n) => {
                 f.connection = Some(n);
-                f.check = true;
+                f.connected_check = true;
+                f.lines.connected();
             }
             Update::Link(_) => {}
             Update::Missed => f.check = true,
@@ -186,25 +191,16 @@ impl Runner {
         Ok(clocks.since(FOLLOWING, at))
     }
 
-    /// Hands the observer the deployment's output lines not shown yet (when output is wanted);
-    /// `shown_lines` counts the lines already shown.
-    async fn show_new_output(&self, job: &Job, deployment: &Deployment, shown_lines: &mut usize) {
+    /// Hands the observer the deployment's output lines not shown yet (when output is wanted).
+    async fn show_new_output(&self, job: &Job, deployment: &Deployment, f: &mut Following) {
         if !self.output {
             return;
         }
         let Ok(Some(text)) = self.client.output(deployment).await else {
             return;
         };
-        let lines: Vec<String> = text.lines().map(strip_ansi).collect();
-        if lines.len() > *shown_lines {
-            self.observer.event(
-                job,
-                &Event::Output {
-                    lines: &lines[*shown_lines..],
-                },
-            );
-            *shown_lines = lines.len();
-        }
+        let lines = f.lines.polled(text.lines().map(strip_ansi).collect());
+        f.show(&*self.observer, job, &lines);
     }
 
     /// A new platform status: recorded in the job (if it is not there yet) and told to the
@@ -254,7 +250,7 @@ impl Runner {
     }
 
     /// A failure status: the job fails with the last lines of the build output, those the
-    /// stream brought (`streamed`), else fetched once.
+    /// stream brought (`streamed`) when they are a whole tail, else fetched once.
     async fn deployment_failed(
         &self,
         job: &mut Job,
@@ -268,10 +264,12 @@ impl Runner {
             self.spool.save_async(job).await?;
             return Ok(());
         }
-        let log_tail = if streamed.is_empty() {
+        // Fewer lines than a tail: the stream may have started after the build did.
+        let log_tail = if streamed.len() < LOG_TAIL_LINES {
             match self.client.output(&deployment).await {
                 Ok(Some(text)) => tail_lines(&text, LOG_TAIL_LINES),
-                Ok(None) => Vec::new(),
+                Ok(None) => streamed.iter().cloned().collect(),
+                Err(_) if !streamed.is_empty() => streamed.iter().cloned().collect(),
                 Err(e) => vec![format!("(build output unavailable: {e})")],
             }
         } else {
@@ -311,12 +309,53 @@ struct Following {
     check: bool,
     /// The last status recorded in the job.
     last_status: String,
-    /// Build output lines shown so far.
-    shown_lines: usize,
+    /// Build output lines shown so far (each once, whatever the stream replays).
+    lines: ShownLines,
     /// The last lines, for a failure's reason.
     tail: VecDeque<String>,
     /// The stream connection last seen up (a new one asks for a check).
     connection: Option<u64>,
+    /// A check is due after a (re)connection, paced like a poll.
+    connected_check: bool,
     /// When the platform was last asked (the next check is counted from here).
     last_check: tokio::time::Instant,
+    /// When following started.
+    started: tokio::time::Instant,
+}
+
+impl Following {
+    /// When to ask the platform next while the stream is not up: at most one request, a
+    /// check or the stream's dial, per polling interval, so that a stream
+    /// that keeps failing never costs more than polling would; and while a connection is
+    /// being made (dialled, not yet shown accepted nor failed), not before it is settled.
+    fn next_poll(
+        &self,
+        stream: Option<&Subscription>,
+        link: Option<Link>,
+        poll: Duration,
+    ) -> tokio::time::Instant {
+        let mut due = self.last_check + poll;
+        if let Some(s) = stream {
+            let dialled = s.last_dial().unwrap_or(self.started);
+            due = due.max(dialled + poll);
+            if link == Some(Link::Down) {
+                due = due.max(dialled + ESTABLISHED_AFTER);
+            }
+        }
+        due
+    }
+
+    /// New build lines: to the observer, and the last ones kept for a failure's reason.
+    fn show(&mut self, observer: &dyn Observer, job: &Job, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        for line in lines {
+            if self.tail.len() == LOG_TAIL_LINES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line.clone());
+        }
+        observer.event(job, &Event::Output { lines });
+    }
 }
