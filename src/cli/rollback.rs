@@ -32,8 +32,13 @@ fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
     }
 }
 
-pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
-    let setup = match OneShotSetup::set_up(cli, app, &Env::from_process(), None) {
+pub(super) async fn rollback(
+    cli: &Cli,
+    app: &str,
+    to: Option<&str>,
+    state_dir: Option<&PathBuf>,
+) -> u8 {
+    let setup = match OneShotSetup::set_up(cli, app, &Env::from_process(), state_dir) {
         Ok(setup) => setup,
         Err(e) => {
             eprintln!("dropdeploy: {e}");
@@ -150,8 +155,9 @@ async fn run_and_report(
     }
 }
 
-/// `dropdeploy resume APP`: the app no longer needs attention.
-pub(super) fn resume(cli: &Cli, app: &str) -> u8 {
+/// `dropdeploy resume APP`: the app no longer needs attention. An app that is neither
+/// configured nor flagged is an error (a typo must not read as "done").
+pub(super) fn resume(cli: &Cli, app: &str, state_dir: Option<&PathBuf>) -> u8 {
     let config = match load_config(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -159,7 +165,22 @@ pub(super) fn resume(cli: &Cli, app: &str) -> u8 {
             return EXIT_USAGE;
         }
     };
-    match Store::new(&config.state_dir).clear_attention(app) {
+    let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
+        Some(_) => config.state_dir.clone(),
+        None => default_user_state_dir(),
+    });
+    let store = Store::new(&state_dir);
+    if config.app(app).is_none() && store.attention(app).is_none() {
+        eprintln!(
+            "dropdeploy: {app} is not an app of the configuration{} and does not need attention",
+            cli.config
+                .as_ref()
+                .map(|c| format!(" ({})", c.display()))
+                .unwrap_or_default()
+        );
+        return EXIT_USAGE;
+    }
+    match store.clear_attention(app) {
         Ok(true) => {
             println!("{app}: no longer needs attention; its next drop or save deploys as usual");
             EXIT_OK
