@@ -20,6 +20,9 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         eprintln!("dropdeploy: {app}: {msg}");
         EXIT_USAGE
     };
+    if let Err(e) = super::platform::check_app_name(app) {
+        return fail(e);
+    }
     if let Some(r) = git_ref
         && !valid_git_ref(r)
     {
@@ -35,6 +38,10 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
     let (config, spool) = (&setup.config, &setup.spool);
     if let Err(e) = super::platform::check_region(config, app).await {
         return fail(e);
+    }
+    if let Err((code, e)) = super::platform::check_app(config, app).await {
+        eprintln!("dropdeploy: {app}: {e}");
+        return code;
     }
     let label = config
         .app(app)

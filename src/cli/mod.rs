@@ -194,7 +194,8 @@ pub enum Command {
     Rollback {
         /// The app.
         app: String,
-        /// The kept archive to bring back: its git_ref or job id (default: the last verified).
+        /// The kept archive to bring back: any git_ref, job id or file name it was verified
+        /// under (default: the last verified).
         #[arg(long)]
         to: Option<String>,
         /// Where the jobs, the history and the kept archives are (as for `deploy`).

@@ -12,11 +12,16 @@ fn list(kept: &[Kept]) -> String {
     }
     kept.iter()
         .map(|k| {
+            let aka = if k.aliases.is_empty() {
+                String::new()
+            } else {
+                format!("; also known as {}", k.aliases.join(", "))
+            };
             format!(
-                "  {} (job {}, {}, verified {})",
+                "  {} (git_ref {}, job {}, verified {}{aka})",
+                k.file,
                 k.git_ref,
                 k.job,
-                k.file,
                 crate::outcome::rfc3339_utc(k.verified_at)
             )
         })
@@ -24,11 +29,12 @@ fn list(kept: &[Kept]) -> String {
         .join("\n")
 }
 
-/// The archive `to` names (a git_ref or a job id), else the last verified one.
+/// The archive `to` names (any git_ref, job id or file name it was verified under), else the
+/// last verified one.
 fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
     match to {
         None => kept.first(),
-        Some(to) => kept.iter().find(|k| k.git_ref == to || k.job == to),
+        Some(to) => kept.iter().find(|k| k.answers_to(to)),
     }
 }
 
@@ -66,8 +72,8 @@ pub(super) async fn rollback(
         return EXIT_FAILED;
     };
     eprintln!(
-        "dropdeploy: {app}: rolling back to {} ({}): the archive is deployed again (a new build); database migrations made since are NOT undone",
-        chosen.git_ref, chosen.file
+        "dropdeploy: {app}: rolling back to {}: the archive is deployed again (a new build); database migrations made since are NOT undone",
+        crate::queue::check::named(&chosen.file, &chosen.git_ref)
     );
     let history = setup.state_dir.join(crate::outcome::HISTORY_NAME);
     let current = crate::outcome::read_history(&history, Some(app), Some(1))
@@ -75,11 +81,13 @@ pub(super) async fn rollback(
         .and_then(|mut e| e.pop());
     let of = crate::queue::check::RollbackOf {
         from_job: current.as_ref().map(|e| e.job.clone()).unwrap_or_default(),
+        from_file: current.as_ref().map(|e| e.file.clone()).unwrap_or_default(),
         from_ref: current
             .and_then(|e| e.git_ref)
             .unwrap_or_else(|| "-".to_string()),
         to_job: chosen.job.clone(),
         to_ref: chosen.git_ref.clone(),
+        to_file: chosen.file.clone(),
         automatic: false,
     };
     let id = new_id();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::{Config, TargetConfig};
 
-use super::startup::problem_text;
+use super::startup::{other_filesystem, problem_text};
 
 /// Every problem of the environment that would stop `run` at start: no token for a Scalingo
 /// app, a state_dir or drop folder that cannot be created or written, a source directory that
@@ -38,6 +38,13 @@ pub fn check_environment(config: &Config) -> Vec<String> {
             if let Err(e) = writable_dir(dir) {
                 let action = format!("app {}: cannot use drop folder", app.name);
                 problems.push(problem_text(&action, dir, &e, "drop_dir").0);
+            } else {
+                let spool = config.state_dir.join("spool");
+                if let (Some(a), Some(b)) = (device_of(dir), device_of(&spool))
+                    && a != b
+                {
+                    problems.push(other_filesystem(&app.name, dir, &spool));
+                }
             }
         }
         if let Some(dir) = &app.source_dir
@@ -47,6 +54,15 @@ pub fn check_environment(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The device of `path`, or of the nearest folder above it that exists (where it would be
+/// made).
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev())
 }
 
 /// Whether `dir` is a folder this process can write in, or could create (and then write in).

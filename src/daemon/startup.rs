@@ -160,13 +160,10 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
                 })?
                 .dev();
             if dev != spool_dev {
-                return Err(DaemonError::Setup(format!(
-                    "app {}: drop folder {} is on another filesystem than the spool {}; files are \
-                     claimed by renaming them, so put state_dir on the same filesystem as the \
-                     drop folders",
-                    app.name,
-                    dir.display(),
-                    spool.dir().display()
+                return Err(DaemonError::Setup(other_filesystem(
+                    &app.name,
+                    dir,
+                    spool.dir(),
                 )));
             }
             // Same device is not enough: two mount points of one filesystem (bind mounts, or
@@ -203,6 +200,20 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
         }
     }
     Ok(())
+}
+
+/// The words for a drop folder that a rename cannot leave for the spool.
+pub(super) fn other_filesystem(
+    app: &str,
+    dir: &std::path::Path,
+    spool: &std::path::Path,
+) -> String {
+    format!(
+        "app {app}: drop folder {} is on another filesystem than the spool {}; files are \
+         claimed by renaming them, so put state_dir on the same filesystem as the drop folders",
+        dir.display(),
+        spool.display()
+    )
 }
 
 /// Which side of the probe failed.

@@ -308,3 +308,35 @@ fn discarding_a_dropped_files_job_puts_the_file_in_failed_with_its_reason() {
     assert!(reason.contains("discarded by hand"), "{reason}");
     assert!(world.job_records().is_empty());
 }
+
+// ---- item 10: the app checked before the upload ----------------------------------------------
+
+#[test]
+fn an_app_name_the_config_refuses_is_refused_before_anything_is_sent() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    world
+        .run(&["deploy", "--app", "My_App", archive.to_str().unwrap()])
+        .assert_code(2)
+        .assert_contains("\"My_App\" is not a Scalingo app name")
+        .assert_contains("nothing was uploaded");
+    assert_eq!(world.fake.stats().requests, 0);
+    assert!(world.job_records().is_empty());
+}
+
+#[test]
+fn an_app_the_platform_does_not_have_is_refused_before_the_upload() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    world
+        .run(&["deploy", "--app", "no-such-app", archive.to_str().unwrap()])
+        .assert_code(1)
+        .assert_contains("the platform has no app named no-such-app")
+        .assert_contains("404")
+        .assert_contains("nothing was uploaded");
+    let stats = world.fake.stats();
+    assert_eq!(stats.sources_created, 0, "{stats:?}");
+    assert_eq!(stats.uploads_ok + stats.uploads_failed, 0, "{stats:?}");
+    assert_eq!(stats.deployments_created, 0, "{stats:?}");
+    assert!(world.job_records().is_empty());
+}
