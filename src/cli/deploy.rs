@@ -39,8 +39,17 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
     if let Err(e) = super::platform::check_region(config, app).await {
         return fail(e);
     }
-    if let Err((code, e)) = super::platform::check_app(config, app).await {
-        eprintln!("dropdeploy: {app}: {e}");
+    // A missing file is said by the copy below, before anything is sent.
+    let readable = archive.starts_with("http://")
+        || archive.starts_with("https://")
+        || std::path::Path::new(archive).is_file();
+    if readable && let Err((code, e)) = super::platform::check_app(&setup, app).await {
+        // Where `deploy` says how a job ended: stdout, unless it is for --json.
+        if *json {
+            eprintln!("dropdeploy: {app}: {e}");
+        } else {
+            println!("dropdeploy: {app}: {e}");
+        }
         return code;
     }
     let label = config

@@ -44,29 +44,23 @@ pub(super) fn check_app_name(app: &str) -> Result<(), String> {
 }
 
 /// Before the archive is uploaded: the app must exist on the platform (one `GET
-/// /v1/apps/:app`). A 404 is exit status 1, a refused token 2, both said before any upload; a
-/// platform that cannot be asked now is not an error (the job retries on its own). Apps with a
-/// local target, and a missing token (said where it is needed), are not asked.
-pub(super) async fn check_app(config: &Config, app: &str) -> Result<(), (u8, String)> {
-    if config
-        .app(app)
-        .is_some_and(|a| a.target != crate::config::TargetConfig::Scalingo)
-    {
-        return Ok(());
-    }
-    let Some(token) = config.scalingo.token.clone() else {
+/// /v1/apps/:app`, whose answer the deployments stream then uses). A 404 is exit status 1, a
+/// refused token 2, both said before any upload; a platform that cannot be asked now is not an
+/// error (the job retries on its own). Apps with a local target are not asked.
+pub(super) async fn check_app(setup: &OneShotSetup, app: &str) -> Result<(), (u8, String)> {
+    let Some(client) = &setup.client else {
         return Ok(());
     };
-    let client = Arc::new(
-        ScalingoClient::new(&config.scalingo, token).map_err(|e| (EXIT_USAGE, e.to_string()))?,
-    );
-    let client = match config.app(app).and_then(|a| a.region.clone()) {
+    let client = match setup.config.app(app).and_then(|a| a.region.clone()) {
         Some(region) => client.in_region(&region),
-        None => client,
+        None => client.clone(),
     };
-    match client.deployments_stream_url(app).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_transient() => Ok(()),
+    match client.check_app(app).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_transient() => {
+            eprintln!("dropdeploy: {app}: cannot look at the app now ({e}); going on");
+            Ok(())
+        }
         Err(e) if e.status() == Some(404) => Err((
             EXIT_FAILED,
             format!(

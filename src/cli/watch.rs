@@ -31,7 +31,7 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     if let Err(e) = super::platform::check_region(&setup.config, app).await {
         return fail(e);
     }
-    if let Err((code, e)) = super::platform::check_app(&setup.config, app).await {
+    if let Err((code, e)) = super::platform::check_app(&setup, app).await {
         eprintln!("dropdeploy: {app}: {e}");
         return code;
     }

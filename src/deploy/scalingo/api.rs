@@ -309,6 +309,9 @@ pub struct ScalingoClient {
     config: ScalingoConfig,
     token: Secret,
     siblings: std::sync::Mutex<std::collections::HashMap<String, Arc<ScalingoClient>>>,
+    /// The answer of `GET /v1/apps/:app` that [`Self::check_app`] got, for the next look at
+    /// the app (the stream's), so that checking the app before an upload costs no request.
+    shown: std::sync::Mutex<Option<(String, serde_json::Value)>>,
 }
 
 impl ScalingoClient {
@@ -359,6 +362,7 @@ impl ScalingoClient {
             config: config.clone(),
             token,
             siblings: Default::default(),
+            shown: Default::default(),
         })
     }
 
@@ -621,12 +625,36 @@ impl ScalingoClient {
         self.app_field(app, "/app/url").await
     }
 
-    /// One text field of `GET /v1/apps/:app` (a JSON pointer); `None` when absent or empty.
-    async fn app_field(&self, app: &str, pointer: &str) -> Result<Option<String>, ApiError> {
+    /// `GET /v1/apps/:app`: whether the app exists (and the token may see it), before any
+    /// upload. The answer serves the next look at the app (the deployments stream's).
+    pub async fn check_app(&self, app: &str) -> Result<(), ApiError> {
         let url = format!("{}/v1/apps/{app}", self.resolve().await?);
         let shown: serde_json::Value = self
             .call("get app", reqwest::Method::GET, &url, None)
             .await?;
+        if let Ok(mut kept) = self.shown.lock() {
+            *kept = Some((app.to_string(), shown));
+        }
+        Ok(())
+    }
+
+    /// One text field of `GET /v1/apps/:app` (a JSON pointer); `None` when absent or empty.
+    /// The answer [`Self::check_app`] got is used once, instead of asking again.
+    async fn app_field(&self, app: &str, pointer: &str) -> Result<Option<String>, ApiError> {
+        let primed = self
+            .shown
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take_if(|(name, _)| name == app))
+            .map(|(_, shown)| shown);
+        let shown = match primed {
+            Some(shown) => shown,
+            None => {
+                let url = format!("{}/v1/apps/{app}", self.resolve().await?);
+                self.call("get app", reqwest::Method::GET, &url, None)
+                    .await?
+            }
+        };
         Ok(shown
             .pointer(pointer)
             .and_then(|v| v.as_str())
