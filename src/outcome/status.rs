@@ -174,14 +174,17 @@ pub enum Driver {
 
 impl Driver {
     /// Who drives `job` of `spool` now, with `daemon` the pid of the daemon holding the
-    /// state_dir (if one does). Takes the job's lock for an instant to see whether it is free.
+    /// state_dir (if one does). The job's lock is read from `/proc/locks`, never taken.
     pub fn of(spool: &Spool, job: &Job, daemon: Option<u32>) -> Driver {
-        match crate::lock::JobLock::try_acquire(&spool.job_dir(&job.id)) {
-            Ok(None) => Driver::Process,
-            _ => match daemon {
-                Some(pid) => Driver::Daemon(pid),
-                None => Driver::Nobody,
-            },
+        match (
+            crate::lock::JobLock::is_held(&spool.job_dir(&job.id)),
+            daemon,
+        ) {
+            (Some(true), _) => Driver::Process,
+            (_, Some(pid)) => Driver::Daemon(pid),
+            (Some(false), None) => Driver::Nobody,
+            // Cannot be told: not said to be interrupted.
+            (None, None) => Driver::Process,
         }
     }
 }
