@@ -189,12 +189,22 @@ impl Driver {
     }
 }
 
-/// The line that says how to go on with a job nothing drives.
+/// The line that says how to go on with a job nothing drives: a job of the daemon's (a
+/// dropped file, a saved tree) resumes at its next start; one of `deploy` when the same command
+/// runs again; any of them with `jobs resume`, or is given up with `jobs discard`.
 pub fn interrupted_hint(job: &Job) -> String {
+    let daemons = matches!(
+        &job.payload,
+        crate::queue::spool::Payload::Archive { copied: false, .. }
+    ) && job.rollback().is_none();
+    let again = if daemons {
+        "no daemon runs: `dropdeploy run` resumes it at its start"
+    } else {
+        "no daemon runs, no `deploy` holds it: the same `dropdeploy deploy` command resumes it"
+    };
     format!(
-        "nothing drives it (no daemon runs, no `deploy` holds it): `dropdeploy jobs resume {id}` \
-         (or the same `deploy` command again) takes it to its end, `dropdeploy jobs discard {id}` \
-         gives it up",
+        "nothing drives it ({again}); `dropdeploy jobs resume {id}` takes it to its end now, \
+         `dropdeploy jobs discard {id}` gives it up",
         id = job.id
     )
 }

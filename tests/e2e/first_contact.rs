@@ -202,7 +202,8 @@ fn an_interrupted_deploy_says_how_to_resume_and_status_says_interrupted() {
         .assert_contains(&format!(
             "INTERRUPTED: source_created big3.tar.gz (job {id}"
         ))
-        .assert_contains(&format!("dropdeploy jobs resume {id}"));
+        .assert_contains(&format!("dropdeploy jobs resume {id}"))
+        .assert_contains("the same `dropdeploy deploy` command resumes it");
     assert!(!status.stdout.contains("in flight: source_created"));
     let json = world.run(&["status", "--json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
@@ -292,7 +293,8 @@ fn discarding_a_dropped_files_job_puts_the_file_in_failed_with_its_reason() {
     daemon.kill9();
     world
         .run(&["status"])
-        .assert_contains("INTERRUPTED: source_created v1.tar.gz");
+        .assert_contains("INTERRUPTED: source_created v1.tar.gz")
+        .assert_contains("`dropdeploy run` resumes it at its start");
     world
         .run(&["jobs", "discard", &id])
         .assert_code(0)
