@@ -102,6 +102,24 @@ pub struct JobLock {
 }
 
 impl JobLock {
+    /// Whether a process holds the lock of the job directory `dir`, seen in `/proc/locks`
+    /// without taking it (taking it, even for an instant, could make its driver think another
+    /// process has it). `None` when it cannot be told.
+    pub fn is_held(dir: &Path) -> Option<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).ok()?;
+        let dev = meta.dev();
+        // The userspace encoding of a device number (glibc's `major` and `minor`).
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let key = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        Some(locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.contains(&"FLOCK") && fields.contains(&key.as_str())
+        }))
+    }
+
     /// Locks the job directory `dir` without waiting. `Ok(None)`: another process drives it.
     pub fn try_acquire(dir: &Path) -> std::io::Result<Option<JobLock>> {
         let file = File::open(dir)?;
@@ -191,6 +209,16 @@ fn read_holder(file: &mut File) -> AppHolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_job_lock_is_seen_without_taking_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(JobLock::is_held(dir.path()), Some(false));
+        let lock = JobLock::try_acquire(dir.path()).unwrap().unwrap();
+        assert_eq!(JobLock::is_held(dir.path()), Some(true));
+        drop(lock);
+        assert_eq!(JobLock::is_held(dir.path()), Some(false));
+    }
 
     #[test]
     fn a_second_daemon_lock_is_refused_with_the_holders_pid_and_freed_on_drop() {

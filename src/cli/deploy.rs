@@ -20,6 +20,9 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         eprintln!("dropdeploy: {app}: {msg}");
         EXIT_USAGE
     };
+    if let Err(e) = super::platform::check_app_name(app) {
+        return fail(e);
+    }
     if let Some(r) = git_ref
         && !valid_git_ref(r)
     {
@@ -36,6 +39,19 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
     if let Err(e) = super::platform::check_region(config, app).await {
         return fail(e);
     }
+    // A missing file is said by the copy below, before anything is sent.
+    let readable = archive.starts_with("http://")
+        || archive.starts_with("https://")
+        || std::path::Path::new(archive).is_file();
+    if readable && let Err((code, e)) = super::platform::check_app(&setup, app).await {
+        // Where `deploy` says how a job ended: stdout, unless it is for --json.
+        if *json {
+            eprintln!("dropdeploy: {app}: {e}");
+        } else {
+            println!("dropdeploy: {app}: {e}");
+        }
+        return code;
+    }
     let label = config
         .app(app)
         .and_then(|a| a.git_ref_label.clone())
@@ -44,6 +60,7 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
         max_uncompressed: config.max_archive_bytes,
     };
 
+    let before = on_interrupt(app, None);
     let is_url = archive.starts_with("http://") || archive.starts_with("https://");
     let job = if is_url {
         match find_unfinished(spool, app, &PayloadKey::Url(archive), None) {
@@ -69,13 +86,43 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             Err(code) => return code,
         }
     };
+    before.abort();
+    let interrupted = on_interrupt(app, Some(job.id.clone()));
     let follow = Follow {
         no_follow: *no_follow,
         interval: *interval,
         json: *json,
         progress_bar: cli.progress_bar(),
     };
-    run_job(&setup, job, follow).await
+    let code = run_job(&setup, job, follow).await;
+    interrupted.abort();
+    code
+}
+
+/// Ctrl-C ends the process with exit status 130, saying how to go on: the job (once made)
+/// stays in the spool at its last recorded state, and the same command resumes it.
+pub(super) fn on_interrupt(app: &str, job: Option<String>) -> tokio::task::JoinHandle<()> {
+    let app = app.to_string();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+            return;
+        };
+        if interrupt.recv().await.is_none() {
+            return;
+        }
+        match &job {
+            Some(id) => eprintln!(
+                "\ndropdeploy: {app}: interrupted; job {id} stays in the spool where it stopped: \
+                 run the same command again to resume (or `dropdeploy jobs resume {id}`; \
+                 `dropdeploy jobs discard {id}` gives it up)"
+            ),
+            None => eprintln!(
+                "\ndropdeploy: {app}: interrupted before the job was made; nothing was uploaded"
+            ),
+        }
+        std::process::exit(130);
+    })
 }
 
 /// How `deploy` follows a job and says how it ended.

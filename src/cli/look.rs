@@ -2,10 +2,19 @@
 
 use super::*;
 
-/// The state directory of `history` and `status`: the config's (`--config`, else the
+/// The state directory of `history`, `status` and `jobs`: `--state-dir` (or
+/// DROPDEPLOY_STATE_DIR) as for `deploy` and `watch`; else the config's (`--config`, else the
 /// service's default file); without any configuration file, the one where `deploy` and `watch`
 /// keep their jobs and history for a user without a configuration.
-pub(super) fn state_dir_for_reading(cli: &Cli) -> Result<(Config, PathBuf), u8> {
+pub(super) fn state_dir_for_reading(
+    cli: &Cli,
+    flag: Option<&PathBuf>,
+) -> Result<(Config, PathBuf), u8> {
+    let (config, dir) = configured_state_dir(cli)?;
+    Ok((config, flag.cloned().unwrap_or(dir)))
+}
+
+fn configured_state_dir(cli: &Cli) -> Result<(Config, PathBuf), u8> {
     let env = Env::from_process();
     let path = config_path(cli);
     if cli.config.is_none() && !path.exists() {
@@ -29,8 +38,14 @@ pub(super) fn state_dir_for_reading(cli: &Cli) -> Result<(Config, PathBuf), u8> 
     }
 }
 
-pub(super) fn history(cli: &Cli, app: Option<&str>, limit: usize, json: bool) -> u8 {
-    let (_, state_dir) = match state_dir_for_reading(cli) {
+pub(super) fn history(
+    cli: &Cli,
+    flag: Option<&PathBuf>,
+    app: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> u8 {
+    let (_, state_dir) = match state_dir_for_reading(cli, flag) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -58,8 +73,8 @@ pub(super) fn history(cli: &Cli, app: Option<&str>, limit: usize, json: bool) ->
     }
 }
 
-pub(super) fn status(cli: &Cli, json: bool) -> u8 {
-    let (config, state_dir) = match state_dir_for_reading(cli) {
+pub(super) fn status(cli: &Cli, flag: Option<&PathBuf>, json: bool) -> u8 {
+    let (config, state_dir) = match state_dir_for_reading(cli, flag) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -106,6 +121,19 @@ pub(super) fn config_check(path: PathBuf) -> u8 {
             return EXIT_USAGE;
         }
     };
+    // What `run` would refuse at start, in its own words.
+    let problems = crate::daemon::check_environment(&loaded.config);
+    if !problems.is_empty() {
+        println!(
+            "{}: the file is valid, but `dropdeploy run` would refuse to start (checked as uid {}):",
+            path.display(),
+            rustix::process::getuid().as_raw()
+        );
+        for problem in &problems {
+            println!("  {problem}");
+        }
+        return EXIT_USAGE;
+    }
     print!("{}", describe_config(&path, &loaded));
     EXIT_OK
 }

@@ -39,6 +39,7 @@ macro_rules! print {
 
 mod archives;
 mod deploy;
+mod jobs;
 mod look;
 mod platform;
 mod printer;
@@ -119,6 +120,25 @@ pub enum ConfigCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List the jobs in the spool: id, app, state, file, since when, and what drives each
+    /// (a process, the daemon in turn, or nothing: interrupted).
+    List,
+    /// Take a job to its end in the foreground, as the `deploy` that made it would.
+    Resume {
+        /// The job's id (from `jobs list` or `status`).
+        id: String,
+    },
+    /// Give a job up: it ends as failed ("discarded by hand"), recorded in the history; a
+    /// dropped file goes to failed/ with its reason. Says what was already posted to the
+    /// platform (a deployment goes on there).
+    Discard {
+        /// The job's id (from `jobs list` or `status`).
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -152,6 +172,9 @@ pub enum Command {
         /// One JSON object per line, as stored.
         #[arg(long)]
         json: bool,
+        /// Where the jobs, the history and the kept archives are (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Show each app's lane (in flight, pending, last outcome) from the spool and the
     /// history, without talking to the daemon.
@@ -160,6 +183,9 @@ pub enum Command {
         /// pending jobs, waits and last outcome.
         #[arg(long)]
         json: bool,
+        /// Where the jobs, the history and the kept archives are (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Deploy an app's last verified archive again (or the one --to names), and check it.
     ///
@@ -168,14 +194,21 @@ pub enum Command {
     Rollback {
         /// The app.
         app: String,
-        /// The kept archive to bring back: its git_ref or job id (default: the last verified).
+        /// The kept archive to bring back: any git_ref, job id or file name it was verified
+        /// under (default: the last verified).
         #[arg(long)]
         to: Option<String>,
+        /// Where the jobs, the history and the kept archives are (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Clear an app's `needs attention` state (after a rollback that was unhealthy too).
     Resume {
         /// The app.
         app: String,
+        /// Where the jobs, the history and the kept archives are (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Deploy one archive (a .tar.gz file, or an http(s) URL the platform downloads itself).
     ///
@@ -282,6 +315,14 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The jobs in the spool: list them, resume or discard one that nothing drives.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        /// Where the jobs are (as for `deploy`).
+        #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
     /// Check archives as the platform would, without uploading anything.
     #[command(
         after_help = "Exit status: 0 when every archive is fine, 1 when one is refused, 2 on usage errors."
@@ -366,8 +407,13 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format, filter, colour, journal);
     let code = match &cli.command {
         Command::Run => run_async(run_daemon(&cli)),
-        Command::History { app, limit, json } => history(&cli, app.as_deref(), *limit, *json),
-        Command::Status { json } => status(&cli, *json),
+        Command::History {
+            app,
+            limit,
+            json,
+            state_dir,
+        } => history(&cli, state_dir.as_ref(), app.as_deref(), *limit, *json),
+        Command::Status { json, state_dir } => status(&cli, state_dir.as_ref(), *json),
         Command::Pack {
             dir,
             output,
@@ -380,9 +426,14 @@ pub fn main() -> ExitCode {
             config_check(file.clone().unwrap_or_else(|| config_path(&cli)))
         }
         Command::Check { max_size, files } => check(&cli, *max_size, files),
+        Command::Jobs { command, state_dir } => {
+            run_async(jobs::jobs(&cli, command, state_dir.as_ref()))
+        }
         Command::Deploy { .. } => run_async(deploy(&cli)),
-        Command::Rollback { app, to } => run_async(rollback(&cli, app, to.as_deref())),
-        Command::Resume { app } => resume(&cli, app),
+        Command::Rollback { app, to, state_dir } => {
+            run_async(rollback(&cli, app, to.as_deref(), state_dir.as_ref()))
+        }
+        Command::Resume { app, state_dir } => resume(&cli, app, state_dir.as_ref()),
         Command::Deployments { app, region, limit } => {
             run_async(platform::deployments(&cli, app, region.as_deref(), *limit))
         }

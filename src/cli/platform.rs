@@ -32,6 +32,47 @@ pub(super) async fn check_region(config: &Config, app: &str) -> Result<(), Strin
     }
 }
 
+/// `--app` must be a name the configuration would accept, before anything is read or sent.
+pub(super) fn check_app_name(app: &str) -> Result<(), String> {
+    if crate::config::is_app_name(app) {
+        return Ok(());
+    }
+    Err(format!(
+        "--app \"{app}\" is not a Scalingo app name (lowercase letters, digits and dashes, not \
+         starting with a dash); nothing was uploaded"
+    ))
+}
+
+/// Before the archive is uploaded: the app must exist on the platform (one `GET
+/// /v1/apps/:app`, whose answer the deployments stream then uses). A 404 is exit status 1, a
+/// refused token 2, both said before any upload; a platform that cannot be asked now is not an
+/// error (the job retries on its own). Apps with a local target are not asked.
+pub(super) async fn check_app(setup: &OneShotSetup, app: &str) -> Result<(), (u8, String)> {
+    let Some(client) = &setup.client else {
+        return Ok(());
+    };
+    let client = match setup.config.app(app).and_then(|a| a.region.clone()) {
+        Some(region) => client.in_region(&region),
+        None => client.clone(),
+    };
+    match client.check_app(app).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_transient() => {
+            eprintln!("dropdeploy: {app}: cannot look at the app now ({e}); going on");
+            Ok(())
+        }
+        Err(e) if e.status() == Some(404) => Err((
+            EXIT_FAILED,
+            format!(
+                "the platform has no app named {app} ({e}); check --app and the region \
+                 (--region, SCALINGO_REGION); nothing was uploaded"
+            ),
+        )),
+        Err(e) if e.status() == Some(401) => Err((EXIT_USAGE, e.to_string())),
+        Err(e) => Err((EXIT_FAILED, format!("{e}; nothing was uploaded"))),
+    }
+}
+
 /// A client for the app, from the command line (`--region`, the environment, the config).
 async fn client_for(
     cli: &Cli,

@@ -144,10 +144,24 @@ impl Observer for Printer {
                 "{app}: health check: {phase} ({})",
                 crate::human::duration(*wait)
             )),
+            // Once healthy, the soak's probes are quiet: only one that fails is a line.
+            Event::Probed { probe }
+                if probe.healthy && job.check.as_ref().is_some_and(|c| c.healthy_at.is_some()) => {}
             Event::Probed { probe } => self.line(&format!("{app}: probe: {}", probe.describe())),
             Event::Checked {
                 verdict, reason, ..
-            } => self.line(&format!("{app}: {}: {reason}", verdict_name(*verdict))),
+            } => {
+                self.line(&format!("{app}: {}: {reason}", verdict_name(*verdict)));
+                if let Some(of) = job.rollback()
+                    && *verdict == crate::queue::check::Verdict::Verified
+                {
+                    self.line(&format!(
+                        "{app}: {} is NOT live; live now: {} (rolled back)",
+                        of.replaced(),
+                        of.target()
+                    ));
+                }
+            }
             Event::RollingBack { job: id, to_ref } => {
                 self.line(&format!("{app}: rolling back to {to_ref} (job {id})"))
             }

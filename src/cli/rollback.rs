@@ -12,11 +12,16 @@ fn list(kept: &[Kept]) -> String {
     }
     kept.iter()
         .map(|k| {
+            let aka = if k.aliases.is_empty() {
+                String::new()
+            } else {
+                format!("; also known as {}", k.aliases.join(", "))
+            };
             format!(
-                "  {} (job {}, {}, verified {})",
+                "  {} (git_ref {}, job {}, verified {}{aka})",
+                k.file,
                 k.git_ref,
                 k.job,
-                k.file,
                 crate::outcome::rfc3339_utc(k.verified_at)
             )
         })
@@ -24,16 +29,22 @@ fn list(kept: &[Kept]) -> String {
         .join("\n")
 }
 
-/// The archive `to` names (a git_ref or a job id), else the last verified one.
+/// The archive `to` names (any git_ref, job id or file name it was verified under), else the
+/// last verified one.
 fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
     match to {
         None => kept.first(),
-        Some(to) => kept.iter().find(|k| k.git_ref == to || k.job == to),
+        Some(to) => kept.iter().find(|k| k.answers_to(to)),
     }
 }
 
-pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
-    let setup = match OneShotSetup::set_up(cli, app, &Env::from_process(), None) {
+pub(super) async fn rollback(
+    cli: &Cli,
+    app: &str,
+    to: Option<&str>,
+    state_dir: Option<&PathBuf>,
+) -> u8 {
+    let setup = match OneShotSetup::set_up(cli, app, &Env::from_process(), state_dir) {
         Ok(setup) => setup,
         Err(e) => {
             eprintln!("dropdeploy: {e}");
@@ -61,8 +72,8 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
         return EXIT_FAILED;
     };
     eprintln!(
-        "dropdeploy: {app}: rolling back to {} ({}): the archive is deployed again (a new build); database migrations made since are NOT undone",
-        chosen.git_ref, chosen.file
+        "dropdeploy: {app}: rolling back to {}: the archive is deployed again (a new build); database migrations made since are NOT undone",
+        crate::queue::check::named(&chosen.file, &chosen.git_ref)
     );
     let history = setup.state_dir.join(crate::outcome::HISTORY_NAME);
     let current = crate::outcome::read_history(&history, Some(app), Some(1))
@@ -70,11 +81,13 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
         .and_then(|mut e| e.pop());
     let of = crate::queue::check::RollbackOf {
         from_job: current.as_ref().map(|e| e.job.clone()).unwrap_or_default(),
+        from_file: current.as_ref().map(|e| e.file.clone()).unwrap_or_default(),
         from_ref: current
             .and_then(|e| e.git_ref)
             .unwrap_or_else(|| "-".to_string()),
         to_job: chosen.job.clone(),
         to_ref: chosen.git_ref.clone(),
+        to_file: chosen.file.clone(),
         automatic: false,
     };
     let id = new_id();
@@ -150,8 +163,9 @@ async fn run_and_report(
     }
 }
 
-/// `dropdeploy resume APP`: the app no longer needs attention.
-pub(super) fn resume(cli: &Cli, app: &str) -> u8 {
+/// `dropdeploy resume APP`: the app no longer needs attention. An app that is neither
+/// configured nor flagged is an error (a typo must not read as "done").
+pub(super) fn resume(cli: &Cli, app: &str, state_dir: Option<&PathBuf>) -> u8 {
     let config = match load_config(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -159,7 +173,22 @@ pub(super) fn resume(cli: &Cli, app: &str) -> u8 {
             return EXIT_USAGE;
         }
     };
-    match Store::new(&config.state_dir).clear_attention(app) {
+    let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
+        Some(_) => config.state_dir.clone(),
+        None => default_user_state_dir(),
+    });
+    let store = Store::new(&state_dir);
+    if config.app(app).is_none() && store.attention(app).is_none() {
+        eprintln!(
+            "dropdeploy: {app} is not an app of the configuration{} and does not need attention",
+            cli.config
+                .as_ref()
+                .map(|c| format!(" ({})", c.display()))
+                .unwrap_or_default()
+        );
+        return EXIT_USAGE;
+    }
+    match store.clear_attention(app) {
         Ok(true) => {
             println!("{app}: no longer needs attention; its next drop or save deploys as usual");
             EXIT_OK

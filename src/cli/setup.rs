@@ -9,6 +9,9 @@ pub(super) struct OneShotSetup {
     pub(super) config: Config,
     pub(super) state_dir: PathBuf,
     pub(super) spool: Spool,
+    /// The Scalingo client for the app's commands (`None` for a local target): the look at the
+    /// app before the upload and the deployment share its token exchange.
+    pub(super) client: Option<Arc<crate::deploy::scalingo::api::ScalingoClient>>,
 }
 
 impl OneShotSetup {
@@ -22,9 +25,18 @@ impl OneShotSetup {
         let local = config
             .app(app)
             .is_some_and(|a| matches!(a.target, crate::config::TargetConfig::Local(_)));
-        if !local {
-            config.scalingo.require_token().map_err(|e| e.to_string())?;
-        }
+        let client = if local {
+            None
+        } else {
+            let token = config
+                .scalingo
+                .require_token()
+                .map_err(|e| e.to_string())?
+                .clone();
+            let client = crate::deploy::scalingo::api::ScalingoClient::new(&config.scalingo, token)
+                .map_err(|e| e.to_string())?;
+            Some(Arc::new(client))
+        };
         let state_dir = state_dir.cloned().unwrap_or_else(|| match &cli.config {
             Some(_) => config.state_dir.clone(),
             None => default_user_state_dir(),
@@ -34,6 +46,7 @@ impl OneShotSetup {
             config,
             state_dir,
             spool,
+            client,
         })
     }
 
@@ -54,6 +67,7 @@ impl OneShotSetup {
             observer,
             shutdown,
             overrides,
+            client: self.client.clone(),
         })
         .map_err(|e| e.to_string())
     }

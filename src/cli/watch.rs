@@ -17,6 +17,9 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
         eprintln!("dropdeploy: {app}: {msg}");
         EXIT_USAGE
     };
+    if let Err(e) = super::platform::check_app_name(app) {
+        return fail(e);
+    }
     let WatchSetup {
         setup,
         root,
@@ -27,6 +30,10 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     };
     if let Err(e) = super::platform::check_region(&setup.config, app).await {
         return fail(e);
+    }
+    if let Err((code, e)) = super::platform::check_app(&setup, app).await {
+        eprintln!("dropdeploy: {app}: {e}");
+        return code;
     }
     // Taken over before saying "watching", so that an early Ctrl-C stops cleanly too.
     let shutdown = match ctrl_c() {
@@ -250,6 +257,9 @@ pub(super) fn print_outcome(app: &str, state: &JobState, elapsed: std::time::Dur
         ),
         JobState::Failed(f) => {
             println!("{app}: FAILED at step {}: {}", f.step, f.reason);
+        }
+        JobState::Unhealthy { reason, .. } => {
+            println!("{app}: UNHEALTHY after deploying: {reason}");
         }
         other => println!("{app}: {}", other.name()),
     }

@@ -554,7 +554,9 @@ fn app_hook(
     }
 }
 
-fn is_app_name(name: &str) -> bool {
+/// Whether `name` is a Scalingo app name: lowercase letters, digits and dashes, not starting
+/// with a dash (what `[[app]] name` and `--app` accept).
+pub fn is_app_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
         && name

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use crate::redact::redact_owned;
 
+pub use app::is_app_name;
 pub use env::{ENV_TOKEN, Env};
 pub use on_outcome::{
     DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,

@@ -151,7 +151,23 @@ ignore = ["*.log", "tmp/"]
 
 #[test]
 fn the_example_config_parses() {
-    let text = include_str!("../../config/dropdeploy.toml");
+    let packaged = include_str!("../../config/dropdeploy.toml");
+    // As installed it deploys nothing: the example apps are commented out.
+    let token = Env::from_pairs([("SCALINGO_API_TOKEN", "tk-us-example")]);
+    let as_installed = Config::from_str(packaged, Path::new(FILE), &token).unwrap();
+    assert!(
+        as_installed.config.apps.is_empty(),
+        "the packaged file has live apps"
+    );
+    // Its examples, uncommented as it says (`#` with no space after it), are valid.
+    let uncommented: Vec<&str> = packaged
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest,
+            _ => l,
+        })
+        .collect();
+    let text = &uncommented.join("\n");
     let c = Config::from_str(text, Path::new(FILE), &no_env())
         .map(|loaded| loaded.config)
         .or_else(|e| match e {
@@ -175,7 +191,7 @@ fn the_example_config_parses() {
     assert!(c.app("my-app").unwrap().drop_dir.is_some());
     assert!(c.app("my-staging").unwrap().source_dir.is_some());
     assert!(
-        !text.contains("\ntoken ="),
+        !packaged.contains("\ntoken ="),
         "the example must not hold an inline token"
     );
 }

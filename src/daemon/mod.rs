@@ -37,9 +37,11 @@ mod claims;
 mod leftovers;
 mod observe;
 mod pipeline;
+mod preflight;
 mod startup;
 
 pub use pipeline::{OneShot, OneShotParts, Overrides};
+pub use preflight::check_environment;
 
 use claims::ClaimRetry;
 use observe::{AfterOutcome, OutcomeFinisher, StatusBoard, remember_tree};
@@ -108,6 +110,17 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    // What `config check` finds, refused here with the same words (exit status 2).
+    let problems = check_environment(&config);
+    if let Some(first) = problems.first() {
+        return Err(DaemonError::Setup(match problems.len() {
+            1 => first.clone(),
+            n => format!(
+                "{first} (and {} more: `dropdeploy config check` lists them)",
+                n - 1
+            ),
+        }));
+    }
     let client = scalingo_client(&config)?;
     let state = startup::open_state(&config).await?;
     if let Some(client) = &client {
@@ -135,7 +148,7 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
     for app in daemon.config.apps.clone() {
         daemon
             .start_watcher(&app)
-            .map_err(|e| DaemonError::Startup(e.to_string()))?;
+            .map_err(|e| DaemonError::Setup(format!("app {}: {e}", app.name)))?;
     }
     tracing::info!(
         apps = daemon.config.apps.len(),
@@ -192,7 +205,7 @@ impl Daemon {
                 let (bound, task) =
                     crate::metrics::serve(addr, metrics.clone(), trigger.subscribe())
                         .await
-                        .map_err(|e| DaemonError::Startup(e.to_string()))?;
+                        .map_err(|e| DaemonError::Setup(e.to_string()))?;
                 tracing::info!(address = %bound, "serving /metrics and /healthz");
                 Some(task)
             }

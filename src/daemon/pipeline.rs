@@ -230,6 +230,9 @@ pub struct OneShotParts {
     /// state, to resume at the next run.
     pub shutdown: shutdown::Shutdown,
     pub overrides: Overrides,
+    /// The Scalingo client the command already made (its token exchange and look at the app
+    /// shared); `None`: one is made here when the app deploys to Scalingo.
+    pub client: Option<Arc<ScalingoClient>>,
 }
 
 impl OneShot {
@@ -244,12 +247,14 @@ impl OneShot {
             observer,
             shutdown,
             overrides,
+            client: given,
         } = parts;
         let app = config
             .app(&app)
             .cloned()
             .unwrap_or_else(|| AppConfig::unconfigured(&app));
         let client = match app.target {
+            TargetConfig::Scalingo if given.is_some() => given,
             TargetConfig::Scalingo => {
                 let token: Secret = config.scalingo.require_token()?.clone();
                 let client = ScalingoClient::new(&config.scalingo, token)

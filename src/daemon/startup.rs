@@ -35,7 +35,7 @@ pub(super) async fn open_state(config: &Config) -> Result<State, DaemonError> {
         crate::queue::spool::SpoolError::Io { path, source, .. } => {
             setup_error("cannot create the spool", &path, &source, "state_dir")
         }
-        other => DaemonError::Startup(other.to_string()),
+        other => DaemonError::Setup(other.to_string()),
     })?;
     super::leftovers::clean_spool(&spool);
     // The drop folders first (made if missing, as at every start), so that a file claimed
@@ -61,16 +61,27 @@ pub(super) fn access_problem(e: &std::io::Error) -> Option<&'static str> {
 }
 
 /// The error for a path the daemon cannot use: a configuration error (exit status 2) naming
-/// the path, who the daemon runs as, the folder's owner and mode, and what to change, when it
-/// is a permission or mount problem; else a start-up failure.
+/// the path, who the daemon runs as, the folder's owner and mode, and what to change.
 pub(super) fn setup_error(
     action: &str,
     path: &std::path::Path,
     e: &std::io::Error,
     key: &str,
 ) -> DaemonError {
+    DaemonError::Setup(problem_text(action, path, e, key).0)
+}
+
+/// The words for a path that cannot be used, and whether it is a permission or mount problem:
+/// then they name the path, who this process runs as, the folder's owner and mode, and what to
+/// change. Shared by the daemon's start and `config check`, so both say the same.
+pub(super) fn problem_text(
+    action: &str,
+    path: &std::path::Path,
+    e: &std::io::Error,
+    key: &str,
+) -> (String, bool) {
     let Some(problem) = access_problem(e) else {
-        return DaemonError::Startup(format!("{action} {}: {e}", path.display()));
+        return (format!("{action} {}: {e}", path.display()), false);
     };
     // The nearest existing folder is the one whose permissions matter.
     let folder = path
@@ -107,16 +118,19 @@ pub(super) fn setup_error(
             folder.display()
         )
     };
-    DaemonError::Setup(format!(
-        "{action} {}: {problem} ({me}{owner}): {fix}",
-        path.display()
-    ))
+    (
+        format!(
+            "{action} {}: {problem} ({me}{owner}): {fix}",
+            path.display()
+        ),
+        true,
+    )
 }
 
 /// Checks what the daemon needs of each app before it takes any work.
 pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonError> {
     let spool_dev = std::fs::metadata(spool.dir())
-        .map_err(|e| DaemonError::Startup(format!("cannot read {}: {e}", spool.dir().display())))?
+        .map_err(|e| DaemonError::Setup(format!("cannot read {}: {e}", spool.dir().display())))?
         .dev();
     for app in &config.apps {
         if let Some(dir) = &app.drop_dir {
@@ -130,12 +144,12 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
                     DropError::CreateSubfolder { path, source, .. } => {
                         setup_error(&action, path, source, "drop_dir")
                     }
-                    _ => DaemonError::Startup(format!("app {}: {e}", app.name)),
+                    _ => DaemonError::Setup(format!("app {}: {e}", app.name)),
                 }
             })?;
             let dev = std::fs::metadata(dir)
                 .map_err(|e| {
-                    DaemonError::Startup(format!(
+                    DaemonError::Setup(format!(
                         "app {}: cannot read drop folder {}: {e}",
                         app.name,
                         dir.display()
@@ -143,13 +157,10 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
                 })?
                 .dev();
             if dev != spool_dev {
-                return Err(DaemonError::Startup(format!(
-                    "app {}: drop folder {} is on another filesystem than the spool {}; files are \
-                     claimed by renaming them, so put state_dir on the same filesystem as the \
-                     drop folders",
-                    app.name,
-                    dir.display(),
-                    spool.dir().display()
+                return Err(DaemonError::Setup(other_filesystem(
+                    &app.name,
+                    dir,
+                    spool.dir(),
                 )));
             }
             // Same device is not enough: two mount points of one filesystem (bind mounts, or
@@ -172,7 +183,7 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
                     };
                     return setup_error(&action, path, &e, key);
                 }
-                DaemonError::Startup(format!(
+                DaemonError::Setup(format!(
                     "app {}: a file cannot be renamed from the drop folder {} into the spool {} \
                      ({e}); files are claimed by renaming them, so put state_dir where a rename \
                      from the drop folders works (the same filesystem and mount point, e.g. \
@@ -186,6 +197,20 @@ pub(super) fn check_apps(config: &Config, spool: &Spool) -> Result<(), DaemonErr
         }
     }
     Ok(())
+}
+
+/// The words for a drop folder that a rename cannot leave for the spool.
+pub(super) fn other_filesystem(
+    app: &str,
+    dir: &std::path::Path,
+    spool: &std::path::Path,
+) -> String {
+    format!(
+        "app {app}: drop folder {} is on another filesystem than the spool {}; files are \
+         claimed by renaming them, so put state_dir on the same filesystem as the drop folders",
+        dir.display(),
+        spool.display()
+    )
 }
 
 /// Which side of the probe failed.

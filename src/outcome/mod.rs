@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::queue::spool::{Job, Payload, Spool, SpoolError, Timestamp, compact_utc};
 
 pub use history::{HistoryRead, format_history_table, read_history, read_history_counted};
-pub use status::{status_json, status_report};
+pub use status::{Driver, interrupted_hint, status_json, status_report};
 
 /// The history file's name inside the state directory.
 pub const HISTORY_NAME: &str = "history.jsonl";

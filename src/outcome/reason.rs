@@ -17,7 +17,14 @@ pub(super) fn reason_text(
 ) -> String {
     let mut t = String::new();
     let inspect = failure.step == Step::Inspect;
-    if inspect {
+    let verify = failure.step == Step::Verify;
+    if verify {
+        t.push_str(&format!(
+            "dropdeploy deployed this archive to {}: it built and started (status success), but \
+             the health check after it failed.\n\n",
+            entry.app
+        ));
+    } else if inspect {
         t.push_str(&format!(
             "dropdeploy refused this archive for {} before uploading it: nothing was uploaded.\n\n",
             entry.app
@@ -33,7 +40,21 @@ pub(super) fn reason_text(
     };
     t.push_str("What went wrong\n");
     line(&mut t, "step:", &failure.step.to_string());
-    line(&mut t, "cause:", &failure.reason);
+    line(
+        &mut t,
+        if verify { "check:" } else { "cause:" },
+        &failure.reason,
+    );
+    if verify {
+        line(
+            &mut t,
+            "got:",
+            failure
+                .log_tail
+                .first()
+                .map_or("no answer recorded", String::as_str),
+        );
+    }
     line(&mut t, "app:", &entry.app);
     line(&mut t, "file:", &original.display().to_string());
     line(&mut t, "now at:", &now_at.display().to_string());
@@ -69,7 +90,9 @@ pub(super) fn reason_text(
     }
     t.push_str("\nWhat to do\n");
     t.push_str(&format!("  {}\n", advice(entry, failure, drop_dir)));
-    if failure.log_tail.is_empty() {
+    if verify {
+        // The probe's answer is in `got:` above: there is no build output to show.
+    } else if failure.log_tail.is_empty() {
         if failure.deployment_id.is_some() {
             t.push_str("\nNo build output could be fetched.\n");
         }
@@ -92,6 +115,15 @@ fn advice(entry: &HistoryEntry, failure: &Failure, drop_dir: &Path) -> String {
             "Fix the archive (a gzip-compressed tar holding one top-level folder, with no \
              absolute or `..` paths and no device files) and drop the corrected archive into \
              {drop}."
+        );
+    }
+    if failure.step == Step::Verify {
+        return format!(
+            "The code built and started, but the app did not answer the health check as \
+             expected (what it got is above). {} Look at the app's own logs (`scalingo --app \
+             {app} logs`) to see why, fix it, and drop a new archive into {drop}; `dropdeploy \
+             history --app {app}` shows what runs now.",
+            rollback_words(&failure.reason)
         );
     }
     if failure.gave_up {
@@ -134,4 +166,21 @@ fn advice(entry: &HistoryEntry, failure: &Failure, drop_dir: &Path) -> String {
         );
     }
     format!("Fix the cause above, {again}.")
+}
+
+/// What an unhealthy deployment's check did next, from its reason: the rollback and what it
+/// brings back, or why there was none.
+fn rollback_words(reason: &str) -> String {
+    if let Some(rest) = reason.split("rolling back to ").nth(1) {
+        let target = rest.split(" (job ").next().unwrap_or(rest);
+        return format!(
+            "It was rolled back to {target}: that archive is deployed again and checked, \
+             and this one is NOT live."
+        );
+    }
+    if reason.contains("needs attention") {
+        return "This was itself a rollback, and no other is tried: the app needs attention."
+            .to_string();
+    }
+    "No rollback was made (see the check line above): this deployment is what runs now.".to_string()
 }

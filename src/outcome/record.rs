@@ -522,7 +522,7 @@ fn verdict_of(job: &Job) -> EntryFields {
             let (outcome, reason) = match job.rollback() {
                 Some(of) => (
                     Outcome::RolledBack,
-                    format!("rolled_back {} → {}", of.from_ref, of.to_ref),
+                    format!("rolled_back {}", of.describe()),
                 ),
                 None => (
                     Outcome::Verified,
@@ -546,10 +546,7 @@ fn verdict_of(job: &Job) -> EntryFields {
             deployment_id.clone(),
             Some(step_name(Step::Verify)),
             Some(match job.rollback() {
-                Some(of) => format!(
-                    "rollback {} → {} unhealthy: {reason}",
-                    of.from_ref, of.to_ref
-                ),
+                Some(of) => format!("rollback {} unhealthy: {reason}", of.describe()),
                 None => reason.clone(),
             }),
         ),

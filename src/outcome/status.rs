@@ -15,7 +15,8 @@ use crate::queue::spool::{Job, JobState, Spool};
 ///
 /// `apps` are the configured app names, shown in that order; apps found only in the spool
 /// follow, marked as not configured. A job is in flight when it is neither `queued` nor
-/// finished, pending when `queued`; a finished job still in the spool (its outcome not yet
+/// finished (shown as INTERRUPTED, with how to go on, when nothing drives it: see [`Driver`]),
+/// pending when `queued`; a finished job still in the spool (its outcome not yet
 /// recorded) is shown as such. A missing spool directory or history file counts as empty;
 /// unreadable job records are listed at the end.
 ///
@@ -36,12 +37,15 @@ pub fn status_report(
         last,
         store,
     } = Seen::read(spool, history, apps)?;
+    let daemon = crate::lock::StateLock::holder(history.parent().unwrap_or(Path::new(".")));
     let mut out = String::new();
     if names.is_empty() {
         out.push_str("no apps configured, and no jobs in the spool\n");
     }
     for app in &names {
         out.push_str(&app_section(
+            spool,
+            daemon,
             app,
             unconfigured.contains(app),
             &jobs,
@@ -70,7 +74,7 @@ pub fn status_report(
 ///  "apps": [{"app": "my-app", "configured": true,
 ///            "in_flight": [{"state": "deploying", "file": "a.tar.gz", "job": "…",
 ///                           "deployment_id": "…", "platform_status": "building",
-///                           "since": "2026-11-25T17:42:58Z"}],
+///                           "since": "2026-11-25T17:42:58Z", "interrupted": false}],
 ///            "pending": [{"job": "…", "file": "b.tar.gz", "since": "…"}],
 ///            "unrecorded": [{"job": "…", "state": "succeeded", "file": "…"}],
 ///            "waits": [{"kind": "claim", "subject": "…", "cause": "…", "since": "…",
@@ -80,8 +84,8 @@ pub fn status_report(
 ///  "unreadable": ["…"]}
 /// ```
 ///
-/// `daemon_pid` is the running daemon's, or `null`; `last` is the app's last history line as
-/// stored. Times are RFC 3339 in UTC.
+/// `daemon_pid` is the running daemon's, or `null`; `interrupted` says that nothing drives the
+/// job (see [`Driver`]); `last` is the app's last history line as stored. Times are RFC 3339 in UTC.
 pub fn status_json(
     spool: &Spool,
     history: &Path,
@@ -105,7 +109,7 @@ pub fn status_json(
             let in_flight: Vec<_> = mine
                 .iter()
                 .filter(|j| !matches!(j.state, JobState::Queued) && !j.is_done())
-                .map(|job| in_flight_json(job))
+                .map(|job| in_flight_json(job, Driver::of(spool, job, daemon_pid)))
                 .collect();
             let pending: Vec<_> = mine
                 .iter()
@@ -156,13 +160,62 @@ pub fn status_json(
     }))
 }
 
+/// What drives a job in the spool, for `status` and `jobs list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// A process holds the job's lock: the daemon's lane, or a `deploy` in a terminal.
+    Process,
+    /// No process holds it, but a daemon runs on the state_dir: its lane takes it in turn.
+    Daemon(u32),
+    /// Nothing: no daemon runs and no process holds it (a `deploy` interrupted, a daemon
+    /// stopped). It stays as it is until it is resumed or discarded.
+    Nobody,
+}
+
+impl Driver {
+    /// Who drives `job` of `spool` now, with `daemon` the pid of the daemon holding the
+    /// state_dir (if one does). The job's lock is read from `/proc/locks`, never taken.
+    pub fn of(spool: &Spool, job: &Job, daemon: Option<u32>) -> Driver {
+        match (
+            crate::lock::JobLock::is_held(&spool.job_dir(&job.id)),
+            daemon,
+        ) {
+            (Some(true), _) => Driver::Process,
+            (_, Some(pid)) => Driver::Daemon(pid),
+            (Some(false), None) => Driver::Nobody,
+            // Cannot be told: not said to be interrupted.
+            (None, None) => Driver::Process,
+        }
+    }
+}
+
+/// The line that says how to go on with a job nothing drives: a job of the daemon's (a
+/// dropped file, a saved tree) resumes at its next start; one of `deploy` when the same command
+/// runs again; any of them with `jobs resume`, or is given up with `jobs discard`.
+pub fn interrupted_hint(job: &Job) -> String {
+    let daemons = matches!(
+        &job.payload,
+        crate::queue::spool::Payload::Archive { copied: false, .. }
+    ) && job.rollback().is_none();
+    let again = if daemons {
+        "no daemon runs: `dropdeploy run` resumes it at its start"
+    } else {
+        "no daemon runs, no `deploy` holds it: the same `dropdeploy deploy` command resumes it"
+    };
+    format!(
+        "nothing drives it ({again}); `dropdeploy jobs resume {id}` takes it to its end now, \
+         `dropdeploy jobs discard {id}` gives it up",
+        id = job.id
+    )
+}
+
 /// The apps' attention flags, in the state directory that holds `history`.
 fn attention_store(history: &Path) -> crate::verify::store::Store {
     crate::verify::store::Store::new(history.parent().unwrap_or(Path::new(".")))
 }
 
 /// A job under way, for `status --json`.
-fn in_flight_json(job: &Job) -> serde_json::Value {
+fn in_flight_json(job: &Job, driver: Driver) -> serde_json::Value {
     let (deployment_id, platform_status) = match &job.state {
         JobState::Deploying {
             deployment_id,
@@ -178,8 +231,12 @@ fn in_flight_json(job: &Job) -> serde_json::Value {
         "deployment_id": deployment_id,
         "platform_status": platform_status,
         "since": rfc3339_utc(job.started_at.unwrap_or(job.created_at)),
+        "interrupted": driver == Driver::Nobody,
     })
 }
+
+/// How many of the last history lines name the apps shown when no configuration names any.
+const RECENT_HISTORY: usize = 200;
 
 /// What `status` shows, read once for its text and its JSON.
 struct Seen {
@@ -199,6 +256,16 @@ impl Seen {
         let unconfigured = unconfigured_apps(apps, &jobs);
         let mut names: Vec<String> = apps.to_vec();
         names.extend(unconfigured.iter().cloned());
+        // Without a configuration that names apps (`deploy` and `watch` need none), the apps
+        // of the recent history are shown too.
+        if apps.is_empty() {
+            let recent = super::read_history(history, None, Some(RECENT_HISTORY))?;
+            for entry in recent.into_iter().rev() {
+                if !names.contains(&entry.app) {
+                    names.push(entry.app);
+                }
+            }
+        }
         let last = last_outcomes(history, &names)?;
         Ok(Seen {
             jobs,
@@ -240,6 +307,8 @@ fn unconfigured_apps(apps: &[String], jobs: &[Job]) -> Vec<String> {
 
 /// One app's part of the report: its name, then one line per kind of job, wait and outcome.
 fn app_section(
+    spool: &Spool,
+    daemon: Option<u32>,
     app: &str,
     unconfigured: bool,
     jobs: &[Job],
@@ -252,7 +321,7 @@ fn app_section(
     }
     out.push('\n');
     let mine: Vec<&Job> = jobs.iter().filter(|j| j.app == app).collect();
-    out.push_str(&in_flight_lines(&mine));
+    out.push_str(&in_flight_lines(spool, daemon, &mine));
     out.push_str(&pending_line(&mine));
     out.push_str(&unrecorded_line(&mine));
     // Whether an app needs attention is read from its flag (which `resume` clears), not the board.
@@ -265,7 +334,7 @@ fn app_section(
 }
 
 /// The jobs neither queued nor finished, each with its state, file, id, deployment and start.
-fn in_flight_lines(jobs: &[&Job]) -> String {
+fn in_flight_lines(spool: &Spool, daemon: Option<u32>, jobs: &[&Job]) -> String {
     let in_flight: Vec<&&Job> = jobs
         .iter()
         .filter(|j| !matches!(j.state, JobState::Queued) && !j.is_done())
@@ -286,13 +355,22 @@ fn in_flight_lines(jobs: &[&Job]) -> String {
             ),
             _ => String::new(),
         };
+        let interrupted = Driver::of(spool, job, daemon) == Driver::Nobody;
         out.push_str(&format!(
-            "  in flight: {} {} (job {}{platform}, since {})\n",
+            "  {}: {} {} (job {}{platform}, since {})\n",
+            if interrupted {
+                "INTERRUPTED"
+            } else {
+                "in flight"
+            },
             job.state.name(),
             file_label(job),
             job.id,
             rfc3339_utc(job.started_at.unwrap_or(job.created_at))
         ));
+        if interrupted {
+            out.push_str(&format!("    {}\n", interrupted_hint(job)));
+        }
     }
     out
 }

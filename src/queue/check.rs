@@ -86,6 +86,55 @@ pub struct RollbackOf {
     pub to_ref: String,
     /// Started by the daemon after an unhealthy deployment (else by `dropdeploy rollback`).
     pub automatic: bool,
+    /// The file names the user knows them by (the dropped file, the given file, the watched
+    /// directory), empty in records written before they were kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_file: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to_file: String,
+}
+
+impl RollbackOf {
+    /// `v2.tar.gz (git_ref …) → v1.tar.gz (git_ref …)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} → {}",
+            named(&self.from_file, &self.from_ref),
+            named(&self.to_file, &self.to_ref)
+        )
+    }
+
+    /// What is brought back: `v1.tar.gz (git_ref …)`.
+    pub fn target(&self) -> String {
+        named(&self.to_file, &self.to_ref)
+    }
+
+    /// What is replaced: `v2.tar.gz (git_ref …)`.
+    pub fn replaced(&self) -> String {
+        named(&self.from_file, &self.from_ref)
+    }
+}
+
+/// A file name with its git_ref, or the git_ref alone when the name is not known.
+pub fn named(file: &str, git_ref: &str) -> String {
+    if file.is_empty() {
+        git_ref.to_string()
+    } else {
+        format!("{file} (git_ref {git_ref})")
+    }
+}
+
+/// The name a person knows a job's archive by: the file's name (not its path), the watched
+/// directory's, or the URL.
+pub fn file_name_of(job: &crate::queue::spool::Job) -> String {
+    match &job.payload {
+        crate::queue::spool::Payload::Archive { original, .. } => original
+            .file_name()
+            .unwrap_or(original.as_os_str())
+            .to_string_lossy()
+            .into_owned(),
+        crate::queue::spool::Payload::Url { url } => url.clone(),
+    }
 }
 
 /// A job's check, as far as it went. Present from the job's start when its app has a check,

@@ -350,6 +350,8 @@ impl VerifiedTarget {
         match verdict {
             Verdict::Verified => {
                 self.keep(job).await;
+                // Healthy again (a rollback by hand, say): the app no longer needs attention.
+                self.clear_attention(&job.app);
                 job.state = JobState::Succeeded {
                     deployment_id: deployment_id.unwrap_or_default(),
                 };
@@ -408,7 +410,9 @@ impl VerifiedTarget {
         if let Some(rollback) = job.rollback().cloned() {
             let reason = format!(
                 "the rollback to {} is unhealthy too: {} needs attention (drop a new archive, or run `dropdeploy resume {}`)",
-                rollback.to_ref, job.app, job.app
+                rollback.target(),
+                job.app,
+                job.app
             );
             let attention = Attention {
                 app: job.app.clone(),
@@ -461,7 +465,8 @@ impl VerifiedTarget {
         );
         Ok(Some(format!(
             "rolling back to {} (job {})",
-            kept.git_ref, made.id
+            crate::queue::check::named(&kept.file, &kept.git_ref),
+            made.id
         )))
     }
 

@@ -50,6 +50,8 @@ pub async fn start(
         to_job: kept.job.clone(),
         to_ref: kept.git_ref.clone(),
         automatic,
+        from_file: crate::queue::check::file_name_of(job),
+        to_file: kept.file.clone(),
     };
     let (spool, store, kept) = (spool.clone(), store.clone(), kept.clone());
     match crate::blocking::run(move || make(&spool, &store, &id, &kept, of)).await {
@@ -101,7 +103,13 @@ pub fn make(
         &kept.app,
         git_ref,
         Payload::Archive {
-            original: source,
+            // The name the user knows it by, for the history and `status`; the bytes are the
+            // kept archive's, linked into the job directory above.
+            original: if kept.file.is_empty() {
+                source
+            } else {
+                std::path::PathBuf::from(&kept.file)
+            },
             summary: kept.summary.clone(),
             tree_digest: None,
             // The kept file stays where it is: the copy leaves with the spool directory.

@@ -34,6 +34,37 @@ pub struct Kept {
     /// The same in milliseconds: what orders two verified in the same second.
     #[serde(default)]
     pub verified_ms: u64,
+    /// The other names (job ids, git_refs, file names) under which the same content was
+    /// verified: a rollback that brought it back, or the same archive dropped again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+impl Kept {
+    /// Whether `name` is this archive's job id, git_ref or file name, or one it was verified
+    /// under before.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.job == name
+            || self.git_ref == name
+            || self.file == name
+            || self.aliases.iter().any(|a| a == name)
+    }
+
+    /// Every name it answers to, its own first.
+    fn names(&self) -> Vec<String> {
+        let mut names = vec![self.job.clone(), self.git_ref.clone(), self.file.clone()];
+        names.extend(self.aliases.iter().cloned());
+        names
+    }
+
+    /// Adds `names` to the aliases, leaving out its own and the ones it has.
+    fn learn(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            if !name.is_empty() && !self.answers_to(&name) {
+                self.aliases.push(name);
+            }
+        }
+    }
 }
 
 /// A kept archive, as `done/` must recognise it: the same file (a hard link), or the same
@@ -57,6 +88,13 @@ impl Protected {
         }
         meta.len() == self.bytes && sha256_of(path).is_some_and(|d| d == self.sha256)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn sha256_of(path: &Path) -> Option<String> {
@@ -132,66 +170,101 @@ impl Store {
     }
 
     /// Keeps `archive`, the archive of the verified `job`, as the app's last verified one, and
-    /// forgets the oldest beyond [`KEEP_VERIFIED`]. Safe to repeat. Blocking. A URL job has no
-    /// archive to keep: `Ok(false)`.
+    /// forgets the oldest beyond [`KEEP_VERIFIED`]. One content is kept once: verified again
+    /// (a rollback bringing it back, or the same archive dropped again), it becomes the newest
+    /// under one name and answers to every name it had ([`Kept::answers_to`]); a rollback
+    /// keeps the name of the archive it brought back. Safe to repeat. Blocking. A URL job has
+    /// no archive to keep: `Ok(false)`.
     pub fn keep(&self, job: &Job, archive: &Path) -> Result<bool, StoreError> {
-        let Payload::Archive {
-            original, summary, ..
-        } = &job.payload
-        else {
+        let Payload::Archive { summary, .. } = &job.payload else {
             return Ok(false);
         };
         let dir = self.app_dir(&job.app);
         crate::durable::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-        let dest = dir.join(format!("{}.tar.gz", job.id));
-        if fs::symlink_metadata(&dest).is_err() {
-            let tmp = dir.join(format!(".{}.tar.gz.tmp", job.id));
-            let _ = crate::durable::remove_file(&tmp);
-            if crate::durable::hard_link(archive, &tmp).is_err() {
-                fs::copy(archive, &tmp).map_err(io_err("cannot copy the archive to", &tmp))?;
-                crate::durable::sync_path(&tmp).map_err(io_err("cannot sync", &tmp))?;
-            }
-            crate::durable::rename(&tmp, &dest).map_err(io_err("cannot rename into", &dest))?;
-            crate::durable::sync_dir(&dir)?;
-        }
-        let kept = Kept {
-            app: job.app.clone(),
-            job: job.id.clone(),
-            git_ref: job.git_ref.clone(),
-            file: original
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| original.to_string_lossy().into_owned()),
-            summary: summary.clone(),
-            verified_at: now(),
-            verified_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        };
-        let record = dir.join(format!("{}.json", job.id));
-        if fs::symlink_metadata(&record).is_err() {
-            let bytes = serde_json::to_vec_pretty(&kept).map_err(|e| StoreError::Io {
-                action: "cannot write",
-                path: record.clone(),
-                source: io::Error::other(e),
-            })?;
-            crate::durable::write(&record, &crate::redact::redact_vec(bytes))?;
-        }
-        // The same content verified again (a rollback) is listed once, as the newest.
-        let (same, others): (Vec<Kept>, Vec<Kept>) = self
+        let same: Vec<Kept> = self
             .kept(&job.app)?
             .into_iter()
-            .partition(|k| k.job != job.id && k.summary.sha256 == summary.sha256);
-        for old in same
+            .filter(|k| k.summary.sha256 == summary.sha256)
+            .collect();
+        let known: Vec<String> = same.iter().flat_map(Kept::names).collect();
+        let restored = job.rollback().and_then(|of| {
+            same.iter()
+                .find(|k| k.answers_to(&of.to_job))
+                .or(same.first())
+        });
+        let mut kept = match restored {
+            // A rollback: the archive it brought back stays under its own name.
+            Some(restored) => restored.clone(),
+            None => {
+                self.link(job, archive, &dir)?;
+                self.identity(job, summary)
+            }
+        };
+        kept.learn(known);
+        kept.learn([job.id.clone(), job.git_ref.clone()]);
+        (kept.verified_at, kept.verified_ms) = (now(), now_ms());
+        let record = dir.join(format!("{}.json", kept.job));
+        let bytes = serde_json::to_vec_pretty(&kept).map_err(|e| StoreError::Io {
+            action: "cannot write",
+            path: record.clone(),
+            source: io::Error::other(e),
+        })?;
+        crate::durable::write(&record, &crate::redact::redact_vec(bytes))?;
+        let stale = self
+            .kept(&job.app)?
             .into_iter()
-            .chain(others.into_iter().skip(KEEP_VERIFIED))
+            .filter(|k| k.job != kept.job);
+        let (copies, others): (Vec<Kept>, Vec<Kept>) =
+            stale.partition(|k| k.summary.sha256 == summary.sha256);
+        for old in copies
+            .into_iter()
+            .chain(others.into_iter().skip(KEEP_VERIFIED - 1))
         {
             // The record goes first: an archive without a record is never listed.
             let _ = crate::durable::remove_file(&dir.join(format!("{}.json", old.job)));
             let _ = crate::durable::remove_file(&self.archive_path(&old));
         }
         Ok(true)
+    }
+
+    /// Links (or copies) the job's archive into the store, as `<job>.tar.gz`.
+    fn link(&self, job: &Job, archive: &Path, dir: &Path) -> Result<(), StoreError> {
+        let dest = dir.join(format!("{}.tar.gz", job.id));
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{}.tar.gz.tmp", job.id));
+        let _ = crate::durable::remove_file(&tmp);
+        if crate::durable::hard_link(archive, &tmp).is_err() {
+            fs::copy(archive, &tmp).map_err(io_err("cannot copy the archive to", &tmp))?;
+            crate::durable::sync_path(&tmp).map_err(io_err("cannot sync", &tmp))?;
+        }
+        crate::durable::rename(&tmp, &dest).map_err(io_err("cannot rename into", &dest))?;
+        crate::durable::sync_dir(dir)?;
+        Ok(())
+    }
+
+    /// A new record for the job's archive: its own names, or, for a rollback whose archive is
+    /// no longer kept, the names of the archive it brought back.
+    fn identity(&self, job: &Job, summary: &Summary) -> Kept {
+        let (git_ref, file) = match job.rollback() {
+            Some(of) => (of.to_ref.clone(), of.to_file.clone()),
+            None => (job.git_ref.clone(), crate::queue::check::file_name_of(job)),
+        };
+        let mut kept = Kept {
+            app: job.app.clone(),
+            job: job.id.clone(),
+            git_ref,
+            file,
+            summary: summary.clone(),
+            verified_at: now(),
+            verified_ms: now_ms(),
+            aliases: Vec::new(),
+        };
+        if let Some(of) = job.rollback() {
+            kept.learn([of.to_job.clone()]);
+        }
+        kept
     }
 
     /// The app's kept archives, newest first.

@@ -72,6 +72,57 @@ fn verified_archives_are_kept_newest_first_and_only_the_last_few() {
         .map(|k| k.job)
         .collect();
     assert_eq!(jobs, ["j5", "j4", "j2"]);
+    // Under every name it was verified under.
+    let newest = store.last("app").unwrap().unwrap();
+    for name in ["j3", "app-j3", "j3.tar.gz", "j5", "app-j5", "j5.tar.gz"] {
+        assert!(newest.answers_to(name), "{name}: {newest:?}");
+    }
+}
+
+#[test]
+fn a_rollback_keeps_the_name_of_what_it_brought_back_and_no_second_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let v1 = dir.path().join("v1");
+    std::fs::write(&v1, "bytes v1").unwrap();
+    store.keep(&job("j1", &v1, "sha1"), &v1).unwrap();
+    let v2 = dir.path().join("v2");
+    std::fs::write(&v2, "bytes v2").unwrap();
+    store.keep(&job("j2", &v2, "sha2"), &v2).unwrap();
+    for n in 0..2 {
+        let mut rollback = job(&format!("j1.r{n}"), &v1, "sha1");
+        rollback.check = Some(crate::queue::check::Check {
+            rollback: Some(crate::queue::check::RollbackOf {
+                from_job: "j2".into(),
+                from_ref: "app-j2".into(),
+                to_job: "j1".into(),
+                to_ref: "app-j1".into(),
+                automatic: true,
+                from_file: "j2.tar.gz".into(),
+                to_file: "j1.tar.gz".into(),
+            }),
+            ..Default::default()
+        });
+        store.keep(&rollback, &v1).unwrap();
+    }
+    let kept = store.kept("app").unwrap();
+    let names: Vec<(&str, &str, &str)> = kept
+        .iter()
+        .map(|k| (k.job.as_str(), k.git_ref.as_str(), k.file.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("j1", "app-j1", "j1.tar.gz"), ("j2", "app-j2", "j2.tar.gz")]
+    );
+    assert!(kept[0].answers_to("j1.r0") && kept[0].answers_to("app-j1.r1"));
+    let files = std::fs::read_dir(dir.path().join("verified/app"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
+        })
+        .count();
+    assert_eq!(files, 2, "one copy of each content");
 }
 
 #[test]

@@ -378,7 +378,13 @@ fn a_drop_folder_on_another_filesystem_than_the_spool_is_refused_at_start() {
         elsewhere.path().display()
     ));
     let run = world.run(&["run"]);
-    run.assert_code(1)
+    run.assert_code(2)
+        .assert_contains("another filesystem")
+        .assert_contains(&elsewhere.path().display().to_string());
+    // `config check` finds it too, in the same words.
+    world
+        .run(&["config", "check"])
+        .assert_code(2)
         .assert_contains("another filesystem")
         .assert_contains(&elsewhere.path().display().to_string());
 }

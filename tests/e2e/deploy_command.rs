@@ -152,17 +152,19 @@ fn aborted_is_retried_once_when_configured() {
 fn an_unknown_app_fails_at_once_with_the_404() {
     let world = World::new();
     let run = deploy(&world, "no-such-app", &world.archive("a.tar.gz"));
+    // Found by the look at the app, before any upload (issue 23).
     run.assert_code(1)
-        .assert_contains("create deployment")
+        .assert_contains("get app")
         .assert_contains("404")
         .assert_contains("app not found");
-    let posts = world
+    let asked = world
         .fake
         .requests()
         .iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/deployments"))
+        .filter(|r| r.method == "GET" && r.path == "/v1/apps/no-such-app")
         .count();
-    assert_eq!(posts, 1, "a 404 is not retried");
+    assert_eq!(asked, 1, "a 404 is not retried");
+    assert_eq!(world.fake.stats().sources_created, 0);
 }
 
 #[test]

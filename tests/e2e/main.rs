@@ -24,6 +24,8 @@ mod daemon;
 mod deploy_command;
 /// The daemon claiming what the drop folder watcher reports.
 mod drop_claims;
+/// A new user's first hour: config check vs run, --state-dir, `jobs`, rollback names.
+mod first_contact;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The local release target, driven by the daemon.

@@ -314,7 +314,7 @@ fn a_token_as_app_name_or_region_is_not_echoed() {
         "{out}"
     );
 
-    // On the command line: the app is unknown to the platform, and the failure says so.
+    // On the command line: not an app name, and the refusal says so.
     let world = World::new();
     let archive = world.archive("a.tar.gz");
     let (code, out) = run_with(
@@ -322,9 +322,10 @@ fn a_token_as_app_name_or_region_is_not_echoed() {
         &["deploy", "--app", TOKEN, archive.to_str().unwrap()],
         &[("RUST_LOG", "debug")],
     );
-    assert_eq!(code, Some(1), "{out}");
+    // Refused as a name before anything is sent (issue 23), without echoing it.
+    assert_eq!(code, Some(2), "{out}");
     assert_clean("deploy --app <token>", &out, &secrets);
-    assert!(out.contains("app not found"), "{out}");
+    assert!(out.contains("is not a Scalingo app name"), "{out}");
     assert_tree_clean(world.dir.path(), &secrets);
 }
 

@@ -148,7 +148,7 @@ fn an_unhealthy_deployment_rolls_back_to_the_last_verified_archive() {
     );
     assert_eq!(
         history[2]["reason"].as_str().unwrap(),
-        format!("rolled_back {v2_ref} → {v1_ref}")
+        format!("rolled_back v2.tar.gz (git_ref {v2_ref}) → v1.tar.gz (git_ref {v1_ref})")
     );
     assert_eq!(world.fake.app_answer("app"), (200, "ok v1".to_string()));
     assert_eq!(world.fake.deployments("app").len(), 3);
@@ -477,7 +477,7 @@ fn rollback_by_hand_brings_back_a_kept_archive_and_refuses_without_one() {
     assert_eq!(history[2]["outcome"], "rolled_back");
     assert_eq!(
         history[2]["reason"].as_str().unwrap(),
-        format!("rolled_back {v2_ref} → {v1_ref}")
+        format!("rolled_back v2.tar.gz (git_ref {v2_ref}) → v1.tar.gz (git_ref {v1_ref})")
     );
 }
 
@@ -603,4 +603,177 @@ fn a_check_given_as_a_path_probes_it_on_the_apps_url_from_the_platform() {
         "{history:#?}"
     );
     assert_eq!(history[1]["check"]["status"], 500, "{history:#?}");
+}
+
+// ---- issue 23: the words of an unhealthy deployment and of rollbacks -----------------------
+
+#[test]
+fn an_unhealthy_reason_says_the_check_failed_what_it_got_and_what_was_rolled_back_to() {
+    let world = World::new();
+    let drop = verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let _daemon = world.start_daemon("d");
+    drop_app(&world, &drop, "v1.tar.gz", "version=v1");
+    let history = world.wait_history(1, LONG);
+    let v1_ref = history[0]["git_ref"].as_str().unwrap().to_string();
+    drop_app(
+        &world,
+        &drop,
+        "v2.tar.gz",
+        "version=v2\nstatus=500\nbody=oops",
+    );
+    world.wait_history(3, LONG);
+    let why = std::fs::read_to_string(drop.join("failed/v2.tar.gz.reason.txt")).unwrap();
+    assert!(!why.contains("did not build"), "{why}");
+    assert!(!why.contains("build output"), "{why}");
+    assert!(why.contains("the health check after it failed"), "{why}");
+    assert!(why.contains("got:") && why.contains("HTTP 500"), "{why}");
+    assert!(
+        why.contains(&format!("rolled back to v1.tar.gz (git_ref {v1_ref})")),
+        "{why}"
+    );
+    assert!(why.contains("NOT live"), "{why}");
+}
+
+#[test]
+fn rollbacks_keep_the_users_names_and_every_name_of_a_kept_archive_works() {
+    let world = World::new();
+    verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let deploy = |name: &str, behaviour: &str, code: i32| {
+        let file = app_archive(world.dir.path(), name, behaviour);
+        world
+            .run(&["deploy", "--app", "app", file.to_str().unwrap()])
+            .assert_code(code);
+    };
+    deploy("v1.tar.gz", "version=v1", 0);
+    deploy("v2.tar.gz", "version=v2\nstatus=500", 1);
+    deploy("v3.tar.gz", "version=v3\nstatus=500", 1);
+    let history = world.history();
+    assert_eq!(
+        outcomes(&history),
+        [
+            "verified",
+            "unhealthy",
+            "rolled_back",
+            "unhealthy",
+            "rolled_back"
+        ],
+        "{history:#?}"
+    );
+    let git_ref = |i: usize| history[i]["git_ref"].as_str().unwrap().to_string();
+    let (v1, v2, v3) = (git_ref(0), git_ref(1), git_ref(3));
+    assert_eq!(
+        history[2]["reason"].as_str().unwrap(),
+        format!("rolled_back v2.tar.gz (git_ref {v2}) → v1.tar.gz (git_ref {v1})")
+    );
+    assert_eq!(
+        history[4]["reason"].as_str().unwrap(),
+        format!("rolled_back v3.tar.gz (git_ref {v3}) → v1.tar.gz (git_ref {v1})")
+    );
+    for entry in &history {
+        let file = entry["file"].as_str().unwrap();
+        assert!(
+            ["v1.tar.gz", "v2.tar.gz", "v3.tar.gz"].contains(&file),
+            "{history:#?}"
+        );
+    }
+    world
+        .run(&["status"])
+        .assert_contains("last:      rolled_back v1.tar.gz");
+    // One content, kept once.
+    assert_eq!(kept_archives(&world, "app").len(), 1);
+    // After two rollbacks, v1's own git_ref and its file name still name it.
+    world
+        .run(&["rollback", "app", "--to", &v1])
+        .assert_code(0)
+        .assert_contains("rolled_back");
+    world
+        .run(&["rollback", "app", "--to", "v1.tar.gz"])
+        .assert_code(0)
+        .assert_contains("rolled_back");
+    assert_eq!(kept_archives(&world, "app").len(), 1);
+    assert_eq!(world.fake.app_answer("app").1, "ok v1");
+}
+
+#[test]
+fn a_rollback_by_hand_that_is_healthy_clears_needs_attention_and_resume_refuses_unknown_apps() {
+    let world = World::new();
+    verified_app(
+        &world,
+        "app",
+        "attempts = 2, warmup = \"0s\", soak = \"0s\"",
+        "",
+    );
+    let good = app_archive(world.dir.path(), "v1.tar.gz", "version=v1");
+    world
+        .run(&["deploy", "--app", "app", good.to_str().unwrap()])
+        .assert_code(0);
+    world.fake.break_app("app", Some(500));
+    let bad = app_archive(world.dir.path(), "v2.tar.gz", "version=v2");
+    world
+        .run(&["deploy", "--app", "app", bad.to_str().unwrap()])
+        .assert_code(1);
+    world.run(&["status"]).assert_contains("needs attention");
+    world.fake.break_app("app", None);
+    world.run(&["rollback", "app"]).assert_code(0);
+    let status = world.run(&["status"]);
+    assert!(
+        !status.stdout.contains("needs attention"),
+        "{}",
+        status.stdout
+    );
+    world
+        .run(&["resume", "nope"])
+        .assert_code(2)
+        .assert_contains("nope is not an app of the configuration");
+}
+
+#[test]
+fn watch_says_an_unhealthy_save_is_not_live_and_the_soak_is_one_line() {
+    let world = World::new();
+    let url = format!("{}/up", world.fake.app_url("tree"));
+    let root = world.add_tree_app(
+        "tree",
+        &format!(
+            "verify = {{ url = \"{url}\", attempts = 2, interval = \"100ms\", warmup = \"0s\", soak = \"1s\" }}"
+        ),
+    );
+    std::fs::write(root.join("fake-app.txt"), "version=t1\n").unwrap();
+    let mut watch = crate::support::Proc(world.spawn(
+        &[
+            "watch",
+            "--app",
+            "tree",
+            "--debounce",
+            "200ms",
+            "--interval",
+            "50ms",
+            root.to_str().unwrap(),
+        ],
+        "watch",
+    ));
+    let out = world.path("watch.stdout");
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(wait_for(LONG, || read().contains("verified")), "{}", read());
+    // A 1 s soak probed every 100 ms: one probe line, not ten.
+    let probes = read().matches("tree: probe:").count();
+    assert_eq!(probes, 1, "{}", read());
+    std::fs::write(root.join("fake-app.txt"), "version=t2\nstatus=500\n").unwrap();
+    assert!(wait_for(LONG, || read().contains("NOT live")), "{}", read());
+    let text = read();
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(last.contains("NOT live"), "{text}");
+    assert!(last.contains("live now: tree (git_ref "), "{text}");
+    assert_eq!(world.fake.app_answer("tree").1, "ok t1");
+    watch.signal("INT");
+    watch.wait_exit(LONG);
 }

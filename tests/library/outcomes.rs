@@ -505,6 +505,19 @@ fn status_shows_each_lane_from_the_spool_and_the_history() {
     write_history(&history, &[last, entry("other", "zzz", Outcome::Failed)]);
 
     let apps = ["my-app".to_string(), "quiet-app".to_string()];
+    // Nothing drives the job in flight: no daemon, and no process holds its lock.
+    let alone = status_report(&w.spool, &history, &apps, None).unwrap();
+    assert!(
+        alone.contains(&format!(
+            "  INTERRUPTED: deploying live.tar.gz (job {}",
+            running.id
+        )) && alone.contains(&format!("dropdeploy jobs resume {}", running.id)),
+        "{alone}"
+    );
+    // A process drives it (it holds the job's lock).
+    let _driven = dropdeploy::lock::JobLock::try_acquire(&w.spool.job_dir(&running.id))
+        .unwrap()
+        .unwrap();
     let report = status_report(&w.spool, &history, &apps, None).unwrap();
 
     let expected = format!(

@@ -334,6 +334,9 @@ pub struct ScalingoClient {
     config: ScalingoConfig,
     token: Secret,
     siblings: std::sync::Mutex<std::collections::HashMap<String, Arc<ScalingoClient>>>,
+    /// The answer of `GET /v1/apps/:app` that [`Self::check_app`] got, for the next look at
+    /// the app (the stream's), so that checking the app before an upload costs no request.
+    shown: std::sync::Mutex<Option<(String, serde_json::Value)>>,
 }
 
 impl ScalingoClient {
@@ -385,6 +388,7 @@ impl ScalingoClient {
             config: config.clone(),
             token,
             siblings: Default::default(),
+            shown: Default::default(),
         })
     }
 
@@ -656,8 +660,31 @@ impl ScalingoClient {
         Ok(app_text(&self.get_app(app).await?, pointer))
     }
 
-    /// `GET /v1/apps/:app`, as JSON.
+    /// `GET /v1/apps/:app`: whether the app exists (and the token may see it), before any
+    /// upload. The answer serves the next look at the app (the deployments stream's).
+    pub async fn check_app(&self, app: &str) -> Result<(), ApiError> {
+        let url = format!("{}/v1/apps/{app}", self.resolve().await?);
+        let shown: serde_json::Value = self
+            .call("get app", reqwest::Method::GET, &url, None)
+            .await?;
+        if let Ok(mut kept) = self.shown.lock() {
+            *kept = Some((app.to_string(), shown));
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/apps/:app`, as JSON. The answer [`Self::check_app`] got is used once, instead
+    /// of asking again.
     pub async fn get_app(&self, app: &str) -> Result<serde_json::Value, ApiError> {
+        let primed = self
+            .shown
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take_if(|(name, _)| name == app))
+            .map(|(_, shown)| shown);
+        if let Some(shown) = primed {
+            return Ok(shown);
+        }
         let url = format!("{}/v1/apps/{app}", self.resolve().await?);
         self.call("get app", reqwest::Method::GET, &url, None).await
     }
