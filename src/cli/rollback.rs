@@ -60,9 +60,10 @@ pub(super) async fn rollback(cli: &Cli, app: &str, to: Option<&str>) -> u8 {
         );
         return EXIT_FAILED;
     };
-    eprintln!(
+    esay!(
         "dropdeploy: {app}: rolling back to {} ({}): the archive is deployed again (a new build); database migrations made since are NOT undone",
-        chosen.git_ref, chosen.file
+        chosen.git_ref,
+        chosen.file
     );
     let history = setup.state_dir.join(crate::outcome::HISTORY_NAME);
     let current = crate::outcome::read_history(&history, Some(app), Some(1))
@@ -132,14 +133,16 @@ async fn run_and_report(
         .and_then(|entries| entries.into_iter().rev().find(|e| e.job == id));
     match entry {
         Some(entry) => {
-            println!(
+            let line = format!(
                 "{app}: {} ({})",
                 entry.outcome,
                 entry.reason.as_deref().unwrap_or("-")
             );
             if entry.outcome.is_success() {
+                say!("{line}");
                 EXIT_OK
             } else {
+                println!("{line}");
                 EXIT_FAILED
             }
         }
@@ -161,11 +164,11 @@ pub(super) fn resume(cli: &Cli, app: &str) -> u8 {
     };
     match Store::new(&config.state_dir).clear_attention(app) {
         Ok(true) => {
-            println!("{app}: no longer needs attention; its next drop or save deploys as usual");
+            say!("{app}: no longer needs attention; its next drop or save deploys as usual");
             EXIT_OK
         }
         Ok(false) => {
-            println!("{app}: did not need attention");
+            say!("{app}: did not need attention");
             EXIT_OK
         }
         Err(e) => {

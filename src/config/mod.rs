@@ -51,7 +51,7 @@ use env::{LeftForEnv, apply_env};
 use raw::parse_raw;
 use report::Report;
 
-/// The default ceiling on an archive's uncompressed size: the platform's 300 MB.
+/// The default ceiling on an archive's uncompressed size: the platform's, 314.6 MB.
 pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 314_572_800;
 
 /// Where the daemon looks for its config file when none is named.

@@ -20,6 +20,8 @@ mod daemon;
 mod deploy_command;
 /// The daemon claiming what the drop folder watcher reports.
 mod drop_claims;
+/// A new user's first hour: `-q`, `pack`, help and names, units and wording.
+mod first_contact;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The local release target, driven by the daemon.
