@@ -284,7 +284,7 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         /// Time between two polls of the deployment's status, e.g. `3s` (overrides
         /// follow_interval), when the deployments stream cannot be had.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         interval: Option<std::time::Duration>,
         /// Print the result as one JSON line on stdout, every human line going to stderr. Its
         /// fields: app, job (the job id), git_ref, deployment_id, outcome (succeeded, failed,
@@ -335,10 +335,10 @@ pub enum Command {
         /// How long the tree must stay unchanged after the last change before it is packed
         /// (the `debounce` key of a config file). Formerly `--quiet`, which is no longer
         /// accepted here: `-q/--quiet` is the global flag for less output.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
         debounce: std::time::Duration,
         /// Longest wait after the first change of a burst, for trees that never stop changing.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         max_wait: std::time::Duration,
         /// More gitignore-style patterns to leave out.
         #[arg(long, value_name = "PATTERN")]
@@ -350,14 +350,14 @@ pub enum Command {
         #[arg(long)]
         no_deploy_on_start: bool,
         /// Watch by polling at this interval instead of inotify (NFS and similar).
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         poll: Option<std::time::Duration>,
         /// How long a removed source directory is waited for before watch gives up.
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         give_up_after: std::time::Duration,
         /// Time between two polls of the deployment's status, when the deployments stream
         /// cannot be had.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         interval: Option<std::time::Duration>,
         /// Where jobs are kept while they run (as for `deploy`).
         #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
@@ -584,6 +584,14 @@ fn filter_spec(default_level: &str, verbose: u8, quiet: bool) -> String {
         return default_level.to_string();
     }
     format!("{default_level},dropdeploy={asked}")
+}
+
+/// A duration flag (`--interval 3s`), with the hint the docs give rather than the parser's
+/// list of unit names.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|_| {
+        format!("expected a number and a unit, e.g. 3s, 500ms, 5m or 1h, found {text:?}")
+    })
 }
 
 /// Colour for `--color`: `always` and `never` as said; `auto` on a terminal unless `NO_COLOR`

@@ -349,3 +349,115 @@ fn color_always_colours_the_outcome_line() {
     let plain = world.run(&["deploy", "-a", "my-app", archive.to_str().unwrap()]);
     assert!(!plain.all().contains(ESC), "{}", plain.all());
 }
+
+// ---- item 8: configuration errors -----------------------------------------------------------
+
+/// `config check FILE` on `text`.
+fn config_check(world: &World, text: &str) -> Run {
+    let file = world.path("check.toml");
+    std::fs::write(&file, text).unwrap();
+    world.run(&["config", "check", file.to_str().unwrap()])
+}
+
+#[test]
+fn config_check_reports_every_kind_of_problem_in_one_pass() {
+    let world = World::new();
+    let run = config_check(
+        &world,
+        "max_paralel = 4\nmax_archive_size = true\n\n[retry]\ninitial = 3\n\n\
+         [[app]]\nname = \"my-app\"\ndrop_dir = \"drop\"\nsettle = \"soon\"\nignore = \"*.log\"\n",
+    );
+    run.assert_code(2)
+        // An unknown key, with the key meant.
+        .assert_contains("unknown key `max_paralel` at the top level; did you mean `max_parallel`?")
+        // Types, all of them, in plain words.
+        .assert_contains("`max_archive_size`")
+        .assert_contains("`initial` in [retry]")
+        .assert_contains("`ignore` in [[app]]: expected a list")
+        // And meanings, in the same pass.
+        .assert_contains("invalid duration \"soon\"");
+    let all = run.all();
+    for serde_words in ["invalid type", "expected a sequence", "i64"] {
+        assert!(!all.contains(serde_words), "{serde_words:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn a_wrong_type_is_said_in_plain_words() {
+    let world = World::new();
+    let run = config_check(&world, "max_parallel = \"4\"\n");
+    run.assert_code(2)
+        .assert_contains("`max_parallel` at the top level: expected a whole number, without quotes, found the string \"4\"");
+}
+
+#[test]
+fn sizes_take_units_and_bare_numbers_still_work() {
+    let world = World::new();
+    let archive = world.archive("a.tar.gz");
+    let base = std::fs::read_to_string(&world.config).unwrap();
+    // `check` applies the limit: the archive is a few kB uncompressed.
+    for (value, code) in [
+        ("\"300MB\"", 0),
+        ("\"300MiB\"", 0),
+        ("\"1MB\"", 0),
+        ("\"2kB\"", 1),
+        ("1000", 1),
+        ("314572800", 0),
+    ] {
+        std::fs::write(&world.config, format!("max_archive_size = {value}\n{base}")).unwrap();
+        let run = world.run(&["check", archive.to_str().unwrap()]);
+        assert_eq!(
+            run.code,
+            Some(code),
+            "max_archive_size = {value}:\n{}",
+            run.all()
+        );
+    }
+    std::fs::write(
+        &world.config,
+        format!("max_archive_size = \"300 parsecs\"\n{base}"),
+    )
+    .unwrap();
+    world
+        .run(&["config", "check"])
+        .assert_code(2)
+        .assert_contains("`max_archive_size` must be a positive size");
+}
+
+#[test]
+fn an_initial_retry_delay_above_max_delay_is_warned_before_valid() {
+    let world = World::new();
+    let run = config_check(&world, "[retry]\ninitial = \"30s\"\nmax_delay = \"10s\"\n");
+    run.assert_code(0)
+        .assert_contains("`initial` in [retry] (30 s) is longer than `max_delay` (10 s)");
+    let warned = run.stdout.find("warning").unwrap();
+    let valid = run.stdout.find(": valid").unwrap();
+    assert!(
+        warned < valid,
+        "the warning after \"valid\":\n{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_bad_duration_flag_gives_the_hint_of_the_docs() {
+    let world = World::new();
+    let run = world.run(&["deploy", "-a", "my-app", "--interval", "3x", "a.tar.gz"]);
+    run.assert_code(2).assert_contains("e.g. 3s");
+    assert!(!run.stderr.contains("sec,"), "{}", run.stderr);
+}
+
+#[test]
+fn a_bad_keep_done_reads_as_one_sentence() {
+    let world = World::new();
+    let run = config_check(
+        &world,
+        "[[app]]\nname = \"my-app\"\ndrop_dir = \"drop\"\nkeep_done = -1\n",
+    );
+    run.assert_code(2).assert_contains("keep_done");
+    assert!(
+        !run.all().contains("  "),
+        "a run of spaces in:\n{}",
+        run.all()
+    );
+}
