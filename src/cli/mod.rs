@@ -84,6 +84,7 @@ pub(crate) fn quiet() -> bool {
 mod archives;
 mod deploy;
 mod look;
+mod manual;
 mod platform;
 mod printer;
 mod rollback;
@@ -611,11 +612,12 @@ fn completions(shell: clap_complete::Shell) -> u8 {
     EXIT_OK
 }
 
-/// `dropdeploy manpage`: the man page (section 1) on stdout.
+/// `dropdeploy manpage`: the man page (section 1) on stdout: every command and flag.
 fn manpage() -> u8 {
-    let page = clap_mangen::Man::new(Cli::command());
-    let mut out = std::io::stdout().lock();
-    match page.render(&mut out) {
+    use std::io::Write;
+    let written =
+        manual::page().and_then(|page| std::io::stdout().lock().write_all(page.as_bytes()));
+    match written {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("dropdeploy: cannot write the man page: {e}");

@@ -461,3 +461,36 @@ fn a_bad_keep_done_reads_as_one_sentence() {
         run.all()
     );
 }
+
+// ---- item 13: the man page ------------------------------------------------------------------
+
+#[test]
+fn the_man_page_documents_every_command_and_flag_and_names_no_missing_page() {
+    let world = World::new();
+    let run = world.run(&["manpage"]);
+    run.assert_code(0);
+    let page = &run.stdout;
+    for section in [".SH COMMANDS", ".SH ENVIRONMENT", ".SH FILES", ".SH \"EXIT STATUS\""] {
+        assert!(page.contains(section), "no {section}");
+    }
+    // Every subcommand's flags, as roff writes them (\- for a hyphen).
+    for flag in [
+        "\\-\\-git\\-ref",
+        "\\-\\-no\\-follow",
+        "\\-\\-give\\-up\\-after",
+        "\\-\\-max\\-size",
+        "\\-\\-prefix",
+        "\\-\\-follow",
+        "\\-\\-to",
+    ] {
+        assert!(page.contains(flag), "no {flag} in the man page");
+    }
+    for command in ["deployment\\-logs", "deployment\\-follow", "config check", "completions"] {
+        assert!(page.contains(command), "no {command} in the man page");
+    }
+    // clap_mangen's default lists "dropdeploy-deploy(1)" and the like, pages that do not exist.
+    assert!(!page.contains("(1)"), "a reference to another page:\n{page}");
+    for var in ["SCALINGO_API_TOKEN", "DROPDEPLOY_STATE_DIR", "NO_COLOR"] {
+        assert!(page.contains(var), "no {var}");
+    }
+}
