@@ -470,7 +470,12 @@ fn the_man_page_documents_every_command_and_flag_and_names_no_missing_page() {
     let run = world.run(&["manpage"]);
     run.assert_code(0);
     let page = &run.stdout;
-    for section in [".SH COMMANDS", ".SH ENVIRONMENT", ".SH FILES", ".SH \"EXIT STATUS\""] {
+    for section in [
+        ".SH COMMANDS",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH \"EXIT STATUS\"",
+    ] {
         assert!(page.contains(section), "no {section}");
     }
     // Every subcommand's flags, as roff writes them (\- for a hyphen).
@@ -485,11 +490,19 @@ fn the_man_page_documents_every_command_and_flag_and_names_no_missing_page() {
     ] {
         assert!(page.contains(flag), "no {flag} in the man page");
     }
-    for command in ["deployment\\-logs", "deployment\\-follow", "config check", "completions"] {
+    for command in [
+        "deployment\\-logs",
+        "deployment\\-follow",
+        "config check",
+        "completions",
+    ] {
         assert!(page.contains(command), "no {command} in the man page");
     }
     // clap_mangen's default lists "dropdeploy-deploy(1)" and the like, pages that do not exist.
-    assert!(!page.contains("(1)"), "a reference to another page:\n{page}");
+    assert!(
+        !page.contains("(1)"),
+        "a reference to another page:\n{page}"
+    );
     for var in ["SCALINGO_API_TOKEN", "DROPDEPLOY_STATE_DIR", "NO_COLOR"] {
         assert!(page.contains(var), "no {var}");
     }
