@@ -64,6 +64,19 @@ pub(super) fn pack(
             return EXIT_FAILED;
         }
     };
+    say_packed(dir, &output, to_stdout, &summary, started.elapsed());
+    EXIT_OK
+}
+
+/// What `pack` made: the skipped entries, the summary (on stderr when stdout is the archive),
+/// and a note when the platform would refuse the archive.
+fn say_packed(
+    dir: &std::path::Path,
+    output: &std::path::Path,
+    to_stdout: bool,
+    summary: &crate::archive::pack::PackSummary,
+    took: std::time::Duration,
+) {
     for (path, why) in &summary.skipped {
         eprintln!("dropdeploy: skipped {}: {why}", path.display());
     }
@@ -82,7 +95,7 @@ pub(super) fn pack(
         summary.files,
         crate::human::bytes(summary.bytes_in),
         crate::human::bytes(summary.bytes_out),
-        crate::human::duration(started.elapsed()),
+        crate::human::duration(took),
         summary.sha256,
         summary.digest
     );
@@ -100,7 +113,6 @@ pub(super) fn pack(
             crate::human::bytes(limit)
         );
     }
-    EXIT_OK
 }
 
 /// Packs into a file, with a progress bar in bytes on a terminal (unless `-q`).
