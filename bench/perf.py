@@ -39,8 +39,12 @@ from datetime import datetime, timezone
 from io import BytesIO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/dropdeploy")
-FAKE = os.path.join(ROOT, "target/release/fake-scalingo")
+# The binaries bench/run.sh built (CARGO_TARGET_DIR honoured; PROFILE=debug for the smoke), or
+# DROPDEPLOY_BIN / FAKE_BIN to measure other builds of them.
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"),
+                      os.environ.get("PROFILE") or "release")
+BIN = os.environ.get("DROPDEPLOY_BIN") or os.path.join(TARGET, "dropdeploy")
+FAKE = os.environ.get("FAKE_BIN") or os.path.join(TARGET, "fake-scalingo")
 GNU_TIME = "/usr/bin/time"
 SECTIONS = ["pack", "memory", "upload", "latency", "watch", "drop"]
 MiB = 1 << 20
@@ -53,18 +57,25 @@ def env_int(name, default):
 
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
+# SMOKE=1: every section at tiny sizes, to show that the bench still runs (.ci/run); its
+# figures mean nothing.
+SMOKE = os.environ.get("SMOKE", "") not in ("", "0")
+QUICK = QUICK or SMOKE
 KEEP = os.environ.get("KEEP", "") not in ("", "0")
-IDLE = env_int("IDLE", 5 if QUICK else 60)
+IDLE = env_int("IDLE", 1 if SMOKE else 5 if QUICK else 60)
 PACK_RUNS = env_int("PACK_RUNS", 1 if QUICK else 3)
 UPLOAD_RUNS = env_int("UPLOAD_RUNS", 1 if QUICK else 5)
-EDITS = env_int("EDITS", 5 if QUICK else 20)
-PACK_ALONE_RUNS = env_int("PACK_ALONE_RUNS", 3 if QUICK else 7)
-MEM_SIZES = [10 * MiB, 100 * MiB] if QUICK else [100 * MiB, 1 * GiB]
-UPLOAD_BYTES = (96 if QUICK else 480) * MiB
-WATCH_DIRS = 1_000 if QUICK else 10_000  # directories under the root, node_modules/ apart
+EDITS = env_int("EDITS", 2 if SMOKE else 5 if QUICK else 20)
+PACK_ALONE_RUNS = env_int("PACK_ALONE_RUNS", 1 if SMOKE else 3 if QUICK else 7)
+MEM_SIZES = ([1 * MiB, 2 * MiB] if SMOKE else [10 * MiB, 100 * MiB] if QUICK
+             else [100 * MiB, 1 * GiB])
+UPLOAD_BYTES = (2 if SMOKE else 96 if QUICK else 480) * MiB
+# Directories under the root, node_modules/ apart.
+WATCH_DIRS = 100 if SMOKE else 1_000 if QUICK else 10_000
 WATCH_FILES = 10 * WATCH_DIRS
-DROP_JOBS = env_int("DROP_JOBS", 100 if QUICK else 1000)
-DROP_APPS = env_int("DROP_APPS", 10 if QUICK else 50)
+TREE10K_DIRS = 5 if SMOKE else 100  # the latency section's tree: 100 files per directory
+DROP_JOBS = env_int("DROP_JOBS", 10 if SMOKE else 100 if QUICK else 1000)
+DROP_APPS = env_int("DROP_APPS", 2 if SMOKE else 10 if QUICK else 50)
 DROP_PARALLEL = env_int("DROP_PARALLEL", 16)
 QUIET_S = 0.2
 FOLLOW = "20ms"
@@ -409,7 +420,7 @@ def build_mixed(path, total, seed=7):
 def build_tree10k(path):
     """bench/redeploy.py's tree: 10,000 files in 100 directories, an ignored node_modules/ of
     2,000 files in 200 directories, and index.js to edit."""
-    for d in range(100):
+    for d in range(TREE10K_DIRS):
         os.makedirs(os.path.join(path, f"pkg{d:03}"))
         for f in range(100):
             with open(os.path.join(path, f"pkg{d:03}", f"mod{f:03}.js"), "w") as fh:
@@ -507,7 +518,11 @@ class Bench:
 
     def pack(self):
         say("== pack: the vendor tree (cargo vendor --locked of this project)")
-        vendor = corpus(os.path.join(self.corpus_dir, "vendor"), build_vendor)
+        if SMOKE:  # no `cargo vendor` (a download when the cache is cold): a small tree
+            vendor = corpus(os.path.join(self.corpus_dir, "smoke-tree"),
+                            lambda p: build_mixed(p, 2 * MiB))
+        else:
+            vendor = corpus(os.path.join(self.corpus_dir, "vendor"), build_vendor)
         files, dirs, size = tree_stats(vendor)
         say(f"  vendor: {files} files, {dirs} directories, {size / MiB:.0f} MiB")
         out = self.fresh("pack")
@@ -629,7 +644,7 @@ class Bench:
                 # A full deploy: `dropdeploy run`, one watched tree deployed at start.
                 state = self.fresh("memory", "state")
                 cfg = self.config("memory", f'[[app]]\nname = "mem"\nsource_dir = '
-                                  f'{toml_str(tree)}\nquiet = "200ms"\ndeploy_on_start = true\n',
+                                  f'{toml_str(tree)}\ndebounce = "200ms"\ndeploy_on_start = true\n',
                                   state)
                 log = os.path.join(self.logs, f"mem-run-{total // MiB}M.log")
                 t0 = time.monotonic()
@@ -770,7 +785,7 @@ class Bench:
         fake, env = start_fake(self.work, "latency", ["lat"])
         state = os.path.join(out, "state")
         cfg = self.config("latency", f'[[app]]\nname = "lat"\nsource_dir = {toml_str(tree)}\n'
-                          f'quiet = "{int(QUIET_S * 1000)}ms"\ndeploy_on_start = false\n', state)
+                          f'debounce = "{int(QUIET_S * 1000)}ms"\ndeploy_on_start = false\n', state)
         log = os.path.join(self.logs, "latency.log")
         d = PROCS.start([BIN, "--log-format", "json", "--config", cfg, "run"], stderr=log,
                         env=dict(env, RUST_LOG="dropdeploy=debug"))
@@ -848,7 +863,7 @@ class Bench:
         try:
             t0 = time.monotonic()
             d = PROCS.start([BIN, "watch", "--app", "w", "--no-deploy-on-start", "--state-dir",
-                             state, "--quiet", "200ms", tree], stdout=out,
+                             state, "--debounce", "200ms", tree], stdout=out,
                             stderr=os.path.join(self.logs, "watch.err"), env=env)
             procs.append(d)
 

@@ -8,7 +8,7 @@ archive N times in each of two ways, waiting for each to be deployed before the 
 The latency is the time from the drop (just before the rename, or just after the close) to
 the daemon's "claimed" log line, read from the log's own timestamps. Prints min/median/max.
 
-Usage: bench/pickup.py [N]   (default 20)
+Usage: bench/pickup.py [N]   (default 20; PROFILE=debug uses debug binaries, as the smoke does)
 """
 import json
 import os
@@ -37,9 +37,14 @@ def wait_for(pred, timeout=60.0):
     raise SystemExit("timed out")
 
 
+PROFILE = os.environ.get("PROFILE") or "release"
+TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), PROFILE)
+
+
 def main():
+    release = [] if PROFILE == "debug" else ["--release"]
     subprocess.run(
-        ["cargo", "build", "--release", "--locked", "--quiet", "--bin", "dropdeploy",
+        ["cargo", "build", *release, "--locked", "--quiet", "--bin", "dropdeploy",
          "--bin", "fake-scalingo"],
         cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="dropdeploy-pickup-")
@@ -47,7 +52,7 @@ def main():
     try:
         fake_log = open(os.path.join(work, "fake.log"), "w+")
         fake = subprocess.Popen(
-            [os.path.join(ROOT, "target/release/fake-scalingo"),
+            [os.path.join(TARGET, "fake-scalingo"),
              "--listen", "127.0.0.1:0", "--step", "10ms"],
             stdout=fake_log, stderr=subprocess.DEVNULL)
         line = wait_for(lambda: next((l for l in open(fake_log.name) if l.startswith("export ")), None))
@@ -64,7 +69,7 @@ def main():
         env.pop("DROPDEPLOY_CONFIG", None)
         log_path = os.path.join(work, "daemon.log")
         daemon = subprocess.Popen(
-            [os.path.join(ROOT, "target/release/dropdeploy"), "--log-format", "json",
+            [os.path.join(TARGET, "dropdeploy"), "--log-format", "json",
              "--config", config, "run"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
         wait_for(lambda: "dropdeploy is running" in open(log_path).read())

@@ -16,14 +16,17 @@ export CHAOS_KILLS="${CHAOS_KILLS:-30}"
 export CHAOS_PROBABILITY="${CHAOS_PROBABILITY:-0.3}"
 SEEDS="${SEEDS:-20240501 7}"
 
-cargo test --release --test e2e --no-run
+# PROFILE=debug: a debug build (the smoke, bench/smoke.sh), not worth a release build.
+release=(--release)
+[[ ${PROFILE:-release} == debug ]] && release=()
+cargo test "${release[@]}" --test e2e --no-run
 status=0
 for seed in $SEEDS; do
     echo "### seed $seed: CHAOS_ARCHIVES=$CHAOS_ARCHIVES CHAOS_APPS=$CHAOS_APPS" \
         "CHAOS_KILLS=$CHAOS_KILLS CHAOS_PROBABILITY=$CHAOS_PROBABILITY"
     # The tables go to stderr; keep them and the verdicts (pipefail: a failed test fails the
     # pipeline even though grep matched).
-    if ! CHAOS_SEED="$seed" cargo test --release --test e2e chaos:: -- --nocapture --test-threads 1 \
+    if ! CHAOS_SEED="$seed" cargo test "${release[@]}" --test e2e chaos:: -- --nocapture --test-threads 1 \
         2>&1 | grep -E '^(==|  |test |thread |failures|test result)'; then
         status=1
     fi

@@ -6,9 +6,12 @@
 #   bench/run.sh pack upload             # only these sections, among:
 #                                        #   pack memory upload latency watch drop
 #   QUICK=1 IDLE=5 bench/run.sh          # smaller sizes, to try the script (a few minutes)
+#   SMOKE=1 PROFILE=debug bench/run.sh   # every section at tiny sizes with debug binaries, to
+#                                        # show that it runs (bench/smoke.sh, .ci/run)
 #   OUT=bench.md bench/run.sh            # also write the table to bench.md
 #
-# Environment: IDLE (idle seconds of the watch section, 60), KEEP=1 (keep the temporary work
+# Environment: PROFILE (release; debug builds the debug binaries), DROPDEPLOY_BIN and FAKE_BIN
+# (measure these binaries instead of the ones built), IDLE (idle seconds of the watch section, 60), KEEP=1 (keep the temporary work
 # directory and its corpora), BENCH_DIR=path (work there and keep it: corpora already built
 # there are reused), PACK_RUNS (3), UPLOAD_RUNS (5), EDITS (20), PACK_ALONE_RUNS (7),
 # DROP_JOBS (1000), DROP_APPS (50), DROP_PARALLEL (16).
@@ -44,11 +47,16 @@ if ! command -v watchexec >/dev/null && [[ ! -x "$HOME/.cargo/bin/watchexec" ]];
     echo "bench/run.sh: watchexec not found: its column will say 'not installed'" >&2
 fi
 
-cargo build --release --locked --bin dropdeploy --bin fake-scalingo
+export PROFILE="${PROFILE:-release}"
+if [[ $PROFILE == debug ]]; then
+    cargo build --locked --bin dropdeploy --bin fake-scalingo
+else
+    cargo build --release --locked --bin dropdeploy --bin fake-scalingo
+fi
 
 # exec: Ctrl-C and SIGTERM reach perf.py itself, which stops every child it started.
 BENCH_COMMAND="${BENCH_COMMAND:-$(
-    for v in QUICK IDLE KEEP BENCH_DIR OUT PACK_RUNS UPLOAD_RUNS EDITS PACK_ALONE_RUNS \
+    for v in SMOKE PROFILE QUICK IDLE KEEP BENCH_DIR OUT PACK_RUNS UPLOAD_RUNS EDITS PACK_ALONE_RUNS \
         DROP_JOBS DROP_APPS DROP_PARALLEL; do
         [[ -n "${!v:-}" ]] && printf '%s=%q ' "$v" "${!v}"
     done

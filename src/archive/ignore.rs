@@ -65,6 +65,12 @@ pub const BUILTIN_IGNORES: &[&str] = &[
     "#*#",
     ".#*",
     ".DS_Store",
+    // Files being written (downloads, editors' and tools' temporary names): the same names a
+    // drop folder waits on, so that a half-written file is never deployed either way.
+    "*.tmp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
 ];
 
 /// Names of the files whose patterns are read in every directory of the tree, lowest

@@ -277,8 +277,8 @@ pub(super) async fn run_job(setup: &OneShotSetup, job: Job, follow: Follow) -> u
             }
         },
     };
-    let elapsed = humantime::format_duration(std::time::Duration::from_secs(took.as_secs()));
-    let code = report(&job, &elapsed.to_string(), json);
+    // The same words as the history's table for the same duration.
+    let code = report(&job, &crate::human::duration(took), json);
     if json {
         println!("{}", json_result(&job, no_follow, took));
     }
@@ -383,17 +383,24 @@ fn report(job: &Job, elapsed: &str, json: bool) -> u8 {
             println!("{line}");
         }
     };
+    // Under `-q`, a success says nothing: the exit status says it.
+    let info = |line: &str| {
+        if !super::quiet() {
+            say(line)
+        }
+    };
     let app = &job.app;
     match &job.state {
         JobState::Succeeded { deployment_id } => {
-            say(&format!(
-                "{app}: success: deployment {deployment_id} (git_ref {}) in {elapsed}",
+            info(&format!(
+                "{app}: {}: deployment {deployment_id} (git_ref {}) in {elapsed}",
+                super::paint("success", super::Paint::Good),
                 job.git_ref
             ));
             EXIT_OK
         }
         JobState::Deploying { deployment_id, .. } => {
-            say(&format!(
+            info(&format!(
                 "{app}: deployment {deployment_id} created (git_ref {}); not following it",
                 job.git_ref
             ));
@@ -407,8 +414,10 @@ fn report(job: &Job, elapsed: &str, json: bool) -> u8 {
                 crate::queue::spool::Payload::Url { url } => url.clone(),
             };
             say(&format!(
-                "{app}: FAILED deploying {what} at step {}: {}",
-                failure.step, failure.reason
+                "{app}: {} deploying {what} at step {}: {}",
+                super::paint("FAILED", super::Paint::Bad),
+                failure.step,
+                failure.reason
             ));
             if !failure.log_tail.is_empty() {
                 say(&format!(
@@ -434,7 +443,8 @@ fn report(job: &Job, elapsed: &str, json: bool) -> u8 {
         }
         JobState::Unhealthy { reason, .. } => {
             say(&format!(
-                "{app}: UNHEALTHY after deploying (git_ref {}): {reason}",
+                "{app}: {} after deploying (git_ref {}): {reason}",
+                super::paint("UNHEALTHY", super::Paint::Bad),
                 job.git_ref
             ));
             EXIT_FAILED

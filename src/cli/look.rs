@@ -134,7 +134,14 @@ pub(super) fn config_check(path: PathBuf) -> u8 {
         }
         return EXIT_USAGE;
     }
-    print!("{}", describe_config(&path, &loaded));
+    if super::quiet() {
+        // Errors only: the warnings, not the description.
+        for w in &loaded.warnings {
+            eprintln!("{}: warning: {w}", path.display());
+        }
+    } else {
+        print!("{}", describe_config(&path, &loaded));
+    }
     EXIT_OK
 }
 
@@ -144,10 +151,11 @@ pub fn describe_config(path: &std::path::Path, loaded: &Loaded) -> String {
     use std::fmt::Write;
     let c = &loaded.config;
     let mut out = String::new();
-    let _ = writeln!(out, "{}: valid", path.display());
+    // Warnings first, so that "valid" reads as the verdict on all of them.
     for w in &loaded.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
+    let _ = writeln!(out, "{}: valid", path.display());
     let _ = writeln!(
         out,
         "state_dir {} (spool/, history.jsonl); at most {} apps deploying at once",

@@ -36,11 +36,56 @@ macro_rules! print {
         ::std::print!("{}", $crate::redact::redact(&format!($($arg)*)))
     };
 }
+/// A line of information on stdout (a step, a summary, a success): not printed under `-q`,
+/// which keeps errors, refusals and what the command exists to print (a listing, `--json`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            println!($($arg)*)
+        }
+    };
+}
+/// The same on stderr, where stdout is the command's result (`pack -o -`, `deploy --json`).
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            eprintln!($($arg)*)
+        }
+    };
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static COLOUR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How an outcome word reads: green for a success, red for a failure.
+#[derive(Clone, Copy)]
+pub(crate) enum Paint {
+    Good,
+    Bad,
+}
+
+/// `text` in its colour when the human output is coloured (`--color`), else as it is.
+pub(crate) fn paint(text: &str, how: Paint) -> String {
+    if !COLOUR.load(std::sync::atomic::Ordering::Relaxed) {
+        return text.to_string();
+    }
+    let code = match how {
+        Paint::Good => "32",
+        Paint::Bad => "1;31",
+    };
+    format!("\u{1b}[{code}m{text}\u{1b}[0m")
+}
+
+/// Whether `-q` was given: errors only.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 mod archives;
 mod deploy;
 mod jobs;
 mod look;
+mod manual;
 mod platform;
 mod printer;
 mod rollback;
@@ -75,6 +120,9 @@ Exit status:
   2  usage or configuration error (flags, config file, missing or refused API token)
   3  gave up after retrying transient errors for the whole retry budget";
 
+/// The heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
+
 /// dropdeploy: deploy code archives to Scalingo.
 #[derive(Debug, Parser)]
 #[command(
@@ -84,27 +132,50 @@ Exit status:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Configuration file (TOML). Without it, defaults and the environment are used.
-    #[arg(long, global = true, value_name = "FILE", env = "DROPDEPLOY_CONFIG")]
+    /// Configuration file (TOML). `run` and `config check` read /etc/dropdeploy/dropdeploy.toml
+    /// without it; the other commands then use defaults and the environment.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DROPDEPLOY_CONFIG",
+        help_heading = GLOBAL
+    )]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        help_heading = GLOBAL
+    )]
     pub log_format: LogFormat,
-    /// Colours in the logs: `auto` on a terminal unless NO_COLOR is set (to anything but
-    /// empty), `always` even then, `never`.
+    /// Colours in the logs and the progress lines: `auto` on a terminal unless NO_COLOR is
+    /// set (to anything but empty), `always` even then, `never`.
     #[arg(
         long,
         global = true,
         value_enum,
         value_name = "WHEN",
-        default_value = "auto"
+        default_value = "auto",
+        help_heading = GLOBAL
     )]
     pub color: ColorWhen,
     /// More log lines: -v info, -vv debug, -vvv trace (RUST_LOG, when set, wins).
-    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        action = ArgAction::Count,
+        conflicts_with = "quiet",
+        help_heading = GLOBAL
+    )]
     pub verbose: u8,
-    /// Errors only in the logs, and no progress bar (RUST_LOG, when set, wins).
-    #[arg(short = 'q', long, global = true)]
+    /// Errors only: no progress bar, no step or success lines, error-level logs (RUST_LOG, when
+    /// set, wins for the logs). What a command exists to print (a listing, --json) stays.
+    #[arg(short = 'q', long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -155,11 +226,12 @@ pub enum ColorWhen {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: watch each app's drop folder and deploy what lands there.
+    /// Run the daemon: deploy what lands in each app's drop folder, or each save in its source
+    /// directory.
     ///
-    /// Reads --config (default /etc/dropdeploy/dropdeploy.toml). SIGTERM or SIGINT stop it
-    /// cleanly (jobs in flight stop at their next persisted state and resume at the next
-    /// start); SIGHUP reloads the configuration.
+    /// Reads the configuration file (--config). SIGTERM or SIGINT stop it cleanly (jobs in
+    /// flight stop at their next persisted state and resume at the next start); SIGHUP reloads
+    /// the configuration.
     Run,
     /// Show finished jobs from the history (state_dir/history.jsonl), oldest first.
     History {
@@ -192,8 +264,12 @@ pub enum Command {
     /// Needs the app's `verify` check to have kept a verified archive; the rollback is a new
     /// upload and a full build. Database migrations made since are not undone.
     Rollback {
+        /// The app (as --app).
+        #[arg(value_name = "APP")]
+        app_arg: Option<String>,
         /// The app.
-        app: String,
+        #[arg(long, short, env = "SCALINGO_APP", required_unless_present = "app_arg")]
+        app: Option<String>,
         /// The kept archive to bring back: any git_ref, job id or file name it was verified
         /// under (default: the last verified).
         #[arg(long)]
@@ -204,8 +280,12 @@ pub enum Command {
     },
     /// Clear an app's `needs attention` state (after a rollback that was unhealthy too).
     Resume {
+        /// The app (as --app).
+        #[arg(value_name = "APP")]
+        app_arg: Option<String>,
         /// The app.
-        app: String,
+        #[arg(long, short, env = "SCALINGO_APP", required_unless_present = "app_arg")]
+        app: Option<String>,
         /// Where the jobs, the history and the kept archives are (as for `deploy`).
         #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
         state_dir: Option<PathBuf>,
@@ -224,8 +304,10 @@ pub enum Command {
         #[arg(long, env = "SCALINGO_REGION")]
         region: Option<String>,
         /// The git_ref given to the deployment ([A-Za-z0-9._-], not starting with '-' or '.');
-        /// default: <app>-<YYYYmmddHHMMSS>-<first 8 hex of the archive's sha256>.
-        #[arg(long)]
+        /// default: <label>-<YYYYmmddHHMMSS>-<8 hex>, where <label> is the app's git_ref_label
+        /// (else its name), the time is the job's creation in UTC, and the 8 hex digits are the
+        /// job id's random part (two jobs never share a git_ref, even for the same archive).
+        #[arg(long, value_name = "GIT_REF")]
         git_ref: Option<String>,
         /// Return once the deployment is created, without following it.
         #[arg(long)]
@@ -236,10 +318,12 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         /// Time between two polls of the deployment's status, e.g. `3s` (overrides
         /// follow_interval), when the deployments stream cannot be had.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         interval: Option<std::time::Duration>,
-        /// Print the result as one JSON line on stdout (app, job, git_ref, deployment_id,
-        /// outcome, status, duration_ms, reason); every human line goes to stderr.
+        /// Print the result as one JSON line on stdout, every human line going to stderr. Its
+        /// fields: app, job (the job id), git_ref, deployment_id, outcome (succeeded, failed,
+        /// superseded, created with --no-follow, or stopped), status (the platform's), step
+        /// (where a failure happened), duration_ms and reason (null when none applies).
         #[arg(long)]
         json: bool,
         /// The archive file, or an http(s) URL.
@@ -248,14 +332,17 @@ pub enum Command {
     /// Pack a directory into a .tar.gz the way the daemon does for a watched directory.
     ///
     /// One top-level folder, entries sorted, owner 0/0, modes and symlinks kept; .gitignore,
-    /// .ignore and .deployignore files apply, plus built-in defaults (.git/, editor swap files).
-    /// Two packs of the same tree are byte for byte identical.
+    /// .ignore and .deployignore files apply, plus built-in defaults (.git/, editor swap files,
+    /// files being written: *.tmp, *.part, *.partial, *.crdownload). Two packs of the same tree
+    /// are byte for byte identical. Prints the archive's sha256 and the tree digest (names,
+    /// modes and contents, what `watch` compares), which is not the file's hash.
     Pack {
         /// The directory to pack.
         dir: PathBuf,
-        /// The archive to write.
-        #[arg(long, short)]
-        output: PathBuf,
+        /// The archive to write, `-` for stdout (default: <the directory's name>.tar.gz in
+        /// the current directory).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
         /// The top-level folder in the archive (default: the directory's name).
         #[arg(long)]
         prefix: Option<String>,
@@ -282,10 +369,10 @@ pub enum Command {
         /// How long the tree must stay unchanged after the last change before it is packed
         /// (the `debounce` key of a config file). Formerly `--quiet`, which is no longer
         /// accepted here: `-q/--quiet` is the global flag for less output.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
         debounce: std::time::Duration,
         /// Longest wait after the first change of a burst, for trees that never stop changing.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         max_wait: std::time::Duration,
         /// More gitignore-style patterns to leave out.
         #[arg(long, value_name = "PATTERN")]
@@ -297,14 +384,14 @@ pub enum Command {
         #[arg(long)]
         no_deploy_on_start: bool,
         /// Watch by polling at this interval instead of inotify (NFS and similar).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         poll: Option<std::time::Duration>,
         /// How long a removed source directory is waited for before watch gives up.
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         give_up_after: std::time::Duration,
         /// Time between two polls of the deployment's status, when the deployments stream
         /// cannot be had.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         interval: Option<std::time::Duration>,
         /// Where jobs are kept while they run (as for `deploy`).
         #[arg(long, value_name = "DIR", env = "DROPDEPLOY_STATE_DIR")]
@@ -356,8 +443,10 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// Print a deployment's build output (the latest deployment's by default).
-    Logs {
+    /// Print a deployment's build output (the latest deployment's by default), as the
+    /// platform's CLI does (`logs` is an alias; the app's runtime logs are not shown here).
+    #[command(name = "deployment-logs", visible_alias = "logs")]
+    DeploymentLogs {
         /// The Scalingo app.
         #[arg(long, short, env = "SCALINGO_APP")]
         app: String,
@@ -365,9 +454,23 @@ pub enum Command {
         #[arg(long, env = "SCALINGO_REGION")]
         region: Option<String>,
         /// Stream the output as it comes, until the deployment ends (over the deployments
-        /// stream, or by polling when it cannot be had).
+        /// stream, or by polling when it cannot be had), as `deployment-follow` does; the exit
+        /// status is then 1 if the deployment failed.
         #[arg(long, short)]
         follow: bool,
+        /// The deployment's id (default: the most recent).
+        deployment: Option<String>,
+    },
+    /// Stream a deployment's build output until it ends (`deployment-logs --follow`); exit
+    /// status 1 if the deployment failed.
+    #[command(name = "deployment-follow")]
+    DeploymentFollow {
+        /// The Scalingo app.
+        #[arg(long, short, env = "SCALINGO_APP")]
+        app: String,
+        /// The region (overrides the config file).
+        #[arg(long, env = "SCALINGO_REGION")]
+        region: Option<String>,
         /// The deployment's id (default: the most recent).
         deployment: Option<String>,
     },
@@ -379,6 +482,7 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let default_level = match cli.command {
         Command::Run => "info",
         _ => "warn",
@@ -405,6 +509,14 @@ pub fn main() -> ExitCode {
         !journal && std::io::stderr().is_terminal(),
     );
     init_logging(cli.log_format, filter, colour, journal);
+    // The human lines (outcomes) go to stdout or stderr: `auto` colours them when both are
+    // terminals.
+    let human = use_colour(
+        cli.color,
+        std::env::var_os("NO_COLOR").as_deref(),
+        !journal && std::io::stderr().is_terminal() && std::io::stdout().is_terminal(),
+    );
+    COLOUR.store(human, std::sync::atomic::Ordering::Relaxed);
     let code = match &cli.command {
         Command::Run => run_async(run_daemon(&cli)),
         Command::History {
@@ -420,7 +532,7 @@ pub fn main() -> ExitCode {
             prefix,
             ignore,
             include,
-        } => pack(dir, output, prefix.as_deref(), ignore, include),
+        } => pack(dir, output.as_deref(), prefix.as_deref(), ignore, include),
         Command::Watch { .. } => run_async(watch(&cli)),
         Command::Config(ConfigCommand::Check { file }) => {
             config_check(file.clone().unwrap_or_else(|| config_path(&cli)))
@@ -430,14 +542,43 @@ pub fn main() -> ExitCode {
             run_async(jobs::jobs(&cli, command, state_dir.as_ref()))
         }
         Command::Deploy { .. } => run_async(deploy(&cli)),
-        Command::Rollback { app, to, state_dir } => {
-            run_async(rollback(&cli, app, to.as_deref(), state_dir.as_ref()))
+        Command::Rollback {
+            app_arg,
+            app,
+            to,
+            state_dir,
+        } => {
+            let app = app_arg
+                .as_ref()
+                .or(app.as_ref())
+                .cloned()
+                .unwrap_or_default();
+            run_async(rollback(&cli, &app, to.as_deref(), state_dir.as_ref()))
         }
-        Command::Resume { app, state_dir } => resume(&cli, app, state_dir.as_ref()),
+        Command::Resume {
+            app_arg,
+            app,
+            state_dir,
+        } => resume(
+            &cli,
+            app_arg.as_ref().or(app.as_ref()).map_or("", |a| a),
+            state_dir.as_ref(),
+        ),
         Command::Deployments { app, region, limit } => {
             run_async(platform::deployments(&cli, app, region.as_deref(), *limit))
         }
-        Command::Logs {
+        Command::DeploymentFollow {
+            app,
+            region,
+            deployment,
+        } => run_async(platform::logs(
+            &cli,
+            app,
+            region.as_deref(),
+            deployment.as_deref(),
+            true,
+        )),
+        Command::DeploymentLogs {
             app,
             region,
             follow,
@@ -506,6 +647,14 @@ fn filter_spec(default_level: &str, verbose: u8, quiet: bool) -> String {
     format!("{default_level},dropdeploy={asked}")
 }
 
+/// A duration flag (`--interval 3s`), with the hint the docs give rather than the parser's
+/// list of unit names.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|_| {
+        format!("expected a number and a unit, e.g. 3s, 500ms, 5m or 1h, found {text:?}")
+    })
+}
+
 /// Colour for `--color`: `always` and `never` as said; `auto` on a terminal unless `NO_COLOR`
 /// is set to something (no-color.org: an empty value does not count).
 fn use_colour(when: ColorWhen, no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
@@ -523,11 +672,12 @@ fn completions(shell: clap_complete::Shell) -> u8 {
     EXIT_OK
 }
 
-/// `dropdeploy manpage`: the man page (section 1) on stdout.
+/// `dropdeploy manpage`: the man page (section 1) on stdout: every command and flag.
 fn manpage() -> u8 {
-    let page = clap_mangen::Man::new(Cli::command());
-    let mut out = std::io::stdout().lock();
-    match page.render(&mut out) {
+    use std::io::Write;
+    let written =
+        manual::page().and_then(|page| std::io::stdout().lock().write_all(page.as_bytes()));
+    match written {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("dropdeploy: cannot write the man page: {e}");

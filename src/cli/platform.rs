@@ -1,5 +1,6 @@
 //! The commands that read the platform as its own CLI does: `deployments` (an app's recent
-//! deployments) and `logs` (a deployment's build output, `--follow` to stream it), and the
+//! deployments), `deployment-logs` (a deployment's build output, alias `logs`) and
+//! `deployment-follow` (the same streamed to the deployment's end), and the
 //! region check that `deploy` makes before it takes a job.
 
 use std::time::{Duration, SystemTime};
@@ -207,7 +208,8 @@ pub(super) async fn logs(
     // The connection may start with the log so far, printed above: skipped.
     shown.connected();
     let Some(stream) = stream else {
-        return EXIT_OK;
+        // Followed but already over: the exit status still says how it ended.
+        return if follow { ended(&d.status) } else { EXIT_OK };
     };
     // Bounded like a followed deployment: the platform ends every deployment well before.
     let limit = config.scalingo.deploy_timeout;
@@ -269,7 +271,7 @@ async fn follow_output(
                     if id == d.id && phase(&status) != Phase::Running =>
                 {
                     eprintln!("{app}: deployment {} ended: {status}", d.id);
-                    return EXIT_OK;
+                    return ended(&status);
                 }
                 _ => {}
             }
@@ -290,8 +292,16 @@ async fn follow_output(
         }
         if phase(&now.status) != Phase::Running {
             eprintln!("{app}: deployment {} ended: {}", d.id, now.status);
-            return EXIT_OK;
+            return ended(&now.status);
         }
+    }
+}
+
+/// The exit status of a followed deployment that ended with `status`: 0 for a success only.
+fn ended(status: &str) -> u8 {
+    match phase(status) {
+        Phase::Succeeded => EXIT_OK,
+        _ => EXIT_FAILED,
     }
 }
 

@@ -29,7 +29,15 @@ impl Printer {
         }
     }
 
+    /// A line of information: not under `-q`.
     pub(super) fn line(&self, text: &str) {
+        if !super::quiet() {
+            self.alert(text);
+        }
+    }
+
+    /// A line printed even under `-q`: something went wrong or needs a person.
+    pub(super) fn alert(&self, text: &str) {
         let bar = self.bar.lock().ok().and_then(|b| b.clone());
         match (bar, self.on_stderr) {
             (Some(bar), true) => bar.println(crate::redact::redact(text)),
@@ -82,15 +90,17 @@ impl Printer {
     /// The progress bar cleared, and the upload's size, time and rate.
     fn upload_finished(&self, app: &str, bytes: u64, elapsed: std::time::Duration) {
         self.finish();
+        // A rate measured over less than a tenth of a second says nothing of the link.
         let secs = elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
+        let rate = if secs >= 0.1 {
             format!(" ({}/s)", crate::human::bytes((bytes as f64 / secs) as u64))
         } else {
             String::new()
         };
         self.line(&format!(
-            "{app}: uploaded {} in {secs:.2} s{rate}",
-            crate::human::bytes(bytes)
+            "{app}: uploaded {} in {}{rate}",
+            crate::human::bytes(bytes),
+            crate::human::duration(elapsed)
         ));
     }
 }
@@ -136,8 +146,8 @@ impl Observer for Printer {
             } => {
                 self.finish();
                 self.line(&format!(
-                    "{app}: {step} failed ({error}); retry {failures} in {:.1} s",
-                    delay.as_secs_f64()
+                    "{app}: {step} failed ({error}); retry {failures} in {}",
+                    crate::human::duration(*delay)
                 ));
             }
             Event::Checking { phase, wait } => self.line(&format!(
@@ -151,7 +161,11 @@ impl Observer for Printer {
             Event::Checked {
                 verdict, reason, ..
             } => {
-                self.line(&format!("{app}: {}: {reason}", verdict_name(*verdict)));
+                let line = format!("{app}: {}: {reason}", verdict_name(*verdict));
+                match verdict {
+                    crate::queue::check::Verdict::Unhealthy => self.alert(&line),
+                    _ => self.line(&line),
+                }
                 if let Some(of) = job.rollback()
                     && *verdict == crate::queue::check::Verdict::Verified
                 {
@@ -166,7 +180,7 @@ impl Observer for Printer {
                 self.line(&format!("{app}: rolling back to {to_ref} (job {id})"))
             }
             Event::NeedsAttention { reason } => {
-                self.line(&format!("{app}: needs attention: {reason}"))
+                self.alert(&format!("{app}: needs attention: {reason}"))
             }
             Event::Waiting { reason } => self.line(&format!("{app}: waiting: {reason}")),
             Event::Finished => self.finish(),

@@ -71,7 +71,7 @@ pub(super) async fn rollback(
         );
         return EXIT_FAILED;
     };
-    eprintln!(
+    esay!(
         "dropdeploy: {app}: rolling back to {}: the archive is deployed again (a new build); database migrations made since are NOT undone",
         crate::queue::check::named(&chosen.file, &chosen.git_ref)
     );
@@ -145,14 +145,16 @@ async fn run_and_report(
         .and_then(|entries| entries.into_iter().rev().find(|e| e.job == id));
     match entry {
         Some(entry) => {
-            println!(
+            let line = format!(
                 "{app}: {} ({})",
                 entry.outcome,
                 entry.reason.as_deref().unwrap_or("-")
             );
             if entry.outcome.is_success() {
+                say!("{line}");
                 EXIT_OK
             } else {
+                println!("{line}");
                 EXIT_FAILED
             }
         }
@@ -190,11 +192,11 @@ pub(super) fn resume(cli: &Cli, app: &str, state_dir: Option<&PathBuf>) -> u8 {
     }
     match store.clear_attention(app) {
         Ok(true) => {
-            println!("{app}: no longer needs attention; its next drop or save deploys as usual");
+            say!("{app}: no longer needs attention; its next drop or save deploys as usual");
             EXIT_OK
         }
         Ok(false) => {
-            println!("{app}: did not need attention");
+            say!("{app}: did not need attention");
             EXIT_OK
         }
         Err(e) => {

@@ -54,10 +54,11 @@ pub(super) async fn watch(cli: &Cli) -> u8 {
     let Some(lane) = pipeline.sender() else {
         return fail("the app's lane did not start".to_string());
     };
-    println!(
-        "{app}: watching {} ({} directories); Ctrl-C to stop",
+    let count = watcher.watch_count();
+    say!(
+        "{app}: watching {} ({count} director{}); Ctrl-C to stop",
         root.display(),
-        watcher.watch_count()
+        if count == 1 { "y" } else { "ies" }
     );
     let states = watcher.state();
     tokio::spawn(say_gaps(app.clone(), watcher.state()));
@@ -117,7 +118,7 @@ fn say_stopped(
 ) -> u8 {
     use crate::source::tree::TreeState;
     if interrupted.is_requested() {
-        println!("{app}: stopped");
+        say!("{app}: stopped");
         return EXIT_OK;
     }
     // The loop ended by itself: the watch stopped for good, or a job could not be recorded
@@ -198,21 +199,21 @@ fn print_tree_event(name: &str, event: &crate::source::redeploy::TreeEvent<'_>) 
     use crate::source::redeploy::TreeEvent;
     match event {
         TreeEvent::Changed(burst) if burst.overflow => {
-            println!("{name}: many files changed")
+            say!("{name}: many files changed")
         }
-        TreeEvent::Changed(burst) => println!(
+        TreeEvent::Changed(burst) => say!(
             "{name}: {} file{} changed",
             burst.changed_paths,
             if burst.changed_paths == 1 { "" } else { "s" }
         ),
-        TreeEvent::Unchanged => println!("{name}: unchanged since the last deploy; nothing to do"),
-        TreeEvent::Packing => println!("{name}: packing"),
-        TreeEvent::Packed { job, elapsed } => println!(
-            "{name}: packed {} in {:.1} s",
+        TreeEvent::Unchanged => say!("{name}: unchanged since the last deploy; nothing to do"),
+        TreeEvent::Packing => say!("{name}: packing"),
+        TreeEvent::Packed { job, elapsed } => say!(
+            "{name}: packed {} in {}",
             crate::queue::intake::summary(job)
                 .map(|s| crate::human::bytes(s.compressed_bytes))
                 .unwrap_or_default(),
-            elapsed.as_secs_f64()
+            crate::human::duration(*elapsed)
         ),
         TreeEvent::PackFailed { error } => {
             println!("{name}: cannot pack: {error}; waiting for the next change")
@@ -241,7 +242,7 @@ pub(super) async fn say_gaps(
                 said = Some(cause);
             }
             TreeState::Watched if said.take().is_some() => {
-                println!("{app}: the source directory is back; watching it again");
+                say!("{app}: the source directory is back; watching it again");
             }
             _ => {}
         }
@@ -251,12 +252,18 @@ pub(super) async fn say_gaps(
 /// The one line that ends a deployment in the developer's terminal.
 pub(super) fn print_outcome(app: &str, state: &JobState, elapsed: std::time::Duration) {
     match state {
-        JobState::Succeeded { deployment_id } => println!(
-            "{app}: success in {} (deployment {deployment_id})",
-            humantime::format_duration(std::time::Duration::from_secs(elapsed.as_secs()))
+        JobState::Succeeded { deployment_id } => say!(
+            "{app}: {} in {} (deployment {deployment_id})",
+            super::paint("success", super::Paint::Good),
+            crate::human::duration(elapsed)
         ),
         JobState::Failed(f) => {
-            println!("{app}: FAILED at step {}: {}", f.step, f.reason);
+            println!(
+                "{app}: {} at step {}: {}",
+                super::paint("FAILED", super::Paint::Bad),
+                f.step,
+                f.reason
+            );
         }
         JobState::Unhealthy { reason, .. } => {
             println!("{app}: UNHEALTHY after deploying: {reason}");

@@ -385,7 +385,8 @@ fn keep_done(raw: Option<&Spanned<i64>>, report: &mut Report<'_>) -> Result<usiz
         report.at(
             n.span(),
             format!(
-                "`keep_done` in [[app]] must be 0 or more (how many deployed archives                          done/ keeps), found {}",
+                "`keep_done` in [[app]] must be 0 or more (how many deployed archives \
+                 done/ keeps), found {}",
                 n.get_ref()
             ),
         );

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::app::{SeenApps, build_app};
 use super::env::{LeftForEnv, TokenFile};
 use super::on_outcome::build_hook;
-use super::raw::{DurationText, RawConfig, RawRetry, RawScalingo};
+use super::raw::{DurationText, RawConfig, RawRetry, RawScalingo, SizeText, parse_size};
 use super::report::{Report, table_label};
 use super::{
     Config, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_SHUTDOWN_GRACE, RetryConfig, ScalingoConfig,
@@ -229,17 +229,22 @@ fn max_parallel(value: &Spanned<i64>, report: &mut Report<'_>) -> Option<usize> 
     }
 }
 
-/// `max_archive_size`: a positive number of bytes. `None` when it is not (reported).
-fn max_archive_bytes(value: &Spanned<i64>, report: &mut Report<'_>) -> Option<u64> {
-    match u64::try_from(*value.get_ref()) {
-        Ok(n) if n >= 1 => Some(n),
+/// `max_archive_size`: a positive number of bytes, or a size with a unit (`"300MB"`). `None`
+/// when it is not (reported).
+fn max_archive_bytes(value: &Spanned<SizeText>, report: &mut Report<'_>) -> Option<u64> {
+    let (bytes, found) = match value.get_ref() {
+        SizeText::Bytes(n) => (u64::try_from(*n).ok(), n.to_string()),
+        SizeText::Text(text) => (parse_size(text), format!("\"{text}\"")),
+    };
+    match bytes {
+        Some(n) if n >= 1 => Some(n),
         _ => {
             report.at(
                 value.span(),
                 format!(
-                    "`max_archive_size` must be a positive number of bytes, \
-                     e.g. {DEFAULT_MAX_ARCHIVE_BYTES}, found {}",
-                    value.get_ref()
+                    "`max_archive_size` must be a positive size: a number of bytes \
+                     ({DEFAULT_MAX_ARCHIVE_BYTES}) or a number and a unit (\"300MB\", \
+                     \"300MiB\"), found {found}"
                 ),
             );
             None
@@ -277,6 +282,19 @@ fn build_retry(raw: &RawRetry, r: &mut RetryConfig, report: &mut Report<'_>) {
         report,
     );
     r.budget = duration_value(&raw.budget, "budget", "retry", r.budget, false, report);
+    if r.initial > r.max_delay
+        && let Some(initial) = &raw.initial
+    {
+        report.warn_at(
+            initial.span(),
+            format!(
+                "`initial` in [retry] ({}) is longer than `max_delay` ({}): every retry waits \
+                 max_delay",
+                crate::human::duration(r.initial),
+                crate::human::duration(r.max_delay)
+            ),
+        );
+    }
     r.retry_aborted = raw.retry_aborted.unwrap_or(r.retry_aborted);
 }
 

@@ -1,14 +1,16 @@
 //! The configuration: TOML typed and validated, in the shape of `config/dropdeploy.toml`.
 //!
 //! A config file is read in four passes; each problem is reported at `file:line:column`, and
-//! a pass that finds any stops the load after reporting them all:
+//! every problem of a file is reported in one go (only broken TOML syntax or an inline token
+//! stops before the other passes):
 //!
 //! 1. TOML syntax, parsed with spans; an inline API token (`token = "…"`) is refused here, before
 //!    any other message, and no message ever repeats the token's value;
-//! 2. key names: unknown keys are errors, listing the keys that the table accepts;
-//! 3. value types, through `serde` into private raw structs that keep each value's span (this
-//!    pass stops at the first wrong type);
-//! 4. meaning: durations, URLs, app names, one source per app, and so on.
+//! 2. key names: unknown keys are errors ("did you mean" the nearest accepted key, else the
+//!    list of keys that the table accepts), then left out;
+//! 3. value types, through `serde` into private raw structs that keep each value's span; a
+//!    value of the wrong type is reported in plain words and left out, and the rest read again;
+//! 4. meaning: durations, sizes, URLs, app names, one source per app, and so on.
 //!
 //! Then, as in Scalingo's own CLI, the environment overrides the file (`SCALINGO_API_TOKEN`,
 //! `SCALINGO_API_URL`, `SCALINGO_AUTH_URL`, `SCALINGO_REGION`), and the token is read from the
@@ -52,7 +54,7 @@ use env::{LeftForEnv, apply_env};
 use raw::parse_raw;
 use report::Report;
 
-/// The default ceiling on an archive's uncompressed size: the platform's 300 MB.
+/// The default ceiling on an archive's uncompressed size: the platform's, 314.6 MB.
 pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 314_572_800;
 
 /// Where the daemon looks for its config file when none is named.

@@ -19,7 +19,7 @@ const INLINE_TOKEN_KEYS: [&str; 3] = ["token", "api_token", "scalingo_api_token"
 pub(super) struct RawConfig {
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) max_parallel: Option<Spanned<i64>>,
-    pub(super) max_archive_size: Option<Spanned<i64>>,
+    pub(super) max_archive_size: Option<Spanned<SizeText>>,
     pub(super) shutdown_grace: Option<Spanned<DurationText>>,
     pub(super) metrics_listen: Option<Spanned<String>>,
     pub(super) scalingo: Option<RawScalingo>,
@@ -125,6 +125,61 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
+/// A size as written: a number of bytes (`314572800`) or a number and a unit (`"300MB"`,
+/// `"300MiB"`); parsed in pass 4.
+pub(super) enum SizeText {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SizeText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a size: a number of bytes, or a number and a unit such as "300MB""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<SizeText, E> {
+                Ok(SizeText::Text(value.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<SizeText, E> {
+                Ok(SizeText::Bytes(value))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<SizeText, E> {
+                Ok(SizeText::Bytes(i64::try_from(value).unwrap_or(i64::MAX)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `text` as a number of bytes: digits (a fraction allowed with a unit), then an optional
+/// unit, decimal (`B`, `kB`, `MB`, `GB`) or binary (`KiB`, `MiB`, `GiB`), case aside.
+pub(super) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (text[..split].trim(), text[split..].trim());
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    if number.is_empty() || (factor == 1 && number.contains('.')) {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let bytes = (value * factor as f64).round();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 /// The keys each table accepts, in the order `config/dropdeploy.toml` documents them.
 const TOP_KEYS: &[&str] = &[
     "state_dir",
@@ -204,22 +259,162 @@ pub(super) fn parse_raw(text: &str, report: &mut Report<'_>) -> Option<RawConfig
         return None;
     }
 
+    // Every problem of the file in one pass: an unknown key is reported, then left out so
+    // that the types of the others are still checked; a value of the wrong type likewise, so
+    // that pass 4 still sees every other value.
     check_keys(table.get_ref(), report);
-    if report.has_problems() {
-        return None;
+    let mut table = table;
+    remove_unknown_keys(table.get_mut());
+    for _ in 0..MAX_TYPE_ERRORS {
+        let root = table.get_ref().clone();
+        let error = match RawConfig::deserialize(toml::de::Deserializer::from(table.clone())) {
+            Ok(raw) => return Some(raw),
+            Err(error) => error,
+        };
+        let span = error.span().unwrap_or(0..0);
+        let message = plain_type_error(error.message());
+        let message = match key_at(&root, &span) {
+            Some(key) => format!("{key}: {message}"),
+            None => message,
+        };
+        report.at(span.clone(), message);
+        if !remove_value_at(table.get_mut(), &span) {
+            return None;
+        }
     }
+    None
+}
 
-    let root = table.get_ref().clone();
-    match RawConfig::deserialize(toml::de::Deserializer::from(table)) {
-        Ok(raw) => Some(raw),
-        Err(error) => {
-            let span = error.span().unwrap_or(0..0);
-            let message = match key_at(&root, &span) {
-                Some(key) => format!("{key}: {}", error.message()),
-                None => error.message().to_string(),
-            };
-            report.at(span, message);
-            None
+/// Type errors reported at most, in one file.
+const MAX_TYPE_ERRORS: usize = 100;
+
+/// A type error in words, not `serde`'s (`invalid type: string "300MB", expected i64`).
+fn plain_type_error(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.replace(
+            "expected a sequence",
+            "expected a list, e.g. [\"a\", \"b\"]",
+        );
+    };
+    let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+    let found = match found.split_once(' ') {
+        Some(("string", value)) => format!("the string {value}"),
+        Some(("integer", value)) => format!("the number {}", value.trim_matches('`')),
+        Some(("floating", value)) => format!(
+            "the number {}",
+            value.trim_start_matches("point ").trim_matches('`')
+        ),
+        Some(("boolean", value)) => value.trim_matches('`').to_string(),
+        _ => match found {
+            "sequence" => "a list".to_string(),
+            "map" => "a table".to_string(),
+            other => other.to_string(),
+        },
+    };
+    let expected = match expected {
+        "i64" | "u64" | "usize" | "u32" | "i32" => "a whole number, without quotes",
+        "a boolean" => "true or false, without quotes",
+        "a string" => "a string in quotes",
+        "a sequence" => "a list, e.g. [\"a\", \"b\"]",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e => e,
+    };
+    format!("expected {expected}, found {found}")
+}
+
+/// Removes, at any depth, the keys that [`check_keys`] reported (and an `[app]` table).
+fn remove_unknown_keys(root: &mut DeTable<'_>) {
+    // A misspelt key whose meaning is clear (the "did you mean" of pass 2) is read as meant,
+    // so that it causes no second message (an app "without drop_dir"); others are left out.
+    fn keep(table: &mut DeTable<'_>, allowed: &[&str], old: &[&str]) {
+        let all = std::mem::take(table);
+        for (key, value) in all {
+            let name: &str = key.get_ref().as_ref();
+            if allowed.contains(&name) || old.contains(&name) {
+                table.insert(key, value);
+            } else if let Some(near) = nearest(name, allowed)
+                && !table
+                    .iter()
+                    .any(|(k, _)| k.get_ref().as_ref() as &str == near)
+            {
+                let meant = toml::Spanned::new(key.span(), std::borrow::Cow::Owned(near.into()));
+                table.insert(meant, value);
+            }
+        }
+    }
+    keep(root, TOP_KEYS, &[]);
+    retain_keys(root, |name, value| {
+        !(name == "app" && matches!(value.get_ref(), DeValue::Table(_)))
+    });
+    for (key, value) in root.iter_mut() {
+        let name: &str = key.get_ref().as_ref();
+        match (name, value.get_mut()) {
+            ("scalingo", DeValue::Table(t)) => keep(t, SCALINGO_KEYS, &[]),
+            ("retry", DeValue::Table(t)) => keep(t, RETRY_KEYS, &[]),
+            ("on_outcome", DeValue::Table(t)) => keep(t, HOOK_KEYS, &[]),
+            ("app", DeValue::Array(items)) => {
+                for item in items.iter_mut() {
+                    if let DeValue::Table(app) = item.get_mut() {
+                        keep(app, APP_KEYS, APP_OLD_KEYS);
+                        for (key, value) in app.iter_mut() {
+                            let name: &str = key.get_ref().as_ref();
+                            match (name, value.get_mut()) {
+                                ("on_outcome", DeValue::Table(t)) => keep(t, HOOK_KEYS, &[]),
+                                ("verify", DeValue::Table(t)) => {
+                                    keep(t, super::verify::VERIFY_KEYS, &[])
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes the innermost key whose value holds `span`; false when there is none.
+fn remove_value_at(table: &mut DeTable<'_>, span: &Range<usize>) -> bool {
+    let mut found = None;
+    for (key, value) in table.iter_mut() {
+        // Tables are searched whatever their span (an array of tables has none of its own).
+        let nested = match value.get_mut() {
+            DeValue::Table(inner) => remove_value_at(inner, span),
+            DeValue::Array(items) => items.iter_mut().any(|item| match item.get_mut() {
+                DeValue::Table(inner) => remove_value_at(inner, span),
+                _ => false,
+            }),
+            _ => false,
+        };
+        if nested {
+            return true;
+        }
+        let s = value.span();
+        if !(s.start <= span.start && span.end <= s.end && s != (0..0)) {
+            continue;
+        }
+        let name: &str = key.get_ref().as_ref();
+        found = Some(name.to_string());
+        break;
+    }
+    let Some(found) = found else {
+        return false;
+    };
+    retain_keys(table, |name, _| name != found);
+    true
+}
+
+/// Keeps the entries of `table` for which `keep(name, value)` holds, in their order.
+fn retain_keys<'i>(
+    table: &mut DeTable<'i>,
+    mut keep: impl FnMut(&str, &toml::Spanned<DeValue<'i>>) -> bool,
+) {
+    let all = std::mem::take(table);
+    for (key, value) in all {
+        let name: &str = key.get_ref().as_ref();
+        if keep(name, &value) {
+            table.insert(key, value);
         }
     }
 }
@@ -355,6 +550,17 @@ fn check_table_keys(
         !allowed.contains(&name) && !old.contains(&name)
     });
     for key in unknown {
+        let name: &str = key.get_ref().as_ref();
+        if let Some(near) = nearest(name, allowed) {
+            report.at(
+                key.span(),
+                format!(
+                    "unknown key `{name}` {}; did you mean `{near}`?",
+                    table_label(path)
+                ),
+            );
+            continue;
+        }
         let expected: Vec<String> = allowed
             .iter()
             .map(|name| match (path, *name) {
@@ -373,6 +579,36 @@ fn check_table_keys(
             ),
         );
     }
+}
+
+/// The accepted key a misspelt `name` most likely meant: at most two edits away (a third of
+/// its length for short names), the nearest first.
+fn nearest<'k>(name: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    let limit = (name.chars().count() / 3).clamp(1, 2);
+    allowed
+        .iter()
+        .map(|k| (edit_distance(&name.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The key whose value holds `span`, for type errors: "`timeout` in [scalingo]".

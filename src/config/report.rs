@@ -140,11 +140,6 @@ impl<'a> Report<'a> {
         });
     }
 
-    /// Whether any problem was reported so far.
-    pub(super) fn has_problems(&self) -> bool {
-        !self.problems.is_empty()
-    }
-
     /// The 1-based line of a byte offset of the text, for messages that point back at it.
     pub(super) fn line(&self, offset: usize) -> usize {
         position(self.text, offset).line

@@ -202,7 +202,14 @@ fn an_unknown_key_names_its_line_column_and_the_expected_keys() {
     let message = error(text);
     assert_eq!(
         message,
-        "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; expected one \
+        "/etc/dropdeploy/dropdeploy.toml:5:5: unknown key `drop_dri` in [[app]]; did you mean \
+         `drop_dir`?"
+    );
+    // Far from every key: the list of them.
+    let text = "max_parallel = 2\n\n[[app]]\nname = \"a\"\ndrop_dir = \"/x\"\nzzz = 1\n";
+    assert_eq!(
+        error(text),
+        "/etc/dropdeploy/dropdeploy.toml:6:1: unknown key `zzz` in [[app]]; expected one \
          of name, drop_dir, source_dir, queue, debounce, ignore, git_ref_label, settle, \
          keep_done, follow_interval, retry_budget, deploy_timeout, include, max_wait, poll, \
          deploy_on_start, target, releases_dir, activate, activate_timeout, keep_releases, \
@@ -216,9 +223,7 @@ fn unknown_keys_are_all_reported_each_on_its_line() {
     let message = error(text);
     let lines: Vec<&str> = message.lines().collect();
     assert_eq!(lines.len(), 3, "{message}");
-    let top = "unknown key `stat_dir` at the top level; expected one of state_dir, \
-               max_parallel, max_archive_size, shutdown_grace, metrics_listen, [scalingo], \
-               [retry], [on_outcome], [[app]]";
+    let top = "unknown key `stat_dir` at the top level; did you mean `state_dir`?";
     assert_eq!(lines[0], format!("{FILE}:1:1: {top}"));
     assert!(
         lines[1].starts_with(&format!("{FILE}:3:1: unknown key `regoin` in [scalingo]")),
@@ -268,7 +273,7 @@ fn a_type_error_names_the_key() {
     assert_eq!(
         message,
         format!(
-            "{FILE}:2:10: `region` in [scalingo]: invalid type: integer `5`, expected a string"
+            "{FILE}:2:10: `region` in [scalingo]: expected a string in quotes, found the number 5"
         )
     );
 }

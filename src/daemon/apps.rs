@@ -168,7 +168,7 @@ impl Daemon {
             {
                 continue;
             }
-            tracing::info!(app = %job.app, job = %job.id, state = job.state.name(), "recovering job");
+            tracing::info!(app = %job.app, job = %job.id, state = %job.state.name(), "recovering job");
             if let Err(job) = self.pipeline.lanes.submit(job) {
                 tracing::warn!(
                     app = %job.app,

@@ -49,7 +49,7 @@ impl Daemon {
                     job = %job.id,
                     file = %ready.path.display(),
                     git_ref = %job.git_ref,
-                    readiness = ?ready.readiness,
+                    readiness = %ready.readiness,
                     "claimed"
                 );
                 if let Err(job) = self.pipeline.lanes.submit(job) {

@@ -62,35 +62,41 @@ pub trait Observer: Send + Sync {
     fn lane(&self, _app: &str, _in_flight: usize, _pending: usize) {}
 }
 
-/// An observer that writes events to the `tracing` log.
+/// An observer that writes events to the `tracing` log. Names and ids are written as they
+/// are (`app=my-app`, Display); only free text that may hold spaces (a probe's excerpt) is
+/// quoted.
 pub struct LogObserver;
 
 impl Observer for LogObserver {
     fn event(&self, job: &Job, event: &Event<'_>) {
         let (app, id) = (job.app.as_str(), job.id.as_str());
         match event {
-            Event::Resumed { state } => tracing::info!(app, job = id, state, "resuming job"),
-            Event::Step(step) => tracing::debug!(app, job = id, %step, "step"),
+            Event::Resumed { state } => {
+                tracing::info!(app = %app, job = %id, %state, "resuming job")
+            }
+            Event::Step(step) => tracing::debug!(app = %app, job = %id, %step, "step"),
             Event::Uploading { .. } => {}
             Event::Uploaded { bytes, elapsed } => {
                 tracing::info!(
-                    app,
-                    job = id,
+                    app = %app,
+                    job = %id,
                     bytes,
                     elapsed_ms = elapsed.as_millis() as u64,
                     "uploaded"
                 )
             }
             Event::DeploymentCreated { id: d } => {
-                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment created")
+                tracing::info!(app = %app, job = %id, deployment = %d, git_ref = %job.git_ref, "deployment created")
             }
             Event::DeploymentAdopted { id: d } => {
-                tracing::info!(app, job = id, deployment = d, git_ref = %job.git_ref, "deployment adopted")
+                tracing::info!(app = %app, job = %id, deployment = %d, git_ref = %job.git_ref, "deployment adopted")
             }
-            Event::Status { status } => tracing::info!(app, job = id, status, "deployment status"),
+            Event::Status { status } => {
+                tracing::info!(app = %app, job = %id, %status, "deployment status")
+            }
             Event::Output { lines } => {
                 for line in lines.iter() {
-                    tracing::debug!(app, job = id, line = %line, "build output");
+                    tracing::debug!(app = %app, job = %id, line = %line, "build output");
                 }
             }
             Event::Retrying {
@@ -99,23 +105,23 @@ impl Observer for LogObserver {
                 delay,
                 failures,
             } => tracing::warn!(
-                app,
-                job = id,
+                app = %app,
+                job = %id,
                 %step,
                 failures,
                 delay_ms = delay.as_millis() as u64,
                 "{error}; retrying"
             ),
             Event::Checking { phase, wait } => tracing::info!(
-                app,
-                job = id,
-                phase,
+                app = %app,
+                job = %id,
+                %phase,
                 wait_ms = wait.as_millis() as u64,
                 "health check waits"
             ),
             Event::Probed { probe } => tracing::debug!(
-                app,
-                job = id,
+                app = %app,
+                job = %id,
                 status = probe.status,
                 latency_ms = probe.latency_ms,
                 healthy = probe.healthy,
@@ -132,37 +138,37 @@ impl Observer for LogObserver {
                 let excerpt = probe.map(|p| p.excerpt.as_str()).unwrap_or("");
                 match verdict {
                     Verdict::Unhealthy => tracing::warn!(
-                        app,
-                        job = id,
+                        app = %app,
+                        job = %id,
                         status,
                         latency_ms,
                         excerpt,
                         "unhealthy: {reason}"
                     ),
                     Verdict::Verified => tracing::info!(
-                        app,
-                        job = id,
+                        app = %app,
+                        job = %id,
                         status,
                         latency_ms,
                         excerpt,
                         "verified: {reason}"
                     ),
-                    Verdict::Skipped => tracing::info!(app, job = id, "{reason}"),
+                    Verdict::Skipped => tracing::info!(app = %app, job = %id, "{reason}"),
                 }
             }
             Event::RollingBack {
                 job: rollback,
                 to_ref,
             } => tracing::warn!(
-                app,
-                job = id,
-                rollback_job = rollback,
-                to = to_ref,
+                app = %app,
+                job = %id,
+                rollback_job = %rollback,
+                to = %to_ref,
                 "rolling back {} to {to_ref}",
                 job.git_ref
             ),
             Event::NeedsAttention { reason } => {
-                tracing::error!(app, job = id, "needs attention: {reason}")
+                tracing::error!(app = %app, job = %id, "needs attention: {reason}")
             }
             Event::Waiting { reason } => tracing::warn!(app, job = id, "waiting: {reason}"),
             Event::Finished => {}

@@ -26,6 +26,8 @@ mod deploy_command;
 mod drop_claims;
 /// A new user's first hour: config check vs run, --state-dir, `jobs`, rollback names.
 mod first_contact;
+/// A new user's first hour: `-q`, `pack`, help and names, units and wording.
+mod first_hour;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The local release target, driven by the daemon.

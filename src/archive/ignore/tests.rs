@@ -79,10 +79,10 @@ fn gitignore_nested_and_negated() {
         ("a.log", ""),
         ("keep.log", ""),
         ("node_modules/x/y.js", ""),
-        ("src/.gitignore", "*.tmp\n"),
-        ("src/a.tmp", ""),
+        ("src/.gitignore", "*.bak\n"),
+        ("src/a.bak", ""),
         ("src/b.rs", ""),
-        ("top.tmp", ""),
+        ("top.bak", ""),
         (".env.example", ""),
         (".git/HEAD", ""),
         ("src/.main.rs.swp", ""),
@@ -99,13 +99,13 @@ fn gitignore_nested_and_negated() {
             "src/",
             "src/.gitignore",
             "src/b.rs",
-            "top.tmp"
+            "top.bak"
         ]
     );
     assert_agrees(&rules);
     assert!(rules.is_ignored(&dir.path().join("node_modules/x/new.js"), false));
-    assert!(rules.is_ignored(&dir.path().join("src/gone.tmp"), false));
-    assert!(!rules.is_ignored(&dir.path().join("gone.tmp"), false));
+    assert!(rules.is_ignored(&dir.path().join("src/gone.bak"), false));
+    assert!(!rules.is_ignored(&dir.path().join("gone.bak"), false));
     assert_eq!(
         rules.directories().unwrap(),
         [dir.path().to_path_buf(), dir.path().join("src")]

@@ -135,7 +135,7 @@ impl Folder {
         self.candidates.remove(&path);
         self.sent.insert(path.clone());
         self.clear_waits(&path, false);
-        tracing::debug!(app = %self.app, file = %path.display(), ?readiness, size, "drop file ready");
+        tracing::debug!(app = %self.app, file = %path.display(), %readiness, size, "drop file ready");
         let ready = ReadyFile {
             app: self.app.clone(),
             path,

@@ -117,6 +117,17 @@ pub enum Readiness {
     FoundAtStart,
 }
 
+/// As the logs write it: `renamed-in`, `settled`, `found-at-start`.
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Readiness::RenamedIn => "renamed-in",
+            Readiness::Settled => "settled",
+            Readiness::FoundAtStart => "found-at-start",
+        })
+    }
+}
+
 /// A complete archive in a drop folder, ready to be claimed.
 #[derive(Debug, Clone)]
 pub struct ReadyFile {
