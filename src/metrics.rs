@@ -607,6 +607,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    serve_with(addr, metrics, Router::new(), shutdown).await
+}
+
+/// [`serve`], with more routes on the same listener (the status page's).
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    more: Router,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
     let named = |e: std::io::Error| {
         std::io::Error::new(
             e.kind(),
@@ -618,7 +628,8 @@ pub async fn serve(
     let router = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(more);
     let task = tokio::spawn(async move {
         let mut shutdown = shutdown;
         let stopped = async move { shutdown.requested().await };

@@ -202,7 +202,7 @@ fn unknown_keys_are_all_reported_each_on_its_line() {
     assert_eq!(lines.len(), 3, "{message}");
     let top = "unknown key `stat_dir` at the top level; expected one of state_dir, \
                max_parallel, max_archive_size, shutdown_grace, metrics_listen, [scalingo], \
-               [retry], [on_outcome], [[app]]";
+               [retry], [on_outcome], [intake], [[app]]";
     assert_eq!(lines[0], format!("{FILE}:1:1: {top}"));
     assert!(
         lines[1].starts_with(&format!("{FILE}:3:1: unknown key `regoin` in [scalingo]")),
