@@ -1,11 +1,12 @@
 //! The status page's side of the daemon: the page made from the daemon's parts (its feed of
 //! events, spool, board of waits, API budgets, `[intake]` tokens), and the actions it asks
 //! for, carried out in the daemon's main loop through the same code as `dropdeploy resume`
-//! and `dropdeploy rollback`.
+//! and `dropdeploy rollback`; a discarded job ends through the lane like any finished job.
 
 use super::*;
 use crate::page::{Action, ActionRequest, BudgetSource, Page, PageParts, Tokens};
 use crate::queue::check::RollbackOf;
+use crate::queue::spool::JobState;
 use crate::verify::rollback::{make, new_id};
 use crate::verify::store::{Kept, Store};
 
@@ -105,6 +106,13 @@ impl Daemon {
         let result = match &action {
             Action::Resume { app } => self.resume(app).await,
             Action::Rollback { app, to } => self.roll_back(app, to.as_deref()).await,
+            Action::Discard { app, job } => {
+                let spool = self.pipeline.spool.clone();
+                let (app, job) = (app.clone(), job.clone());
+                crate::blocking::run(move || discard(&spool, &app, &job))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         };
         match &result {
             Ok(done) => tracing::info!(?action, "{done}"),
@@ -194,4 +202,50 @@ impl Daemon {
             chosen.git_ref, chosen.file
         ))
     }
+}
+
+/// Ends a job that waits and never started: its record says `failed`, with a reason, while
+/// its lock is held (so that no lane starts it meanwhile). The lane, at its turn, finds it
+/// finished and records its outcome as for any job: its file in `failed/`, the reason beside
+/// it, a history line. Blocking.
+fn discard(spool: &Spool, app: &str, id: &str) -> Result<String, String> {
+    let plain = !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let mut job = match spool.load(id) {
+        Ok(job) if plain && job.app == app => job,
+        _ => return Err(format!("{app} has no job {id} in the spool")),
+    };
+    let file = crate::page::file_label(&job);
+    let Some(_lock) = crate::lock::JobLock::try_acquire(&spool.job_dir(id))
+        .map_err(|e| format!("{app}: cannot lock job {id}: {e}"))?
+    else {
+        return Err(format!(
+            "{app}: job {id} ({file}) has started; it cannot be discarded"
+        ));
+    };
+    // Read again under the lock: the lane may have started it just before.
+    job = spool.load(id).map_err(|e| format!("{app}: {e}"))?;
+    if !matches!(job.state, JobState::Queued) || job.started_at.is_some() {
+        return Err(format!(
+            "{app}: job {id} ({file}) has started; it cannot be discarded"
+        ));
+    }
+    job.state = JobState::Failed(crate::queue::spool::Failure {
+        step: crate::queue::spool::Step::Inspect,
+        reason: "discarded from the status page before it started; nothing was sent to the \
+                 platform"
+            .to_string(),
+        status: None,
+        deployment_id: None,
+        log_tail: Vec::new(),
+        http_status: None,
+        gave_up: false,
+    });
+    spool.save(&job).map_err(|e| format!("{app}: {e}"))?;
+    Ok(format!(
+        "{app}: job {id} ({file}) is discarded; its file goes to failed/ when the lane reaches it"
+    ))
 }

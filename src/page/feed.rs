@@ -148,8 +148,9 @@ impl Feed {
     fn keep(&self, job: &Job, event: &Event<'_>) -> Option<(&'static str, String)> {
         let mut apps = self.lock();
         let app = apps.entry(job.app.clone()).or_default();
+        // The target's part is over; a health check may follow. The job leaves the page when
+        // its lane says nothing runs.
         if matches!(event, Event::Finished) {
-            app.job = None;
             return Some(("state", json!({ "app": job.app }).to_string()));
         }
         let now_job = match &mut app.job {
@@ -250,6 +251,9 @@ impl Observer for FeedObserver {
             let now = apps.entry(app.to_string()).or_default();
             let changed = (now.in_flight, now.pending) != (in_flight, pending);
             (now.in_flight, now.pending) = (in_flight, pending);
+            if in_flight == 0 {
+                now.job = None;
+            }
             changed
         };
         if changed {
@@ -299,7 +303,25 @@ mod tests {
         assert!(first.data.contains("\"first\":0"), "{}", first.data);
         let second = live.try_recv().unwrap();
         assert!(!second.data.contains("tk-us-abcdefghij"), "{}", second.data);
+        // A check may follow the target's end: the job stays until the lane is idle.
         observer.event(&job, &Event::Finished);
+        observer.event(
+            &job,
+            &Event::Checking {
+                phase: "probing",
+                wait: std::time::Duration::ZERO,
+            },
+        );
+        assert_eq!(
+            feed.snapshot()["app"]
+                .job
+                .as_ref()
+                .unwrap()
+                .phase
+                .as_deref(),
+            Some("probing")
+        );
+        observer.lane("app", 0, 0);
         assert!(feed.snapshot()["app"].job.is_none());
     }
 }

@@ -50,6 +50,9 @@ pub enum Action {
     /// Deploy a kept, verified archive again (as `dropdeploy rollback APP --to GIT_REF|JOB`;
     /// the last verified one when `to` is `None`).
     Rollback { app: String, to: Option<String> },
+    /// End a job that waits and never started: `failed`, its file in `failed/` with a
+    /// reason saying it was discarded, nothing sent to the platform.
+    Discard { app: String, job: String },
 }
 
 /// An action for the daemon, and where it answers (what was done, or why not).
@@ -145,7 +148,7 @@ impl Page {
                 AppView {
                     name: name.clone(),
                     configured: apps.contains(name),
-                    live: last.iter().rev().find(|e| e.outcome.is_success()).cloned(),
+                    live: last.iter().rev().find(|e| went_live(e)).cloned(),
                     last: last.iter().rev().take(PER_APP).cloned().collect(),
                     next: queued
                         .iter()
@@ -215,6 +218,12 @@ impl Page {
     }
 }
 
+/// Whether the entry's deployment went live: succeeded (checked or not), or unhealthy (it
+/// runs, and fails its check).
+fn went_live(entry: &HistoryEntry) -> bool {
+    entry.outcome.is_success() || entry.outcome == crate::outcome::Outcome::Unhealthy
+}
+
 /// What the page shows, read at one moment.
 pub struct View {
     pub apps: Vec<AppView>,
@@ -231,7 +240,7 @@ pub struct AppView {
     pub name: String,
     /// Whether it is in the configuration (else it only has jobs left in the spool).
     pub configured: bool,
-    /// The last deployment that went live.
+    /// The last deployment that went live (checked, not checked, or unhealthy).
     pub live: Option<HistoryEntry>,
     /// Its last outcomes, newest first.
     pub last: Vec<HistoryEntry>,

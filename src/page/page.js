@@ -30,6 +30,7 @@
       if (fresh && old && !busy()) {
         keepLines(old, fresh);
         old.replaceWith(document.adoptNode(fresh));
+        toEnd(fresh);
         document.title = doc.title;
         var summary = doc.querySelector('header');
         var header = document.querySelector('header');
@@ -78,6 +79,11 @@
     if (stick) log.scrollTop = log.scrollHeight;
   }
 
+  // Build output opens at its end, the newest lines.
+  function toEnd(root) {
+    root.querySelectorAll('pre.log').forEach(function (log) { log.scrollTop = log.scrollHeight; });
+  }
+
   var timer = null;
   function soon() {
     if (timer) return;
@@ -98,6 +104,7 @@
     source.onerror = function () { document.body.dataset.live = 'off'; };
   }
 
+  toEnd(document);
   if (window.EventSource && window.fetch) {
     connect();
     // Times, waits and the budget move on their own.

@@ -163,6 +163,7 @@ fn app_card(out: &mut String, app: &AppView, view: &View) {
         Some(live) => {
             let checked = match live.outcome {
                 Outcome::Verified | Outcome::RolledBack => "<span class=\"ok\">verified</span>",
+                Outcome::Unhealthy => "<span class=\"bad\">unhealthy</span>",
                 _ => "<span class=\"unchecked\">not checked</span>",
             };
             let _ = write!(
@@ -347,6 +348,15 @@ fn actions(out: &mut String, app: &AppView, can_act: bool) {
             out,
             "<form method=\"post\" action=\"/actions/resume\"><input type=\"hidden\" \
              name=\"app\" value=\"{name}\">{token}<button>Resume</button></form>"
+        );
+    }
+    if let Some(next) = app.next.first() {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/actions/discard\"><input type=\"hidden\" \
+             name=\"app\" value=\"{name}\"><input type=\"hidden\" name=\"job\" value=\"{}\">\
+             {token}<button>Discard the next job</button></form>",
+            escape(&next.job)
         );
     }
     if !app.kept.is_empty() {

@@ -1,7 +1,7 @@
 //! The page's routes, merged into the daemon's HTTP listener: `GET /` (the page),
 //! `GET /page.css` and `GET /page.js` (embedded), `GET /events` (server-sent events: build
 //! lines as they come, and `state` when something else changed), and `POST /actions/resume`,
-//! `POST /actions/rollback` (with an `[intake]` token: a form field `token`, or
+//! `POST /actions/rollback`, `POST /actions/discard` (with an `[intake]` token: a form field `token`, or
 //! `Authorization: Bearer …`). Every answer carries a strict Content-Security-Policy.
 
 use std::convert::Infallible;
@@ -53,6 +53,7 @@ pub fn routes(page: Arc<Page>) -> Router {
         .route("/events", get(events))
         .route("/actions/resume", post(resume))
         .route("/actions/rollback", post(rollback))
+        .route("/actions/discard", post(discard))
         .with_state(page)
 }
 
@@ -118,6 +119,14 @@ async fn rollback(State(page): State<Arc<Page>>, headers: HeaderMap, body: Bytes
     act(&page, &headers, &body, |app, fields| Action::Rollback {
         app,
         to: field(fields, "to").filter(|t| !t.is_empty()),
+    })
+    .await
+}
+
+async fn discard(State(page): State<Arc<Page>>, headers: HeaderMap, body: Bytes) -> Response {
+    act(&page, &headers, &body, |app, fields| Action::Discard {
+        app,
+        job: field(fields, "job").unwrap_or_default(),
     })
     .await
 }
