@@ -173,9 +173,13 @@ impl Daemon {
             ));
         };
         let history = self.config.state_dir.join(crate::outcome::HISTORY_NAME);
-        let current = crate::outcome::read_history(&history, Some(app), Some(1))
-            .ok()
-            .and_then(|mut e| e.pop());
+        let name = app.to_string();
+        let current = crate::blocking::run(move || {
+            crate::outcome::read_history(&history, Some(&name), Some(1)).map(|mut e| e.pop())
+        })
+        .await
+        .ok()
+        .flatten();
         let of = RollbackOf {
             from_job: current.as_ref().map(|e| e.job.clone()).unwrap_or_default(),
             from_ref: current

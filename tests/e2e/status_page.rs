@@ -187,6 +187,35 @@ fn the_status_page_in_a_real_browser() {
     goes_idle(&world, &browser);
     weight_and_timing(&browser, &page);
     actions_need_the_token(&world, &browser, port, &attention);
+    rolls_back_with_the_token(&world, port);
+}
+
+/// With the token, a rollback to the last verified archive is made and deployed by the lane.
+fn rolls_back_with_the_token(world: &World, port: u16) {
+    world.fake.break_app("shop", None);
+    let refused = post(port, "/actions/rollback", "app=shop");
+    assert_eq!(status_of(&refused), 401, "{refused}");
+    let done = post(
+        port,
+        "/actions/rollback",
+        &format!("app=shop&token={TOKEN}"),
+    );
+    assert_eq!(status_of(&done), 200, "{done}");
+    assert!(done.contains("rolling back to shop-"), "{done}");
+    let history = world.wait_history(7, LONG);
+    let last = &history[6];
+    assert_eq!(last["app"], "shop", "{history:#?}");
+    assert!(
+        last["git_ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("shop-rollback-"),
+        "{last}"
+    );
+    assert!(
+        ["verified", "rolled_back"].contains(&last["outcome"].as_str().unwrap()),
+        "{last}"
+    );
 }
 
 /// A build line produced by the fake reaches the page over the live stream within a second.
