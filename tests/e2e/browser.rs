@@ -151,6 +151,12 @@ impl Browser {
         v["value"].as_str().map(str::to_string)
     }
 
+    /// Resizes the window (CSS pixels).
+    pub fn resize(&self, width: u32, height: u32) {
+        let rect = json!({ "width": width, "height": height });
+        self.session_call(reqwest::Method::POST, "/window/rect", Some(rect));
+    }
+
     /// A PNG of the window.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine as _;

@@ -183,6 +183,27 @@ fn the_status_page_in_a_real_browser() {
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     std::fs::write(&shot, browser.screenshot()).unwrap();
     println!("status page screenshot: {}", shot.display());
+    // On a phone: one column.
+    browser.resize(390, 844);
+    let columns = browser.run(
+        "return getComputedStyle(document.querySelector('.apps')).gridTemplateColumns.split(' ').length",
+        json!([]),
+    );
+    assert_eq!(columns, 1, "the apps are not in one column on a phone");
+    let wider = browser.run(
+        "const w = document.documentElement.clientWidth;
+         if (document.documentElement.scrollWidth <= w) return [];
+         return [...document.querySelectorAll('body *')]
+           .filter(e => e.getBoundingClientRect().right > w + 1)
+           .map(e => e.tagName + '.' + (typeof e.className === 'string' ? e.className : ''))
+           .slice(0, 12)",
+        json!([]),
+    );
+    assert_eq!(wider, json!([]), "wider than a phone's screen");
+    let phone = shot.with_file_name("status-page-phone.png");
+    std::fs::write(&phone, browser.screenshot()).unwrap();
+    println!("status page on a phone: {}", phone.display());
+    browser.resize(1200, 1000);
     discard_a_waiting_job(&world, port, &blog);
     goes_idle(&world, &browser);
     weight_and_timing(&browser, &page);
