@@ -284,6 +284,8 @@ fn build_line_latency(world: &World, browser: &Browser, blog: &Path) {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("the line came by a reload of the page, not live: {shown}"));
+    // The rest of the build slows down: a screenshot of it, and a drop that waits behind it.
+    world.fake.set_step(Duration::from_secs(5));
     let latency = shown_at as i64 - made_at as i64;
     println!("build line: produced by the fake → shown in the page: {latency} ms");
     assert!(
@@ -313,11 +315,9 @@ fn epoch_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A job that waits is discarded with the token (and not without): it ends `failed`, its
-/// file in `failed/` with a reason, nothing deployed.
+/// A job that waits (behind the slowed build) is discarded with the token (and not without):
+/// it ends `failed`, its file in `failed/` with a reason, nothing deployed.
 fn discard_a_waiting_job(world: &World, port: u16, blog: &Path) {
-    // The build in flight slows down: the next drop waits behind it.
-    world.fake.set_step(Duration::from_secs(3));
     world.drop_archive(blog, "release-3.tar.gz");
     let get = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let mut job = String::new();
