@@ -102,6 +102,11 @@
 //! serves them on `GET /metrics` (with `GET /healthz`) at `metrics_listen`;
 //! [`metrics::MetricsObserver`] counts from the targets' events.
 //!
+//! [`page`] is the status page on the same listener (`GET /`): what is live per app, the job
+//! in flight with its build output as it comes (server-sent events from
+//! [`page::FeedObserver`]), the last outcomes, the waits and the API budget; actions (resume,
+//! rollback) only with an `[intake]` token.
+//!
 //! [`hooks`] sends the `on_outcome` notifications after each recorded outcome: a webhook that
 //! gets the history entry as JSON (retried on transient errors) and/or a command run without a
 //! shell with `DROPDEPLOY_*` variables. Fire-and-forget: a hook never changes a job's outcome,
@@ -139,6 +144,7 @@ pub mod live;
 pub mod lock;
 pub mod metrics;
 pub mod outcome;
+pub mod page;
 pub mod process;
 pub mod queue;
 pub mod redact;

@@ -26,7 +26,8 @@
 //! seen by this process; the local target has none. p95 of the last day, per app:
 //! `histogram_quantile(0.95, sum by (le, app) (rate(dropdeploy_deployment_duration_seconds_bucket[1d])))`.
 //!
-//! [`serve`] answers `GET /metrics` and `GET /healthz` on the `metrics_listen` address;
+//! [`serve`] answers `GET /metrics` and `GET /healthz` on the `metrics_listen` address (and
+//! [`serve_with`] the status page's routes, [`crate::page`], on the same listener);
 //! [`MetricsObserver`] counts retries and uploaded bytes, and times uploads and builds, from
 //! the runner's events and passes every event on to another [`Observer`].
 
@@ -596,7 +597,8 @@ impl Observer for MetricsObserver {
 }
 
 /// Serves `GET /metrics` ([`Metrics::render`], `text/plain; version=0.0.4`) and
-/// `GET /healthz` (`ok`) on `addr` until `shutdown` fires; any other path is a 404.
+/// `GET /healthz` (`ok`) on `addr` until `shutdown` fires; any other path is a 404 (with
+/// [`serve_with`], the routes given, such as the status page's, are served too).
 ///
 /// Binds before returning, so that a bad or busy address is a start-up error naming it.
 /// Returns the bound address (the real port when `addr` has port 0) and the server's task,
@@ -605,6 +607,16 @@ impl Observer for MetricsObserver {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    serve_with(addr, metrics, Router::new(), shutdown).await
+}
+
+/// [`serve`], with more routes on the same listener (the status page's).
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    more: Router,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
     let named = |e: std::io::Error| {
@@ -618,7 +630,8 @@ pub async fn serve(
     let router = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(more);
     let task = tokio::spawn(async move {
         let mut shutdown = shutdown;
         let stopped = async move { shutdown.requested().await };

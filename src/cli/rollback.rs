@@ -29,15 +29,6 @@ fn list(kept: &[Kept]) -> String {
         .join("\n")
 }
 
-/// The archive `to` names (any git_ref, job id or file name it was verified under), else the
-/// last verified one.
-fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
-    match to {
-        None => kept.first(),
-        Some(to) => kept.iter().find(|k| k.answers_to(to)),
-    }
-}
-
 pub(super) async fn rollback(
     cli: &Cli,
     app: &str,
@@ -63,7 +54,7 @@ pub(super) async fn rollback(
             return EXIT_FAILED;
         }
     };
-    let Some(chosen) = choose(&kept, to).cloned() else {
+    let Some(chosen) = crate::verify::rollback::choose(&kept, to).cloned() else {
         let wanted = to.map(|t| format!(" named {t}")).unwrap_or_default();
         eprintln!(
             "dropdeploy: {app}: no verified archive{wanted} is kept, nothing to roll back to; kept verified archives:\n{}",
@@ -79,17 +70,12 @@ pub(super) async fn rollback(
     let current = crate::outcome::read_history(&history, Some(app), Some(1))
         .ok()
         .and_then(|mut e| e.pop());
-    let of = crate::queue::check::RollbackOf {
-        from_job: current.as_ref().map(|e| e.job.clone()).unwrap_or_default(),
-        from_file: current.as_ref().map(|e| e.file.clone()).unwrap_or_default(),
-        from_ref: current
-            .and_then(|e| e.git_ref)
-            .unwrap_or_else(|| "-".to_string()),
-        to_job: chosen.job.clone(),
-        to_ref: chosen.git_ref.clone(),
-        to_file: chosen.file.clone(),
-        automatic: false,
-    };
+    let live = current.map(|e| crate::verify::rollback::Live {
+        job: e.job,
+        file: e.file,
+        git_ref: e.git_ref,
+    });
+    let of = crate::verify::rollback::by_hand(&chosen, live);
     let id = new_id();
     let made = {
         let (spool, store) = (setup.spool.clone(), store.clone());

@@ -156,6 +156,9 @@ pub(super) fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Co
     if let Some(retry) = &raw.retry {
         build_retry(retry, &mut config.retry, report);
     }
+    if let Some(file) = raw.intake.as_ref().and_then(|i| i.token_file.as_ref()) {
+        config.intake.token_file = path_value(file, "token_file", "intake", base, report);
+    }
     // A 429 without Retry-After pauses the client on the project's one retry policy.
     config.scalingo.rate_limit_backoff = (config.retry.initial, config.retry.max_delay);
     let mut seen = SeenApps::default();

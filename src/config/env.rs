@@ -14,13 +14,17 @@ use super::{Config, Secret, region_api_url};
 /// The environment variables read, as in Scalingo's CLI. The token's is public: commands
 /// that dropdeploy runs (hooks, activate) never inherit it.
 pub const ENV_TOKEN: &str = "SCALINGO_API_TOKEN";
+/// A token that allows actions through the daemon's HTTP listener (`[intake]`), besides those
+/// of `token_file`. Commands that dropdeploy runs never inherit it either.
+pub const ENV_INTAKE_TOKEN: &str = "DROPDEPLOY_INTAKE_TOKEN";
 const ENV_API_URL: &str = "SCALINGO_API_URL";
 const ENV_AUTH_URL: &str = "SCALINGO_AUTH_URL";
 const ENV_REGION: &str = "SCALINGO_REGION";
 /// Set by systemd for a unit with `LoadCredential=`: the directory of the unit's credentials.
 const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
-pub(super) const ENV_VARS: [&str; 5] = [
+pub(super) const ENV_VARS: [&str; 6] = [
     ENV_TOKEN,
+    ENV_INTAKE_TOKEN,
     ENV_API_URL,
     ENV_AUTH_URL,
     ENV_REGION,

@@ -42,7 +42,7 @@ use std::time::Duration;
 use crate::redact::redact_owned;
 
 pub use app::is_app_name;
-pub use env::{ENV_TOKEN, Env};
+pub use env::{ENV_INTAKE_TOKEN, ENV_TOKEN, Env};
 pub use on_outcome::{
     DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,
 };
@@ -139,6 +139,18 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `[on_outcome]`: the hook run after every job's outcome, unless its app has its own.
     pub on_outcome: Option<HookConfig>,
+    /// `[intake]`: who may act through the daemon's HTTP listener.
+    pub intake: IntakeConfig,
+}
+
+/// `[intake]`: the tokens that allow actions through the daemon's HTTP listener (the status
+/// page's resume and rollback). Without any (no `token_file`, no `DROPDEPLOY_INTAKE_TOKEN`)
+/// the page is read-only.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeConfig {
+    /// `token_file`: a file holding one token per line (blank lines and `#` comments
+    /// skipped), read when the daemon starts.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.
@@ -366,6 +378,7 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             metrics_listen: None,
             on_outcome: None,
+            intake: IntakeConfig::default(),
         }
     }
 }

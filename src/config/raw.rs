@@ -25,8 +25,16 @@ pub(super) struct RawConfig {
     pub(super) scalingo: Option<RawScalingo>,
     pub(super) retry: Option<RawRetry>,
     pub(super) on_outcome: Option<Spanned<RawHook>>,
+    pub(super) intake: Option<RawIntake>,
     #[serde(default)]
     pub(super) app: Vec<Spanned<RawApp>>,
+}
+
+/// `[intake]`: who may act through the daemon's HTTP listener (the status page's actions).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntake {
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +198,7 @@ const TOP_KEYS: &[&str] = &[
     "scalingo",
     "retry",
     "on_outcome",
+    "intake",
     "app",
 ];
 const SCALINGO_KEYS: &[&str] = &[
@@ -202,6 +211,7 @@ const SCALINGO_KEYS: &[&str] = &[
     "deploy_timeout",
     "api_rate_limit",
 ];
+const INTAKE_KEYS: &[&str] = &["token_file"];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
     "name",
@@ -499,6 +509,9 @@ fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
                 check_table_keys(t, "scalingo", SCALINGO_KEYS, &[], report)
             }
             ("retry", DeValue::Table(t)) => check_table_keys(t, "retry", RETRY_KEYS, &[], report),
+            ("intake", DeValue::Table(t)) => {
+                check_table_keys(t, "intake", INTAKE_KEYS, &[], report)
+            }
             ("on_outcome", DeValue::Table(t)) => {
                 check_table_keys(t, "on_outcome", HOOK_KEYS, &[], report)
             }
@@ -564,7 +577,7 @@ fn check_table_keys(
         let expected: Vec<String> = allowed
             .iter()
             .map(|name| match (path, *name) {
-                ("", "scalingo" | "retry" | "on_outcome") => format!("[{name}]"),
+                ("", "scalingo" | "retry" | "on_outcome" | "intake") => format!("[{name}]"),
                 ("", "app") => "[[app]]".to_string(),
                 _ => name.to_string(),
             })

@@ -1014,3 +1014,20 @@ fn a_check_may_be_a_path_on_the_apps_url_but_not_for_local_releases() {
         "{message}"
     );
 }
+
+#[test]
+fn intake_takes_a_token_file_relative_to_the_config_and_nothing_inline() {
+    let c = config("[intake]\ntoken_file = \"intake-tokens\"\n");
+    assert_eq!(
+        c.intake.token_file.as_deref(),
+        Some(Path::new("/etc/dropdeploy/intake-tokens"))
+    );
+    assert_eq!(config("").intake.token_file, None);
+    let message = error("[intake]\ntokne_file = \"x\"\n");
+    assert!(
+        message.contains("2:1: unknown key `tokne_file` in [intake]; expected one of token_file"),
+        "{message}"
+    );
+    let message = error("[intake]\ntoken = \"secret-intake-value\"\n");
+    assert!(!message.contains("secret-intake-value"), "{message}");
+}

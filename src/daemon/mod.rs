@@ -36,6 +36,7 @@ mod apps;
 mod claims;
 mod leftovers;
 mod observe;
+mod page;
 mod pipeline;
 mod preflight;
 mod startup;
@@ -177,6 +178,10 @@ struct Daemon {
     live: Arc<crate::live::Board>,
     /// Drop files whose claim failed for an I/O reason, by path: tried again on a timer.
     claim_retries: HashMap<PathBuf, ClaimRetry>,
+    /// The status page on the metrics listener, if there is one.
+    page: Option<Arc<crate::page::Page>>,
+    /// The actions the page asks for.
+    page_actions: Option<mpsc::Receiver<crate::page::ActionRequest>>,
     /// Held while the daemon runs: one daemon per state_dir.
     _state_lock: crate::lock::StateLock,
 }
@@ -200,13 +205,28 @@ impl Daemon {
         for app in &config.apps {
             metrics.register_app(&app.name);
         }
+        let feed = Arc::new(crate::page::Feed::new());
+        let wired = page::wire(
+            &config,
+            &env,
+            client.as_ref(),
+            &state,
+            feed.clone(),
+            trigger.subscribe(),
+        )
+        .await?;
+        let (page, page_actions) = match wired {
+            Some(w) => (Some(w.page), Some(w.actions)),
+            None => (None, None),
+        };
         let metrics_server = match config.metrics_listen {
             Some(addr) => {
+                let routes = page.clone().map(crate::page::routes).unwrap_or_default();
                 let (bound, task) =
-                    crate::metrics::serve(addr, metrics.clone(), trigger.subscribe())
+                    crate::metrics::serve_with(addr, metrics.clone(), routes, trigger.subscribe())
                         .await
                         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-                tracing::info!(address = %bound, "serving /metrics and /healthz");
+                tracing::info!(address = %bound, "serving the status page on /, /metrics and /healthz");
                 Some(task)
             }
             None => None,
@@ -220,7 +240,10 @@ impl Daemon {
         ));
         let startup::State { lock, live, spool } = state;
         let board = Arc::new(StatusBoard {
-            inner: Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
+            inner: Arc::new(crate::page::FeedObserver::new(
+                feed,
+                Arc::new(MetricsObserver::new(metrics.clone(), Arc::new(LogObserver))),
+            )),
             notifier: notifier.clone(),
             metrics,
             apps: std::sync::atomic::AtomicUsize::new(config.apps.len()),
@@ -250,6 +273,8 @@ impl Daemon {
             board,
             live,
             claim_retries: HashMap::new(),
+            page,
+            page_actions,
             _state_lock: lock,
         })
     }
@@ -273,7 +298,9 @@ impl Daemon {
                     self.notifier.reloaded();
                     self.board.apps.store(self.config.apps.len(), std::sync::atomic::Ordering::Relaxed);
                     self.board.publish();
+                    self.page_reloaded();
                 }
+                Some(request) = page::next_action(&mut self.page_actions) => self.act(request).await,
                 _ = watchdog.tick() => self.notifier.watchdog(),
             }
         };

@@ -13,6 +13,39 @@ use crate::queue::spool::{
 
 use super::store::{Kept, Store};
 
+/// The kept archive `to` names (any git_ref, job id or file name it was verified under), else
+/// the last verified one.
+pub fn choose<'a>(kept: &'a [Kept], to: Option<&str>) -> Option<&'a Kept> {
+    match to {
+        None => kept.first(),
+        Some(to) => kept.iter().find(|k| k.answers_to(to)),
+    }
+}
+
+/// What is live before a rollback by hand: the job, file name and git_ref of the app's last
+/// outcome, when it has one.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub job: String,
+    pub file: String,
+    pub git_ref: Option<String>,
+}
+
+/// A rollback asked for by a person (`dropdeploy rollback`, the status page) from `live` to
+/// the kept archive `chosen`.
+pub fn by_hand(chosen: &Kept, live: Option<Live>) -> RollbackOf {
+    let live = live.unwrap_or_default();
+    RollbackOf {
+        from_job: live.job,
+        from_file: live.file,
+        from_ref: live.git_ref.unwrap_or_else(|| "-".to_string()),
+        to_job: chosen.job.clone(),
+        to_ref: chosen.git_ref.clone(),
+        to_file: chosen.file.clone(),
+        automatic: false,
+    }
+}
+
 /// A fresh job id, in the spool's format.
 pub fn new_id() -> String {
     format!("{}-{:08x}", compact_utc(now()), fastrand::u32(..))

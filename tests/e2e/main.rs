@@ -6,6 +6,9 @@
 
 mod support;
 
+/// Headless Chromium driven over WebDriver, for the status page.
+mod browser;
+
 /// Bad archives refused before any upload, by `deploy` and by `check`.
 mod archive_checks;
 /// Seeded fault storms, with and without SIGKILL (big ones: `bench/reliability.sh`).
@@ -38,6 +41,8 @@ mod observability;
 mod one_app_at_a_time;
 /// The API token and bearer tokens never leak.
 mod secrets;
+/// The status page (`GET /`) in a real browser.
+mod status_page;
 /// Following deployments over the stream, the budget of API requests, regions.
 mod stream;
 /// Running under systemd: notify protocol, credentials, journal, the unit file.

@@ -30,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("lanes", &["queue::lane", "queue"]),
     ("targets", &["deploy", "verify"]),
     ("outcomes", &["outcome"]),
-    ("observers", &["metrics", "hooks", "service"]),
+    ("observers", &["metrics", "hooks", "service", "page"]),
     ("composition", &["daemon"]),
     ("command line", &["cli", "main"]),
 ];

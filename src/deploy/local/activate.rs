@@ -85,7 +85,8 @@ impl LocalTarget {
             .env("DROPDEPLOY_APP", app)
             .env("DROPDEPLOY_RELEASE", &release)
             .env("DROPDEPLOY_GIT_REF", git_ref)
-            .env_remove(TOKEN_VAR);
+            .env_remove(TOKEN_VAR)
+            .env_remove(crate::config::ENV_INTAKE_TOKEN);
         command
     }
 }

@@ -150,6 +150,22 @@ impl Budget {
         self.limit
     }
 
+    /// The requests sent in the last window (a minute), and what is left of a pause after a
+    /// 429, if one runs: what the status page shows against [`Budget::limit`]. Read-only.
+    pub fn used(&self) -> (usize, Option<Duration>) {
+        let Ok(w) = self.state.lock() else {
+            return (0, None);
+        };
+        let now = Instant::now();
+        let used = w
+            .sent
+            .iter()
+            .filter(|t| now.duration_since(**t) < WINDOW)
+            .count();
+        let paused = w.paused_until.filter(|u| *u > now).map(|u| u - now);
+        (used, paused)
+    }
+
     /// Shows this budget's waits on `board` from now on (the daemon's, which `status` reads).
     pub fn publish_to(&self, board: Arc<Board>) {
         let _ = self.board.set(board);
