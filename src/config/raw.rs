@@ -362,6 +362,7 @@ fn remove_unknown_keys(root: &mut DeTable<'_>) {
             ("scalingo", DeValue::Table(t)) => keep(t, SCALINGO_KEYS, &[]),
             ("retry", DeValue::Table(t)) => keep(t, RETRY_KEYS, &[]),
             ("on_outcome", DeValue::Table(t)) => keep(t, HOOK_KEYS, &[]),
+            ("intake", DeValue::Table(t)) => keep(t, INTAKE_KEYS, &[]),
             ("app", DeValue::Array(items)) => {
                 for item in items.iter_mut() {
                     if let DeValue::Table(app) = item.get_mut() {

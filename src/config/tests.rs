@@ -1024,8 +1024,9 @@ fn intake_takes_a_token_file_relative_to_the_config_and_nothing_inline() {
     );
     assert_eq!(config("").intake.token_file, None);
     let message = error("[intake]\ntokne_file = \"x\"\n");
+    assert_eq!(message.lines().count(), 1, "{message}");
     assert!(
-        message.contains("2:1: unknown key `tokne_file` in [intake]; expected one of token_file"),
+        message.contains("2:1: unknown key `tokne_file` in [intake]; did you mean `token_file`?"),
         "{message}"
     );
     let message = error("[intake]\ntoken = \"secret-intake-value\"\n");
