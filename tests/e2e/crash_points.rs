@@ -230,11 +230,7 @@ fn check_invariants(world: &World, drop: &Path, k: Option<u64>) {
         "K = {k:?}"
     );
     assert_eq!(archives_in(drop), Vec::<String>::new(), "K = {k:?}");
-    let spool: Vec<_> = std::fs::read_dir(world.state.join("spool"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let spool = spool_entries(&world.state.join("spool"));
     assert!(spool.is_empty(), "K = {k:?}: the spool holds {spool:?}");
     let litter = litter(world.dir.path());
     assert!(litter.is_empty(), "K = {k:?}: left behind: {litter:#?}");
@@ -382,11 +378,7 @@ fn a_crash_while_a_finished_job_is_removed_records_its_outcome_once() {
         assert_eq!(history.len(), 1, "K = {k}: one history line: {history:#?}");
         assert_eq!(world.fake.deployments("app").len(), 1, "K = {k}");
         assert_eq!(archives_in(&drop.join("done")), ["a.tar.gz"], "K = {k}");
-        let spool: Vec<_> = std::fs::read_dir(world.state.join("spool"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let spool = spool_entries(&world.state.join("spool"));
         assert!(spool.is_empty(), "K = {k}: the spool holds {spool:?}");
         assert_eq!(litter(world.dir.path()), Vec::<PathBuf>::new(), "K = {k}");
         if runner.crashes == 0 {
@@ -434,11 +426,7 @@ fn the_start_removes_what_a_crash_left() {
     std::fs::write(drop.join("done/.keep.tmp"), b"the user's").unwrap();
 
     let mut daemon = world.start_daemon("d");
-    let spool_left: Vec<_> = std::fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let spool_left = spool_entries(&spool);
     assert!(spool_left.is_empty(), "the spool holds {spool_left:?}");
     assert!(!drop.join(".dropdeploy-probe-1234abcd").exists());
     assert!(!temp_reason.exists() && !durable_temp.exists());
@@ -568,4 +556,14 @@ fn the_drop_folder_is_synced_after_making_done_and_after_a_claim() {
         synced_after(claimed),
         "the drop folder is synced after the claim: {steps:#?}"
     );
+}
+
+/// What the spool holds besides its arrival counter (`.sequence`, kept for good).
+fn spool_entries(spool: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| name != ".sequence")
+        .collect()
 }

@@ -50,7 +50,7 @@ fn answer(
         ("GET", "/v1/apps/my-app/deployments/64b7d2f09c1e5a0012ab34cd") => {
             (200, json, fixture("deployment_200.json"))
         }
-        ("GET", "/v1/apps/my-app/deployments/odd") => {
+        ("GET", "/v1/apps/my-app/deployments/4711") => {
             (200, json, fixture("deployment_lenient.json"))
         }
         ("GET", "/v1/apps/my-app/deployments") if query.contains("page=2") => {
@@ -177,7 +177,8 @@ async fn a_refused_exchange_and_a_404_are_permanent_errors_with_their_message() 
 async fn ids_and_statuses_may_be_numbers_or_null_and_pages_have_either_spelling() {
     let base = serve().await;
     let c = client(&base, TOKEN);
-    let odd = c.get_deployment("my-app", "odd").await.unwrap();
+    // A numeric id is read as its text (and checked against the one asked for).
+    let odd = c.get_deployment("my-app", "4711").await.unwrap();
     assert_eq!(odd.id, "4711");
     assert_eq!(odd.status, "", "null: not finished, followed on");
     assert_eq!(odd.git_ref, None);
