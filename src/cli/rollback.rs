@@ -67,14 +67,7 @@ pub(super) async fn rollback(
         crate::queue::check::named(&chosen.file, &chosen.git_ref)
     );
     let history = setup.state_dir.join(crate::outcome::HISTORY_NAME);
-    let current = crate::outcome::read_history(&history, Some(app), Some(1))
-        .ok()
-        .and_then(|mut e| e.pop());
-    let live = current.map(|e| crate::verify::rollback::Live {
-        job: e.job,
-        file: e.file,
-        git_ref: e.git_ref,
-    });
+    let live = crate::outcome::live_now(&setup.state_dir, app);
     let of = crate::verify::rollback::by_hand(&chosen, live);
     let id = new_id();
     let made = {

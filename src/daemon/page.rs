@@ -165,19 +165,13 @@ impl Daemon {
                 to.map(|t| format!(" named {t}")).unwrap_or_default()
             ));
         };
-        let history = self.config.state_dir.join(crate::outcome::HISTORY_NAME);
-        let name = app.to_string();
-        let current = crate::blocking::run(move || {
-            crate::outcome::read_history(&history, Some(&name), Some(1)).map(|mut e| e.pop())
+        let (state_dir, name) = (self.config.state_dir.clone(), app.to_string());
+        let live = crate::blocking::run(move || {
+            Ok::<_, std::io::Error>(crate::outcome::live_now(&state_dir, &name))
         })
         .await
         .ok()
         .flatten();
-        let live = current.map(|e| crate::verify::rollback::Live {
-            job: e.job,
-            file: e.file,
-            git_ref: e.git_ref,
-        });
         let of = crate::verify::rollback::by_hand(&chosen, live);
         let id = new_id();
         let job = {

@@ -43,6 +43,18 @@ pub fn read_history(
     Ok(read.entries)
 }
 
+/// What is live for `app` by its last history line: what a rollback by hand rolls back from.
+/// Blocking.
+pub fn live_now(state_dir: &Path, app: &str) -> Option<crate::verify::rollback::Live> {
+    let history = state_dir.join(super::HISTORY_NAME);
+    let last = read_history(&history, Some(app), Some(1)).ok()?.pop()?;
+    Some(crate::verify::rollback::Live {
+        job: last.job,
+        file: last.file,
+        git_ref: last.git_ref,
+    })
+}
+
 /// [`read_history`], also saying how many unreadable lines were skipped (among those read: with
 /// a `limit`, reading stops once enough entries were found).
 pub fn read_history_counted(

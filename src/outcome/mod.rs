@@ -44,9 +44,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::spool::{Job, Payload, Spool, SpoolError, Timestamp, compact_utc};
+use crate::queue::spool::{Job, Spool, SpoolError, Timestamp, compact_utc};
 
-pub use history::{HistoryRead, format_history_table, read_history, read_history_counted};
+pub use history::{
+    HistoryRead, format_history_table, live_now, read_history, read_history_counted,
+};
 pub use status::{Driver, interrupted_hint, status_json, status_report};
 
 /// The history file's name inside the state directory.
@@ -277,14 +279,7 @@ pub fn rfc3339_utc(ts: Timestamp) -> String {
 
 /// What a person calls a job's file: the dropped file's name, or the URL.
 fn file_label(job: &Job) -> String {
-    match &job.payload {
-        Payload::Archive { original, .. } => original
-            .file_name()
-            .unwrap_or(original.as_os_str())
-            .to_string_lossy()
-            .into_owned(),
-        Payload::Url { url } => url.clone(),
-    }
+    crate::queue::check::file_name_of(job)
 }
 
 fn human_duration(ms: u64) -> String {

@@ -9,6 +9,7 @@ use super::history::{RevLines, append_history};
 use super::place::{claim_reason, place, prune_done, suffixed};
 use super::record::{CRASH_AFTER, attempts, step_name};
 use super::*;
+use crate::queue::spool::Payload;
 use crate::queue::spool::{ARCHIVE_NAME, Failure, JobState, Step};
 use crate::source::drop::DropLayout;
 

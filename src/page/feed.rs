@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::queue::observe::{Event, Observer};
-use crate::queue::spool::{Job, Payload, Step, Timestamp, now};
+use crate::queue::spool::{Job, Step, Timestamp, now};
 use crate::redact::redact;
 
 /// Build output lines kept per job in flight (the page shows them all).
@@ -81,14 +81,7 @@ impl JobNow {
 
 /// What a person calls a job's file: the dropped file's name, or the URL.
 pub fn file_label(job: &Job) -> String {
-    match &job.payload {
-        Payload::Archive { original, .. } => original
-            .file_name()
-            .unwrap_or(original.as_os_str())
-            .to_string_lossy()
-            .into_owned(),
-        Payload::Url { url } => url.clone(),
-    }
+    crate::queue::check::file_name_of(job)
 }
 
 /// The apps' jobs under way, and the channel of live messages. Shared behind an `Arc`.
@@ -267,6 +260,7 @@ impl Observer for FeedObserver {
 mod tests {
     use super::*;
     use crate::queue::observe::LogObserver;
+    use crate::queue::spool::Payload;
 
     fn job() -> Job {
         Job::new(
