@@ -151,6 +151,10 @@ pub struct IntakeConfig {
     /// `token_file`: a file holding one token per line (blank lines and `#` comments
     /// skipped), read when the daemon starts.
     pub token_file: Option<PathBuf>,
+    /// `listen`: where the HTTP intake (`PUT /v1/apps/{app}/archives/{name}`) listens, e.g.
+    /// `127.0.0.1:8473`. Plain HTTP; on an address other than loopback only with
+    /// `insecure_plain_http = true`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.

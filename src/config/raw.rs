@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIntake {
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) insecure_plain_http: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -211,7 +213,7 @@ const SCALINGO_KEYS: &[&str] = &[
     "deploy_timeout",
     "api_rate_limit",
 ];
-const INTAKE_KEYS: &[&str] = &["token_file"];
+const INTAKE_KEYS: &[&str] = &["token_file", "listen", "insecure_plain_http"];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
     "name",
