@@ -170,15 +170,15 @@ fn send_json(status: StatusCode, value: &impl Serialize) -> Response {
     (status, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// 401 unless the request carries one of the `[intake]` tokens. The token is never logged.
-fn authorize(intake: &Intake, headers: &HeaderMap) -> Result<(), Response> {
+/// A 401 unless the request carries one of the `[intake]` tokens. The token is never logged.
+fn refused(intake: &Intake, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if intake.tokens.any() && intake.tokens.allows(given.trim()) {
-        return Ok(());
+        return None;
     }
     let mut refused = say(
         StatusCode::UNAUTHORIZED,
@@ -188,7 +188,7 @@ fn authorize(intake: &Intake, headers: &HeaderMap) -> Result<(), Response> {
         WWW_AUTHENTICATE,
         axum::http::HeaderValue::from_static("Bearer"),
     );
-    Err(refused)
+    Some(refused)
 }
 
 /// A plain archive name: no folder, no `..`, ending in `.tar.gz` or `.tgz`.
@@ -244,7 +244,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(refused) = authorize(&intake, &headers) {
+    if let Some(refused) = refused(&intake, &headers) {
         return refused;
     }
     let label = intake.apps.read().ok().and_then(|a| a.get(&app).cloned());
@@ -523,7 +523,7 @@ async fn job(
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&intake, &headers) {
+    if let Some(refused) = refused(&intake, &headers) {
         return refused;
     }
     let plain = !id.is_empty()
@@ -559,7 +559,7 @@ async fn jobs(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&intake, &headers) {
+    if let Some(refused) = refused(&intake, &headers) {
         return refused;
     }
     if !intake.apps.read().is_ok_and(|a| a.contains_key(&app)) {
