@@ -152,9 +152,13 @@ pub struct IntakeConfig {
     /// skipped), read when the daemon starts.
     pub token_file: Option<PathBuf>,
     /// `listen`: where the HTTP intake (`PUT /v1/apps/{app}/archives/{name}`) listens, e.g.
-    /// `127.0.0.1:8473`. Plain HTTP; on an address other than loopback only with
-    /// `insecure_plain_http = true`.
+    /// `127.0.0.1:8473`. Plain HTTP without `tls_cert`/`tls_key`: on an address other than
+    /// loopback only with
+    /// `insecure_plain_http = true`, unless TLS is set.
     pub listen: Option<std::net::SocketAddr>,
+    /// `tls_cert` and `tls_key`: PEM files (the certificate chain, leaf first, and its private
+    /// key); with them the intake speaks HTTPS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.

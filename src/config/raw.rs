@@ -37,6 +37,8 @@ pub(super) struct RawIntake {
     pub(super) token_file: Option<Spanned<String>>,
     pub(super) listen: Option<Spanned<String>>,
     pub(super) insecure_plain_http: Option<Spanned<bool>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,7 +215,13 @@ const SCALINGO_KEYS: &[&str] = &[
     "deploy_timeout",
     "api_rate_limit",
 ];
-const INTAKE_KEYS: &[&str] = &["token_file", "listen", "insecure_plain_http"];
+const INTAKE_KEYS: &[&str] = &[
+    "token_file",
+    "listen",
+    "insecure_plain_http",
+    "tls_cert",
+    "tls_key",
+];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
     "name",

@@ -1047,3 +1047,20 @@ fn intake_listens_on_loopback_and_elsewhere_only_when_plain_http_is_accepted() {
     let message = error("[intake]\nlisten = \"localhost\"\n");
     assert!(message.contains("`listen` in [intake]"), "{message}");
 }
+
+#[test]
+fn intake_tls_takes_both_files_and_then_any_address() {
+    let c = config(
+        "[intake]\nlisten = \"0.0.0.0:8473\"\ntls_cert = \"intake.pem\"\ntls_key = \"intake.key\"\n",
+    );
+    assert_eq!(
+        c.intake.tls,
+        Some((
+            PathBuf::from("/etc/dropdeploy/intake.pem"),
+            PathBuf::from("/etc/dropdeploy/intake.key")
+        ))
+    );
+    assert!(c.intake.listen.is_some());
+    let message = error("[intake]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"intake.pem\"\n");
+    assert!(message.contains("both `tls_cert`"), "{message}");
+}

@@ -134,9 +134,10 @@ pub(super) fn routes(intake: Arc<Intake>) -> Router {
         .with_state(intake)
 }
 
-/// Serves the intake on `addr` until `shutdown`.
+/// Serves the intake on `addr` until `shutdown`, over TLS when `tls` is given.
 pub(super) async fn serve(
     addr: std::net::SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     intake: Arc<Intake>,
     mut shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -151,10 +152,23 @@ pub(super) async fn serve(
     let router = routes(intake);
     let task = tokio::spawn(async move {
         let stopped = async move { shutdown.requested().await };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
+        let served = match tls {
+            Some(config) => {
+                let listener = super::intake_tls::TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                };
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(address = %bound, "the HTTP intake stopped: {e}");
         }
     });

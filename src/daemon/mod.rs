@@ -35,6 +35,7 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 mod apps;
 mod claims;
 mod intake;
+mod intake_tls;
 mod leftovers;
 mod observe;
 mod page;
@@ -390,12 +391,21 @@ async fn wire_intake(
         .map_err(|e| {
             DaemonError::Setup(format!("cannot prepare the HTTP intake's folders: {e}"))
         })?;
+    let tls = match config.intake.tls.clone() {
+        Some((cert, key)) => Some(
+            crate::blocking::run(move || intake_tls::load(&cert, &key))
+                .await
+                .map_err(|e| DaemonError::Setup(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = mpsc::channel(64);
     let shared = intake::Intake::new(config, tokens, state.spool.clone(), tx);
-    let (bound, task) = intake::serve(addr, shared.clone(), shutdown)
+    let (bound, task) = intake::serve(addr, tls, shared.clone(), shutdown)
         .await
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    tracing::info!(address = %bound, "serving the HTTP intake on /v1/");
+    tracing::info!(address = %bound, scheme, "serving the HTTP intake on /v1/");
     Ok((Some(shared), Some(task), Some(rx)))
 }
 

@@ -268,3 +268,42 @@ fn plain_http_off_loopback_is_refused_unless_said() {
     std::fs::write(&world.config, format!("{text}insecure_plain_http = true\n")).unwrap();
     world.run(&["config", "check"]).assert_code(0);
 }
+
+#[test]
+fn with_a_certificate_the_intake_speaks_https_only() {
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls");
+    let world = World::new();
+    world.add_drop_app("my-app", "");
+    let port = free_port();
+    // TLS: any address may be used without insecure_plain_http (config check says so).
+    world.append_config(&format!(
+        "\n[intake]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        tls.join("server.pem").display(),
+        tls.join("server.key").display()
+    ));
+    world.run(&["config", "check"]).assert_code(0);
+    let _daemon = world.start_daemon_with_env("daemon", &[("DROPDEPLOY_INTAKE_TOKEN", TOKEN)]);
+    // Plain HTTP on the TLS port: no answer.
+    let (status, _) = put(port, "my-app", "a.tar.gz", b"x", &bearer());
+    assert_eq!(status, 0);
+    let to = format!("https://127.0.0.1:{port}");
+    let archive = world.archive("tls.tar.gz");
+    let out = world
+        .command(&[
+            "push",
+            "--to",
+            &to,
+            "--app",
+            "my-app",
+            "--wait",
+            archive.to_str().unwrap(),
+        ])
+        .env("DROPDEPLOY_INTAKE_TOKEN", TOKEN)
+        .env("SSL_CERT_FILE", tls.join("ca.pem"))
+        .output()
+        .unwrap();
+    Run::from_output(out, &world.fake.api_token())
+        .assert_code(0)
+        .assert_contains("succeeded");
+    assert_eq!(world.history().len(), 1);
+}
