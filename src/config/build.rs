@@ -161,6 +161,14 @@ pub(super) fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Co
     }
     if let Some(intake) = &raw.intake {
         config.intake.tls = intake_tls(intake, base, report);
+        config.intake.read_timeout = duration_value(
+            &intake.read_timeout,
+            "read_timeout",
+            "intake",
+            super::DEFAULT_INTAKE_READ_TIMEOUT,
+            false,
+            report,
+        );
         config.intake.listen = intake_listen(intake, config.intake.tls.is_some(), report);
     }
     // A 429 without Retry-After pauses the client on the project's one retry policy.

@@ -39,6 +39,7 @@ pub(super) struct RawIntake {
     pub(super) insecure_plain_http: Option<Spanned<bool>>,
     pub(super) tls_cert: Option<Spanned<String>>,
     pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) read_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +222,7 @@ const INTAKE_KEYS: &[&str] = &[
     "insecure_plain_http",
     "tls_cert",
     "tls_key",
+    "read_timeout",
 ];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[

@@ -33,9 +33,6 @@ use crate::page::Tokens;
 use crate::queue::intake::{IntakeError, Transfer, enqueue_archive};
 use crate::queue::spool::{Job, JobState, Spool};
 
-/// The longest wait for the next piece of an upload's body: a client that stalls longer is
-/// dropped, and nothing of its upload is kept.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A second upload of the same bytes under the same name for the same app, within this long,
 /// is taken for a retry of the first.
 const SAME_UPLOAD: u64 = 600;
@@ -50,6 +47,8 @@ pub(super) struct Intake {
     /// The configured apps and their git_ref labels.
     apps: RwLock<HashMap<String, String>>,
     limits: Limits,
+    /// The longest wait for the next piece of an upload's body (`read_timeout`).
+    read_timeout: Duration,
     /// Jobs made here, for the main loop to hand to their lanes.
     submit: mpsc::Sender<Job>,
     /// One upload at a time decides "new job or retry", so that two retries racing make one.
@@ -79,6 +78,7 @@ impl Intake {
             limits: Limits {
                 max_uncompressed: config.max_archive_bytes,
             },
+            read_timeout: config.intake.read_timeout,
             submit,
             deciding: tokio::sync::Mutex::new(()),
         };
@@ -385,7 +385,7 @@ async fn decide(
 }
 
 /// Streams the body into `uploads/<random>/<name>`, hashing it, and syncs it. On any error
-/// (short body, longer body, a stall past [`READ_TIMEOUT`], I/O) nothing is left behind.
+/// (short body, longer body, a stall past `read_timeout`, I/O) nothing is left behind.
 async fn receive(
     intake: &Intake,
     name: &str,
@@ -394,7 +394,7 @@ async fn receive(
 ) -> Result<(PathBuf, PathBuf, String), String> {
     let dir = intake.uploads().join(format!("{:016x}", fastrand::u64(..)));
     let file = dir.join(name);
-    let got = write_body(&dir, &file, length, body).await;
+    let got = write_body(&dir, &file, length, intake.read_timeout, body).await;
     if got.is_err() {
         let dir = dir.clone();
         let _ = crate::blocking::run(move || crate::durable::remove_tree(&dir)).await;
@@ -402,7 +402,13 @@ async fn receive(
     got.map(|sha| (dir, file, sha))
 }
 
-async fn write_body(dir: &Path, file: &Path, length: u64, body: Body) -> Result<String, String> {
+async fn write_body(
+    dir: &Path,
+    file: &Path,
+    length: u64,
+    read_timeout: Duration,
+    body: Body,
+) -> Result<String, String> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
@@ -413,9 +419,14 @@ async fn write_body(dir: &Path, file: &Path, length: u64, body: Body) -> Result<
     let mut seen = 0u64;
     let mut stream = body.into_data_stream();
     loop {
-        let next = tokio::time::timeout(READ_TIMEOUT, stream.next())
+        let next = tokio::time::timeout(read_timeout, stream.next())
             .await
-            .map_err(|_| format!("the client sent nothing for {}s", READ_TIMEOUT.as_secs()))?;
+            .map_err(|_| {
+                format!(
+                    "the client sent nothing for {} (read_timeout in [intake])",
+                    humantime::format_duration(read_timeout)
+                )
+            })?;
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
         seen += chunk.len() as u64;

@@ -307,3 +307,43 @@ fn with_a_certificate_the_intake_speaks_https_only() {
         .assert_contains("succeeded");
     assert_eq!(world.history().len(), 1);
 }
+
+#[test]
+fn a_stalled_upload_is_dropped_after_read_timeout_and_leaves_nothing() {
+    let (world, port, _daemon) = intake_world("read_timeout = \"1s\"");
+    let good = std::fs::read(world.archive("a.tar.gz")).unwrap();
+    let head = format!(
+        "PUT /v1/apps/my-app/archives/a.tar.gz HTTP/1.1\r\nHost: x\r\n\
+         Content-Length: {}\r\n{}\r\n",
+        good.len(),
+        bearer()
+    );
+    // Half the body, then nothing: the connection stays open.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&good[..good.len() / 2]).unwrap();
+    let noticed = wait_for(LONG, || {
+        world.log("daemon").contains("read_timeout in [intake]")
+    });
+    assert!(noticed, "{}", world.log("daemon"));
+    nothing_left(&world);
+    drop(s);
+    assert!(world.history().is_empty());
+}
+
+#[test]
+fn config_check_finds_an_unusable_certificate() {
+    let world = World::new();
+    world.add_drop_app("my-app", "");
+    let cert = world.path("intake.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    world.append_config(&format!(
+        "\n[intake]\nlisten = \"127.0.0.1:8473\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        world.path("missing.key").display()
+    ));
+    world
+        .run(&["config", "check"])
+        .assert_code(2)
+        .assert_contains("intake.pem");
+}
