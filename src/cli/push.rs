@@ -41,7 +41,11 @@ pub async fn push(to: &str, app: &str, file: &Path, wait: bool) -> u8 {
         }
     };
     let base = to.trim_end_matches('/');
-    let url = format!("{base}/v1/apps/{app}/archives/{name}");
+    let url = format!(
+        "{base}/v1/apps/{}/archives/{}",
+        path_segment(app),
+        path_segment(name)
+    );
     let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let mut tries = 0;
     let answer = loop {
@@ -150,10 +154,32 @@ async fn follow(client: &reqwest::Client, base: &str, token: &str, app: &str, jo
     EXIT_FAILED
 }
 
+/// `text` as one URL path segment: every byte but the unreserved ones percent-encoded.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn tail(reason: &str) -> String {
     if reason.is_empty() {
         String::new()
     } else {
         format!(": {reason}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_become_one_path_segment() {
+        assert_eq!(super::path_segment("my-app_1.tar.gz"), "my-app_1.tar.gz");
+        assert_eq!(super::path_segment("a b#?/.tgz"), "a%20b%23%3F%2F.tgz");
     }
 }

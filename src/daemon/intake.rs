@@ -113,8 +113,11 @@ impl Intake {
     }
 }
 
-/// Makes the intake's folders and removes uploads a previous run left half-received.
-/// Blocking.
+/// How long an `Idempotency-Key` is remembered (kept files are pruned at start past it).
+const KEYS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Makes the intake's folders, removes uploads a previous run left half-received, and forgets
+/// keys older than [`KEYS_KEPT`]. Blocking.
 pub(super) fn prepare(state_dir: &Path) -> std::io::Result<()> {
     let intake = state_dir.join("intake");
     let uploads = intake.join("uploads");
@@ -122,7 +125,20 @@ pub(super) fn prepare(state_dir: &Path) -> std::io::Result<()> {
         crate::durable::remove_tree(&uploads)?;
     }
     crate::durable::create_dir_all(&uploads)?;
-    crate::durable::create_dir_all(&intake.join("keys"))
+    let keys = intake.join("keys");
+    crate::durable::create_dir_all(&keys)?;
+    for entry in std::fs::read_dir(&keys)?.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > KEYS_KEPT);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// The intake's routes.
