@@ -51,8 +51,9 @@ pub(super) struct Intake {
     read_timeout: Duration,
     /// Jobs made here, for the main loop to hand to their lanes.
     submit: mpsc::Sender<Job>,
-    /// One upload at a time decides "new job or retry", so that two retries racing make one.
-    deciding: tokio::sync::Mutex<()>,
+    /// One upload at a time per app decides "new job or retry", so that two retries racing
+    /// make one job (the keys name the app, so apps need not wait for each other).
+    deciding: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What an idempotency key file remembers.
@@ -80,7 +81,7 @@ impl Intake {
             },
             read_timeout: config.intake.read_timeout,
             submit,
-            deciding: tokio::sync::Mutex::new(()),
+            deciding: std::sync::Mutex::new(HashMap::new()),
         };
         intake.set_apps(config);
         Arc::new(intake)
@@ -335,7 +336,7 @@ async fn upload(
     answer
 }
 
-/// Under the lock: the same job again for a retry, else a new job, remembered, then handed
+/// Under the app's lock: the same job again for a retry, else a new job, remembered, then handed
 /// to its lane.
 async fn decide(
     intake: &Arc<Intake>,
@@ -346,7 +347,16 @@ async fn decide(
     sha256: &str,
     key_path: Option<PathBuf>,
 ) -> Response {
-    let _deciding = intake.deciding.lock().await;
+    let lock = match intake.deciding.lock() {
+        Ok(mut locks) => locks.entry(app.to_string()).or_default().clone(),
+        Err(_) => {
+            return say(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the intake's lock is broken",
+            );
+        }
+    };
+    let _deciding = lock.lock().await;
     if let Some(path) = &key_path
         && let Some(known) = recall(path.clone(), None).await
     {
