@@ -88,6 +88,7 @@ mod look;
 mod manual;
 mod platform;
 mod printer;
+mod push;
 mod rollback;
 mod setup;
 mod watch;
@@ -295,6 +296,25 @@ pub enum Command {
     /// The archive is checked first, then uploaded, then deployed, and the deployment is
     /// followed to its end. Running the same command again after an interruption resumes the
     /// same job: it never deploys the same archive twice.
+    /// Send an archive to a daemon's HTTP intake (`[intake] listen`), as CI does: the daemon
+    /// checks it and deploys it in the app's turn. The token comes from
+    /// DROPDEPLOY_INTAKE_TOKEN. Sending the same archive again (a retry after a time-out)
+    /// answers the same job: it is never deployed twice.
+    #[command(after_help = EXIT_CODES)]
+    Push {
+        /// The daemon's intake, e.g. http://127.0.0.1:8473.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The app, as named in the daemon's configuration.
+        #[arg(long, short)]
+        app: String,
+        /// Follow the job to its outcome and exit like `deploy` (0 deployed, 1 failed, 3 gave
+        /// up); without it, exit once the daemon has the job.
+        #[arg(long)]
+        wait: bool,
+        /// The archive (.tar.gz or .tgz).
+        file: PathBuf,
+    },
     #[command(after_help = EXIT_CODES)]
     Deploy {
         /// The Scalingo app.
@@ -542,6 +562,12 @@ pub fn main() -> ExitCode {
             run_async(jobs::jobs(&cli, command, state_dir.as_ref()))
         }
         Command::Deploy { .. } => run_async(deploy(&cli)),
+        Command::Push {
+            to,
+            app,
+            wait,
+            file,
+        } => run_async(push::push(to, app, file, *wait)),
         Command::Rollback {
             app_arg,
             app,

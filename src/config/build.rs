@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::app::{SeenApps, build_app};
 use super::env::{LeftForEnv, TokenFile};
 use super::on_outcome::build_hook;
-use super::raw::{DurationText, RawConfig, RawRetry, RawScalingo, SizeText, parse_size};
+use super::raw::{DurationText, RawConfig, RawIntake, RawRetry, RawScalingo, SizeText, parse_size};
 use super::report::{Report, table_label};
 use super::{
     Config, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_SHUTDOWN_GRACE, RetryConfig, ScalingoConfig,
@@ -159,6 +159,18 @@ pub(super) fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Co
     if let Some(file) = raw.intake.as_ref().and_then(|i| i.token_file.as_ref()) {
         config.intake.token_file = path_value(file, "token_file", "intake", base, report);
     }
+    if let Some(intake) = &raw.intake {
+        config.intake.tls = intake_tls(intake, base, report);
+        config.intake.read_timeout = duration_value(
+            &intake.read_timeout,
+            "read_timeout",
+            "intake",
+            super::DEFAULT_INTAKE_READ_TIMEOUT,
+            false,
+            report,
+        );
+        config.intake.listen = intake_listen(intake, config.intake.tls.is_some(), report);
+    }
     // A 429 without Retry-After pauses the client on the project's one retry policy.
     config.scalingo.rate_limit_backoff = (config.retry.initial, config.retry.max_delay);
     let mut seen = SeenApps::default();
@@ -270,6 +282,66 @@ fn metrics_listen(value: &Spanned<String>, report: &mut Report<'_>) -> Option<So
             );
             None
         }
+    }
+}
+
+/// `[intake] listen`: an IP address and a port; plain HTTP off loopback only when
+/// `insecure_plain_http = true` says so (a token sent in clear could be read on the way).
+fn intake_listen(intake: &RawIntake, tls: bool, report: &mut Report<'_>) -> Option<SocketAddr> {
+    let value = intake.listen.as_ref()?;
+    let Ok(addr) = value.get_ref().trim().parse::<SocketAddr>() else {
+        report.at(
+            value.span(),
+            format!(
+                "`listen` in [intake] must be an IP address and a port, e.g. \"127.0.0.1:8473\", \
+                 found \"{}\"",
+                value.get_ref()
+            ),
+        );
+        return None;
+    };
+    let plain_allowed = intake
+        .insecure_plain_http
+        .as_ref()
+        .is_some_and(|v| *v.get_ref());
+    if !addr.ip().is_loopback() && !plain_allowed && !tls {
+        report.at(
+            value.span(),
+            format!(
+                "`listen` in [intake] is {addr}, not a loopback address: the intake speaks plain \
+                 HTTP, so bearer tokens and archives would cross the network in clear; set \
+                 `tls_cert` and `tls_key`, or listen on 127.0.0.1 behind a TLS proxy, or set \
+                 `insecure_plain_http = true` in [intake] to accept that"
+            ),
+        );
+        return None;
+    }
+    Some(addr)
+}
+
+/// `[intake] tls_cert` and `tls_key`: both or neither.
+fn intake_tls(
+    intake: &RawIntake,
+    base: &Path,
+    report: &mut Report<'_>,
+) -> Option<(PathBuf, PathBuf)> {
+    let cert = intake.tls_cert.as_ref();
+    let key = intake.tls_key.as_ref();
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let cert = path_value(cert, "tls_cert", "intake", base, report)?;
+            let key = path_value(key, "tls_key", "intake", base, report)?;
+            Some((cert, key))
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            report.at(
+                one.span(),
+                "[intake] needs both `tls_cert` (the certificate chain, PEM) and `tls_key` (its \
+                 private key, PEM), or neither",
+            );
+            None
+        }
+        (None, None) => None,
     }
 }
 

@@ -146,11 +146,36 @@ pub struct Config {
 /// `[intake]`: the tokens that allow actions through the daemon's HTTP listener (the status
 /// page's resume and rollback). Without any (no `token_file`, no `DROPDEPLOY_INTAKE_TOKEN`)
 /// the page is read-only.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IntakeConfig {
     /// `token_file`: a file holding one token per line (blank lines and `#` comments
     /// skipped), read when the daemon starts.
     pub token_file: Option<PathBuf>,
+    /// `listen`: where the HTTP intake (`PUT /v1/apps/{app}/archives/{name}`) listens, e.g.
+    /// `127.0.0.1:8473`. Plain HTTP without `tls_cert`/`tls_key`: on an address other than
+    /// loopback only with
+    /// `insecure_plain_http = true`, unless TLS is set.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `tls_cert` and `tls_key`: PEM files (the certificate chain, leaf first, and its private
+    /// key); with them the intake speaks HTTPS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `read_timeout`: the longest wait for the next bytes of an upload (default 30 s); a
+    /// client that stalls longer is dropped and nothing of its upload is kept.
+    pub read_timeout: std::time::Duration,
+}
+
+/// `[intake] read_timeout` by default.
+pub const DEFAULT_INTAKE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            token_file: None,
+            listen: None,
+            tls: None,
+            read_timeout: DEFAULT_INTAKE_READ_TIMEOUT,
+        }
+    }
 }
 
 /// `[scalingo]`: the API endpoints, the token and the time limits of API calls.

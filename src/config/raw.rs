@@ -35,6 +35,11 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIntake {
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) insecure_plain_http: Option<Spanned<bool>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) read_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -211,7 +216,14 @@ const SCALINGO_KEYS: &[&str] = &[
     "deploy_timeout",
     "api_rate_limit",
 ];
-const INTAKE_KEYS: &[&str] = &["token_file"];
+const INTAKE_KEYS: &[&str] = &[
+    "token_file",
+    "listen",
+    "insecure_plain_http",
+    "tls_cert",
+    "tls_key",
+    "read_timeout",
+];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
     "name",

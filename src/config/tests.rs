@@ -1032,3 +1032,36 @@ fn intake_takes_a_token_file_relative_to_the_config_and_nothing_inline() {
     let message = error("[intake]\ntoken = \"secret-intake-value\"\n");
     assert!(!message.contains("secret-intake-value"), "{message}");
 }
+
+#[test]
+fn intake_listens_on_loopback_and_elsewhere_only_when_plain_http_is_accepted() {
+    let c = config("[intake]\nlisten = \"127.0.0.1:8473\"\n");
+    assert_eq!(c.intake.listen, Some("127.0.0.1:8473".parse().unwrap()));
+    assert_eq!(config("").intake.listen, None);
+    let message = error("[intake]\nlisten = \"0.0.0.0:8473\"\n");
+    assert!(
+        message.contains("insecure_plain_http") && message.contains("0.0.0.0:8473"),
+        "{message}"
+    );
+    let c = config("[intake]\nlisten = \"0.0.0.0:8473\"\ninsecure_plain_http = true\n");
+    assert_eq!(c.intake.listen, Some("0.0.0.0:8473".parse().unwrap()));
+    let message = error("[intake]\nlisten = \"localhost\"\n");
+    assert!(message.contains("`listen` in [intake]"), "{message}");
+}
+
+#[test]
+fn intake_tls_takes_both_files_and_then_any_address() {
+    let c = config(
+        "[intake]\nlisten = \"0.0.0.0:8473\"\ntls_cert = \"intake.pem\"\ntls_key = \"intake.key\"\n",
+    );
+    assert_eq!(
+        c.intake.tls,
+        Some((
+            PathBuf::from("/etc/dropdeploy/intake.pem"),
+            PathBuf::from("/etc/dropdeploy/intake.key")
+        ))
+    );
+    assert!(c.intake.listen.is_some());
+    let message = error("[intake]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"intake.pem\"\n");
+    assert!(message.contains("both `tls_cert`"), "{message}");
+}

@@ -34,6 +34,8 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 
 mod apps;
 mod claims;
+mod intake;
+mod intake_tls;
 mod leftovers;
 mod observe;
 mod page;
@@ -182,6 +184,10 @@ struct Daemon {
     page: Option<Arc<crate::page::Page>>,
     /// The actions the page asks for.
     page_actions: Option<mpsc::Receiver<crate::page::ActionRequest>>,
+    /// The HTTP intake (`[intake] listen`), its server, and the jobs it makes.
+    intake: Option<Arc<intake::Intake>>,
+    intake_server: Option<tokio::task::JoinHandle<()>>,
+    intake_jobs: Option<mpsc::Receiver<Job>>,
     /// Held while the daemon runs: one daemon per state_dir.
     _state_lock: crate::lock::StateLock,
 }
@@ -231,6 +237,8 @@ impl Daemon {
             }
             None => None,
         };
+        let (intake, intake_server, intake_jobs) =
+            wire_intake(&config, &env, &state, trigger.subscribe()).await?;
         let hooks = Arc::new(Hooks::new().map_err(|e| DaemonError::Startup(e.to_string()))?);
         let after = Arc::new(AfterOutcome::new(
             metrics.clone(),
@@ -275,6 +283,9 @@ impl Daemon {
             claim_retries: HashMap::new(),
             page,
             page_actions,
+            intake,
+            intake_server,
+            intake_jobs,
             _state_lock: lock,
         })
     }
@@ -301,6 +312,11 @@ impl Daemon {
                     self.page_reloaded();
                 }
                 Some(request) = page::next_action(&mut self.page_actions) => self.act(request).await,
+                Some(job) = next_upload(&mut self.intake_jobs) => {
+                    if let Err(job) = self.pipeline.lanes.submit(job) {
+                        tracing::error!(app = %job.app, job = %job.id, "no lane for the app; the job stays in the spool");
+                    }
+                }
                 _ = watchdog.tick() => self.notifier.watchdog(),
             }
         };
@@ -332,8 +348,72 @@ impl Daemon {
         if let Some(server) = self.metrics_server.take() {
             server.abort();
         }
+        if let Some(server) = self.intake_server.take() {
+            server.abort();
+        }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+type IntakeWiring = (
+    Option<Arc<intake::Intake>>,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<mpsc::Receiver<Job>>,
+);
+
+/// The HTTP intake, when `[intake] listen` is set: its tokens read (off the runtime), its
+/// folders made, its listener bound. A failure is a setup error naming the cause.
+async fn wire_intake(
+    config: &Config,
+    env: &Env,
+    state: &startup::State,
+    shutdown: shutdown::Shutdown,
+) -> Result<IntakeWiring, DaemonError> {
+    let Some(addr) = config.intake.listen else {
+        return Ok((None, None, None));
+    };
+    let file = config.intake.token_file.clone();
+    let from_env = env
+        .get(crate::config::ENV_INTAKE_TOKEN)
+        .map(crate::config::Secret::new);
+    let tokens = crate::blocking::run(move || crate::page::Tokens::load(file.as_deref(), from_env))
+        .await
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    if !tokens.any() {
+        tracing::warn!(
+            "the HTTP intake has no token ([intake] token_file, or DROPDEPLOY_INTAKE_TOKEN): it refuses every request"
+        );
+    }
+    let dir = config.state_dir.clone();
+    crate::blocking::run(move || intake::prepare(&dir))
+        .await
+        .map_err(|e| {
+            DaemonError::Setup(format!("cannot prepare the HTTP intake's folders: {e}"))
+        })?;
+    let tls = match config.intake.tls.clone() {
+        Some((cert, key)) => Some(
+            crate::blocking::run(move || intake_tls::load(&cert, &key))
+                .await
+                .map_err(|e| DaemonError::Setup(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (tx, rx) = mpsc::channel(64);
+    let shared = intake::Intake::new(config, tokens, state.spool.clone(), tx);
+    let (bound, task) = intake::serve(addr, tls, shared.clone(), shutdown)
+        .await
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    tracing::info!(address = %bound, scheme, "serving the HTTP intake on /v1/");
+    Ok((Some(shared), Some(task), Some(rx)))
+}
+
+/// The next job the HTTP intake made, or never without one.
+async fn next_upload(jobs: &mut Option<mpsc::Receiver<Job>>) -> Option<Job> {
+    match jobs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -91,6 +91,9 @@ pub(super) async fn next_action(
 impl Daemon {
     /// After a reload: the page shows the apps configured now.
     pub(super) fn page_reloaded(&self) {
+        if let Some(intake) = &self.intake {
+            intake.set_apps(&self.config);
+        }
         if let Some(page) = &self.page {
             page.set_apps(
                 app_names(&self.config),

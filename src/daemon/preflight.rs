@@ -33,6 +33,11 @@ pub fn check_environment(config: &Config) -> Vec<String> {
             .0,
         );
     }
+    if let Some((cert, key)) = &config.intake.tls
+        && let Err(e) = super::intake_tls::load(cert, key)
+    {
+        problems.push(e);
+    }
     for app in &config.apps {
         if let Some(dir) = &app.drop_dir {
             if let Err(e) = writable_dir(dir) {

@@ -109,7 +109,10 @@ pub fn enqueue_archive(
         }
     }
     let moved = match transfer {
-        Transfer::Copy => fs::copy(file, &archive).map(|_| ()),
+        // Synced: the job may be answered for (the HTTP intake's 202) once it is committed.
+        Transfer::Copy => {
+            fs::copy(file, &archive).and_then(|_| crate::durable::sync_path(&archive))
+        }
         Transfer::Move => claim_rename(file, &archive, &tmp),
     };
     if let Err(source) = moved {

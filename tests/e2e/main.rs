@@ -33,6 +33,8 @@ mod first_contact;
 mod first_hour;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
+/// The HTTP intake and `dropdeploy push`.
+mod intake;
 /// The local release target, driven by the daemon.
 mod local_releases;
 /// The daemon's metrics endpoint and outcome hooks.
