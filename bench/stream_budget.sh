@@ -8,6 +8,7 @@
 #   DROPDEPLOY=/path/to/dropdeploy bench/stream_budget.sh   # another build (e.g. main's)
 #   NO_BUILD=1 FAKE=/path/to/fake-scalingo ...   # no cargo build; binaries given
 #   STORM_ONLY=1 SEED=8 ...                       # only the storm, with another fault seed
+#   STEP=300ms STORM_STEP=300ms STORM_RATE=600 ... # tiny and fast (the bench smoke)
 #
 # For one `deploy` of a build lasting 4 x STEP (20 s), with `deploy --interval 3s`:
 #   polling: the stream refused (404), the deployment polled: the reference cost;
@@ -102,12 +103,13 @@ else
 fi
 
 # The storm: 12 archives over 4 apps through one daemon.
-storm_url="$(start_fake storm --step 2s --rate-limit 60 --transient-faults 0.3 --fault-seed "${SEED:-7}" \
+rate="${STORM_RATE:-60}"
+storm_url="$(start_fake storm --step "${STORM_STEP:-2s}" --rate-limit "$rate" --transient-faults 0.3 --fault-seed "${SEED:-7}" \
     --app app-1 --app app-2 --app app-3 --app app-4)"
 state="$work/storm.state"
 {
     printf 'state_dir = "%s"\nmax_parallel = 4\n\n' "$state"
-    printf '[scalingo]\ntoken_file = "%s"\napi_rate_limit = 60\ntimeout = "5s"\n\n' "$work/token"
+    printf '[scalingo]\ntoken_file = "%s"\napi_rate_limit = %s\ntimeout = "5s"\n\n' "$work/token" "$rate"
     printf '[retry]\ninitial = "1s"\nmax_delay = "5s"\nbudget = "20s"\n'
     for i in 1 2 3 4; do
         printf '\n[[app]]\nname = "app-%s"\nqueue = "all"\ndrop_dir = "%s/drop/app-%s"\n' \
@@ -115,7 +117,7 @@ state="$work/storm.state"
     done
 } >"$work/storm.toml"
 for i in 1 2 3 4; do mkdir -p "$work/drop/app-$i"; done
-echo "the storm: 12 archives over 4 apps, 60 requests a minute, 30 % faults, 20 s budget..." >&2
+echo "the storm: 12 archives over 4 apps, $rate requests a minute, 30 % faults, 20 s budget..." >&2
 SCALINGO_API_URL="$storm_url" SCALINGO_AUTH_URL="$storm_url" \
     "$dropdeploy" --config "$work/storm.toml" run >"$work/storm.out" 2>"$work/storm.err" &
 daemon=$!
@@ -152,7 +154,7 @@ dropdeploy: $dropdeploy
 |---|---|---|---|---|---|
 $(cat "$rows.1" "$rows.2" "$rows.3")
 
-| storm: 12 archives, 4 apps, 60/min, 30 % faults, retry budget 20 s | |
+| storm: 12 archives, 4 apps, $rate/min, 30 % faults, retry budget 20 s | |
 |---|---|
 | succeeded | ${succeeded:-0} |
 | failed | ${failed:-0} |
