@@ -381,7 +381,7 @@ async fn decide(
         );
         let limits = intake.limits;
         tokio::task::spawn_blocking(move || {
-            enqueue_archive(&spool, &app, &file, Transfer::Copy, &label, None, &limits)
+            enqueue_archive(&spool, &app, &file, Transfer::Take, &label, None, &limits)
         })
         .await
     };

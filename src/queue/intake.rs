@@ -14,13 +14,16 @@ pub enum Transfer {
     Copy,
     /// Rename it: the spool takes the file (a claimed drop; same filesystem).
     Move,
+    /// Rename a file the daemon received and synced itself (the HTTP intake's upload, under
+    /// the state_dir): no claim note, no drop folder to give it back to; kept like a copy.
+    Take,
 }
 
 /// Why an archive did not become a job.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     /// The archive is bad. With [`Transfer::Move`] the file now sits at `kept`, for the caller
-    /// to move wherever rejected files go; with [`Transfer::Copy`] the copy was removed.
+    /// to move wherever rejected files go; otherwise the spool's copy was removed.
     #[error("{}: {rejection}", file.display())]
     Rejected {
         file: PathBuf,
@@ -113,7 +116,7 @@ pub fn enqueue_archive(
         Transfer::Copy => {
             fs::copy(file, &archive).and_then(|_| crate::durable::sync_path(&archive))
         }
-        Transfer::Move => claim_rename(file, &archive, &tmp),
+        Transfer::Move | Transfer::Take => claim_rename(file, &archive, &tmp),
     };
     if let Err(source) = moved {
         if transfer == Transfer::Move && archive.exists() {
@@ -125,7 +128,7 @@ pub fn enqueue_archive(
         return Err(IntakeError::Io {
             action: match transfer {
                 Transfer::Copy => "cannot copy into the spool",
-                Transfer::Move => "cannot move into the spool",
+                Transfer::Move | Transfer::Take => "cannot move into the spool",
             },
             file: file.to_path_buf(),
             source,
@@ -135,7 +138,7 @@ pub fn enqueue_archive(
         Ok(summary) => summary,
         Err(err) => {
             let (rejection, kept) = match transfer {
-                Transfer::Copy => {
+                Transfer::Copy | Transfer::Take => {
                     let _ = crate::durable::remove_tree(&tmp);
                     (err, None)
                 }
@@ -167,7 +170,7 @@ pub fn enqueue_archive(
         original: file.to_path_buf(),
         summary,
         tree_digest: None,
-        copied: transfer == Transfer::Copy,
+        copied: transfer != Transfer::Move,
     };
     let mut job = Job::new(id, app, git_ref, payload, created_at);
     job.git_ref_given = git_ref_given;
@@ -196,11 +199,13 @@ fn claim_rename(file: &Path, archive: &Path, tmp: &Path) -> std::io::Result<()> 
 fn give_back(spool: &Spool, tmp: &Path, transfer: Transfer) {
     let undone = match transfer {
         Transfer::Move => spool.put_back(tmp).map(|_| ()),
-        Transfer::Copy => crate::durable::remove_tree(tmp).map_err(|source| SpoolError::Io {
-            action: "cannot remove",
-            path: tmp.to_path_buf(),
-            source,
-        }),
+        Transfer::Copy | Transfer::Take => {
+            crate::durable::remove_tree(tmp).map_err(|source| SpoolError::Io {
+                action: "cannot remove",
+                path: tmp.to_path_buf(),
+                source,
+            })
+        }
     };
     if let Err(e) = undone {
         tracing::warn!("{e}; the next start puts the file back");
