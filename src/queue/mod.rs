@@ -9,3 +9,4 @@ pub mod lane;
 pub mod observe;
 pub mod retry;
 pub mod spool;
+pub mod store;
