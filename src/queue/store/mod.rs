@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::queue::spool::Job;
 
+mod local;
+pub use local::LocalStore;
+
 /// The right to drive one app's lane, for a while.
 ///
 /// `token` is the fencing token: it grows every time the lease changes hands, and every write
