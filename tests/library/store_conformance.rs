@@ -525,3 +525,46 @@ fn heartbeats_list_the_nodes() {
     assert_eq!(names, [("a", Some("3")), ("b", Some("2"))]);
     assert!(nodes.iter().all(|n| n.seen_ago < Duration::from_secs(3600)));
 }
+
+#[test]
+fn the_database_fences_a_write_the_node_believes_it_may_make() {
+    // The node's own clock says its lease is fresh (60 s), but by the database's clock the
+    // lease has ended, or the lane has changed hands: the write is refused all the same.
+    let f = fleet();
+    let mut job = add_to(&f.a, f.dir.path(), "j1", "app-x");
+    let held =
+        f.a.acquire("app-x", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+    job.failed_attempts = 1;
+    f.a.save(&job).unwrap();
+    sql(
+        f.cluster.url(),
+        "UPDATE lanes SET expires_at = now() - interval '1 second'",
+    );
+    job.failed_attempts = 2;
+    assert!(matches!(f.a.save(&job), Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        f.a.finish(&job, &entry(&job)),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(
+        f.a.lease_of("app-x"),
+        None,
+        "a fenced node forgets the lease"
+    );
+    assert_eq!(f.a.renew(&held, Duration::from_secs(60)).unwrap(), None);
+    // Taken over behind its back while its lease looks fresh: the token no longer matches.
+    let again =
+        f.a.acquire("app-x", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+    assert!(again.token > held.token);
+    sql(
+        f.cluster.url(),
+        "UPDATE lanes SET node = 'b', token = token + 1",
+    );
+    assert!(matches!(f.a.save(&job), Err(StoreError::Fenced { .. })));
+    assert_eq!(f.b.load("j1").unwrap().failed_attempts, 1);
+    assert!(f.b.history(None, 10).unwrap().is_empty());
+}
