@@ -568,3 +568,33 @@ fn the_database_fences_a_write_the_node_believes_it_may_make() {
     assert_eq!(f.b.load("j1").unwrap().failed_attempts, 1);
     assert!(f.b.history(None, 10).unwrap().is_empty());
 }
+
+#[test]
+fn tls_to_the_database_verifies_its_certificate() {
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls");
+    let cluster =
+        testpg::Cluster::start_local_tls(&tls.join("server.pem"), &tls.join("server.key"));
+    // sslmode=require makes the connection fail unless TLS was negotiated.
+    let trusted = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        cluster.url(),
+        tls.join("ca.pem").display()
+    );
+    let store = PgStore::connect(&Secret::new(trusted), "a").unwrap();
+    store.health().unwrap();
+    assert!(
+        store
+            .acquire("app-x", Duration::from_secs(5))
+            .unwrap()
+            .is_some()
+    );
+    // The test CA is not among the system's roots: without sslrootcert, no connection.
+    let untrusted = format!("{}?sslmode=require", cluster.url());
+    let store = PgStore::new(&Secret::new(untrusted), "a").unwrap();
+    match store.health() {
+        Err(StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("certificate"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
