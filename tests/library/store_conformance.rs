@@ -268,6 +268,11 @@ fn fetch_archive_round_trips_a_multi_mib_archive(f: &Fixture) {
     let copy = f.dir.path().join("copy.tar.gz");
     f.b.fetch_archive("big", &copy).unwrap();
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(&path).unwrap());
+    // A file already at the target is neither overwritten nor removed.
+    let there = f.dir.path().join("there.tar.gz");
+    std::fs::write(&there, b"mine").unwrap();
+    assert!(f.b.fetch_archive("big", &there).is_err());
+    assert_eq!(std::fs::read(&there).unwrap(), b"mine");
 }
 
 fn release_lets_another_node_take_the_lane_at_once(f: &Fixture) {
@@ -505,6 +510,19 @@ fn listen_hears_added_and_finished_apps_and_survives_a_restart() {
     heard(&store, "app-one");
     cluster.restart();
     heard(&store, "app-two");
+}
+
+#[test]
+fn an_unreadable_record_does_not_hide_the_others() {
+    let f = fleet();
+    add_to(&f.a, f.dir.path(), "j1", "app-x");
+    add_to(&f.a, f.dir.path(), "j2", "app-x");
+    sql(
+        f.cluster.url(),
+        "UPDATE jobs SET record = '{\"not\": \"a job\"}' WHERE id = 'j1'",
+    );
+    assert_eq!(ids(&f.b.jobs(None).unwrap()), ["j2"]);
+    assert!(matches!(f.b.load("j1"), Err(StoreError::Record { .. })));
 }
 
 #[test]
