@@ -82,6 +82,11 @@ impl Cluster {
     }
 
     fn local(tls: Option<(&Path, &Path)>) -> Cluster {
+        Cluster::local_on(free_port(), tls)
+    }
+
+    /// A private server, first tried on `port`.
+    fn local_on(port: u16, tls: Option<(&Path, &Path)>) -> Cluster {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("testpg-")
@@ -100,7 +105,7 @@ impl Cluster {
             None
         };
         let mut server = Server {
-            port: free_port(),
+            port,
             dir,
             bin,
             user,
@@ -111,9 +116,22 @@ impl Cluster {
             server.add_tls(cert, key);
         }
         server.initdb();
-        server.spawn();
-        let admin = format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", server.port);
-        server.wait_ready(&admin);
+        // The free port may be taken by another process before the server binds it: then
+        // the server exits, and another port is tried.
+        let mut attempts = 0;
+        let admin = loop {
+            attempts += 1;
+            server.spawn();
+            let admin = server.socket_conninfo("postgres");
+            match server.try_wait_ready() {
+                Ok(()) => break admin,
+                Err(e) if server.child.is_none() && attempts < 3 => {
+                    eprintln!("testpg: trying another port: {e}");
+                    server.port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         admin_exec(&admin, &format!("CREATE DATABASE {DATABASE}"));
         Cluster {
             url: format!(
@@ -165,12 +183,11 @@ impl Cluster {
     /// Starts the stopped server again, on the same port with the same data, and waits until
     /// it accepts connections.
     pub fn start_again(&mut self) {
-        let url = self.url.clone();
         let server = self.server("start");
         if server.child.is_none() {
             server.spawn();
         }
-        server.wait_ready(&url);
+        server.wait_ready();
     }
 
     /// Stops and starts the server ("PostgreSQL restarted mid-run").
@@ -303,28 +320,46 @@ impl Server {
         self.child = Some(child);
     }
 
-    /// Polls until the server accepts connections on `url`, within [`DEADLINE`].
-    fn wait_ready(&mut self, url: &str) {
+    /// Polls until the server accepts connections (on its socket), within [`DEADLINE`].
+    fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// Connection settings through the server's socket in its own directory: only this
+    /// server answers there (another process could hold its TCP port).
+    fn socket_conninfo(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user={SUPERUSER} dbname={database}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// [`Server::wait_ready`]; `Err` says why, with the end of the server's log.
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
+        let conninfo = self.socket_conninfo("postgres");
         loop {
-            let error = match try_admin_exec(url, "SELECT 1") {
-                Ok(()) => return,
+            let error = match try_admin_exec(&conninfo, "SELECT 1") {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                panic!(
+                return Err(format!(
                     "testpg: postgres exited ({status}) before accepting connections: {}",
                     self.log_tail()
-                );
+                ));
             }
             if start.elapsed() > DEADLINE {
-                panic!(
+                return Err(format!(
                     "testpg: postgres did not accept connections within {DEADLINE:?} ({error}): {}",
                     self.log_tail()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -532,6 +567,15 @@ mod tests {
             try_admin_exec(&url, "SELECT 1").is_err(),
             "the server is stopped"
         );
+    }
+
+    #[test]
+    fn a_port_taken_before_the_server_binds_it_is_replaced() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let cluster = Cluster::local_on(port, None);
+        assert_ne!(cluster.port(), Some(port));
+        assert_eq!(query_one(cluster.url()), 1);
     }
 
     #[test]
