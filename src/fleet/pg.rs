@@ -62,7 +62,7 @@ struct State {
     backoff: Duration,
 }
 
-/// A connection taken from the pool; given back with [`Pg::put_back`].
+/// A connection taken from the pool; given back with [`Pool::put_back`].
 pub struct Conn(pub Client);
 
 impl Pg {

@@ -50,6 +50,7 @@ pub struct Unplaced {
 pub struct NodeInfo {
     pub node: String,
     pub info: serde_json::Value,
+    /// When the database first heard of it.
     pub started_at: SystemTime,
     pub seen_at: SystemTime,
     /// How long ago it was seen, by the database's clock.

@@ -6,7 +6,11 @@
 //! - leases: the apps' `flock` locks (`state_dir/locks/`, [`AppLock`]), held while the lease
 //!   lasts, with a token from the counter file `state_dir/locks/lease-token`. A lease is not
 //!   taken from a live holder by the kernel, so it ends when its holder gives it up, dies, or
-//!   finds it stale at its next write (then the lock is let go).
+//!   finds it stale at its next write (then the lock is let go). It is the same lock a lane
+//!   takes to drive one of the app's jobs: one process does not hold both for one app.
+//!
+//! A finished job's directory is gone, so [`Store::load`] of it is [`StoreError::Missing`]
+//! here (its history entry remains).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -30,7 +34,8 @@ const TOKEN_FILE: &str = "lease-token";
 /// A lease is not acted on in the last tenth of its duration.
 const MARGIN_DIVISOR: u32 = 10;
 
-/// See the [module docs](self).
+/// The store of one node without a database, over its `state_dir`: the spool's records, the
+/// history file, the apps' locks as leases.
 #[derive(Debug)]
 pub struct LocalStore {
     state_dir: PathBuf,
