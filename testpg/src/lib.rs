@@ -2,10 +2,12 @@
 //!
 //! [`Cluster::start`] gives every caller its own database:
 //! - when `DATABASE_URL` is set, a fresh database on that server (dropped at the end);
-//! - otherwise a private server: `initdb` into a temporary directory, `postgres` on a free
-//!   port of 127.0.0.1 with its socket in that directory, run as the `postgres` user when this
-//!   process is root (PostgreSQL refuses to run as root). Dropping the cluster stops the
-//!   server (immediate shutdown) and removes the directory.
+//! - otherwise a private server: a data directory in a temporary directory (a copy of a
+//!   template that `initdb` makes once per machine and user, kept in the temporary directory
+//!   as `testpg-template-*`), `postgres` on a free port of 127.0.0.1 with its socket in that
+//!   directory, run as the `postgres` user when this process is root (PostgreSQL refuses to
+//!   run as root). Dropping the cluster stops the server (immediate shutdown) and removes
+//!   the directory.
 //!
 //! [`Cluster::start_local`] always runs a private server, for the tests that stop and restart
 //! it ([`Cluster::stop`], [`Cluster::start_again`], [`Cluster::restart`]).
@@ -269,11 +271,58 @@ impl Server {
         self.dir.path().join("postgres.log")
     }
 
+    /// Makes the data directory: a copy of this machine's template (made by `initdb` once,
+    /// then kept in the temporary directory: initdb takes seconds, a copy a fraction).
     fn initdb(&self) {
+        let template = self.template();
+        let output = Command::new("cp")
+            .arg("-a")
+            .arg(template.join("data"))
+            .arg(self.data())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("testpg: cannot run cp: {e}"));
+        if !output.status.success() {
+            panic!(
+                "testpg: cannot copy the template {} ({}): {}",
+                template.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    /// The template cluster of this user and these programs, made if missing (in a directory
+    /// of its own, then renamed into place, so a half-made one is never used).
+    fn template(&self) -> PathBuf {
+        let uid = unsafe { libc::geteuid() };
+        let tag: String = self
+            .bin
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let template = std::env::temp_dir().join(format!("testpg-template-{uid}{tag}"));
+        if template.join("data").join("PG_VERSION").exists() {
+            return template;
+        }
+        let building = tempfile::Builder::new()
+            .prefix("testpg-template-building-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap_or_else(|e| panic!("testpg: cannot make a temporary directory: {e}"));
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(building.path(), Some(uid), Some(gid)).unwrap_or_else(|e| {
+                panic!(
+                    "testpg: cannot give {} to postgres: {e}",
+                    building.path().display()
+                )
+            });
+        }
         let output = self
             .command("initdb")
+            .current_dir(building.path())
             .arg("-D")
-            .arg(self.data())
+            .arg(building.path().join("data"))
             .args(["--no-sync", "-A", "trust", "-U", SUPERUSER])
             .args(["-E", "UTF8", "--locale=C"])
             .stdin(Stdio::null())
@@ -287,6 +336,12 @@ impl Server {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        // Another process may have made it meanwhile: then its copy is kept, this one goes.
+        let made = building.keep();
+        if std::fs::rename(&made, &template).is_err() {
+            let _ = std::fs::remove_dir_all(&made);
+        }
+        template
     }
 
     fn spawn(&mut self) {
