@@ -413,6 +413,12 @@ impl Store for PgStore {
     }
 
     fn acquire(&self, app: &str, lease: Duration) -> Result<Option<Lease>, StoreError> {
+        // Asked again by its holder: renewed, with the same token.
+        if let Some(held) = self.lease_of(app)
+            && let Some(renewed) = self.renew(&held, lease)?
+        {
+            return Ok(Some(renewed));
+        }
         let asked = Instant::now();
         let (key, node, secs) = (app.to_owned(), self.node.clone(), lease.as_secs_f64());
         let row = self.pg.run(move |pool: Arc<Pool>| async move {

@@ -67,6 +67,7 @@ both!(
     finish_records_once_and_the_job_leaves,
     fetch_archive_round_trips_a_multi_mib_archive,
     release_lets_another_node_take_the_lane_at_once,
+    acquiring_again_renews_with_the_same_token,
 );
 
 /// An archive file of `len` random bytes in `dir`, and its SHA-256.
@@ -284,6 +285,23 @@ fn release_lets_another_node_take_the_lane_at_once(f: &Fixture) {
     assert_eq!(f.a.lease_of("app-x"), None);
     let taken = f.b.acquire("app-x", Duration::from_secs(600)).unwrap();
     assert!(taken.expect("b takes the released lane").token > held.token);
+}
+
+fn acquiring_again_renews_with_the_same_token(f: &Fixture) {
+    let held =
+        f.a.acquire("app-x", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+    let again = f.a.acquire("app-x", Duration::from_secs(60)).unwrap();
+    let again = again.expect("the holder asking again keeps the lane");
+    assert_eq!((again.node.as_str(), again.token), ("a", held.token));
+    assert!(again.renewed >= held.renewed);
+    assert_eq!(f.a.lease_of("app-x"), Some(again));
+    assert!(
+        f.b.acquire("app-x", Duration::from_secs(60))
+            .unwrap()
+            .is_none()
+    );
 }
 
 // ---- PostgreSQL only ----

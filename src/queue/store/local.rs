@@ -343,6 +343,12 @@ impl Store for LocalStore {
     }
 
     fn acquire(&self, app: &str, lease: Duration) -> Result<Option<Lease>, StoreError> {
+        // Asked again by its holder: renewed, with the same token.
+        if let Some(held) = self.lease_of(app)
+            && let Some(renewed) = self.renew(&held, lease)?
+        {
+            return Ok(Some(renewed));
+        }
         let dir = self.locks_dir();
         let lock = match AppLock::try_acquire(&dir, app, &format!("lease:{}", self.node)) {
             Ok(Ok(lock)) => lock,
