@@ -634,3 +634,19 @@ fn tls_to_the_database_verifies_its_certificate() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+#[test]
+fn after_a_restart_of_the_server_the_first_call_works() {
+    let mut cluster = testpg::Cluster::start_local();
+    let store = PgStore::connect(&Secret::new(cluster.url()), "a").unwrap();
+    // Pooled connections from before the restart are dropped, not used.
+    assert!(
+        store
+            .acquire("app-x", Duration::from_secs(60))
+            .unwrap()
+            .is_some()
+    );
+    cluster.restart();
+    assert!(store.holders().unwrap().iter().any(|h| h.app == "app-x"));
+    assert_eq!(store.down_since(), None);
+}
