@@ -1,0 +1,3 @@
+//! Fleet mode: several nodes sharing one PostgreSQL.
+
+pub mod budget;
