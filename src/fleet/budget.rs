@@ -18,11 +18,10 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use super::pg::{Pg, Pool};
 use crate::config::Secret;
 use crate::deploy::scalingo::budget::{Place, SharedFuture, SharedWindow, SharedWindows, WINDOW};
 
-/// The migration that makes the budget's table.
-pub const MIGRATION: &str = include_str!("migrations/0002_budget.sql");
 /// The longest one statement (with its connection) may take.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to the window, as the local budget adds it to each wait: a request that took its
@@ -82,16 +81,60 @@ pub trait Connect: Send + Sync {
     fn client(&self) -> SharedFuture<'_, Result<Arc<tokio_postgres::Client>, String>>;
 }
 
-/// One client, connected once: its closed connection is an outage for good (a caller that
-/// reconnects gives its own [`Connect`]).
-impl Connect for Arc<tokio_postgres::Client> {
+/// The fleet's database as a [`Connect`]: a connection of the budget's own (its statements
+/// never queue behind an archive's upload), made through a [`Pool`] on the database runtime,
+/// where its connection task runs, and made again once lost (the pool's backoff paces the
+/// attempts while the server is down).
+pub struct PoolConnect {
+    /// Owned when this connection made its own runtime and pool.
+    _pg: Option<Pg>,
+    pool: Arc<Pool>,
+    handle: tokio::runtime::Handle,
+    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl PoolConnect {
+    /// A runtime and pool of its own for the database at `url` (no connection yet).
+    pub fn new(url: &Secret) -> Result<Arc<PoolConnect>, String> {
+        let pg = Pg::new(url)?;
+        let (pool, handle) = (pg.pool(), pg.handle().clone());
+        Ok(Arc::new(PoolConnect {
+            _pg: Some(pg),
+            pool,
+            handle,
+            client: Default::default(),
+        }))
+    }
+
+    /// Over a pool and the runtime its connections run on (a [`Pg`]'s).
+    pub fn over(pool: Arc<Pool>, handle: tokio::runtime::Handle) -> Arc<PoolConnect> {
+        Arc::new(PoolConnect {
+            _pg: None,
+            pool,
+            handle,
+            client: Default::default(),
+        })
+    }
+}
+
+impl Connect for PoolConnect {
     fn client(&self) -> SharedFuture<'_, Result<Arc<tokio_postgres::Client>, String>> {
         Box::pin(async move {
-            if self.is_closed() {
-                Err("the connection to the database is closed".to_string())
-            } else {
-                Ok(self.clone())
+            let mut client = self.client.lock().await;
+            if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
+                return Ok(c.clone());
             }
+            *client = None;
+            let pool = self.pool.clone();
+            let made = self
+                .handle
+                .spawn(async move { pool.get().await })
+                .await
+                .map_err(|e| format!("the database task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            let made = Arc::new(made.0);
+            *client = Some(made.clone());
+            Ok(made)
         })
     }
 }

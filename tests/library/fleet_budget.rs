@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use dropdeploy::config::{ScalingoConfig, Secret};
 use dropdeploy::deploy::scalingo::api::ScalingoClient;
-use dropdeploy::deploy::scalingo::budget::{BudgetWaits, SharedFuture};
-use dropdeploy::fleet::budget::{Connect, MIGRATION, PgWindow};
+use dropdeploy::deploy::scalingo::budget::BudgetWaits;
+use dropdeploy::fleet::PgStore;
+use dropdeploy::fleet::budget::{Connect, PgWindow, PoolConnect};
 use dropdeploy::live::{Board, WaitKind};
 use fake_scalingo::{Endpoint, FakeConfig, FakeScalingo, Fault, RateLimit};
 
@@ -36,30 +37,6 @@ impl Database {
     }
 }
 
-/// A connection made again once it is lost, as a node's is.
-struct Reconnect {
-    url: String,
-    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
-}
-
-impl Connect for Reconnect {
-    fn client(&self) -> SharedFuture<'_, Result<Arc<tokio_postgres::Client>, String>> {
-        Box::pin(async move {
-            let mut client = self.client.lock().await;
-            if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
-                return Ok(c.clone());
-            }
-            let (c, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            let c = Arc::new(c);
-            *client = Some(c.clone());
-            Ok(c)
-        })
-    }
-}
-
 async fn database(local: bool) -> Database {
     let cluster = tokio::task::spawn_blocking(move || {
         if local {
@@ -74,18 +51,14 @@ async fn database(local: bool) -> Database {
     Database { cluster, url }
 }
 
-/// One node's connection (its own, as another machine's would be).
-async fn connect(db: &Database) -> Arc<dyn Connect> {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    Arc::new(Arc::new(client))
+/// One node's connection to the database (its own, as another machine's would be).
+fn connect(db: &Database) -> Arc<dyn Connect> {
+    PoolConnect::new(&Secret::new(&db.url)).expect("the database URL")
 }
 
 /// A node: a client of the fake whose budget is shared through the database.
-async fn node(fake: &FakeScalingo, db: &Database, limit: u32) -> Arc<ScalingoClient> {
-    node_over(fake, connect(db).await, limit)
+fn node(fake: &FakeScalingo, db: &Database, limit: u32) -> Arc<ScalingoClient> {
+    node_over(fake, connect(db), limit)
 }
 
 fn node_over(fake: &FakeScalingo, connect: Arc<dyn Connect>, limit: u32) -> Arc<ScalingoClient> {
@@ -103,14 +76,13 @@ fn node_over(fake: &FakeScalingo, connect: Arc<dyn Connect>, limit: u32) -> Arc<
     Arc::new(client)
 }
 
+/// The fleet's schema, as a node applies it at start.
 async fn migrated(db: &Database) {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+    let url = Secret::new(&db.url);
+    tokio::task::spawn_blocking(move || PgStore::connect(&url, "migrating").map(drop))
         .await
-        .expect("connect");
-    let driver = tokio::spawn(connection);
-    client.batch_execute(MIGRATION).await.expect("migrate");
-    drop(client);
-    let _ = driver.await;
+        .unwrap()
+        .expect("migrate");
 }
 
 /// Polls `pred` every 20 ms until it holds, or panics naming `what` after `limit`.
@@ -143,7 +115,7 @@ async fn two_nodes_together_stay_within_the_limit() {
     let board = Arc::new(Board::in_memory());
     let mut nodes = Vec::new();
     for app in ["app-a", "app-b"] {
-        let client = node(&fake, &db, LIMIT).await;
+        let client = node(&fake, &db, LIMIT);
         client.budget().publish_to(board.clone());
         client.budget().track(app);
         nodes.push(client);
@@ -210,7 +182,7 @@ async fn a_429_met_by_one_node_pauses_the_other() {
     let db = database(false).await;
     migrated(&db).await;
     let fake = FakeScalingo::start(FakeConfig::default());
-    let (a, b) = (node(&fake, &db, 1000).await, node(&fake, &db, 1000).await);
+    let (a, b) = (node(&fake, &db, 1000), node(&fake, &db, 1000));
     let board = Arc::new(Board::in_memory());
     b.budget().publish_to(board.clone());
     b.budget().track("app-b");
@@ -275,11 +247,7 @@ async fn while_the_database_is_down_a_request_waits_and_says_why() {
     let db = database(true).await;
     migrated(&db).await;
     let fake = FakeScalingo::start(FakeConfig::default());
-    let connect = Arc::new(Reconnect {
-        url: db.url.clone(),
-        client: Default::default(),
-    });
-    let client = node_over(&fake, connect, 1000);
+    let client = node_over(&fake, connect(&db), 1000);
     let board = Arc::new(Board::in_memory());
     client.budget().publish_to(board.clone());
     client.budget().track("app-a");
