@@ -160,7 +160,9 @@ class Daemon:
 
     def running(self):
         if self.p.poll() is not None:
-            raise RuntimeError(f"dropdeploy run exited ({self.p.returncode}); see {self.log}")
+            with open(self.log, errors="replace") as f:
+                last = (f.read().strip().splitlines() or [""])[-1][:160]
+            raise RuntimeError(f"dropdeploy run exited ({self.p.returncode}): {last}")
         return any(perf.message(e) == "dropdeploy is running" for e in perf.log_events(self.log))
 
     def put(self, files):
