@@ -4,8 +4,9 @@
 //! boundary: jobs and their records, archives in content-addressed chunks, history, lanes as
 //! leases with fencing tokens, and the nodes. [`pg`] is the connection (its own small runtime,
 //! a few connections, backoff while the database is down), [`tls`] the TLS to a managed
-//! database, [`migrate`] the embedded schema migrations.
+//! database, [`migrate`] the embedded schema migrations, [`budget`] the fleet's API budget.
 
+pub mod budget;
 mod chunks;
 mod listen;
 pub mod migrate;
