@@ -32,12 +32,14 @@ fn main() {
 fn rustc_minor() -> Option<u32> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
     let out = Command::new(rustc).arg("--version").output().ok()?;
-    minor_of(String::from_utf8(out.stdout).ok()?.split_whitespace().nth(1)?, "1")
+    let text = String::from_utf8(out.stdout).ok()?;
+    minor_of(text.split_whitespace().nth(1)?, "1")
 }
 
 /// The minor version of this machine's glibc (`getconf GNU_LIBC_VERSION`: `glibc 2.36` → 36).
 fn glibc_minor() -> Option<u32> {
-    let out = Command::new("getconf").arg("GNU_LIBC_VERSION").output().ok()?;
+    let getconf = Command::new("getconf").arg("GNU_LIBC_VERSION").output();
+    let out = getconf.ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     let mut words = text.split_whitespace();
     match (words.next()?, words.next()?) {
