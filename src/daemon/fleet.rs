@@ -531,7 +531,7 @@ impl Daemon {
                 }
             }
             KeeperMsg::Lost { app } => {
-                let _ = lanes.drop_app(&app);
+                drop(lanes.drop_app(&app));
             }
         }
     }
