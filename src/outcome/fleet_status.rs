@@ -87,6 +87,10 @@ pub fn fleet_report(view: &FleetView<'_>) -> String {
                 "  the fleet's lanes, jobs and outcomes cannot be shown until it answers; \
                  jobs made on this node wait in its spool and are handed to the fleet then\n",
             );
+            let waits = view.live.iter().flat_map(|l| &l.waits);
+            for wait in waits.filter(|w| w.kind != WaitKind::Database) {
+                out.push_str(&format!("{}: {}", wait.app, wait_line(wait).trim_start()));
+            }
             return out;
         }
     };

@@ -242,18 +242,39 @@ fn a_file_dropped_on_one_node_is_deployed_by_the_lane_holder_and_placed_by_its_o
     std::fs::write(b.drop.join("untouched.txt"), b"B's own").unwrap();
 
     drop_file(&world, &a.drop, "site.tar.gz");
-    let placed = wait_for(LONG, || archives_in(&a.drop.join("done")) == ["site.tar.gz"]);
-    assert!(placed, "A did not place the file:\nA:\n{}\nB:\n{}", a.log(), b.log());
+    // Placed: the file in done/ and the history line (written after the move) on A.
+    let placed = wait_for(LONG, || {
+        archives_in(&a.drop.join("done")) == ["site.tar.gz"] && a.history().len() == 1
+    });
+    assert!(
+        placed,
+        "A did not place the file:\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
 
     // Deployed once, by B: the fake saw one deployment; B's log names the job.
     assert_eq!(world.fake.deployments("my-app").len(), 1);
-    let line = &a.history()[0];
+    let history = a.history();
+    assert_eq!(history.len(), 1, "A:\n{}\nB:\n{}", a.log(), b.log());
+    let line = &history[0];
     assert_eq!(line["outcome"], "succeeded");
     let job = line["job"].as_str().unwrap();
     assert!(b.log().contains(job), "B did not drive {job}:\n{}", b.log());
-    assert!(!a.log().contains("deployment created"), "A deployed:\n{}", a.log());
+    assert!(
+        !a.log().contains("deployment created"),
+        "A deployed:\n{}",
+        a.log()
+    );
     // B never touched A's folders, and A's are B's as they were.
-    assert!(!b.drop.join("done").exists() && !b.drop.join("failed").exists());
+    assert!(archives_in(&b.drop.join("done")).is_empty());
+    assert!(archives_in(&b.drop.join("failed")).is_empty());
+    let a_drop = a.drop.display().to_string();
+    assert!(
+        !b.log().contains(&a_drop),
+        "B names A's folder:\n{}",
+        b.log()
+    );
     assert_eq!(
         std::fs::read_to_string(b.drop.join("untouched.txt")).unwrap(),
         "B's own"
@@ -265,8 +286,14 @@ fn a_file_dropped_on_one_node_is_deployed_by_the_lane_holder_and_placed_by_its_o
     let (code, out, err) = a.run(&world, &db, &["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lane:      held by node-b until"), "{out}");
-    assert!(out.contains("node-a: last seen") && out.contains("node-b: last seen"), "{out}");
-    assert!(!out.contains(&db) && !err.contains(&db), "the database URL shows:\n{out}{err}");
+    assert!(
+        out.contains("node-a: last seen") && out.contains("node-b: last seen"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&db) && !err.contains(&db),
+        "the database URL shows:\n{out}{err}"
+    );
 }
 
 #[test]
@@ -274,7 +301,12 @@ fn an_upload_is_answered_only_once_the_database_has_the_job() {
     let (pg, world) = fleet();
     let db = pg.url().to_string();
     let ((a, _a_proc), (_b, _b_proc)) = two_nodes(&world, &db);
-    let archive = std::fs::read(crate::support::good_archive(&world.path("made"), "up.tar.gz", "app")).unwrap();
+    let archive = std::fs::read(crate::support::good_archive(
+        &world.path("made"),
+        "up.tar.gz",
+        "app",
+    ))
+    .unwrap();
     let (status, body) = put_archive(a.intake, "up.tar.gz", &archive);
     assert_eq!(status, 202, "{body}");
     let job: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -292,25 +324,43 @@ fn a_drop_while_the_database_is_down_is_kept_and_deployed_once_it_is_back() {
     let ((a, _a_proc), (b, _b_proc)) = two_nodes(&world, &db);
 
     pg.stop();
-    let seen = wait_for(LONG, || a.metrics().contains("dropdeploy_database_up{node=\"node-a\"} 0"));
+    let seen = wait_for(LONG, || {
+        a.metrics()
+            .contains("dropdeploy_database_up{node=\"node-a\"} 0")
+    });
     assert!(seen, "the outage is not in A's metrics:\n{}", a.metrics());
     let (code, out, _) = a.run(&world, &db, &["status"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("database: UNREACHABLE"), "{out}");
-    assert!(out.contains("cannot reach the fleet's database since"), "{out}");
+    assert!(
+        out.contains("cannot reach the fleet's database since"),
+        "{out}"
+    );
 
     drop_file(&world, &a.drop, "down.tar.gz");
     // Claimed into A's spool, waiting to be published.
     let waiting = wait_for(LONG, || {
-        a.run(&world, &db, &["status"]).1.contains("waiting to reach the fleet's store")
+        a.run(&world, &db, &["status"])
+            .1
+            .contains("waiting to reach the fleet's store")
     });
     assert!(waiting, "no wait shown:\n{}", a.log());
     assert!(world.fake.deployments("my-app").is_empty());
 
     pg.start_again();
-    let placed = wait_for(LONG, || archives_in(&a.drop.join("done")) == ["down.tar.gz"]);
-    assert!(placed, "not deployed after the database came back:\nA:\n{}\nB:\n{}", a.log(), b.log());
+    let placed = wait_for(LONG, || {
+        archives_in(&a.drop.join("done")) == ["down.tar.gz"]
+    });
+    assert!(
+        placed,
+        "not deployed after the database came back:\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
     assert_eq!(world.fake.deployments("my-app").len(), 1, "deployed once");
-    let up = wait_for(LONG, || a.metrics().contains("dropdeploy_database_up{node=\"node-a\"} 1"));
+    let up = wait_for(LONG, || {
+        a.metrics()
+            .contains("dropdeploy_database_up{node=\"node-a\"} 1")
+    });
     assert!(up, "{}", a.metrics());
 }

@@ -31,6 +31,8 @@ mod drop_claims;
 mod first_contact;
 /// A new user's first hour: `-q`, `pack`, help and names, units and wording.
 mod first_hour;
+/// Fleet mode's intake, placement by the origin node, and the fleet's view.
+mod fleet_intake;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The HTTP intake and `dropdeploy push`.
