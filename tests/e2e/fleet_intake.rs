@@ -294,6 +294,10 @@ fn a_file_dropped_on_one_node_is_deployed_by_the_lane_holder_and_placed_by_its_o
         !out.contains(&db) && !err.contains(&db),
         "the database URL shows:\n{out}{err}"
     );
+    // What cannot work through the store yet says so, and acts on nothing.
+    let (code, _, err) = a.run(&world, &db, &["jobs", "resume", job]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not work in fleet mode"), "{err}");
 }
 
 #[test]
