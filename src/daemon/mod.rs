@@ -351,7 +351,10 @@ impl Daemon {
                 Some(msg) = fleet::next(&mut self.fleet) => self.on_keeper(msg),
                 Some(request) = page::next_action(&mut self.page_actions) => self.act(request).await,
                 Some(job) = next_upload(&mut self.intake_jobs) => {
-                    if let Err(job) = self.pipeline.lanes.submit(job) {
+                    // Fleet mode: an upload answered before the publisher was set (start-up).
+                    if let Some(publisher) = self.publisher.clone() {
+                        let _ = publisher.publish(job).await;
+                    } else if let Err(job) = self.pipeline.lanes.submit(job) {
                         tracing::error!(app = %job.app, job = %job.id, "no lane for the app; the job stays in the spool");
                     }
                 }
