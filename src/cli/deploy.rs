@@ -36,6 +36,14 @@ pub(super) async fn deploy(cli: &Cli) -> u8 {
             Err(e) => return fail(e),
         };
     let (config, spool) = (&setup.config, &setup.spool);
+    if super::fleet::in_fleet_mode(config) {
+        // Deploying here would drive the app outside the fleet's lease on its lane.
+        return super::fleet::not_in_fleet_mode(
+            "deploy",
+            "Hand the archive to the fleet instead: `dropdeploy push --to <a node's intake> \
+             --app APP FILE --wait`, or drop it into a node's drop folder.",
+        );
+    }
     if let Err(e) = super::platform::check_region(config, app).await {
         return fail(e);
     }

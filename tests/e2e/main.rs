@@ -36,6 +36,8 @@ mod first_hour;
 mod fleet_lease;
 /// The fleet harness: a throw-away PostgreSQL, the fake API, nodes.
 mod fleet_support;
+/// Fleet mode's intake, placement by the origin node, and the fleet's view.
+mod fleet_intake;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The HTTP intake and `dropdeploy push`.
