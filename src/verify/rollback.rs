@@ -107,7 +107,8 @@ pub fn make(
     of: RollbackOf,
 ) -> Result<Job, SpoolError> {
     if spool.job_dir(id).join(RECORD_NAME).exists() {
-        return spool.load(id);
+        // Made by an earlier run, which may have stopped before the fleet had it.
+        return share(spool, spool.load(id)?);
     }
     let io = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
@@ -155,5 +156,22 @@ pub fn make(
         ..Check::pending()
     });
     spool.commit_new(&tmp, &mut job)?;
+    share(spool, job)
+}
+
+/// In fleet mode, makes a rollback job the fleet's as well (its archive and record, with the
+/// fleet's arrival number), before anything of it is driven: every later save of its record
+/// is fenced by the store, which must know it. Adding a job twice changes nothing, so a
+/// rollback made again after a crash is shared once. Blocking.
+fn share(spool: &Spool, mut job: Job) -> Result<Job, SpoolError> {
+    let Some(store) = spool.shared_store() else {
+        return Ok(job);
+    };
+    let archive = spool.archive_path(&job.id);
+    let before = job.seq;
+    store.add(&mut job, Some(&archive))?;
+    if job.seq != before {
+        spool.save_local(&job)?;
+    }
     Ok(job)
 }
