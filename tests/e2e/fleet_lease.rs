@@ -207,3 +207,68 @@ fn a_newer_schema_in_the_database_makes_run_exit_2_naming_both_versions() {
         "{stderr}"
     );
 }
+
+/// A `.tar.gz` whose `fake-app.txt` says how the fake app answers once it is deployed.
+fn app_archive(dir: &std::path::Path, name: &str, behaviour: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    crate::support::tar_gz(
+        &path,
+        &[
+            ("app/package.json", br#"{"name":"demo"}"#, 0o644),
+            ("app/index.html", name.as_bytes(), 0o644),
+            ("app/fake-app.txt", behaviour.as_bytes(), 0o644),
+        ],
+    );
+    path
+}
+
+#[test]
+fn an_unhealthy_deployment_in_fleet_mode_is_rolled_back_through_the_fleets_store() {
+    let fleet = Fleet::new(FakeConfig::default());
+    let a = fleet.node("node-a", &[APP], LEASE, POLL);
+    // The app gets a health check on the fake's app endpoint.
+    let url = format!("{}/up", fleet.fake.app_url(APP));
+    let text = std::fs::read_to_string(&a.config).unwrap().replace(
+        "queue = \"all\"\n",
+        &format!(
+            "queue = \"all\"\nverify = {{ url = \"{url}\", timeout = \"2s\", interval = \"100ms\", attempts = 2, warmup = \"0s\", soak = \"300ms\" }}\n"
+        ),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    let _a = fleet.start(&a);
+    let drop = fleet.dir.path().join("node-a").join("drop").join(APP);
+    std::fs::create_dir_all(&drop).unwrap();
+    let history = |n: usize| {
+        let store = fleet.store("ci");
+        let mut entries = Vec::new();
+        let done = wait_for(Duration::from_secs(90), || {
+            entries = store.history(Some(APP), 10).unwrap_or_default();
+            entries.len() >= n
+        });
+        assert!(
+            done,
+            "{} outcomes, not {n}:\n{}",
+            entries.len(),
+            fleet.log(&a)
+        );
+        entries
+            .iter()
+            .map(|f| f.entry["outcome"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let v1 = app_archive(fleet.dir.path(), "v1.tar.gz", "version=v1");
+    std::fs::rename(v1, drop.join("v1.tar.gz")).unwrap();
+    assert_eq!(history(1), ["verified"]);
+    let v2 = app_archive(fleet.dir.path(), "v2.tar.gz", "version=v2\nstatus=500");
+    std::fs::rename(v2, drop.join("v2.tar.gz")).unwrap();
+    assert_eq!(history(3), ["verified", "unhealthy", "rolled_back"]);
+    assert_eq!(fleet.fake.app_answer(APP), (200, "ok v1".to_string()));
+    let rollbacks = fleet
+        .fake
+        .deployments(APP)
+        .iter()
+        .filter(|d| d.git_ref.as_deref().is_some_and(|r| r.contains("rollback")))
+        .count();
+    assert_eq!(rollbacks, 1);
+    assert!(fleet.store("ci").jobs(Some(APP)).unwrap().is_empty());
+}
