@@ -49,21 +49,14 @@ start_fake() {
     [[ -n "$fake_url" ]] || { echo "$script: the fake did not start" >&2; exit 2; }
 }
 
-# A database: $DATABASE_URL when set, else a throw-away cluster from `testpg`. Sets $db_url.
+# A database: a throw-away one from `testpg` (a fresh database on $DATABASE_URL's server when
+# that is set), which lives until its standard input closes. Sets $db_url.
 start_db() {
-    if [[ -n "${DATABASE_URL:-}" ]]; then
-        db_url="$DATABASE_URL"
-        return
-    fi
-    "$bin/testpg" >"$work/testpg.out" 2>"$work/testpg.err" &
-    pids+=($!)
+    coproc PG { exec "$bin/testpg" 2>"$work/testpg.err"; }
+    pids+=("$PG_PID")
     db_url=""
-    for _ in $(seq 600); do
-        db_url="$(grep -o 'postgres\(ql\)\?://[^ ]*' "$work/testpg.out" | head -n1 || true)"
-        [[ -n "$db_url" ]] && break
-        sleep 0.1
-    done
-    [[ -n "$db_url" ]] || { echo "$script: testpg did not start: $(cat "$work/testpg.err")" >&2; exit 2; }
+    read -r -t 120 db_url <&"${PG[0]}" || true
+    [[ $db_url == postgres* ]] || { echo "$script: testpg did not start: $(cat "$work/testpg.err")" >&2; exit 2; }
 }
 
 sql() { psql "$db_url" -X -At -v ON_ERROR_STOP=1 -c "$1" 2>/dev/null; }

@@ -84,7 +84,11 @@ pub(crate) fn summary(st: &State) -> Value {
         .map(|r| r.received)
         .collect();
     let (now, wall) = (Instant::now(), SystemTime::now());
-    let minutes = per_minute(times.iter().map(|t| wall - now.saturating_duration_since(*t)));
+    let minutes = per_minute(
+        times
+            .iter()
+            .map(|t| wall - now.saturating_duration_since(*t)),
+    );
     let overlapping: usize = st
         .apps
         .iter()
@@ -186,7 +190,12 @@ mod tests {
             app_id: "1".to_string(),
             git_ref: None,
             source_url: String::new(),
-            status: if finished.is_some() { "success" } else { "building" }.to_string(),
+            status: if finished.is_some() {
+                "success"
+            } else {
+                "building"
+            }
+            .to_string(),
             created_at: at(created),
             started_at: Some(at(created)),
             finished_at: finished.map(at),
@@ -224,7 +233,10 @@ mod tests {
     fn minutes_and_windows_count_requests() {
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let minutes = per_minute([at(59), at(60), at(61), at(125)]);
-        assert_eq!(minutes.into_iter().collect::<Vec<_>>(), [(0, 1), (1, 2), (2, 1)]);
+        assert_eq!(
+            minutes.into_iter().collect::<Vec<_>>(),
+            [(0, 1), (1, 2), (2, 1)]
+        );
         let t0 = Instant::now();
         let ts: Vec<Instant> = [0, 10, 50, 59, 61, 62]
             .iter()

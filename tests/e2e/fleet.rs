@@ -89,8 +89,10 @@ impl Scenario {
             step: STEP,
             ..FakeConfig::default()
         };
-        let mut apps: Vec<(String, String)> =
-            APPS.iter().map(|a| (a.to_string(), String::new())).collect();
+        let mut apps: Vec<(String, String)> = APPS
+            .iter()
+            .map(|a| (a.to_string(), String::new()))
+            .collect();
         let setup = Setup {
             lease: Duration::from_secs(4),
             poll: Duration::from_millis(500),
@@ -164,9 +166,7 @@ impl Scenario {
             } else {
                 let live = self.live();
                 let node = live[self.rng.usize(..live.len())].clone();
-                let job = self
-                    .fleet
-                    .push(&node, &app, &file, Duration::from_secs(60));
+                let job = self.fleet.push(&node, &app, &file, Duration::from_secs(60));
                 Route::Push(node, job)
             };
             self.archives[i].route = Some(route);
@@ -187,7 +187,8 @@ impl Scenario {
             };
             let driving = node.proc.is_some()
                 && node.spool_records().iter().any(|r| {
-                    r.contains(&format!("\"app\": \"{app}\"")) && r.contains(&format!("\"{state}\""))
+                    r.contains(&format!("\"app\": \"{app}\""))
+                        && r.contains(&format!("\"{state}\""))
                 });
             if driving {
                 found = Some(holder);
@@ -333,14 +334,18 @@ fn a_fleet_under_faults_kills_pauses_and_a_database_restart_deploys_each_archive
     // PostgreSQL restarted while deployments run.
     s.submit(batch);
     let restart = Instant::now();
-    s.fleet.pg.restart().expect("restart PostgreSQL");
+    s.fleet.pg.restart();
     let pg_restart = restart.elapsed();
 
     // A node added, one stopped for good (cleanly).
     s.submit(batch);
     s.fleet.start("n4");
     let stopped = s.fleet.stop("n3");
-    assert!(stopped.success(), "n3 stops cleanly: {stopped:?}\n{}", s.fleet.all_logs());
+    assert!(
+        stopped.success(),
+        "n3 stops cleanly: {stopped:?}\n{}",
+        s.fleet.all_logs()
+    );
 
     s.submit(count);
     let deadline = Duration::from_secs(150);
@@ -399,16 +404,28 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
     let mut row = |k: &str, v: String| table.push_str(&format!("  {k:<34} {v}\n"));
     row("archives", s.archives.len().to_string());
     row("  pushed over HTTP", pushed.to_string());
-    row("  dropped (n1, n2)", (s.archives.len() - pushed).to_string());
+    row(
+        "  dropped (n1, n2)",
+        (s.archives.len() - pushed).to_string(),
+    );
     row("history lines", history.len().to_string());
     row("outcomes", format!("{outcomes:?}"));
     row("deployments", deployments.to_string());
-    row("deployments per git_ref (n: refs)", format!("{ref_histogram:?}"));
+    row(
+        "deployments per git_ref (n: refs)",
+        format!("{ref_histogram:?}"),
+    );
     row("max deployments per git_ref", max_per_ref.to_string());
-    row("overlapping deployments of an app", overlaps.len().to_string());
+    row(
+        "overlapping deployments of an app",
+        overlaps.len().to_string(),
+    );
     row("faults injected", stats.faults_injected.to_string());
     row("requests (API)", stats.api_requests().to_string());
-    row("API requests per minute", format!("{:?}", per_minute.values().collect::<Vec<_>>()));
+    row(
+        "API requests per minute",
+        format!("{:?}", per_minute.values().collect::<Vec<_>>()),
+    );
     row("max API requests in 60 s (sliding)", sliding.to_string());
     row(
         "kills (SIGKILL)",
@@ -430,8 +447,14 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
             ),
         );
     }
-    row("PostgreSQL restart", format!("{:.1} s", pg_restart.as_secs_f64()));
-    row("wall time", format!("{:.1} s", s.started.elapsed().as_secs_f64()));
+    row(
+        "PostgreSQL restart",
+        format!("{:.1} s", pg_restart.as_secs_f64()),
+    );
+    row(
+        "wall time",
+        format!("{:.1} s", s.started.elapsed().as_secs_f64()),
+    );
     eprintln!("{table}");
 
     // The token never shows in a log.
@@ -472,18 +495,27 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
             a.name
         );
         let id = h["deployment_id"].as_str().expect("a deployment id");
-        let d = fleet.fake.deployment(&a.app, id).expect("the deployment exists");
+        let d = fleet
+            .fake
+            .deployment(&a.app, id)
+            .expect("the deployment exists");
         assert_eq!(d.status, "success", "{h:#}");
         assert_eq!(d.git_ref.as_deref(), h["git_ref"].as_str(), "{h:#}");
         if let Some(Route::Push(_, job)) = &a.route {
             assert_eq!(h["job"].as_str(), Some(job.as_str()), "{h:#}");
         }
     }
-    assert_eq!(history.len(), s.archives.len(), "one history line per archive{table}");
+    assert_eq!(
+        history.len(),
+        s.archives.len(),
+        "one history line per archive{table}"
+    );
     // Nothing lost: each dropped file in exactly one of done/ or failed/ of its origin node,
     // and nowhere else.
     for a in &s.archives {
-        let Some(Route::Drop(origin)) = &a.route else { continue };
+        let Some(Route::Drop(origin)) = &a.route else {
+            continue;
+        };
         for node in fleet.nodes.values() {
             let drop = node.drop_dir(&a.app);
             let places: Vec<PathBuf> = [drop.clone(), drop.join("done"), drop.join("failed")]
@@ -499,7 +531,11 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
                 node.name
             );
             if expected == 1 {
-                assert!(places[0].ends_with("done"), "{} not in done/: {places:?}", a.name);
+                assert!(
+                    places[0].ends_with("done"),
+                    "{} not in done/: {places:?}",
+                    a.name
+                );
             }
         }
     }
@@ -519,5 +555,8 @@ fn stats_probability() -> f64 {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+    d.map_or_else(
+        || "never".to_string(),
+        |d| format!("{:.2} s", d.as_secs_f64()),
+    )
 }

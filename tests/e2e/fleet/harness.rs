@@ -74,7 +74,9 @@ impl Node {
     /// Everything it wrote on stderr over all its runs.
     pub fn logs(&self) -> String {
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("run{n}.stderr"))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("run{n}.stderr"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
     }
@@ -122,7 +124,8 @@ impl Fleet {
     /// A database, the fake API (`fake` configured by the caller; the apps are added) and no
     /// node yet.
     pub fn new(fake: FakeConfig, setup: Setup) -> Fleet {
-        let pg = testpg::Cluster::start().expect("a throw-away PostgreSQL");
+        // A private server: the scenario restarts it.
+        let pg = testpg::Cluster::start_local();
         let fake = FakeScalingo::start(fake);
         for (app, _) in &setup.apps {
             fake.add_app(app);
@@ -137,7 +140,7 @@ impl Fleet {
     }
 
     pub fn database_url(&self) -> String {
-        self.pg.url()
+        self.pg.url().to_string()
     }
 
     fn config_text(&self, name: &str, dir: &Path, port: u16) -> String {
@@ -247,7 +250,11 @@ listen = "127.0.0.1:{port}"
         let up = wait_for(Duration::from_secs(60), || {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("dropdeploy is running"))
         });
-        assert!(up, "node {name} did not start:\n{}", self.nodes[name].logs());
+        assert!(
+            up,
+            "node {name} did not start:\n{}",
+            self.nodes[name].logs()
+        );
     }
 
     /// The names of the nodes running (not killed, not stopped for good, maybe paused).
@@ -319,7 +326,12 @@ listen = "127.0.0.1:{port}"
     }
 
     /// Waits until a node other than `not` holds `app`'s lease; its name, or `None` on timeout.
-    pub fn wait_holder_other_than(&self, app: &str, not: &str, timeout: Duration) -> Option<String> {
+    pub fn wait_holder_other_than(
+        &self,
+        app: &str,
+        not: &str,
+        timeout: Duration,
+    ) -> Option<String> {
         let mut found = None;
         poll(timeout, Duration::from_millis(50), || {
             found = self.holder(app).filter(|n| n != not);
@@ -336,7 +348,10 @@ listen = "127.0.0.1:{port}"
         let mut last = String::new();
         while Instant::now() < deadline {
             let out = self
-                .command(name, &["push", "--to", &to, "--app", app, file.to_str().unwrap()])
+                .command(
+                    name,
+                    &["push", "--to", &to, "--app", app, file.to_str().unwrap()],
+                )
                 .output()
                 .unwrap();
             let run = support::Run::from_output(out, &self.fake.api_token());
