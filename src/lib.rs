@@ -137,6 +137,7 @@ pub mod config;
 pub mod daemon;
 pub mod deploy;
 pub mod durable;
+pub mod fleet;
 pub mod hooks;
 pub mod http;
 pub mod human;

@@ -27,5 +27,7 @@ mod outcomes;
 mod pack;
 /// The parallel gzip writer.
 mod pgzip;
+/// The store boundary: the same cases over the local store and PostgreSQL (`testpg`).
+mod store_conformance;
 /// The source tree watcher: bursts, watches, a root that goes and comes back.
 mod watched_trees;

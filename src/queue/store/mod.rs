@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::queue::spool::Job;
 
+mod local;
+pub use local::LocalStore;
+
 /// The right to drive one app's lane, for a while.
 ///
 /// `token` is the fencing token: it grows every time the lease changes hands, and every write
@@ -97,9 +100,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn shared(&self) -> bool;
 
     /// Makes a new job the store's: its archive (streamed, content-addressed by SHA-256; none
-    /// for a URL job) and its record, which gets its arrival number (`job.seq`) here if it has
-    /// none. Durable when it returns. Any node may add jobs for any app, lease or not.
-    /// Adding a job id that exists already changes nothing and is not an error.
+    /// for a URL job) and its record, which gets its arrival number (`job.seq`) here: if it
+    /// has none (the local store), or always (a shared store gives the fleet's number,
+    /// replacing the local spool's). Durable when it returns. Any node may add jobs for any
+    /// app, lease or not. Adding a job id that exists already changes nothing and is not an
+    /// error: `job.seq` is then set to the stored job's.
     fn add(&self, job: &mut Job, archive: Option<&Path>) -> Result<(), StoreError>;
 
     /// Writes a job's record, if this node holds the lease of the job's app with the token
