@@ -280,12 +280,12 @@ impl Scenario {
 
     /// Every archive has its outcome in the fleet's history and every dropped file is placed.
     fn all_finished(&self) -> bool {
-        let Some(reader) = self.live().into_iter().next() else {
+        let Some(history) = self.fleet.history() else {
             return false;
         };
-        let Some(history) = self.fleet.history(&reader) else {
+        if self.fleet.unfinished_and_unplaced() != Some((0, 0)) {
             return false;
-        };
+        }
         let files: BTreeSet<&str> = history.iter().filter_map(|h| h["file"].as_str()).collect();
         self.archives.iter().all(|a| {
             files.contains(a.name.as_str())
@@ -362,8 +362,10 @@ fn a_fleet_under_faults_kills_pauses_and_a_database_restart_deploys_each_archive
 /// Prints the figures, then checks every invariant.
 fn report_and_check(s: &Scenario, pg_restart: Duration) {
     let fleet = &s.fleet;
-    let reader = s.live().into_iter().next().expect("a node runs");
-    let history = fleet.history(&reader).unwrap_or_default();
+    let history = fleet.history().unwrap_or_default();
+    let (unfinished, unplaced) = fleet
+        .unfinished_and_unplaced()
+        .unwrap_or((u64::MAX, u64::MAX));
     let stats = fleet.fake.stats();
     let per_ref = fleet.fake.deployments_per_git_ref();
     let overlaps = fleet.fake.overlapping_deployments();
@@ -408,7 +410,11 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
         "  dropped (n1, n2)",
         (s.archives.len() - pushed).to_string(),
     );
-    row("history lines", history.len().to_string());
+    row("history lines (the database's)", history.len().to_string());
+    row(
+        "jobs unfinished / files unplaced",
+        format!("{unfinished} / {unplaced}"),
+    );
     row("outcomes", format!("{outcomes:?}"));
     row("deployments", deployments.to_string());
     row(

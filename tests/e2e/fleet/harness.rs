@@ -373,20 +373,30 @@ listen = "127.0.0.1:{port}"
         );
     }
 
-    /// The fleet's history as node `name` shows it (`history --json`), parsed.
-    pub fn history(&self, name: &str) -> Option<Vec<serde_json::Value>> {
-        let out = self.command(name, &["history", "--json"]).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    /// The fleet's history, read from the database (`history`: one entry per finished job),
+    /// oldest first; `None` while the database cannot answer.
+    pub fn history(&self) -> Option<Vec<serde_json::Value>> {
+        let rows = self.sql("SELECT entry FROM history ORDER BY n")?;
+        let text = rows.join("\n");
         support::assert_no_secret(&text, &self.fake.api_token());
         Some(
-            text.lines()
+            rows.iter()
                 .filter(|l| !l.trim().is_empty())
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect(),
         )
+    }
+
+    /// Jobs in the database not finished yet, and finished ones whose dropped file is not
+    /// placed yet by its origin node.
+    pub fn unfinished_and_unplaced(&self) -> Option<(u64, u64)> {
+        let rows = self.sql(
+            "SELECT (SELECT count(*) FROM jobs WHERE finished_at IS NULL), \
+             (SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL AND placed_at IS NULL \
+              AND origin_path IS NOT NULL)",
+        )?;
+        let (a, b) = rows.first()?.split_once('|')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
     }
 
     /// Fails the test if a node that should run has exited (crashed).
