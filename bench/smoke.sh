@@ -7,7 +7,8 @@
 #   bench/smoke.sh
 #
 # Covered: run.sh (every section: pack memory upload latency watch drop), api_budget.sh,
-# pickup.py, reliability.sh, rollback.sh, stream_budget.sh, fleet_takeover.sh, fleet_rate.sh; fuzz.sh only as far as it can go without cargo-fuzz
+# pickup.py, reliability.sh, rollback.sh, stream_budget.sh, intake.sh, fleet_takeover.sh,
+# fleet_rate.sh; fuzz.sh only as far as it can go without cargo-fuzz
 # and a nightly-flag build of several minutes (its syntax, and that the targets it names exist;
 # run it in full when cargo-fuzz is there). gzcheck.go is run by run.sh's pack section when go
 # is installed.
@@ -48,6 +49,7 @@ step "pickup.py" python3 bench/pickup.py 2
 step "reliability.sh" env SEEDS=7 CHAOS_ARCHIVES=4 CHAOS_APPS=2 CHAOS_KILLS=1 bench/reliability.sh
 step "rollback.sh" bench/rollback.sh
 step "stream_budget.sh" env STEP=300ms STORM_STEP=300ms STORM_RATE=600 bench/stream_budget.sh
+step "intake.sh" env SMOKE=1 bench/intake.sh
 fuzz_targets() {
     bash -n bench/fuzz.sh || return 1
     local names

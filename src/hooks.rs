@@ -67,7 +67,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The most a delivery waits between its attempts, in all (a long `Retry-After` included).
 const RETRY_BUDGET: Duration = Duration::from_secs(600);
 /// Environment variables a command never inherits.
-const HIDDEN_ENV: &[&str] = &[crate::config::ENV_TOKEN, crate::config::ENV_INTAKE_TOKEN];
+const HIDDEN_ENV: &[&str] = &[
+    crate::config::ENV_TOKEN,
+    crate::config::ENV_INTAKE_TOKEN,
+    crate::config::ENV_DATABASE_URL,
+];
 /// How much of each of a command's output streams is kept (its end).
 const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 /// How many lines of a failing command's output go into its WARN event.

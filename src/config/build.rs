@@ -180,10 +180,14 @@ pub(super) fn build(raw: RawConfig, base: &Path, report: &mut Report<'_>) -> (Co
         .filter_map(|app| build_app(app, base, report, &mut seen))
         .collect();
     let region_given = raw.scalingo.as_ref().is_some_and(|s| s.region.is_some());
-    let left = LeftForEnv {
+    let mut left = LeftForEnv {
         token_file,
         region_given,
+        ..LeftForEnv::default()
     };
+    if let Some(cluster) = &raw.cluster {
+        (config.cluster, left.cluster) = super::cluster::build_cluster(cluster, base, report);
+    }
     (config, left)
 }
 

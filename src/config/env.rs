@@ -22,9 +22,10 @@ const ENV_AUTH_URL: &str = "SCALINGO_AUTH_URL";
 const ENV_REGION: &str = "SCALINGO_REGION";
 /// Set by systemd for a unit with `LoadCredential=`: the directory of the unit's credentials.
 const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
-pub(super) const ENV_VARS: [&str; 6] = [
+pub(super) const ENV_VARS: [&str; 7] = [
     ENV_TOKEN,
     ENV_INTAKE_TOKEN,
+    super::cluster::ENV_DATABASE_URL,
     ENV_API_URL,
     ENV_AUTH_URL,
     ENV_REGION,
@@ -110,6 +111,8 @@ pub(super) struct LeftForEnv {
     pub(super) token_file: Option<TokenFile>,
     /// Whether the file named a region (else the region is only a default).
     pub(super) region_given: bool,
+    /// What `[cluster]` left: its `database_url_file`.
+    pub(super) cluster: super::cluster::LeftForCluster,
 }
 
 /// Applies the environment over the file, then finds the token: the systemd credential
@@ -122,6 +125,7 @@ pub(super) fn apply_env(
     report: &mut Report<'_>,
     warnings: &mut Vec<String>,
 ) {
+    super::cluster::apply_cluster_env(&mut config.cluster, left.cluster, env, report);
     let s = &mut config.scalingo;
     let env_region = env.get(ENV_REGION);
     if let Some(region) = env_region {

@@ -26,6 +26,7 @@
 
 mod app;
 mod build;
+mod cluster;
 mod env;
 mod on_outcome;
 mod raw;
@@ -42,6 +43,7 @@ use std::time::Duration;
 use crate::redact::redact_owned;
 
 pub use app::is_app_name;
+pub use cluster::{DEFAULT_LEASE, DEFAULT_POLL, ENV_DATABASE_URL, MIN_LEASE};
 pub use env::{ENV_INTAKE_TOKEN, ENV_TOKEN, Env};
 pub use on_outcome::{
     DEFAULT_HOOK_RETRIES, DEFAULT_HOOK_TIMEOUT, HOOK_OUTCOMES, HookConfig, redact_url,
@@ -141,6 +143,27 @@ pub struct Config {
     pub on_outcome: Option<HookConfig>,
     /// `[intake]`: who may act through the daemon's HTTP listener.
     pub intake: IntakeConfig,
+    /// `[cluster]` (or `$DROPDEPLOY_DATABASE_URL`): fleet mode, the job store in the fleet's
+    /// PostgreSQL. `None`: one node, the local spool is the store.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several nodes share one PostgreSQL; a node drives an app's jobs only while
+/// it holds the app's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The database's URL: `$DROPDEPLOY_DATABASE_URL`, else `database_url`, else the content
+    /// of `database_url_file`. Always set in a loaded configuration (a `[cluster]` without
+    /// one is refused); a secret, since it may hold a password.
+    pub database_url: Option<Secret>,
+    /// `node`: this node's name in the fleet (default: the host name).
+    pub node: String,
+    /// `lease`: how long a lane's lease lasts unless renewed (default 15 s, at least 3 s);
+    /// it is renewed every third of it.
+    pub lease: Duration,
+    /// `poll`: how often the node tries to take leases and looks for new jobs and outcomes
+    /// to place, NOTIFY aside (default 2 s).
+    pub poll: Duration,
 }
 
 /// `[intake]`: the tokens that allow actions through the daemon's HTTP listener (the status
@@ -404,6 +427,7 @@ impl Default for Config {
             metrics_listen: None,
             on_outcome: None,
             intake: IntakeConfig::default(),
+            cluster: None,
         }
     }
 }

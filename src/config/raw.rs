@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) retry: Option<RawRetry>,
     pub(super) on_outcome: Option<Spanned<RawHook>>,
     pub(super) intake: Option<RawIntake>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub(super) app: Vec<Spanned<RawApp>>,
 }
@@ -40,6 +41,17 @@ pub(super) struct RawIntake {
     pub(super) tls_cert: Option<Spanned<String>>,
     pub(super) tls_key: Option<Spanned<String>>,
     pub(super) read_timeout: Option<Spanned<DurationText>>,
+}
+
+/// `[cluster]`: fleet mode, the job store in PostgreSQL.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) database_url: Option<Spanned<String>>,
+    pub(super) database_url_file: Option<Spanned<String>>,
+    pub(super) node: Option<Spanned<String>>,
+    pub(super) lease: Option<Spanned<DurationText>>,
+    pub(super) poll: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +216,7 @@ const TOP_KEYS: &[&str] = &[
     "retry",
     "on_outcome",
     "intake",
+    "cluster",
     "app",
 ];
 const SCALINGO_KEYS: &[&str] = &[
@@ -224,6 +237,7 @@ const INTAKE_KEYS: &[&str] = &[
     "tls_key",
     "read_timeout",
 ];
+const CLUSTER_KEYS: &[&str] = &["database_url", "database_url_file", "node", "lease", "poll"];
 const RETRY_KEYS: &[&str] = &["initial", "max_delay", "budget", "retry_aborted"];
 const APP_KEYS: &[&str] = &[
     "name",
@@ -375,6 +389,7 @@ fn remove_unknown_keys(root: &mut DeTable<'_>) {
             ("retry", DeValue::Table(t)) => keep(t, RETRY_KEYS, &[]),
             ("on_outcome", DeValue::Table(t)) => keep(t, HOOK_KEYS, &[]),
             ("intake", DeValue::Table(t)) => keep(t, INTAKE_KEYS, &[]),
+            ("cluster", DeValue::Table(t)) => keep(t, CLUSTER_KEYS, &[]),
             ("app", DeValue::Array(items)) => {
                 for item in items.iter_mut() {
                     if let DeValue::Table(app) = item.get_mut() {
@@ -525,6 +540,9 @@ fn check_keys(root: &DeTable<'_>, report: &mut Report<'_>) {
             ("intake", DeValue::Table(t)) => {
                 check_table_keys(t, "intake", INTAKE_KEYS, &[], report)
             }
+            ("cluster", DeValue::Table(t)) => {
+                check_table_keys(t, "cluster", CLUSTER_KEYS, &[], report)
+            }
             ("on_outcome", DeValue::Table(t)) => {
                 check_table_keys(t, "on_outcome", HOOK_KEYS, &[], report)
             }
@@ -590,7 +608,9 @@ fn check_table_keys(
         let expected: Vec<String> = allowed
             .iter()
             .map(|name| match (path, *name) {
-                ("", "scalingo" | "retry" | "on_outcome" | "intake") => format!("[{name}]"),
+                ("", "scalingo" | "retry" | "on_outcome" | "intake" | "cluster") => {
+                    format!("[{name}]")
+                }
                 ("", "app") => "[[app]]".to_string(),
                 _ => name.to_string(),
             })

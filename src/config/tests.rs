@@ -1065,3 +1065,134 @@ fn intake_tls_takes_both_files_and_then_any_address() {
     let message = error("[intake]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"intake.pem\"\n");
     assert!(message.contains("both `tls_cert`"), "{message}");
 }
+
+#[test]
+fn without_cluster_there_is_no_fleet_mode() {
+    assert!(config("").cluster.is_none());
+    assert!(
+        Config::from_env(&no_env())
+            .unwrap()
+            .config
+            .cluster
+            .is_none()
+    );
+}
+
+#[test]
+fn a_cluster_table_is_typed_with_its_defaults() {
+    let c = config("[cluster]\ndatabase_url = \"postgres://dd:pw@db/dd\"\n");
+    let cluster = c.cluster.unwrap();
+    assert_eq!(
+        cluster.database_url.as_ref().map(Secret::expose),
+        Some("postgres://dd:pw@db/dd")
+    );
+    assert_eq!(cluster.lease, DEFAULT_LEASE);
+    assert_eq!(cluster.poll, DEFAULT_POLL);
+    assert!(!cluster.node.is_empty(), "the host name by default");
+    assert!(
+        !format!("{cluster:?}").contains("pw@"),
+        "the URL is a secret"
+    );
+
+    let c = config(
+        "[cluster]\ndatabase_url = \"postgresql://db/dd\"\nnode = \"web-1\"\nlease = \"6s\"\n\
+         poll = \"500ms\"\n",
+    );
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.node, "web-1");
+    assert_eq!(cluster.lease, Duration::from_secs(6));
+    assert_eq!(cluster.poll, Duration::from_millis(500));
+}
+
+#[test]
+fn the_environment_database_url_wins_and_alone_turns_fleet_mode_on() {
+    let env = Env::from_pairs([(ENV_DATABASE_URL, "postgres://env@db/dd")]);
+    let text = "[cluster]\ndatabase_url = \"postgres://file@db/dd\"\nnode = \"a\"\n";
+    let c = Config::from_str(text, Path::new(FILE), &env)
+        .unwrap()
+        .config;
+    let cluster = c.cluster.unwrap();
+    assert_eq!(
+        cluster.database_url.unwrap().expose(),
+        "postgres://env@db/dd"
+    );
+    assert_eq!(cluster.node, "a");
+
+    let c = Config::from_env(&env).unwrap().config.cluster.unwrap();
+    assert_eq!(c.database_url.unwrap().expose(), "postgres://env@db/dd");
+    assert_eq!((c.lease, c.poll), (DEFAULT_LEASE, DEFAULT_POLL));
+
+    let bad = Env::from_pairs([(ENV_DATABASE_URL, "mysql://secret-pw@db")]);
+    let message = Config::from_env(&bad).unwrap_err().to_string();
+    assert!(
+        message.starts_with("$DROPDEPLOY_DATABASE_URL: not a PostgreSQL URL"),
+        "{message}"
+    );
+    assert!(!message.contains("secret-pw"), "{message}");
+}
+
+#[test]
+fn the_database_url_file_is_read_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db-url"), "postgres://dd@db/dd\n").unwrap();
+    let file = dir.path().join("dropdeploy.toml");
+    let text = "[cluster]\ndatabase_url_file = \"db-url\"\n";
+    let c = Config::from_str(text, &file, &no_env()).unwrap().config;
+    let url = c.cluster.unwrap().database_url.unwrap();
+    assert_eq!(url.expose(), "postgres://dd@db/dd");
+
+    let text = "[cluster]\ndatabase_url_file = \"missing\"\n";
+    let message = Config::from_str(text, &file, &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(":2:21: cannot read database_url_file"),
+        "{message}"
+    );
+}
+
+#[test]
+fn cluster_problems_are_located_and_never_quote_the_url() {
+    let text = "[cluster]\ndatabase_url = \"mysql://u:hunter2@db\"\nlease = \"2s\"\n\
+                poll = \"soon\"\nnode = \"web 1\"\nleese = \"5s\"\n";
+    let found = problems(text);
+    let positions: Vec<_> = found.iter().map(|p| p.position).collect();
+    assert_eq!(
+        positions,
+        vec![at(2, 16), at(3, 9), at(4, 8), at(5, 8), at(6, 1)],
+        "{found:?}"
+    );
+    let message = error(text);
+    assert!(
+        message.contains("`lease` in [cluster] must be at least 3s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("invalid duration \"soon\" for `poll`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("\"web 1\" is not a node name"),
+        "{message}"
+    );
+    assert!(message.contains("unknown key `leese` in [cluster]; did you mean `lease`?"));
+    assert!(!message.contains("hunter2"), "{message}");
+
+    let message = error("[cluster]\nnode = \"a\"\n");
+    assert!(
+        message.contains("[cluster] needs the fleet's database"),
+        "{message}"
+    );
+    let message =
+        error("[cluster]\ndatabase_url = \"postgres://db\"\nlease = \"5s\"\npoll = \"5s\"\n");
+    assert!(message.contains(":4:8: `poll` in [cluster]"), "{message}");
+    assert!(
+        message.contains("must be shorter than `lease`"),
+        "{message}"
+    );
+    let message = error("[cluster]\ndatabase_url = \"postgres://db\"\ndatabase_url_file = \"f\"\n");
+    assert!(
+        message.contains(":3:21: [cluster] takes `database_url` or"),
+        "{message}"
+    );
+}

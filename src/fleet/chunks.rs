@@ -136,8 +136,14 @@ pub fn download(pg: &Pg, id: &str, to: &Path) -> Result<(), StoreError> {
         });
     };
     let chunks: Vec<String> = row.get(2);
-    let result = write_chunks(pg, id, &chunks, (&sha256, bytes), to);
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(io_error("cannot create", to))?;
+    let result = write_chunks(pg, id, &chunks, (&sha256, bytes), (file, to));
     if result.is_err() {
+        // Only the file made here is removed (never one that was there before).
         let _ = std::fs::remove_file(to);
     }
     result
@@ -148,13 +154,8 @@ fn write_chunks(
     id: &str,
     chunks: &[String],
     (sha256, bytes): (&str, i64),
-    to: &Path,
+    (mut file, to): (File, &Path),
 ) -> Result<(), StoreError> {
-    let mut file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(io_error("cannot create", to))?;
     let mut whole = Sha256::new();
     let mut written: i64 = 0;
     for (index, chunk) in chunks.iter().enumerate() {

@@ -9,8 +9,10 @@ use super::pg::Pool;
 use crate::queue::store::StoreError;
 
 /// The migrations, in order: (version, name, SQL). A new one is one line here.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "fleet", include_str!("migrations/0001_fleet.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "fleet", include_str!("migrations/0001_fleet.sql")),
+    (2, "budget", include_str!("migrations/0002_budget.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

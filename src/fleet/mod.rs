@@ -6,6 +6,7 @@
 //! a few connections, backoff while the database is down), [`tls`] the TLS to a managed
 //! database, [`migrate`] the embedded schema migrations.
 
+pub mod budget;
 mod chunks;
 mod listen;
 pub mod migrate;

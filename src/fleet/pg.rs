@@ -9,6 +9,7 @@
 //! [`Secret`], and no message here quotes it.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -289,23 +290,32 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// The connection configuration and the TLS to use: TLS when the URL says `sslmode=require`,
-/// `verify-ca` or `verify-full` (always verifying the certificate), none otherwise.
+/// `verify-ca` or `verify-full` (always verifying the certificate and the name, against the
+/// system's roots and the CA certificates of `sslrootcert=<file>` if given), none otherwise.
 pub fn parse_url(url: &str) -> Result<(Config, Option<MakeRustls>), String> {
     let mut wants_tls = false;
+    let mut root_certs: Option<PathBuf> = None;
     let rewritten: String = match url.split_once('?') {
         None => url.to_owned(),
         Some((base, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
+            let mut params = Vec::new();
+            for param in query.split('&') {
+                match param.split_once('=') {
                     Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
                         wants_tls = true;
-                        "sslmode=require".to_owned()
+                        params.push("sslmode=require");
                     }
-                    _ => param.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", params.join("&"))
+                    Some(("sslrootcert", file)) => {
+                        root_certs = Some(PathBuf::from(percent_decode(file)?));
+                    }
+                    _ => params.push(param),
+                }
+            }
+            if params.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", params.join("&"))
+            }
         }
     };
     let mut config = Config::from_str(&rewritten)
@@ -316,11 +326,32 @@ pub fn parse_url(url: &str) -> Result<(Config, Option<MakeRustls>), String> {
         config.application_name("dropdeploy");
     }
     if wants_tls {
-        Ok((config, Some(MakeRustls::new()?)))
+        Ok((config, Some(MakeRustls::new(root_certs.as_deref())?)))
     } else {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         Ok((config, None))
     }
+}
+
+/// `%XX` escapes of a URL parameter decoded.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("the database URL has a bad %-escape in sslrootcert")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the database URL's sslrootcert is not UTF-8".to_owned())
 }
 
 #[cfg(test)]
@@ -332,11 +363,26 @@ mod tests {
         crate::http::install_crypto_provider();
         let (_, tls) = parse_url("postgres://u:pw@db.internal/x?sslmode=verify-full").unwrap();
         assert!(tls.is_some());
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/tls/ca.pem");
+        let (_, tls) = parse_url(&format!(
+            "postgres://db.internal/x?sslrootcert={}&sslmode=verify-full",
+            ca.replace('/', "%2F")
+        ))
+        .unwrap();
+        assert!(tls.is_some());
         let (_, tls) = parse_url("postgres://u:pw@db.internal/x?sslmode=require").unwrap();
         assert!(tls.is_some());
         let (config, tls) = parse_url("postgres://u:pw@127.0.0.1:5/x").unwrap();
         assert!(tls.is_none());
         assert_eq!(config.get_dbname(), Some("x"));
+    }
+
+    #[test]
+    fn a_missing_sslrootcert_is_named() {
+        crate::http::install_crypto_provider();
+        let err = parse_url("postgres://h/x?sslmode=require&sslrootcert=/nonexistent/ca.pem")
+            .unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct Unplaced {
     pub job: Job,
     /// The history entry the driver recorded.
     pub entry: serde_json::Value,
-    /// The dropped file's path when it was claimed (as text).
+    /// The dropped file's path when it was claimed, as text (lossy for a name that is not
+    /// UTF-8: the job's `Payload::Archive::original` has it exactly).
     pub origin_path: String,
 }
 
@@ -365,9 +366,17 @@ impl Store for PgStore {
             .await;
             pool.settle(conn, result)
         })?;
-        rows.iter()
-            .map(|row| record(row.get(0), row.get(1)))
-            .collect()
+        // One unreadable record (a newer dropdeploy's?) never hides the others.
+        Ok(rows
+            .iter()
+            .filter_map(|row| match record(row.get(0), row.get(1)) {
+                Ok(job) => Some(job),
+                Err(e) => {
+                    tracing::warn!("skipping a job record of the fleet's database: {e}");
+                    None
+                }
+            })
+            .collect())
     }
 
     fn fetch_archive(&self, id: &str, to: &Path) -> Result<(), StoreError> {

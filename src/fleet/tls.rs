@@ -1,17 +1,21 @@
 //! TLS to the fleet's PostgreSQL (`sslmode=require` or `verify-full` in the URL): a small
 //! `MakeTlsConnect` over tokio-rustls with the project's rustls set-up (the `ring` provider,
 //! certificates checked by rustls-platform-verifier against the system's roots, as for every
-//! HTTPS client here). The server's certificate is always verified, whatever the mode says.
+//! HTTPS client here, plus the CA certificates of the URL's `sslrootcert` file if it has one:
+//! a managed database's own CA). The server's certificate and name are always verified,
+//! whatever the mode says.
 //! No channel binding (it would need an X.509 parser): SCRAM runs without it, as libpq's
 //! `channel_binding=prefer` does against a server that does not offer it.
 
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
@@ -28,11 +32,17 @@ impl std::fmt::Debug for MakeRustls {
 }
 
 impl MakeRustls {
-    /// The project's client configuration: `ring`, the platform's verifier.
-    pub fn new() -> Result<MakeRustls, String> {
+    /// The project's client configuration: `ring`, the platform's verifier, trusting also
+    /// the CA certificates (PEM) in `root_certs` if given.
+    pub fn new(root_certs: Option<&Path>) -> Result<MakeRustls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-            .map_err(|e| format!("cannot set up certificate verification: {e}"))?;
+        let extra = match root_certs {
+            Some(path) => read_certs(path)?,
+            None => Vec::new(),
+        };
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|e| format!("cannot set up certificate verification: {e}"))?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("cannot set up TLS: {e}"))?
@@ -61,6 +71,24 @@ where
             name,
         })
     }
+}
+
+/// The certificates of a PEM file.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let what = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot read the database's CA certificates (sslrootcert) {}: {e}",
+            path.display()
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| what(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| what(&e))?;
+    if certs.is_empty() {
+        return Err(what(&"no certificate in it"));
+    }
+    Ok(certs)
 }
 
 /// One connection's TLS handshake.

@@ -350,6 +350,22 @@ pub enum SpoolError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// The shared store refused or could not take the record (fleet mode): `Fenced` (this
+    /// node lost the app's lane) and `Unavailable` (the database is down) leave the job for
+    /// whoever holds its lane next.
+    #[error("{0}")]
+    Store(#[from] crate::queue::store::StoreError),
+}
+
+impl SpoolError {
+    /// Whether the store said this node no longer holds the job's app's lane: the node must
+    /// stop driving that app.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::Store(crate::queue::store::StoreError::Fenced { .. })
+        )
+    }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError {
@@ -366,6 +382,9 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Spool
 pub struct Spool {
     dir: PathBuf,
     sequence: sequence::Sequence,
+    /// The fleet's store (fleet mode): every [`Spool::save`] goes there first, fenced by the
+    /// app's lease.
+    store: Option<std::sync::Arc<dyn crate::queue::store::Store>>,
 }
 
 impl Spool {
@@ -376,7 +395,21 @@ impl Spool {
         Ok(Spool {
             dir,
             sequence: sequence::Sequence::default(),
+            store: None,
         })
+    }
+
+    /// This spool as the working copy of a shared store (fleet mode): [`Spool::save`] writes
+    /// to `store` first, and writes the local record only once the store took it. A store
+    /// that is not shared (the local one) changes nothing.
+    pub fn with_store(mut self, store: std::sync::Arc<dyn crate::queue::store::Store>) -> Spool {
+        self.store = store.shared().then_some(store);
+        self
+    }
+
+    /// The shared store behind this spool, in fleet mode.
+    pub fn shared_store(&self) -> Option<&std::sync::Arc<dyn crate::queue::store::Store>> {
+        self.store.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -426,8 +459,21 @@ impl Spool {
         sync_dir(&self.dir)
     }
 
-    /// Persists a job's record (temp file, fsync, rename, fsync directory).
+    /// Persists a job's record (temp file, fsync, rename, fsync directory). In fleet mode the
+    /// shared store takes it first, fenced by the app's lease ([`Spool::with_store`]): this is
+    /// the one place where every write of a job's state is fenced, and a refused write
+    /// (`Fenced`, `Unavailable`) leaves the local record as it was.
     pub fn save(&self, job: &Job) -> Result<(), SpoolError> {
+        if let Some(store) = &self.store {
+            store.save(job)?;
+        }
+        write_record(&self.job_dir(&job.id), job)
+    }
+
+    /// Writes a job's record in this spool only, whatever the store: for a record that comes
+    /// *from* the fleet's store (a job this node takes up under a lease), never for a change
+    /// of a job's state (that is [`Spool::save`]). The job's directory must exist.
+    pub fn save_local(&self, job: &Job) -> Result<(), SpoolError> {
         write_record(&self.job_dir(&job.id), job)
     }
 
@@ -755,6 +801,117 @@ mod tests {
             state: JobState::Queued,
             check: None,
         }
+    }
+
+    /// A shared store that only answers `save`: held or fenced.
+    #[derive(Debug, Default)]
+    struct Fence {
+        fenced: std::sync::atomic::AtomicBool,
+        saved: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl crate::queue::store::Store for Fence {
+        fn node(&self) -> &str {
+            "a"
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn add(&self, _: &mut Job, _: Option<&Path>) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        fn save(&self, job: &Job) -> Result<(), StoreError> {
+            if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Fenced {
+                    app: job.app.clone(),
+                    node: "a".into(),
+                });
+            }
+            self.saved
+                .lock()
+                .unwrap()
+                .push(job.state.name().to_string());
+            Ok(())
+        }
+        fn finish(&self, _: &Job, _: &serde_json::Value) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        fn load(&self, _: &str) -> Result<Job, StoreError> {
+            unreachable!()
+        }
+        fn jobs(&self, _: Option<&str>) -> Result<Vec<Job>, StoreError> {
+            unreachable!()
+        }
+        fn fetch_archive(&self, _: &str, _: &Path) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        fn history(
+            &self,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<crate::queue::store::Finished>, StoreError> {
+            unreachable!()
+        }
+        fn acquire(
+            &self,
+            _: &str,
+            _: Duration,
+        ) -> Result<Option<crate::queue::store::Lease>, StoreError> {
+            unreachable!()
+        }
+        fn renew(
+            &self,
+            _: &crate::queue::store::Lease,
+            _: Duration,
+        ) -> Result<Option<crate::queue::store::Lease>, StoreError> {
+            unreachable!()
+        }
+        fn release(&self, _: &crate::queue::store::Lease) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        fn holders(&self) -> Result<Vec<crate::queue::store::Holder>, StoreError> {
+            unreachable!()
+        }
+        fn lease_of(&self, _: &str) -> Option<crate::queue::store::Lease> {
+            None
+        }
+    }
+
+    use crate::queue::store::StoreError;
+
+    #[test]
+    fn a_shared_store_takes_each_save_first_and_a_fenced_save_writes_nothing_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = std::sync::Arc::new(Fence::default());
+        let spool = Spool::open(dir.path().join("spool"))
+            .unwrap()
+            .with_store(fence.clone());
+        let (id, tmp) = spool.new_job_dir().unwrap();
+        let mut j = job(&id);
+        spool.commit_new(&tmp, &mut j).unwrap();
+        assert!(
+            fence.saved.lock().unwrap().is_empty(),
+            "commit_new is local"
+        );
+        j.state = JobState::Deploying {
+            deployment_id: "d1".into(),
+            platform_status: None,
+            since: None,
+        };
+        spool.save(&j).unwrap();
+        assert_eq!(*fence.saved.lock().unwrap(), ["deploying"]);
+
+        fence
+            .fenced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut later = j.clone();
+        later.state = JobState::Succeeded {
+            deployment_id: "d1".into(),
+        };
+        let error = spool.save(&later).unwrap_err();
+        assert!(error.is_fenced(), "{error}");
+        assert!(error.to_string().contains("no longer holds"), "{error}");
+        assert_eq!(spool.load(&id).unwrap(), j, "the local record is unchanged");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -57,6 +57,8 @@ struct Server {
     /// The `postgres` user's ids when this process runs as root.
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// More `-c name=value` settings.
+    options: Vec<String>,
 }
 
 impl Cluster {
@@ -70,6 +72,16 @@ impl Cluster {
 
     /// A private server, whatever `DATABASE_URL` says (for tests that stop it).
     pub fn start_local() -> Cluster {
+        Cluster::local(None)
+    }
+
+    /// A private server that also speaks TLS with the given certificate and key (PEM files,
+    /// copied into its directory). Its URL does not ask for TLS: add `sslmode=…` to it.
+    pub fn start_local_tls(cert: &Path, key: &Path) -> Cluster {
+        Cluster::local(Some((cert, key)))
+    }
+
+    fn local(tls: Option<(&Path, &Path)>) -> Cluster {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("testpg-")
@@ -77,13 +89,10 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("testpg: cannot make a temporary directory: {e}"));
         let user = if unsafe { libc::geteuid() } == 0 {
             let ids = postgres_user();
-            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
-                .unwrap_or_else(|e| panic!("testpg: temporary directory name: {e}"));
-            if unsafe { libc::chown(path.as_ptr(), ids.0, ids.1) } != 0 {
+            if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(ids.0), Some(ids.1)) {
                 panic!(
-                    "testpg: cannot give {} to the postgres user: {}",
-                    dir.path().display(),
-                    std::io::Error::last_os_error()
+                    "testpg: cannot give {} to the postgres user: {e}",
+                    dir.path().display()
                 );
             }
             Some(ids)
@@ -96,7 +105,11 @@ impl Cluster {
             bin,
             user,
             child: None,
+            options: Vec::new(),
         };
+        if let Some((cert, key)) = tls {
+            server.add_tls(cert, key);
+        }
         server.initdb();
         server.spawn();
         let admin = format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", server.port);
@@ -204,6 +217,33 @@ impl Server {
         command
     }
 
+    /// Copies the certificate and key in (the key readable by the server's user only, as
+    /// PostgreSQL demands) and turns TLS on.
+    fn add_tls(&mut self, cert: &Path, key: &Path) {
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = self.dir.path().join(name);
+            std::fs::copy(from, &to)
+                .and_then(|_| {
+                    std::fs::set_permissions(
+                        &to,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                })
+                .unwrap_or_else(|e| panic!("testpg: cannot copy {}: {e}", from.display()));
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("testpg: cannot chown {}: {e}", to.display()));
+            }
+            let setting = if name == "server.crt" {
+                "ssl_cert_file"
+            } else {
+                "ssl_key_file"
+            };
+            self.options.push(format!("{setting}={}", to.display()));
+        }
+        self.options.push("ssl=on".into());
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -254,6 +294,7 @@ impl Server {
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(self.options.iter().flat_map(|o| ["-c", o.as_str()]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

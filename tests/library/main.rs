@@ -9,6 +9,8 @@ mod blocking_saves;
 mod conformance;
 /// The drop folder watcher: what it takes, when, and what it leaves alone.
 mod drop_folders;
+/// The fleet's API budget: nodes sharing one window in PostgreSQL.
+mod fleet_budget;
 /// Replays of the fuzzers' inputs (`tests/fuzz_inputs/`).
 mod fuzz_regressions;
 /// `inspect` against archives made by GNU tar and gzip.

@@ -268,6 +268,11 @@ fn fetch_archive_round_trips_a_multi_mib_archive(f: &Fixture) {
     let copy = f.dir.path().join("copy.tar.gz");
     f.b.fetch_archive("big", &copy).unwrap();
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(&path).unwrap());
+    // A file already at the target is neither overwritten nor removed.
+    let there = f.dir.path().join("there.tar.gz");
+    std::fs::write(&there, b"mine").unwrap();
+    assert!(f.b.fetch_archive("big", &there).is_err());
+    assert_eq!(std::fs::read(&there).unwrap(), b"mine");
 }
 
 fn release_lets_another_node_take_the_lane_at_once(f: &Fixture) {
@@ -508,6 +513,19 @@ fn listen_hears_added_and_finished_apps_and_survives_a_restart() {
 }
 
 #[test]
+fn an_unreadable_record_does_not_hide_the_others() {
+    let f = fleet();
+    add_to(&f.a, f.dir.path(), "j1", "app-x");
+    add_to(&f.a, f.dir.path(), "j2", "app-x");
+    sql(
+        f.cluster.url(),
+        "UPDATE jobs SET record = '{\"not\": \"a job\"}' WHERE id = 'j1'",
+    );
+    assert_eq!(ids(&f.b.jobs(None).unwrap()), ["j2"]);
+    assert!(matches!(f.b.load("j1"), Err(StoreError::Record { .. })));
+}
+
+#[test]
 fn heartbeats_list_the_nodes() {
     let f = fleet();
     let (a, b) = (&f.a, &f.b);
@@ -567,4 +585,34 @@ fn the_database_fences_a_write_the_node_believes_it_may_make() {
     assert!(matches!(f.a.save(&job), Err(StoreError::Fenced { .. })));
     assert_eq!(f.b.load("j1").unwrap().failed_attempts, 1);
     assert!(f.b.history(None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn tls_to_the_database_verifies_its_certificate() {
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls");
+    let cluster =
+        testpg::Cluster::start_local_tls(&tls.join("server.pem"), &tls.join("server.key"));
+    // sslmode=require makes the connection fail unless TLS was negotiated.
+    let trusted = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        cluster.url(),
+        tls.join("ca.pem").display()
+    );
+    let store = PgStore::connect(&Secret::new(trusted), "a").unwrap();
+    store.health().unwrap();
+    assert!(
+        store
+            .acquire("app-x", Duration::from_secs(5))
+            .unwrap()
+            .is_some()
+    );
+    // The test CA is not among the system's roots: without sslrootcert, no connection.
+    let untrusted = format!("{}?sslmode=require", cluster.url());
+    let store = PgStore::new(&Secret::new(untrusted), "a").unwrap();
+    match store.health() {
+        Err(StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("certificate"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }

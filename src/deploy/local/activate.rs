@@ -86,7 +86,8 @@ impl LocalTarget {
             .env("DROPDEPLOY_RELEASE", &release)
             .env("DROPDEPLOY_GIT_REF", git_ref)
             .env_remove(TOKEN_VAR)
-            .env_remove(crate::config::ENV_INTAKE_TOKEN);
+            .env_remove(crate::config::ENV_INTAKE_TOKEN)
+            .env_remove(crate::config::ENV_DATABASE_URL);
         command
     }
 }

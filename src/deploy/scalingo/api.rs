@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticator;
-use super::budget::Budget;
+use super::budget::{Budget, SharedWindows};
 use super::stream::StreamHub;
 use crate::config::{ScalingoConfig, Secret};
 use crate::queue::retry::{Class, classify_status, parse_retry_after};
@@ -71,6 +71,12 @@ pub enum ApiError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The fleet's shared API budget could not be reached for long: the request was not sent.
+    #[error("{what}: not sent: {source}")]
+    Budget {
+        what: &'static str,
+        source: super::budget::Unreachable,
+    },
     /// The server answered success with a body this client cannot read.
     #[error("{what}: unexpected response: {detail}")]
     Decode { what: &'static str, detail: String },
@@ -105,6 +111,7 @@ impl ApiError {
     pub fn class(&self) -> Class {
         match self {
             ApiError::Connect { .. } | ApiError::Timeout { .. } => Class::Transient,
+            ApiError::Budget { .. } => Class::Transient,
             // Only a refused exchange proves the API token bad; see the variant's docs.
             ApiError::FreshBearerRefused { .. } => Class::Transient,
             ApiError::Status { status, .. } => classify_status(*status),
@@ -334,6 +341,8 @@ pub struct ScalingoClient {
     config: ScalingoConfig,
     token: Secret,
     siblings: std::sync::Mutex<std::collections::HashMap<String, Arc<ScalingoClient>>>,
+    /// The fleet's shared windows, given to this client's budget and its siblings'.
+    shared_windows: std::sync::OnceLock<SharedWindows>,
     /// The answer of `GET /v1/apps/:app` that [`Self::check_app`] got, for the next look at
     /// the app (the stream's), so that checking the app before an upload costs no request.
     shown: std::sync::Mutex<Option<(String, serde_json::Value)>>,
@@ -388,6 +397,7 @@ impl ScalingoClient {
             config: config.clone(),
             token,
             siblings: Default::default(),
+            shared_windows: Default::default(),
             shown: Default::default(),
         })
     }
@@ -415,6 +425,9 @@ impl ScalingoClient {
                 let client = Arc::new(client);
                 if let Some(board) = self.budget.board() {
                     client.budget.publish_to(board);
+                }
+                if let Some(windows) = self.shared_windows.get() {
+                    client.share_budget(windows.clone());
                 }
                 siblings.insert(region.to_string(), client.clone());
                 client
@@ -448,6 +461,28 @@ impl ScalingoClient {
             && c.api_url_explicit == config.api_url_explicit
             && c.api_rate_limit == config.api_rate_limit
             && c.timeout == config.timeout
+    }
+
+    /// Makes this client's budget, and its siblings' in other regions, share their windows
+    /// with the fleet's other nodes: one window per region (the API URL when the client names
+    /// no region) and token, made by `windows`. Once: later calls change nothing.
+    pub fn share_budget(&self, windows: SharedWindows) {
+        if self.shared_windows.set(windows.clone()).is_err() {
+            return;
+        }
+        let key = self
+            .config
+            .region
+            .clone()
+            .unwrap_or_else(|| self.config.api_url.clone());
+        self.budget.share(windows(&key, &self.token));
+        let siblings: Vec<Arc<ScalingoClient>> = match self.siblings.lock() {
+            Ok(s) => s.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        for sibling in siblings {
+            sibling.share_budget(windows.clone());
+        }
     }
 
     /// The budget of requests this client's calls share.
@@ -492,7 +527,10 @@ impl ScalingoClient {
         let mut rate_limited = 0u32;
         loop {
             let bearer = self.auth.bearer().await?;
-            self.budget.acquire().await;
+            self.budget
+                .acquire()
+                .await
+                .map_err(|source| ApiError::Budget { what, source })?;
             let started = Instant::now();
             let response = self
                 .send_following(what, method.clone(), url, body, &bearer, started)
@@ -500,7 +538,7 @@ impl ScalingoClient {
             let status = response.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                 let err = read_error_response(what, response).await;
-                self.budget.refused(err.retry_after());
+                self.budget.refused(err.retry_after()).await;
                 rate_limited += 1;
                 if rate_limited < MAX_RATE_LIMITED_TRIES {
                     continue;

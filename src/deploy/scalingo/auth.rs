@@ -98,7 +98,10 @@ impl Authenticator {
     async fn exchange(&self) -> Result<Bearer, ApiError> {
         let url = format!("{}/v1/tokens/exchange", self.auth_url);
         let what = "token exchange";
-        self.budget.acquire().await;
+        self.budget
+            .acquire()
+            .await
+            .map_err(|source| ApiError::Budget { what, source })?;
         let started = Instant::now();
         let response = self
             .http
@@ -113,7 +116,7 @@ impl Authenticator {
             .map_err(|e| http_error(what, &url, e, started, self.timeout))?;
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
             let err = read_error_response(what, response).await;
-            self.budget.refused(err.retry_after());
+            self.budget.refused(err.retry_after()).await;
             return Err(err);
         }
         self.budget.answered();

@@ -9,11 +9,22 @@
 //! board of waits ([`crate::live`]) for each app that uses the client, so `status` says why
 //! nothing moves. A job counts its calls' waits ([`BudgetWaits`]): waiting for the budget is
 //! not failing, and does not use up the job's retry budget.
+//!
+//! In a fleet, the nodes that share a region and token share its limit too: a budget may have a
+//! [`SharedWindow`] beside its own accounting (`crate::fleet::budget` keeps one in
+//! PostgreSQL). A request then takes a place there as well, just before it takes its own, and a
+//! 429 met by any node pauses them all. When the shared window cannot be reached, a request
+//! waits (on the board) rather than risk the fleet's limit, for at most [`MAX_OUTAGE`]; then
+//! the call fails as a transient error, which the job's retries pace.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crate::config::Secret;
 
 // The runtime's clock, so that a test can pause it.
 use tokio::time::Instant;
@@ -35,6 +46,46 @@ const POLL_SHARE: f64 = 0.5;
 const SHOWN_AFTER: Duration = Duration::from_secs(1);
 /// What the board calls the client's waits.
 const SUBJECT: &str = "platform API";
+/// The longest a request waits for a shared window that cannot be reached.
+pub const MAX_OUTAGE: Duration = Duration::from_secs(5 * 60);
+
+/// A future of a [`SharedWindow`].
+pub type SharedFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A window of requests shared with other processes: the nodes of a fleet that use the same
+/// region and token. Every call is bounded in time by the implementation.
+pub trait SharedWindow: Send + Sync {
+    /// Takes a place for one request now, of `limit` requests a minute, or says why not.
+    fn take(&self, limit: u32) -> SharedFuture<'_, Place>;
+    /// A 429: every process sharing the window waits `pause` (a longer pause already set
+    /// stays). An error says why the others could not be told.
+    fn pause(&self, pause: Duration) -> SharedFuture<'_, Result<(), String>>;
+}
+
+/// What a [`SharedWindow`] answers for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The place is taken: the request may go.
+    Taken,
+    /// The window holds the limit: a place is free in this long.
+    Full(Duration),
+    /// A 429 paused the fleet for this long yet.
+    Paused(Duration),
+    /// The window cannot be reached (the cause): ask again in this long.
+    Unreachable(Duration, String),
+}
+
+/// Makes the [`SharedWindow`] of a budget: given the region's name (or the API URL when no
+/// region is named) and the API token.
+pub type SharedWindows = Arc<dyn Fn(&str, &Secret) -> Arc<dyn SharedWindow> + Send + Sync>;
+
+/// The shared window could not be reached for [`MAX_OUTAGE`]: the request was not sent.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the fleet's API budget could not be reached for {}: {cause}", humantime::format_duration(*.waited))]
+pub struct Unreachable {
+    pub waited: Duration,
+    pub cause: String,
+}
 
 tokio::task_local! {
     /// The waits of the job whose task this is (see [`BudgetWaits::scope`]).
@@ -71,6 +122,10 @@ pub struct Budget {
     pollers: AtomicUsize,
     /// The first pause after a 429 without Retry-After, and the longest.
     backoff: (Duration, Duration),
+    /// The window shared with the fleet's other nodes, if any.
+    shared: OnceLock<Arc<dyn SharedWindow>>,
+    /// How long a request waits for an unreachable shared window.
+    max_outage: Duration,
 }
 
 #[derive(Default)]
@@ -136,7 +191,26 @@ impl Budget {
             apps: Mutex::new(BTreeSet::new()),
             pollers: AtomicUsize::new(0),
             backoff: (FIRST_PAUSE, MAX_PAUSE),
+            shared: OnceLock::new(),
+            max_outage: MAX_OUTAGE,
         }
+    }
+
+    /// Makes every request take a place in `window` too, and a 429 pause it (from now on;
+    /// once: a second window is ignored).
+    pub fn share(&self, window: Arc<dyn SharedWindow>) {
+        let _ = self.shared.set(window);
+    }
+
+    /// Whether this budget has a shared window.
+    pub fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
+    }
+
+    /// How long a request waits for an unreachable shared window ([`MAX_OUTAGE`]).
+    pub fn with_max_outage(mut self, longest: Duration) -> Budget {
+        self.max_outage = longest;
+        self
     }
 
     /// The pause after a 429 without Retry-After: `first`, doubled per 429 in a row, at most
@@ -183,64 +257,112 @@ impl Budget {
         }
     }
 
-    /// Waits for a place in the window (and for a pause to end), then takes it. The time
-    /// waited counts in the current job's [`BudgetWaits`], if any.
-    pub async fn acquire(&self) {
+    /// Waits for a place in the window (and for a pause to end), then takes it; with a shared
+    /// window, a place there too. The time waited counts in the current job's
+    /// [`BudgetWaits`], if any. An error: the shared window could not be reached for
+    /// [`MAX_OUTAGE`], and the request must not be sent.
+    pub async fn acquire(&self) -> Result<(), Unreachable> {
         let started = Instant::now();
-        self.take_place().await;
+        let taken = self.take_place().await;
         let waited = started.elapsed();
         if !waited.is_zero() {
             let _ = WAITS.try_with(|w| w.add(waited));
         }
+        taken
     }
 
-    async fn take_place(&self) {
+    async fn take_place(&self) -> Result<(), Unreachable> {
         let mut shown = false;
-        loop {
-            let wait = {
-                let Ok(mut w) = self.state.lock() else { return };
-                let now = Instant::now();
-                match w.paused_until {
-                    Some(until) if until > now => Some((until - now, true)),
-                    _ => {
-                        w.paused_until = None;
-                        while w.sent.len() > self.limit as usize {
-                            w.sent.pop_front();
+        let mut outage: Option<Instant> = None;
+        let taken = loop {
+            let mut wait = self.local_place(false);
+            if wait.is_none()
+                && let Some(shared) = self.shared.get()
+            {
+                let place = shared.take(self.limit).await;
+                if !matches!(place, Place::Unreachable(..)) {
+                    outage = None;
+                }
+                wait = match place {
+                    Place::Taken => None,
+                    Place::Full(d) => Some(Wait::FleetFull(d)),
+                    Place::Paused(d) => Some(Wait::Paused(d)),
+                    Place::Unreachable(d, cause) => {
+                        let since = *outage.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.max_outage {
+                            break Err(Unreachable {
+                                waited: since.elapsed(),
+                                cause,
+                            });
                         }
-                        match place_wait(&w.sent, self.limit, now) {
-                            None => {
-                                w.sent.push_back(now);
-                                None
-                            }
-                            Some(d) => Some((d, false)),
-                        }
+                        Some(Wait::Unreachable(d, cause))
                     }
-                }
-            };
-            let Some((wait, paused)) = wait else {
-                if shown {
-                    self.show(None);
-                }
-                return;
-            };
-            if paused || wait >= SHOWN_AFTER {
-                let cause = if paused {
-                    "the platform answered 429 (rate limit); every call waits".to_string()
-                } else {
-                    format!(
-                        "{} requests sent in the last minute, the budget (api_rate_limit)",
-                        self.limit
-                    )
                 };
-                self.show(Some((cause, wait)));
+            }
+            // The shared place is taken: the local one was free a moment ago. Should another
+            // call of this client have taken it meanwhile, the shared place is lost (counted,
+            // never sent: the safe side) and this call waits again.
+            let wait = match wait {
+                None => match self.local_place(true) {
+                    None => break Ok(()),
+                    Some(w) => w,
+                },
+                Some(w) => w,
+            };
+            if wait.shown() {
+                self.show(Some((wait.cause(self.limit, self.max_outage), wait.time())));
                 shown = true;
             }
-            tokio::time::sleep(wait.min(MAX_PAUSE)).await;
+            tokio::time::sleep(wait.time().min(MAX_PAUSE)).await;
+        };
+        if shown {
+            self.show(None);
+        }
+        taken
+    }
+
+    /// What this client's own window says: `None` when a place is free (and taken, if
+    /// `take`), else the wait.
+    fn local_place(&self, take: bool) -> Option<Wait> {
+        let Ok(mut w) = self.state.lock() else {
+            return None;
+        };
+        let now = Instant::now();
+        if let Some(until) = w.paused_until.filter(|u| *u > now) {
+            return Some(Wait::Paused(until - now));
+        }
+        w.paused_until = None;
+        while w.sent.len() > self.limit as usize {
+            w.sent.pop_front();
+        }
+        match place_wait(&w.sent, self.limit, now) {
+            None => {
+                if take {
+                    w.sent.push_back(now);
+                }
+                None
+            }
+            Some(d) => Some(Wait::Full(d)),
         }
     }
 
-    /// A 429: every call of this client pauses. Returns the pause.
-    pub fn refused(&self, retry_after: Option<Duration>) -> Duration {
+    /// A 429: every call of this client pauses, and with a shared window every node's (told
+    /// within a bounded time; if the fleet cannot be told, this client pauses all the same).
+    /// Returns the pause.
+    pub async fn refused(&self, retry_after: Option<Duration>) -> Duration {
+        let pause = self.refused_here(retry_after);
+        if let Some(shared) = self.shared.get()
+            && let Err(cause) = shared.pause(pause).await
+        {
+            tracing::warn!(
+                %cause,
+                "the other nodes could not be told of the 429: they keep to the fleet's window"
+            );
+        }
+        pause
+    }
+
+    fn refused_here(&self, retry_after: Option<Duration>) -> Duration {
         let pause = {
             let Ok(mut w) = self.state.lock() else {
                 return FIRST_PAUSE;
@@ -301,6 +423,54 @@ impl Budget {
                     board.clear(&app, WaitKind::RateLimit, SUBJECT);
                 }
             }
+        }
+    }
+}
+
+/// Why a request waits.
+enum Wait {
+    /// This client sent `limit` requests in the last window.
+    Full(Duration),
+    /// The fleet sent `limit` requests in the last window.
+    FleetFull(Duration),
+    /// A 429's pause (this client's or the fleet's).
+    Paused(Duration),
+    /// The shared window cannot be reached (the cause).
+    Unreachable(Duration, String),
+}
+
+impl Wait {
+    fn time(&self) -> Duration {
+        match self {
+            Wait::Full(d) | Wait::FleetFull(d) | Wait::Paused(d) | Wait::Unreachable(d, _) => *d,
+        }
+    }
+
+    /// Whether the board shows it: a pause or an outage always, a full window when long.
+    fn shown(&self) -> bool {
+        match self {
+            Wait::Full(d) | Wait::FleetFull(d) => *d >= SHOWN_AFTER,
+            Wait::Paused(_) | Wait::Unreachable(..) => true,
+        }
+    }
+
+    fn cause(&self, limit: u32, max_outage: Duration) -> String {
+        match self {
+            Wait::Full(_) => {
+                format!("{limit} requests sent in the last minute, the budget (api_rate_limit)")
+            }
+            Wait::FleetFull(_) => format!(
+                "{limit} requests sent in the last minute by the fleet's nodes together, the \
+                 budget (api_rate_limit)"
+            ),
+            Wait::Paused(_) => {
+                "the platform answered 429 (rate limit); every call waits".to_string()
+            }
+            Wait::Unreachable(_, cause) => format!(
+                "the fleet's API budget cannot be reached ({cause}); every call waits, at most \
+                 {} in all",
+                humantime::format_duration(max_outage)
+            ),
         }
     }
 }
@@ -367,17 +537,17 @@ mod tests {
     async fn past_the_limit_a_call_waits_for_the_window_and_a_429_stops_every_call() {
         let budget = Budget::new(2);
         let start = tokio::time::Instant::now();
-        budget.acquire().await;
-        budget.acquire().await;
+        budget.acquire().await.unwrap();
+        budget.acquire().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
-        budget.acquire().await;
+        budget.acquire().await.unwrap();
         assert!(start.elapsed() >= WINDOW, "{:?}", start.elapsed());
         let start = tokio::time::Instant::now();
-        budget.refused(Some(Duration::from_secs(30)));
+        budget.refused(Some(Duration::from_secs(30))).await;
         // Any call, whichever lane makes it, waits out the pause.
         let other = std::sync::Arc::new(budget);
         let lane = other.clone();
-        tokio::spawn(async move { lane.acquire().await })
+        tokio::spawn(async move { lane.acquire().await.unwrap() })
             .await
             .unwrap();
         assert!(
@@ -391,12 +561,12 @@ mod tests {
     async fn a_job_counts_the_time_its_calls_waited_for_the_budget() {
         let budget = Budget::new(1);
         let waits = BudgetWaits::default();
-        budget.acquire().await;
+        budget.acquire().await.unwrap();
         waits
             .scope(async {
-                budget.acquire().await;
-                budget.refused(Some(Duration::from_secs(10)));
-                budget.acquire().await;
+                budget.acquire().await.unwrap();
+                budget.refused(Some(Duration::from_secs(10))).await;
+                budget.acquire().await.unwrap();
             })
             .await;
         // The window (a minute and a margin), then the pause.
@@ -406,8 +576,45 @@ mod tests {
         );
         // Outside the scope, another job's waits are not counted here.
         let before = waits.total();
-        budget.acquire().await;
+        budget.acquire().await.unwrap();
         assert_eq!(waits.total(), before);
+    }
+
+    /// A shared window whose database is down.
+    struct Down;
+
+    impl SharedWindow for Down {
+        fn take(&self, _limit: u32) -> SharedFuture<'_, Place> {
+            Box::pin(async {
+                Place::Unreachable(Duration::from_secs(10), "connection refused".into())
+            })
+        }
+
+        fn pause(&self, _pause: Duration) -> SharedFuture<'_, Result<(), String>> {
+            Box::pin(async { Err("connection refused".into()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_shared_window_holds_a_request_for_a_bounded_time() {
+        let budget = Budget::new(10);
+        let board = Arc::new(Board::in_memory());
+        budget.publish_to(board.clone());
+        budget.track("my-app");
+        budget.share(Arc::new(Down));
+        let start = tokio::time::Instant::now();
+        let waits = BudgetWaits::default();
+        let err = waits
+            .scope(budget.acquire())
+            .await
+            .expect_err("not sent without the fleet's window");
+        let waited = start.elapsed();
+        assert!(waited >= MAX_OUTAGE, "{waited:?}");
+        assert!(waited <= MAX_OUTAGE + Duration::from_secs(10), "{waited:?}");
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        assert!(waits.total() >= MAX_OUTAGE, "{waits:?}");
+        assert_eq!(budget.used().0, 0, "no place taken");
+        assert!(board.snapshot().is_empty(), "the wait is cleared");
     }
 
     #[test]

@@ -465,7 +465,11 @@ async fn connect(
         .bearer()
         .await
         .map_err(|e| Ended::Failed(e.to_string()))?;
-    client.budget.acquire().await;
+    client
+        .budget
+        .acquire()
+        .await
+        .map_err(|e| Ended::Failed(e.to_string()))?;
     if let Ok(mut at) = last_dial.lock() {
         *at = Some(tokio::time::Instant::now());
     }
@@ -479,7 +483,7 @@ async fn connect(
         }
         Err(Dial::RateLimited(retry_after)) => {
             // Like any call's 429: the whole client pauses.
-            client.budget.refused(retry_after);
+            client.budget.refused(retry_after).await;
             return Err(Ended::Failed("HTTP 429 (rate limit)".to_string()));
         }
         Err(Dial::Failed(why)) => return Err(Ended::Failed(why)),

@@ -297,10 +297,19 @@ impl Store for LocalStore {
     fn fetch_archive(&self, id: &str, to: &Path) -> Result<(), StoreError> {
         let job = self.load(id)?;
         let from = self.spool.archive_path(id);
-        let copied = copy_checked(&from, to);
-        let sha = match copied {
+        let mut target = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .map_err(|source| StoreError::Io {
+                action: "cannot create",
+                path: to.to_path_buf(),
+                source,
+            })?;
+        let sha = match copy_checked(&from, (&mut target, to)) {
             Ok(sha) => sha,
             Err(e) => {
+                // Only the file made here is removed (never one that was there before).
                 let _ = std::fs::remove_file(to);
                 return Err(e);
             }
@@ -408,8 +417,9 @@ impl Store for LocalStore {
     }
 }
 
-/// Copies `from` to the new file `to` (synced); returns the SHA-256 of the bytes copied.
-fn copy_checked(from: &Path, to: &Path) -> Result<String, StoreError> {
+/// Copies `from` into `target`, the new file `to` (synced); returns the SHA-256 of the bytes
+/// copied.
+fn copy_checked(from: &Path, (target, to): (&mut File, &Path)) -> Result<String, StoreError> {
     let mut source = File::open(from).map_err(|source| StoreError::Io {
         action: "cannot open",
         path: from.to_path_buf(),
@@ -420,11 +430,6 @@ fn copy_checked(from: &Path, to: &Path) -> Result<String, StoreError> {
         path: to.to_path_buf(),
         source,
     };
-    let mut target = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(io_to)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
