@@ -34,6 +34,7 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 
 mod apps;
 mod claims;
+mod fleet;
 mod intake;
 mod intake_tls;
 mod leftovers;
@@ -125,7 +126,21 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
         }));
     }
     let client = scalingo_client(&config)?;
-    let state = startup::open_state(&config).await?;
+    let mut state = startup::open_state(&config).await?;
+    let mut control = control;
+    let opened = match &config.cluster {
+        Some(cluster) => {
+            let notifier = Notifier::from_env();
+            match fleet::connect(cluster, &mut control.stop, &notifier).await? {
+                Some(opened) => Some(opened),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
+    if let Some(opened) = &opened {
+        state.spool = state.spool.clone().with_store(opened.store.clone());
+    }
     if let Some(client) = &client {
         client.budget().publish_to(state.live.clone());
     }
@@ -143,10 +158,17 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
         ready_tx,
     )
     .await?;
+    if opened.is_some() {
+        daemon.pipeline.lanes.gate();
+    }
     for app in daemon.config.apps.clone() {
         daemon.start_lane(&app);
     }
-    daemon.recover().await;
+    match opened {
+        // Fleet mode: the store decides which jobs this node drives, not its spool.
+        Some(opened) => daemon.start_keeper(opened),
+        None => daemon.recover().await,
+    }
     daemon.deliver_left_hooks().await;
     for app in daemon.config.apps.clone() {
         daemon
@@ -188,6 +210,8 @@ struct Daemon {
     intake: Option<Arc<intake::Intake>>,
     intake_server: Option<tokio::task::JoinHandle<()>>,
     intake_jobs: Option<mpsc::Receiver<Job>>,
+    /// Fleet mode: the lease keeper and the fleet's store.
+    fleet: Option<fleet::Fleet>,
     /// Held while the daemon runs: one daemon per state_dir.
     _state_lock: crate::lock::StateLock,
 }
@@ -286,6 +310,7 @@ impl Daemon {
             intake,
             intake_server,
             intake_jobs,
+            fleet: None,
             _state_lock: lock,
         })
     }
@@ -310,7 +335,11 @@ impl Daemon {
                     self.board.apps.store(self.config.apps.len(), std::sync::atomic::Ordering::Relaxed);
                     self.board.publish();
                     self.page_reloaded();
+                    if let Some(fleet) = &self.fleet {
+                        fleet.set_apps(self.config.apps.iter().map(|a| a.name.clone()).collect());
+                    }
                 }
+                Some(msg) = fleet::next(&mut self.fleet) => self.on_keeper(msg),
                 Some(request) = page::next_action(&mut self.page_actions) => self.act(request).await,
                 Some(job) = next_upload(&mut self.intake_jobs) => {
                     if let Err(job) = self.pipeline.lanes.submit(job) {
@@ -340,6 +369,9 @@ impl Daemon {
             Err(_) => tracing::warn!(
                 "grace period over: steps still in flight were abandoned; their jobs resume at the next start"
             ),
+        }
+        if let Some(fleet) = &mut self.fleet {
+            fleet.release(fleet::RELEASE_WITHIN).await;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !self.pipeline.after.hooks.drain(left).await {

@@ -90,11 +90,20 @@ impl Pipeline {
             observer: observer.clone(),
             shutdown: shutdown.clone(),
         };
-        let finisher = Arc::new(OutcomeFinisher {
+        let local = OutcomeFinisher {
             outcomes: outcomes.clone(),
             after: after.clone(),
             state_dir: state_dir.clone(),
-        });
+        };
+        // Fleet mode: the store takes each outcome first.
+        let finisher: Arc<dyn Finisher> = match spool.shared_store() {
+            Some(store) => Arc::new(super::fleet::FleetFinisher {
+                local,
+                store: store.clone(),
+                spool: spool.clone(),
+            }),
+            None => Arc::new(local),
+        };
         let ctx = LaneContext::new(crate::queue::lane::LaneParts {
             spool: spool.clone(),
             observer,

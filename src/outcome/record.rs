@@ -130,6 +130,18 @@ impl Outcomes {
         Ok(entry)
     }
 
+    /// The history entry that recording `job`'s outcome writes, decided now and persisted in
+    /// the job's directory, so that a later [`Outcomes::record`] writes this very entry (the
+    /// fleet's store takes it first). Blocking.
+    pub fn entry_for_finished(&self, job: &Job) -> Result<HistoryEntry, OutcomeError> {
+        refuse_unfinished(job)?;
+        let job_dir = self.spool.job_dir(&job.id);
+        if !exists(&job_dir)? {
+            return self.recorded_before(job, job_dir);
+        }
+        Ok(Recording::resume_or_start(job, &job_dir)?.progress.entry)
+    }
+
     /// The entry an earlier run wrote for `job`, whose spool directory `job_dir` is gone.
     fn recorded_before(&self, job: &Job, job_dir: PathBuf) -> Result<HistoryEntry, OutcomeError> {
         let history = self.history_path();

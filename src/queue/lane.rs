@@ -12,6 +12,14 @@
 //! `deploy` or the daemon, never deploys the same app at the same time) and the job's lock
 //! ([`hold`]). A removed app's lane is retired: it finishes its job in flight and starts
 //! nothing more; if the app comes back, the same lane takes it up again.
+//!
+//! In fleet mode a node drives an app only while it holds the app's lease: the lanes are
+//! *gated* ([`Lanes::gate`]), and take an app's jobs only once it is opened ([`Lanes::open`]).
+//! When the lease is lost, [`Lanes::drop_app`] stops the app at once: its job in flight is
+//! aborted (every step is recorded before its side effect, so whoever takes the lane next
+//! resumes it from its record), its waiting jobs are forgotten, and the lane can take work
+//! again. A job whose record the shared store refuses (its lease ended, or the store is
+//! unreachable) makes its lane drop what waits the same way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -121,6 +129,9 @@ enum LaneMsg {
     Settings(LaneSettings),
     /// The app was removed: finish the job in flight, start nothing more.
     Retire,
+    /// This node may no longer drive the app: abort the job in flight, forget what waits;
+    /// told once that is done.
+    Drop(oneshot::Sender<()>),
 }
 
 /// A running lane.
@@ -131,12 +142,58 @@ struct Lane {
     retired: bool,
 }
 
+/// The jobs handed to the lanes (by id, with their app), so that a job is never submitted
+/// twice. Shared with whoever hands jobs in from another task ([`Lanes::known_jobs`]).
+#[derive(Clone, Default)]
+pub struct KnownJobs(Arc<Mutex<HashMap<String, String>>>);
+
+impl KnownJobs {
+    /// Whether the job is in a lane's hands.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().is_ok_and(|k| k.contains_key(id))
+    }
+
+    /// The ids of one app's jobs in the lanes' hands.
+    pub fn of_app(&self, app: &str) -> HashSet<String> {
+        self.0
+            .lock()
+            .map(|k| {
+                k.iter()
+                    .filter(|(_, a)| *a == app)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks a job as in a lane's hands; false if it was already.
+    fn insert(&self, job: &Job) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|mut k| k.insert(job.id.clone(), job.app.clone()).is_none())
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut k) = self.0.lock() {
+            k.remove(id);
+        }
+    }
+
+    fn remove_app(&self, app: &str) {
+        if let Ok(mut k) = self.0.lock() {
+            k.retain(|_, a| a != app);
+        }
+    }
+}
+
 /// All lanes, by app name.
 pub struct Lanes {
     ctx: Arc<LaneContext>,
     lanes: HashMap<String, Lane>,
     /// Job ids handed to a lane, so that a job is never submitted twice.
-    known: Arc<Mutex<HashSet<String>>>,
+    known: KnownJobs,
+    /// Fleet mode: only the apps in the set (those whose lease this node holds) take jobs.
+    gate: Option<HashSet<String>>,
 }
 
 impl Lanes {
@@ -144,8 +201,50 @@ impl Lanes {
         Lanes {
             ctx,
             lanes: HashMap::new(),
-            known: Arc::new(Mutex::new(HashSet::new())),
+            known: KnownJobs::default(),
+            gate: None,
         }
+    }
+
+    /// Fleet mode: from now on an app's lane takes jobs only once [`Lanes::open`] opened it
+    /// (a job submitted for a closed app is left where it is: the store hands it to whoever
+    /// holds the app's lease).
+    pub fn gate(&mut self) {
+        self.gate.get_or_insert_with(HashSet::new);
+    }
+
+    /// Fleet mode: this node holds the app's lease, its lane takes its jobs.
+    pub fn open(&mut self, app: &str) {
+        if let Some(gate) = &mut self.gate {
+            gate.insert(app.to_string());
+        }
+    }
+
+    /// Whether the app's lane takes jobs now (always, outside fleet mode).
+    pub fn is_open(&self, app: &str) -> bool {
+        self.gate.as_ref().is_none_or(|gate| gate.contains(app))
+    }
+
+    /// The jobs in the lanes' hands, for a task that hands jobs in from elsewhere.
+    pub fn known_jobs(&self) -> KnownJobs {
+        self.known.clone()
+    }
+
+    /// Stops driving the app at once (fleet mode: its lease was lost): closes it (see
+    /// [`Lanes::gate`]), forgets its jobs (a later [`Lanes::submit`] takes them again), and
+    /// has its lane abort the job in flight and drop what waits. The lane stays, ready for
+    /// the app's jobs when it is opened again. The returned channel says when the job in
+    /// flight has stopped.
+    pub fn drop_app(&mut self, app: &str) -> oneshot::Receiver<()> {
+        if let Some(gate) = &mut self.gate {
+            gate.remove(app);
+        }
+        self.known.remove_app(app);
+        let (tx, rx) = oneshot::channel();
+        if let Some(lane) = self.lanes.get(app) {
+            let _ = lane.tx.send(LaneMsg::Drop(tx));
+        }
+        rx
     }
 
     pub fn context(&self) -> &Arc<LaneContext> {
@@ -183,10 +282,7 @@ impl Lanes {
 
     /// Whether the job was already handed to a lane.
     pub fn knows(&self, job_id: &str) -> bool {
-        self.known
-            .lock()
-            .map(|k| k.contains(job_id))
-            .unwrap_or(false)
+        self.known.contains(job_id)
     }
 
     /// Hands a job to its app's lane. Returns the job back if the app has no lane.
@@ -207,14 +303,17 @@ impl Lanes {
         let Some(lane) = self.lanes.get(&job.app).filter(|lane| !lane.retired) else {
             return Err(Box::new(job));
         };
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(job.id.clone());
+        if !self.is_open(&job.app) {
+            // Fleet mode: another node drives the app; the store hands it the job.
+            tracing::debug!(app = %job.app, job = %job.id, "this node does not hold the app's lane: the job is left to the lane's holder");
+            return Ok(());
         }
+        self.known.insert(&job);
         lane.tx
             .send(LaneMsg::Submit(Box::new(job), done))
             .map_err(|e| match e.0 {
                 LaneMsg::Submit(job, _) => job,
-                LaneMsg::Settings(_) | LaneMsg::Retire => unreachable!("a submit was sent"),
+                _ => unreachable!("a submit was sent"),
             })
     }
 
@@ -262,7 +361,7 @@ impl Lanes {
 #[derive(Clone)]
 pub struct LaneSender {
     tx: mpsc::UnboundedSender<LaneMsg>,
-    known: Arc<Mutex<HashSet<String>>>,
+    known: KnownJobs,
 }
 
 impl LaneSender {
@@ -270,9 +369,7 @@ impl LaneSender {
     /// the lane has ended (the app was removed, or the daemon stops).
     pub fn submit_watched(&self, job: Job) -> Option<oneshot::Receiver<JobState>> {
         let (done, rx) = oneshot::channel();
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(job.id.clone());
-        }
+        self.known.insert(&job);
         self.tx
             .send(LaneMsg::Submit(Box::new(job), Some(done)))
             .ok()
@@ -286,10 +383,10 @@ async fn lane_task(
     mut settings: LaneSettings,
     mut rx: mpsc::UnboundedReceiver<LaneMsg>,
     ctx: Arc<LaneContext>,
-    known: Arc<Mutex<HashSet<String>>>,
+    known: KnownJobs,
 ) {
     let mut pending: VecDeque<(Job, Done)> = VecDeque::new();
-    let mut current: Option<JoinHandle<Option<Job>>> = None;
+    let mut current: Option<JoinHandle<RunEnd>> = None;
     let mut open = true;
     // A retired lane starts nothing: its waiting jobs stay in the spool (and here, for when
     // the app comes back).
@@ -329,12 +426,20 @@ async fn lane_task(
                     retired = false;
                 }
                 Some(LaneMsg::Retire) => retired = true,
+                Some(LaneMsg::Drop(told)) => {
+                    drop_all(&app, current.take(), &mut pending, &known).await;
+                    let _ = told.send(());
+                }
                 None => open = false,
             },
-            next = async { match current.as_mut() { Some(c) => c.await.ok().flatten(), None => None } }, if current.is_some() => {
+            end = async { match current.as_mut() { Some(c) => c.await.unwrap_or(RunEnd::Stopped), None => RunEnd::Stopped } }, if current.is_some() => {
                 current = None;
-                if let Some(next) = next {
-                    follow_up(&app, next, &mut pending, &ctx, &settings, &known).await;
+                match end {
+                    RunEnd::Next(next) => {
+                        follow_up(&app, next, &mut pending, &ctx, &settings, &known).await;
+                    }
+                    RunEnd::Refused => drop_all(&app, None, &mut pending, &known).await,
+                    RunEnd::Stopped => {}
                 }
             }
             _ = shutdown.requested(), if !shutdown.is_requested() => {}
@@ -367,7 +472,7 @@ async fn accept(
     pending: &mut VecDeque<(Job, Done)>,
     ctx: &Arc<LaneContext>,
     settings: &LaneSettings,
-    known: &Arc<Mutex<HashSet<String>>>,
+    known: &KnownJobs,
 ) {
     // Handed in again (a watched tree's loop resuming its jobs when its app comes back): it
     // keeps its place, and the newer submitter hears of its end.
@@ -401,11 +506,40 @@ async fn accept(
     pending.push_back((job, done));
 }
 
-/// The job is no longer in a lane's hands.
-fn forget(known: &Arc<Mutex<HashSet<String>>>, id: &str) {
-    if let Ok(mut known) = known.lock() {
-        known.remove(id);
+/// Stops driving the app's jobs: aborts the one in flight (its steps are recorded before
+/// their side effects: it resumes from its record wherever its lane is taken next) and
+/// forgets those that wait (their submitters hear nothing: the job did not end here).
+async fn drop_all(
+    app: &str,
+    current: Option<JoinHandle<RunEnd>>,
+    pending: &mut VecDeque<(Job, Done)>,
+    known: &KnownJobs,
+) {
+    if let Some(current) = current {
+        current.abort();
+        let _ = current.await;
     }
+    let dropped = pending.len();
+    for (job, _) in pending.drain(..) {
+        forget(known, &job.id);
+    }
+    tracing::info!(app, dropped, "this node stopped driving the app's jobs");
+}
+
+/// How a job's run in its lane ended.
+enum RunEnd {
+    /// Finished, and made this job to run next (a rollback).
+    Next(Job),
+    /// Finished, or stopped (the shutdown, a lock, no target): nothing more to do here.
+    Stopped,
+    /// The shared store refused its record (the lease ended, or the store is unreachable):
+    /// this node stops driving the app's jobs.
+    Refused,
+}
+
+/// The job is no longer in a lane's hands.
+fn forget(known: &KnownJobs, id: &str) {
+    known.remove(id);
 }
 
 /// A job made by the one that just finished (a rollback) runs next, unless newer work waits:
@@ -416,9 +550,9 @@ async fn follow_up(
     pending: &mut VecDeque<(Job, Done)>,
     ctx: &Arc<LaneContext>,
     settings: &LaneSettings,
-    known: &Arc<Mutex<HashSet<String>>>,
+    known: &KnownJobs,
 ) {
-    if known.lock().is_ok_and(|mut k| !k.insert(next.id.clone())) {
+    if !known.insert(&next) {
         return;
     }
     let Some(newer) = pending.back().map(|(j, _)| j.id.clone()) else {
@@ -447,40 +581,49 @@ async fn run_job(
     done: Done,
     settings: LaneSettings,
     ctx: Arc<LaneContext>,
-    known: Arc<Mutex<HashSet<String>>>,
-) -> Option<Job> {
+    known: KnownJobs,
+) -> RunEnd {
     let mut shutdown = ctx.shutdown.clone();
     // Another process sharing the state_dir (a one-shot `deploy`, the daemon) may be deploying
     // this app, or driving this job: wait for it. `None`: the daemon stops first, or the job
     // cannot be locked; it stays in the spool.
-    let _held = hold(&ctx, &job, &mut shutdown).await?;
+    let Some(_held) = hold(&ctx, &job, &mut shutdown).await else {
+        return RunEnd::Stopped;
+    };
     let permit = tokio::select! {
         permit = ctx.permits.clone().acquire_owned() => permit.ok(),
         _ = shutdown.requested() => None,
     };
-    let permit = permit?;
+    let Some(permit) = permit else {
+        return RunEnd::Stopped;
+    };
     let (spool, id) = (ctx.spool.clone(), job.id.clone());
     match crate::blocking::run(move || spool.load(&id)).await {
         Ok(fresh) => job = fresh,
         Err(e) => {
             tracing::warn!(app = %job.app, job = %job.id, "the job is gone from the spool (finished by another process?): {e}");
-            return None;
+            return RunEnd::Stopped;
         }
     }
     let target = match &settings.target {
         Ok(target) => target.clone(),
         Err(why) => {
             tracing::error!(app = %job.app, job = %job.id, "{why}; the job stays in the spool");
-            return None;
+            return RunEnd::Stopped;
         }
     };
     if let Err(e) = target.run(&mut job).await {
+        if let SpoolError::Store(_) = e {
+            tracing::warn!(app = %job.app, job = %job.id, "the job store refused the job's record; this node stops driving the app: {e}");
+            forget(&known, &job.id);
+            return RunEnd::Refused;
+        }
         tracing::error!(
             app = %job.app,
             job = %job.id,
             "the job record cannot be written, the job is left in the spool: {e}"
         );
-        return None;
+        return RunEnd::Stopped;
     }
     drop(permit);
     if job.is_done() {
@@ -497,15 +640,16 @@ async fn run_job(
         }
         forget(&known, &id);
         let spool = ctx.spool.clone();
-        return match next {
+        let next = match next {
             Some(next) => tokio::task::spawn_blocking(move || spool.load(&next))
                 .await
                 .ok()
                 .and_then(Result::ok),
             None => None,
         };
+        return next.map_or(RunEnd::Stopped, RunEnd::Next);
     }
-    None
+    RunEnd::Stopped
 }
 
 #[cfg(test)]

@@ -500,3 +500,100 @@ async fn a_job_waits_while_another_process_deploys_its_app_and_says_so() {
     .await;
     assert!(b.board.snapshot().is_empty(), "the wait is off the board");
 }
+
+#[tokio::test]
+async fn a_gated_lane_takes_an_apps_jobs_only_once_opened() {
+    let mut b = Bench::new(4);
+    b.lanes.gate();
+    b.lane("a", QueuePolicy::All);
+    let before = b.job("a");
+    assert!(!b.lanes.knows(&before), "a closed app's job is left alone");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(b.held.ran().is_empty());
+    b.lanes.open("a");
+    let job = b.spool.load(&before).unwrap();
+    b.lanes.submit(job).unwrap();
+    b.until("the job to start once opened", |b| {
+        b.held.ran() == [before.clone()]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_an_app_aborts_its_job_in_flight_forgets_what_waits_and_takes_it_again() {
+    let mut b = Bench::new(4);
+    b.lanes.gate();
+    b.lanes.open("a");
+    b.lane("a", QueuePolicy::All);
+    let first = b.job("a");
+    let second = b.job("a");
+    b.until("the first job to start", |b| {
+        b.held.ran() == [first.clone()]
+    })
+    .await;
+    assert_eq!(b.lanes.known_jobs().of_app("a").len(), 2);
+    let stopped = b.lanes.drop_app("a");
+    assert!(!b.lanes.knows(&first) && !b.lanes.knows(&second));
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+    // Nothing finished: the job in flight was aborted, the waiting one forgotten.
+    b.held.release.add_permits(4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(b.finished().is_empty(), "{:?}", b.finished());
+    assert_eq!(b.held.ran(), [first.clone()]);
+    // A closed app takes nothing; opened again, the same lane drives both, in order.
+    let job = b.spool.load(&first).unwrap();
+    b.lanes.submit(job).unwrap();
+    assert!(!b.lanes.knows(&first));
+    b.lanes.open("a");
+    for id in [&first, &second] {
+        let job = b.spool.load(id).unwrap();
+        b.lanes.submit(job).unwrap();
+    }
+    b.until("both to finish", |b| b.finished().len() == 2).await;
+    assert_eq!(b.held.ran(), [first.clone(), first, second]);
+}
+
+/// Refuses every record as a shared store that lost the lease would.
+struct FencedTarget(Arc<Held>);
+
+impl Target for FencedTarget {
+    fn run<'a>(&'a self, job: &'a mut Job) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(async move {
+            self.0.ran.lock().unwrap().push(job.id.clone());
+            Err(SpoolError::Store(crate::queue::store::StoreError::Fenced {
+                app: job.app.clone(),
+                node: "a".into(),
+            }))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_record_makes_the_lane_drop_what_waits() {
+    let mut b = Bench::new(4);
+    let target: Arc<dyn Target> = Arc::new(FencedTarget(b.held.clone()));
+    b.lanes.ensure(
+        "a",
+        LaneSettings {
+            policy: QueuePolicy::All,
+            keep_done: 10,
+            target: Ok(target),
+        },
+    );
+    let first = b.job("a");
+    let second = b.job("a");
+    b.until("the lane to forget both", |b| {
+        !b.lanes.knows(&first) && !b.lanes.knows(&second)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        b.held.ran(),
+        [first],
+        "the second never ran: it was dropped"
+    );
+    assert!(b.finished().is_empty());
+}

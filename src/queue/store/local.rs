@@ -467,5 +467,6 @@ fn spool_error(e: SpoolError) -> StoreError {
                 .unwrap_or_default(),
             reason: source.to_string(),
         },
+        SpoolError::Store(e) => e,
     }
 }
