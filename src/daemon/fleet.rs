@@ -531,8 +531,55 @@ impl Daemon {
                 }
             }
             KeeperMsg::Lost { app } => {
-                let _ = lanes.drop_app(&app);
+                drop(lanes.drop_app(&app));
             }
         }
     }
+}
+
+/// The fleet's API budget's connection to the database (`[cluster]`): one client, made again
+/// once it is lost, its connection task on the daemon's runtime.
+struct BudgetConnect {
+    pg: crate::fleet::pg::Pg,
+    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl crate::fleet::budget::Connect for BudgetConnect {
+    fn client(
+        &self,
+    ) -> crate::deploy::scalingo::budget::SharedFuture<
+        '_,
+        Result<Arc<tokio_postgres::Client>, String>,
+    > {
+        Box::pin(async move {
+            let mut slot = self.client.lock().await;
+            if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+                return Ok(client.clone());
+            }
+            let client = Arc::new(self.pg.pool().connect().await?);
+            *slot = Some(client.clone());
+            Ok(client)
+        })
+    }
+}
+
+/// Fleet mode: the Scalingo client's budget of requests a minute is the fleet's, one window
+/// per region and token in the database, shared by every node.
+pub(super) async fn share_budget(
+    client: &ScalingoClient,
+    cluster: &ClusterConfig,
+) -> Result<(), DaemonError> {
+    let Some(url) = cluster.database_url.clone() else {
+        return Ok(());
+    };
+    let pg = crate::blocking::run(move || crate::fleet::pg::Pg::new(&url))
+        .await
+        .map_err(|e| DaemonError::Setup(format!("the fleet's database: {e}")))?;
+    let connect: Arc<dyn crate::fleet::budget::Connect> = Arc::new(BudgetConnect {
+        pg,
+        client: tokio::sync::Mutex::new(None),
+    });
+    client.share_budget(crate::fleet::budget::PgWindow::windows(connect));
+    tracing::info!("the API budget is the fleet's: shared with the other nodes in the database");
+    Ok(())
 }

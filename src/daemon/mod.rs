@@ -141,6 +141,9 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
     if let Some(opened) = &opened {
         state.spool = state.spool.clone().with_store(opened.store.clone());
     }
+    if let (Some(client), Some(cluster), Some(_)) = (&client, &config.cluster, &opened) {
+        fleet::share_budget(client, cluster).await?;
+    }
     if let Some(client) = &client {
         client.budget().publish_to(state.live.clone());
     }

@@ -436,7 +436,7 @@ async fn lane_task(
                 current = None;
                 match end {
                     RunEnd::Next(next) => {
-                        follow_up(&app, next, &mut pending, &ctx, &settings, &known).await;
+                        follow_up(&app, *next, &mut pending, &ctx, &settings, &known).await;
                     }
                     RunEnd::Refused => drop_all(&app, None, &mut pending, &known).await,
                     RunEnd::Stopped => {}
@@ -529,7 +529,7 @@ async fn drop_all(
 /// How a job's run in its lane ended.
 enum RunEnd {
     /// Finished, and made this job to run next (a rollback).
-    Next(Job),
+    Next(Box<Job>),
     /// Finished, or stopped (the shutdown, a lock, no target): nothing more to do here.
     Stopped,
     /// The shared store refused its record (the lease ended, or the store is unreachable):
@@ -647,7 +647,7 @@ async fn run_job(
                 .and_then(Result::ok),
             None => None,
         };
-        return next.map_or(RunEnd::Stopped, RunEnd::Next);
+        return next.map_or(RunEnd::Stopped, |next| RunEnd::Next(Box::new(next)));
     }
     RunEnd::Stopped
 }

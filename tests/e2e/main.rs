@@ -33,6 +33,11 @@ mod fleet;
 mod first_contact;
 /// A new user's first hour: `-q`, `pack`, help and names, units and wording.
 mod first_hour;
+/// Fleet mode: two daemons on one PostgreSQL, lanes as leases, takeovers (harness:
+/// `fleet_support`).
+mod fleet_lease;
+/// The fleet harness: a throw-away PostgreSQL, the fake API, nodes.
+mod fleet_support;
 /// `dropdeploy run` survives anything dropped on it.
 mod hostile_drops;
 /// The HTTP intake and `dropdeploy push`.
