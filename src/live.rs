@@ -38,6 +38,11 @@ pub enum WaitKind {
     /// A job that waits because another process sharing the `state_dir` (a one-shot `deploy`,
     /// the daemon) deploys the same app; looked at again every few seconds.
     AppBusy,
+    /// Fleet mode: a job made on this node (a claimed file, an upload, a packed tree) that the
+    /// fleet's store could not take yet; it stays in the local spool and is tried again.
+    Publish,
+    /// Fleet mode: the fleet's database cannot be reached (since when: the wait's `since`).
+    Database,
 }
 
 impl WaitKind {
@@ -51,6 +56,8 @@ impl WaitKind {
             WaitKind::Attention => "needs attention",
             WaitKind::RateLimit => "API calls paused",
             WaitKind::AppBusy => "waiting for another process",
+            WaitKind::Publish => "waiting to reach the fleet's store",
+            WaitKind::Database => "database unreachable",
         }
     }
 }

@@ -148,6 +148,9 @@ struct Series {
     deployment_duration: BTreeMap<(String, String), Histogram>,
     upload_duration: BTreeMap<String, Histogram>,
     build_duration: BTreeMap<String, Histogram>,
+    /// Fleet mode: this node's name, and since when (Unix seconds) its database has been
+    /// unreachable (`None` while it answers).
+    database: Option<(String, Option<u64>)>,
 }
 
 impl Metrics {
@@ -274,6 +277,17 @@ impl Metrics {
         self.lock().needs_attention.insert(app.to_string(), needs);
     }
 
+    /// Fleet mode: whether node `node` reaches the fleet's database, or since when (Unix
+    /// seconds) it does not (`dropdeploy_database_up`, `dropdeploy_database_down_since_seconds`).
+    pub fn set_database(&self, node: &str, down_since: Option<u64>) {
+        self.lock().database = Some((node.to_string(), down_since));
+    }
+
+    /// Fleet mode: since when (Unix seconds) the database has been unreachable, if it is.
+    pub fn database_down_since(&self) -> Option<u64> {
+        self.lock().database.as_ref().and_then(|(_, since)| *since)
+    }
+
     pub fn pending_total(&self) -> usize {
         self.lock()
             .queue_depth
@@ -301,6 +315,7 @@ impl Metrics {
         s.render_last_success(&mut out);
         s.render_attention(&mut out);
         s.render_durations(&mut out);
+        s.render_database(&mut out);
         out
     }
 
@@ -398,6 +413,39 @@ impl Series {
 }
 
 impl Series {
+    fn render_database(&self, out: &mut String) {
+        let Some((node, down_since)) = &self.database else {
+            return;
+        };
+        let labels = [("node", node.as_str())];
+        family(
+            out,
+            "dropdeploy_database_up",
+            "gauge",
+            "Fleet mode: whether this node reaches the fleet's database (1) or not (0).",
+        );
+        sample(
+            out,
+            "dropdeploy_database_up",
+            &labels,
+            u64::from(down_since.is_none()),
+        );
+        if let Some(since) = down_since {
+            family(
+                out,
+                "dropdeploy_database_down_since_seconds",
+                "gauge",
+                "Fleet mode: since when (Unix time) this node cannot reach the fleet's database.",
+            );
+            sample(
+                out,
+                "dropdeploy_database_down_since_seconds",
+                &labels,
+                *since,
+            );
+        }
+    }
+
     fn render_attention(&self, out: &mut String) {
         family(
             out,

@@ -330,6 +330,18 @@ pub fn status_line(apps: usize, active: &[(String, String)], pending: usize) -> 
     one_line(&parts.join("; "))
 }
 
+/// Fleet mode: the status line with the database's outage first, when there is one:
+/// `database unreachable since 2026-12-08T00:10:00Z; 2 apps; idle`.
+pub fn with_database(line: String, down_since: Option<u64>) -> String {
+    match down_since {
+        Some(since) => format!(
+            "database unreachable since {}; {line}",
+            crate::outcome::rfc3339_utc(since)
+        ),
+        None => line,
+    }
+}
+
 /// Whether stderr goes to the journal: `$JOURNAL_STREAM` is set and names stderr's device and
 /// inode (as systemd sets it for a service whose output goes to the journal; a process whose
 /// stderr was redirected elsewhere inherits the variable but no longer matches).
@@ -432,6 +444,16 @@ mod tests {
             .iter()
             .map(|(a, s)| (a.to_string(), s.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_unreachable_database_leads_the_status_line() {
+        let line = status_line(2, &[], 0);
+        assert_eq!(with_database(line.clone(), None), "2 apps; idle");
+        assert_eq!(
+            with_database(line, Some(1_765_152_600)),
+            "database unreachable since 2025-12-08T00:10:00Z; 2 apps; idle"
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub(super) async fn jobs(cli: &Cli, command: &JobsCommand, flag: Option<&PathBuf
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Some(code) = super::fleet::jobs_command(&spooled.config, command) {
+        return code;
+    }
     match command {
         JobsCommand::List => list(&spooled),
         JobsCommand::Resume { id } => resume(cli, &spooled, id).await,

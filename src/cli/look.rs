@@ -45,10 +45,13 @@ pub(super) fn history(
     limit: usize,
     json: bool,
 ) -> u8 {
-    let (_, state_dir) = match state_dir_for_reading(cli, flag) {
+    let (config, state_dir) = match state_dir_for_reading(cli, flag) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    if let Some(code) = super::fleet::history_command(&config, app, limit, json) {
+        return code;
+    }
     let path = state_dir.join("history.jsonl");
     match crate::outcome::read_history(&path, app, Some(limit)) {
         Ok(entries) => {
@@ -78,6 +81,9 @@ pub(super) fn status(cli: &Cli, flag: Option<&PathBuf>, json: bool) -> u8 {
         Ok(x) => x,
         Err(code) => return code,
     };
+    if let Some(code) = super::fleet::status_command(&config, &state_dir, json) {
+        return code;
+    }
     let spool = match Spool::open(state_dir.join("spool")) {
         Ok(s) => s,
         Err(e) => {

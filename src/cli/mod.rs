@@ -83,6 +83,7 @@ pub(crate) fn quiet() -> bool {
 
 mod archives;
 mod deploy;
+mod fleet;
 mod jobs;
 mod look;
 mod manual;

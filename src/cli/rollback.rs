@@ -46,6 +46,13 @@ pub(super) async fn rollback(
         eprintln!("dropdeploy: {app} is not an app of the configuration");
         return EXIT_USAGE;
     }
+    if super::fleet::in_fleet_mode(&setup.config) {
+        return super::fleet::not_in_fleet_mode(
+            "rollback",
+            "Roll back by pushing the archive to deploy again (`dropdeploy push`, or a drop \
+             folder): the node holding the lane deploys it.",
+        );
+    }
     let store = Store::new(&setup.state_dir);
     let kept = match store.kept(app) {
         Ok(kept) => kept,
@@ -158,6 +165,12 @@ pub(super) fn resume(cli: &Cli, app: &str, state_dir: Option<&PathBuf>) -> u8 {
         Some(_) => config.state_dir.clone(),
         None => default_user_state_dir(),
     });
+    if super::fleet::in_fleet_mode(&config) {
+        return super::fleet::not_in_fleet_mode(
+            "resume",
+            "The app's next job (a drop, a push) deploys as usual on the node holding its lane.",
+        );
+    }
     let store = Store::new(&state_dir);
     if config.app(app).is_none() && store.attention(app).is_none() {
         eprintln!(

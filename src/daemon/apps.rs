@@ -78,12 +78,26 @@ impl Daemon {
             watches = watcher.watch_count(),
             "watching source directory"
         );
-        let deploy = move |job: Job| {
+        let publisher = self.publisher.clone();
+        let (poll, stopped) = (self.fleet_poll(), stop.clone());
+        let deploy = move |job: Job| -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<crate::queue::spool::JobState>> + Send>,
+        > {
+            // Fleet mode: the packed tree becomes the fleet's; the node holding the lane
+            // deploys it, and the loop waits for its end in the store.
+            if let Some(publisher) = publisher.clone() {
+                return Box::pin(publish::until_finished(
+                    publisher,
+                    job,
+                    poll,
+                    stopped.clone(),
+                ));
+            }
             let lane = lane.clone();
-            async move {
+            Box::pin(async move {
                 let done = lane.submit_watched(job)?;
                 done.await.ok()
-            }
+            })
         };
         tokio::spawn(async move {
             redeploy::run(redeploy_cfg, watcher, spool, deploy, stop, |event| {

@@ -52,7 +52,14 @@ impl Daemon {
                     readiness = %ready.readiness,
                     "claimed"
                 );
-                if let Err(job) = self.pipeline.lanes.submit(job) {
+                // Fleet mode: the job becomes the fleet's; whichever node holds the app's lane
+                // drives it. If the store cannot take it now, it waits on the board and is
+                // tried again on the fleet's poll.
+                if let Some(publisher) = self.publisher.clone() {
+                    if publisher.publish(job).await.is_ok() {
+                        tracing::debug!(app = %app.name, file = %ready.path.display(), "published to the fleet");
+                    }
+                } else if let Err(job) = self.pipeline.lanes.submit(job) {
                     tracing::error!(app = %job.app, job = %job.id, "no lane for the app; the job stays in the spool");
                 }
             }

@@ -54,6 +54,9 @@ pub(super) struct Intake {
     /// One upload at a time per app decides "new job or retry", so that two retries racing
     /// make one job (the keys name the app, so apps need not wait for each other).
     deciding: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Fleet mode: a job is answered for once the fleet's store has it (not handed to a lane
+    /// here: the node holding the app's lane drives it).
+    publisher: std::sync::OnceLock<Arc<super::publish::Publisher>>,
 }
 
 /// What an idempotency key file remembers.
@@ -82,6 +85,7 @@ impl Intake {
             read_timeout: config.intake.read_timeout,
             submit,
             deciding: std::sync::Mutex::new(HashMap::new()),
+            publisher: std::sync::OnceLock::new(),
         };
         intake.set_apps(config);
         Arc::new(intake)
@@ -97,6 +101,23 @@ impl Intake {
         if let Ok(mut known) = self.apps.write() {
             *known = apps;
         }
+    }
+
+    /// Fleet mode: jobs are published to the fleet's store before they are answered for.
+    pub(super) fn set_publisher(&self, publisher: Arc<super::publish::Publisher>) {
+        let _ = self.publisher.set(publisher);
+    }
+
+    /// The answer for a job made (or recalled) here: 202 once it is durable for whoever
+    /// drives it (in fleet mode: once the fleet's store has it; else 503, and the job waits
+    /// in this node's spool to be published, so that the client's retry gets the same job).
+    async fn answer(&self, job: &str, git_ref: &str) -> Response {
+        if let Some(publisher) = self.publisher.get()
+            && let Err(e) = publisher.publish_waiting(job).await
+        {
+            return unavailable(job, &e);
+        }
+        accepted(job, git_ref)
     }
 
     fn uploads(&self) -> PathBuf {
@@ -231,6 +252,26 @@ fn valid_name(name: &str) -> bool {
         && name.len() > 4
 }
 
+/// The fleet's store cannot take the job now: 503 with the reason; the same upload retried
+/// answers the same job once it can.
+fn unavailable(job: &str, error: &crate::queue::store::StoreError) -> Response {
+    let mut answer = send_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({
+            "error": format!(
+                "job {job} is kept on this node but the fleet's store cannot take it yet \
+                 ({error}); send the same upload again later: it answers this job"
+            ),
+            "job": job,
+        }),
+    );
+    answer.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    answer
+}
+
 fn accepted(job: &str, git_ref: &str) -> Response {
     send_json(
         StatusCode::ACCEPTED,
@@ -322,7 +363,7 @@ async fn upload(
     if let Some(path) = &key_path
         && let Some(known) = recall(path.clone(), None).await
     {
-        return accepted(&known.job, &known.git_ref);
+        return intake.answer(&known.job, &known.git_ref).await;
     }
     let (dir, file, sha256) = match receive(&intake, &name, length, body).await {
         Ok(received) => received,
@@ -360,7 +401,7 @@ async fn decide(
     if let Some(path) = &key_path
         && let Some(known) = recall(path.clone(), None).await
     {
-        return accepted(&known.job, &known.git_ref);
+        return intake.answer(&known.job, &known.git_ref).await;
     }
     let same = intake.key_path(&["content", app, sha256, name]);
     if let Some(known) = recall(same.clone(), Some(SAME_UPLOAD)).await {
@@ -370,7 +411,7 @@ async fn decide(
             job = known.job,
             "the same upload again: same job"
         );
-        return accepted(&known.job, &known.git_ref);
+        return intake.answer(&known.job, &known.git_ref).await;
     }
     let made = {
         let (spool, app, file, label) = (
@@ -404,6 +445,12 @@ async fn decide(
     }
     tracing::info!(app, job = %job.id, file = name, git_ref = %job.git_ref, "received over HTTP");
     let (id, git_ref) = (job.id.clone(), job.git_ref.clone());
+    if let Some(publisher) = intake.publisher.get() {
+        return match publisher.publish(job).await {
+            Ok(_) => accepted(&id, &git_ref),
+            Err(e) => unavailable(&id, &e),
+        };
+    }
     if intake.submit.send(job).await.is_err() {
         tracing::warn!(app, job = %id, "the daemon is stopping; the job waits in the spool");
     }
@@ -569,6 +616,53 @@ fn views(spool: &Spool, state_dir: &Path, app: Option<&str>, limit: Option<usize
     out
 }
 
+/// Fleet mode: one job as the fleet's store has it (any node's). Blocking.
+fn fleet_view(
+    store: &dyn crate::queue::store::Store,
+    id: &str,
+) -> Result<Option<JobView>, crate::queue::store::StoreError> {
+    let job = match store.load(id) {
+        Ok(job) => job,
+        Err(crate::queue::store::StoreError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !job.is_done() {
+        return Ok(Some(from_spool(&job)));
+    }
+    let entry = store
+        .history(Some(&job.app), FLEET_HISTORY_SEARCH)?
+        .into_iter()
+        .rev()
+        .find(|f| f.job == id)
+        .and_then(|f| serde_json::from_value::<crate::outcome::HistoryEntry>(f.entry).ok());
+    Ok(Some(entry.map_or_else(|| from_spool(&job), from_history)))
+}
+
+/// How far back in the fleet's history a finished job is looked for.
+const FLEET_HISTORY_SEARCH: usize = 10_000;
+
+/// Fleet mode: the newest `limit` jobs of `app`, unfinished ones first. Blocking.
+fn fleet_views(
+    store: &dyn crate::queue::store::Store,
+    app: &str,
+    limit: usize,
+) -> Result<Vec<JobView>, crate::queue::store::StoreError> {
+    let mut out: Vec<JobView> = store
+        .jobs(Some(app))?
+        .iter()
+        .rev()
+        .map(from_spool)
+        .collect();
+    let finished = store.history(Some(app), limit)?;
+    out.extend(finished.into_iter().rev().filter_map(|f| {
+        serde_json::from_value::<crate::outcome::HistoryEntry>(f.entry)
+            .ok()
+            .map(from_history)
+    }));
+    out.truncate(limit);
+    Ok(out)
+}
+
 async fn job(
     State(intake): State<Arc<Intake>>,
     UrlPath(id): UrlPath<String>,
@@ -582,6 +676,15 @@ async fn job(
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if let Some(publisher) = intake.publisher.get() {
+        let (store, wanted) = (publisher.store().clone(), id.clone());
+        let found = crate::blocking::run(move || fleet_view(&*store, &wanted)).await;
+        return match found {
+            Ok(Some(view)) => send_json(StatusCode::OK, &view),
+            Ok(None) => say(StatusCode::NOT_FOUND, &format!("no job {id}")),
+            Err(e) => say(StatusCode::SERVICE_UNAVAILABLE, &format!("job {id}: {e}")),
+        };
+    }
     let (spool, state_dir, wanted) = (intake.spool.clone(), intake.state_dir.clone(), id.clone());
     let found = crate::blocking::run(move || {
         if plain && let Ok(job) = spool.load(&wanted) {
@@ -627,6 +730,14 @@ async fn jobs(
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(DEFAULT_LIST)
         .clamp(1, 1000);
+    if let Some(publisher) = intake.publisher.get() {
+        let store = publisher.store().clone();
+        let listed = crate::blocking::run(move || fleet_views(&*store, &app, limit)).await;
+        return match listed {
+            Ok(list) => send_json(StatusCode::OK, &json!({ "jobs": list })),
+            Err(e) => say(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+    }
     let (spool, state_dir) = (intake.spool.clone(), intake.state_dir.clone());
     let mut list = crate::blocking::run(move || {
         Ok::<_, std::convert::Infallible>(views(&spool, &state_dir, Some(&app), Some(limit)))

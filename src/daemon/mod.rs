@@ -35,6 +35,7 @@ use crate::source::tree::{TreeConfig, TreeWatcher};
 mod apps;
 mod claims;
 mod fleet;
+mod fleet_place;
 mod intake;
 mod intake_tls;
 mod leftovers;
@@ -42,6 +43,7 @@ mod observe;
 mod page;
 mod pipeline;
 mod preflight;
+mod publish;
 mod startup;
 
 pub use pipeline::{OneShot, OneShotParts, Overrides};
@@ -169,7 +171,11 @@ pub async fn run(config_path: PathBuf, env: Env, control: Control) -> Result<(),
     }
     match opened {
         // Fleet mode: the store decides which jobs this node drives, not its spool.
-        Some(opened) => daemon.start_keeper(opened),
+        Some(opened) => {
+            let store = opened.store.clone();
+            daemon.start_keeper(opened);
+            daemon.start_fleet(store).await;
+        }
         None => daemon.recover().await,
     }
     daemon.deliver_left_hooks().await;
@@ -215,6 +221,8 @@ struct Daemon {
     intake_jobs: Option<mpsc::Receiver<Job>>,
     /// Fleet mode: the lease keeper and the fleet's store.
     fleet: Option<fleet::Fleet>,
+    /// Fleet mode: hands the jobs made here to the fleet's store (`publish.rs`).
+    publisher: Option<Arc<publish::Publisher>>,
     /// Held while the daemon runs: one daemon per state_dir.
     _state_lock: crate::lock::StateLock,
 }
@@ -314,6 +322,7 @@ impl Daemon {
             intake_server,
             intake_jobs,
             fleet: None,
+            publisher: None,
             _state_lock: lock,
         })
     }

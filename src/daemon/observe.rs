@@ -144,11 +144,13 @@ impl StatusBoard {
             .lock()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        self.notifier.status(&status_line(
+        let line = status_line(
             self.apps.load(std::sync::atomic::Ordering::Relaxed),
             &active,
             self.metrics.pending_total(),
-        ));
+        );
+        let line = crate::service::with_database(line, self.metrics.database_down_since());
+        self.notifier.status(&line);
     }
 }
 

@@ -30,6 +30,7 @@
 //! drop folder's layout (`done/`, `failed/`, reason file names) is the drop folder's own:
 //! [`DropLayout`](crate::source::drop::DropLayout).
 
+mod fleet_status;
 mod history;
 mod place;
 mod reason;
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::spool::{Job, Spool, SpoolError, Timestamp, compact_utc};
 
+pub use fleet_status::{FleetState, FleetView, NodeSeen, fleet_json, fleet_report};
 pub use history::{
     HistoryRead, format_history_table, live_now, read_history, read_history_counted,
 };

@@ -47,13 +47,19 @@ struct Recording {
 impl Recording {
     /// The progress record an earlier run left in `job_dir`, or a new one (persisted before it
     /// is returned) with the entry decided now.
-    fn resume_or_start(job: &Job, job_dir: &Path) -> Result<Recording, OutcomeError> {
+    /// `given`: the entry decided elsewhere (the fleet's store, by the node that drove the
+    /// job), used instead of one decided now.
+    fn resume_or_start(
+        job: &Job,
+        job_dir: &Path,
+        given: Option<HistoryEntry>,
+    ) -> Result<Recording, OutcomeError> {
         let path = job_dir.join(PROGRESS_NAME);
         let progress = match load_progress(&path)? {
             Some(progress) => progress,
             None => {
                 let progress = Progress {
-                    entry: entry_for(job, now_ms()),
+                    entry: given.unwrap_or_else(|| entry_for(job, now_ms())),
                     history_from: None,
                 };
                 save_progress(&path, &progress)?;
@@ -92,13 +98,37 @@ impl Outcomes {
     /// Blocking (call from `spawn_blocking`). Errors leave the job in the spool, ready for
     /// another try; a failure to prune `done/` is only logged.
     pub fn record(&self, job: &Job, keep_done: usize) -> Result<HistoryEntry, OutcomeError> {
+        self.record_with(job, None, keep_done)
+    }
+
+    /// Like [`Outcomes::record`], with the history entry decided elsewhere: in fleet mode, the
+    /// node that claimed a file places it after another node drove its job, with the entry the
+    /// fleet's store holds (its `moved_to` set here). The job is the store's finished record.
+    /// Idempotent like `record`.
+    pub fn record_given(
+        &self,
+        job: &Job,
+        mut entry: HistoryEntry,
+        keep_done: usize,
+    ) -> Result<HistoryEntry, OutcomeError> {
+        // Where the file goes is this node's to decide (the driver moved no file of ours).
+        entry.moved_to = None;
+        self.record_with(job, Some(entry), keep_done)
+    }
+
+    fn record_with(
+        &self,
+        job: &Job,
+        given: Option<HistoryEntry>,
+        keep_done: usize,
+    ) -> Result<HistoryEntry, OutcomeError> {
         refuse_unfinished(job)?;
         let job_dir = self.spool.job_dir(&job.id);
         if !exists(&job_dir)? {
             // Recorded already (the spool directory goes last): return what was written.
             return self.recorded_before(job, job_dir);
         }
-        let mut recording = Recording::resume_or_start(job, &job_dir)?;
+        let mut recording = Recording::resume_or_start(job, &job_dir, given)?;
         let outcome = recording.progress.entry.outcome;
 
         // 1. The archive leaves the spool.
@@ -139,7 +169,9 @@ impl Outcomes {
         if !exists(&job_dir)? {
             return self.recorded_before(job, job_dir);
         }
-        Ok(Recording::resume_or_start(job, &job_dir)?.progress.entry)
+        Ok(Recording::resume_or_start(job, &job_dir, None)?
+            .progress
+            .entry)
     }
 
     /// The entry an earlier run wrote for `job`, whose spool directory `job_dir` is gone.

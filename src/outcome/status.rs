@@ -376,7 +376,7 @@ fn in_flight_lines(spool: &Spool, daemon: Option<u32>, jobs: &[&Job]) -> String 
 }
 
 /// How many jobs are queued, and their files.
-fn pending_line(jobs: &[&Job]) -> String {
+pub(super) fn pending_line(jobs: &[&Job]) -> String {
     let pending: Vec<&&Job> = jobs
         .iter()
         .filter(|j| matches!(j.state, JobState::Queued))
@@ -406,7 +406,7 @@ fn unrecorded_line(jobs: &[&Job]) -> String {
 }
 
 /// What the daemon waits on, with its cause and next try.
-fn wait_line(wait: &Wait) -> String {
+pub(super) fn wait_line(wait: &Wait) -> String {
     let next = wait
         .next_try()
         .map(|t| format!(", next try {}", rfc3339_utc(t)))
@@ -421,7 +421,7 @@ fn wait_line(wait: &Wait) -> String {
 }
 
 /// The last recorded outcome, with its deployment and status when known.
-fn last_line(last: Option<&HistoryEntry>) -> String {
+pub(super) fn last_line(last: Option<&HistoryEntry>) -> String {
     let Some(e) = last else {
         return "  last:      none recorded\n".to_string();
     };

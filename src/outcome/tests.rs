@@ -443,3 +443,44 @@ fn step_names_are_the_record_names() {
     assert_eq!(step_name(Step::CreateSource), "create_source");
     assert_eq!(step_name(Step::Follow), "follow");
 }
+
+#[test]
+fn the_origin_places_a_file_with_the_entry_the_fleet_holds() {
+    // Locally the job is as it came in (queued); another node drove it to its end.
+    let (dir, outcomes, local) = finished_job(JobState::Queued);
+    let mut driven = local.clone();
+    driven.state = JobState::Succeeded {
+        deployment_id: "99".into(),
+    };
+    let given = HistoryEntry {
+        time: "2026-12-08T00:00:00Z".into(),
+        app: "my-app".into(),
+        job: local.id.clone(),
+        file: "app.tar.gz".into(),
+        git_ref: Some(local.git_ref.clone()),
+        outcome: Outcome::Succeeded,
+        deployment_id: Some("99".into()),
+        // The driver's view: no file of ours was moved there.
+        moved_to: Some("/on/another/node/done/app.tar.gz".into()),
+        ..HistoryEntry::default()
+    };
+    let err = crash_after("history", || {
+        outcomes.record_given(&driven, given.clone(), 5)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("simulated crash"), "{err}");
+    let entry = outcomes.record_given(&driven, given.clone(), 5).unwrap();
+    let done = dir.path().join("drop/done/app.tar.gz");
+    assert!(done.exists());
+    assert_eq!(
+        entry.time, given.time,
+        "the fleet's entry, not one made here"
+    );
+    assert_eq!(entry.deployment_id.as_deref(), Some("99"));
+    assert_eq!(entry.moved_to.as_deref(), Some(&*done.to_string_lossy()));
+    assert_eq!(history_lines(&outcomes).len(), 1);
+    assert!(!outcomes.spool.job_dir(&local.id).exists());
+    // Placed already: the same entry back, nothing written or moved.
+    assert_eq!(outcomes.record_given(&driven, given, 5).unwrap(), entry);
+    assert_eq!(history_lines(&outcomes).len(), 1);
+}
