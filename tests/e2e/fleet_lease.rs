@@ -157,6 +157,19 @@ fn a_holder_paused_past_its_lease_writes_nothing_when_it_wakes() {
         !a_log.contains("job finished"),
         "node-a recorded an outcome:\n{a_log}"
     );
+    // Not even its own working copy moved on: every save goes to the store first, and the
+    // store refused them.
+    let local = fleet
+        .dir
+        .path()
+        .join("node-a/state/spool")
+        .join(&job.id)
+        .join("job.json");
+    let local = std::fs::read_to_string(&local).unwrap_or_default();
+    assert!(
+        !local.contains("\"succeeded\""),
+        "node-a wrote its record after it lost the lane:\n{local}"
+    );
 }
 
 #[test]
