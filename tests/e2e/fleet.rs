@@ -215,7 +215,9 @@ impl Scenario {
                 .fake
                 .requests()
                 .iter()
-                .filter(|r| r.received > at && (r.path.contains(&api) || r.path.starts_with(&probe)))
+                .filter(|r| {
+                    r.received > at && (r.path.contains(&api) || r.path.starts_with(&probe))
+                })
                 .map(|r| r.received.duration_since(at))
                 .min();
             first.is_some()
@@ -233,7 +235,16 @@ impl Scenario {
             .fleet
             .wait_holder_other_than(app, &node, lease * 4)
             .map(|_| at.elapsed());
-        let first = self.first_request_after(app, at, lease * 4);
+        // The new holder's first request: received after it took the lane (a request the old
+        // holder sent just before the signal may arrive just after it).
+        let first = taken.and_then(|t| {
+            self.first_request_after(
+                app,
+                at + t.saturating_sub(Duration::from_millis(100)),
+                lease * 4,
+            )
+            .map(|d| d + t.saturating_sub(Duration::from_millis(100)))
+        });
         self.events.push(Event {
             what: what.to_string(),
             node: node.clone(),
@@ -262,7 +273,16 @@ impl Scenario {
             .fleet
             .wait_holder_other_than(app, &node, lease * 4)
             .map(|_| at.elapsed());
-        let first = self.first_request_after(app, at, lease * 4);
+        // The new holder's first request: received after it took the lane (a request the old
+        // holder sent just before the signal may arrive just after it).
+        let first = taken.and_then(|t| {
+            self.first_request_after(
+                app,
+                at + t.saturating_sub(Duration::from_millis(100)),
+                lease * 4,
+            )
+            .map(|d| d + t.saturating_sub(Duration::from_millis(100)))
+        });
         self.fleet.signal(&node, "CONT");
         self.paused.remove(&node);
         self.events.push(Event {
@@ -393,6 +413,12 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
         .filter(|a| matches!(a.route, Some(Route::Push(..))))
         .count();
     let max_per_ref = per_ref.values().copied().max().unwrap_or(0);
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for app in fleet.fake.app_names() {
+        for d in fleet.fake.deployments(&app) {
+            *statuses.entry(d.status).or_default() += 1;
+        }
+    }
     let deployments: usize = per_ref.values().sum();
     let mut ref_histogram: BTreeMap<usize, usize> = BTreeMap::new();
     for n in per_ref.values() {
@@ -419,6 +445,7 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
     );
     row("outcomes", format!("{outcomes:?}"));
     row("deployments", deployments.to_string());
+    row("deployments by status", format!("{statuses:?}"));
     row(
         "deployments per git_ref (n: refs)",
         format!("{ref_histogram:?}"),
@@ -555,6 +582,11 @@ fn report_and_check(s: &Scenario, pg_restart: Duration) {
             fleet.setup.rate_limit
         );
     }
+    // The fleet's budget is a sliding window, as the platform's limit: no 60 s over it either.
+    assert!(
+        sliding <= fleet.setup.rate_limit as usize,
+        "{sliding} API requests in 60 s, over the fleet's limit{table}"
+    );
     assert!(stats.faults_injected > 0, "no fault injected{table}");
 }
 

@@ -27,12 +27,12 @@ mod daemon;
 mod deploy_command;
 /// The daemon claiming what the drop folder watcher reports.
 mod drop_claims;
-/// Fleet mode: three nodes, one PostgreSQL, faults, kills, pauses and a database restart.
-mod fleet;
 /// A new user's first hour: config check vs run, --state-dir, `jobs`, rollback names.
 mod first_contact;
 /// A new user's first hour: `-q`, `pack`, help and names, units and wording.
 mod first_hour;
+/// Fleet mode: three nodes, one PostgreSQL, faults, kills, pauses and a database restart.
+mod fleet;
 /// Fleet mode: two daemons on one PostgreSQL, lanes as leases, takeovers (harness:
 /// `fleet_support`).
 mod fleet_lease;
