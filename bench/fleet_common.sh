@@ -19,6 +19,8 @@ chmod 755 "$work"
 pids=()
 node_pids=()
 cleanup() {
+    # testpg stops its server once its standard input closes.
+    [[ -n ${PG[1]:-} ]] && exec {PG[1]}>&-
     for pid in "${node_pids[@]}" "${pids[@]}"; do
         kill -CONT "$pid" 2>/dev/null || true
         kill "$pid" 2>/dev/null || true

@@ -2,7 +2,8 @@
 # Fleet takeover bench: two nodes share one PostgreSQL; while the node holding an app's lease
 # follows a deployment, it is SIGKILLed; the time until the other node holds the lease (its
 # first write for the app: the takeover's UPDATE of `lanes`) and until the job is finished
-# (its deployment adopted and followed to the end, never posted again), median of ROUNDS.
+# (its deployment adopted and followed to the end, never posted again, the victim started
+# again to place its file in done/), median of ROUNDS.
 #
 #   bench/fleet_takeover.sh                       # 5 rounds, lease 15 s (the default)
 #   ROUNDS=1 LEASE=3s bench/fleet_takeover.sh     # the smoke's size
@@ -56,6 +57,8 @@ for round in $(seq "$ROUNDS"); do
         fi
         sleep 0.05
     done
+    # The victim comes back: it took the file in, so it places it in done/.
+    start_node "$victim"
     done_at=""
     for _ in $(seq 2000); do
         created="$(stat_of "['deployments_created']")"
@@ -74,7 +77,6 @@ for round in $(seq "$ROUNDS"); do
         takeovers+=("$taken")
         finishes+=("$done_at")
     fi
-    start_node "$victim"
 done
 
 deployments="$(stat_of "['deployments_created']")"
