@@ -54,7 +54,7 @@ use tokio::sync::{Notify, watch};
 mod ratelimit;
 mod regions;
 mod stream;
-mod timeline;
+pub mod timeline;
 
 pub use ratelimit::RateLimit;
 pub use timeline::Overlap;
