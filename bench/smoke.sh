@@ -7,7 +7,8 @@
 #   bench/smoke.sh
 #
 # Covered: run.sh (every section: pack memory upload latency watch drop), api_budget.sh,
-# pickup.py, reliability.sh, rollback.sh, stream_budget.sh, intake.sh; fuzz.sh only as far as it can go without cargo-fuzz
+# pickup.py, reliability.sh, rollback.sh, stream_budget.sh, intake.sh, fleet_takeover.sh,
+# fleet_rate.sh; fuzz.sh only as far as it can go without cargo-fuzz
 # and a nightly-flag build of several minutes (its syntax, and that the targets it names exist;
 # run it in full when cargo-fuzz is there). gzcheck.go is run by run.sh's pack section when go
 # is installed.
@@ -60,6 +61,22 @@ fuzz_targets() {
     done
 }
 step "fuzz.sh (syntax and targets)" fuzz_targets
+# The fleet benches (a throw-away PostgreSQL from testpg, nodes in fleet mode): one takeover,
+# half a minute of three busy nodes. Exit status 1 is a goal missed; the table must be there.
+fleet_takeover() {
+    local out status=0
+    out=$(ROUNDS=1 LEASE=3s POLL=500ms STEP=1s bench/fleet_takeover.sh) || status=$?
+    printf '%s\n' "$out"
+    ((status <= 1)) && grep -q "lease taken by the other node" <<<"$out"
+}
+step "fleet_takeover.sh" fleet_takeover
+fleet_rate() {
+    local out status=0
+    out=$(DURATION=30 LIMIT=120 PER_NODE=4 STEP=300ms bench/fleet_rate.sh) || status=$?
+    printf '%s\n' "$out"
+    ((status <= 1)) && grep -q "max in a wall-clock minute" <<<"$out"
+}
+step "fleet_rate.sh" fleet_rate
 
 if ((${#failed[@]})); then
     echo "bench smoke: FAILED: ${failed[*]}" >&2

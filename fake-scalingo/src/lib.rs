@@ -54,8 +54,10 @@ use tokio::sync::{Notify, watch};
 mod ratelimit;
 mod regions;
 mod stream;
+pub mod timeline;
 
 pub use ratelimit::RateLimit;
+pub use timeline::Overlap;
 
 /// How the fake platform is set up. `Default` gives a realistic platform with fast builds.
 #[derive(Debug, Clone)]
@@ -1386,12 +1388,17 @@ fn make_jwt(iat: u64, exp: u64) -> String {
     format!("{signing_input}.{}", b64(&signature))
 }
 
-/// `GET /_fake/stats`: the counters as JSON, for a benchmark run against the program.
+/// `GET /_fake/stats`: the counters as JSON, for a benchmark run against the program, with the
+/// timeline's figures (`timeline.rs`).
 fn fake_stats(cx: &Cx) -> Resp {
-    let stats = cx.shared.lock().stats.clone();
+    let (stats, timeline) = {
+        let st = cx.shared.lock();
+        (st.stats.clone(), timeline::summary(&st))
+    };
     json_resp(
         200,
         json!({
+            "timeline": timeline,
             "api_requests": stats.api_requests(),
             "by_endpoint": stats.by_endpoint,
             "rate_limited": stats.rate_limited,

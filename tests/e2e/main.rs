@@ -31,6 +31,8 @@ mod drop_claims;
 mod first_contact;
 /// A new user's first hour: `-q`, `pack`, help and names, units and wording.
 mod first_hour;
+/// Fleet mode: three nodes, one PostgreSQL, faults, kills, pauses and a database restart.
+mod fleet;
 /// Fleet mode's intake, placement by the origin node, and the fleet's view.
 mod fleet_intake;
 /// Fleet mode: two daemons on one PostgreSQL, lanes as leases, takeovers (harness:
