@@ -5,7 +5,7 @@
 # minute, and the most in any sliding 60 s), against `api_rate_limit`. Goal: never over.
 #
 #   bench/fleet_rate.sh                            # 3 minutes at the platform's 60 a minute
-#   DURATION=40 LIMIT=120 bench/fleet_rate.sh      # the smoke's size
+#   DURATION=12 LIMIT=120 bench/fleet_rate.sh      # the smoke's size
 #
 # Needs cargo, curl, python3, psql, tar. Exit status 0 when no minute is over the limit, 1
 # otherwise, 2 on setup errors.

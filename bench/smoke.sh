@@ -72,7 +72,7 @@ fleet_takeover() {
 step "fleet_takeover.sh" fleet_takeover
 fleet_rate() {
     local out status=0
-    out=$(DURATION=30 LIMIT=120 PER_NODE=4 STEP=300ms bench/fleet_rate.sh) || status=$?
+    out=$(DURATION=12 LIMIT=120 PER_NODE=4 STEP=300ms bench/fleet_rate.sh) || status=$?
     printf '%s\n' "$out"
     ((status <= 1)) && grep -q "max in a wall-clock minute" <<<"$out"
 }
