@@ -29,6 +29,10 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+    # A fake is started inside `$(start_fake …)`, a subshell: its pid comes back in a file.
+    for file in "$work"/*.pid; do
+        [[ -e $file ]] && pids+=("$(cat "$file")")
+    done
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -46,7 +50,7 @@ start_fake() {
     shift
     "$bin/fake-scalingo" --listen 127.0.0.1:0 --token-file "$work/token" --quiet "$@" \
         >"$work/$name.fake.out" 2>"$work/$name.fake.err" &
-    pids+=($!)
+    echo $! >"$work/$name.pid"
     local url=""
     for _ in $(seq 200); do
         url="$(sed -n 's/^fake Scalingo API listening on \(http[^ ]*\).*/\1/p' "$work/$name.fake.out")"
