@@ -73,25 +73,9 @@ impl Node {
     /// `dropdeploy --config <this node's> ARGS` with the fake API's settings, the fleet's
     /// database and the intake token.
     fn command(&self, world: &World, db: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropdeploy"));
-        cmd.arg("--config").arg(&self.config).args(args);
-        for var in [
-            "SCALINGO_API_TOKEN",
-            "SCALINGO_API_URL",
-            "SCALINGO_AUTH_URL",
-            "SCALINGO_REGION",
-            "DROPDEPLOY_CONFIG",
-            "DROPDEPLOY_STATE_DIR",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("SCALINGO_API_URL", world.fake.url())
-            .env("SCALINGO_AUTH_URL", world.fake.url())
-            .env("SCALINGO_API_TOKEN", world.fake.api_token())
-            .env("DROPDEPLOY_DATABASE_URL", db)
-            .env("DROPDEPLOY_INTAKE_TOKEN", TOKEN)
-            .stdin(Stdio::null());
+        let mut cmd = crate::support::dropdeploy_command(&self.config, &world.fake, args);
+        cmd.env("DROPDEPLOY_DATABASE_URL", db)
+            .env("DROPDEPLOY_INTAKE_TOKEN", TOKEN);
         cmd
     }
 

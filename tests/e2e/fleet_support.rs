@@ -4,7 +4,7 @@
 //! read back, through the library's `PgStore`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use dropdeploy::config::Secret;
@@ -81,21 +81,8 @@ poll = "{poll}"
     /// `dropdeploy --config <node's> ARGS` with the fake's URLs and token and the database's
     /// URL in the environment.
     pub fn command(&self, node: &Node, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropdeploy"));
-        cmd.arg("--config").arg(&node.config).args(args);
-        for var in [
-            "SCALINGO_REGION",
-            "DROPDEPLOY_CONFIG",
-            "DROPDEPLOY_STATE_DIR",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("SCALINGO_API_URL", self.fake.url())
-            .env("SCALINGO_AUTH_URL", self.fake.url())
-            .env("SCALINGO_API_TOKEN", self.fake.api_token())
-            .env("DROPDEPLOY_DATABASE_URL", self.pg.url())
-            .stdin(Stdio::null());
+        let mut cmd = crate::support::dropdeploy_command(&node.config, &self.fake, args);
+        cmd.env("DROPDEPLOY_DATABASE_URL", self.pg.url());
         cmd
     }
 

@@ -119,23 +119,8 @@ budget = "30s"
     /// `dropdeploy --config <world config> ARGS`, with the fake's URLs and token in the
     /// environment and nothing else of the caller's Scalingo settings.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropdeploy"));
-        cmd.arg("--config").arg(&self.config).args(args);
-        for var in [
-            "SCALINGO_API_TOKEN",
-            "SCALINGO_API_URL",
-            "SCALINGO_AUTH_URL",
-            "SCALINGO_REGION",
-            "DROPDEPLOY_CONFIG",
-            "DROPDEPLOY_STATE_DIR",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("SCALINGO_API_URL", self.fake.url())
-            .env("SCALINGO_AUTH_URL", self.fake.url())
-            .env("SCALINGO_API_TOKEN", self.fake.api_token())
-            .stdin(Stdio::null());
+        let mut cmd = dropdeploy_command(&self.config, &self.fake, args);
+        cmd.stdin(Stdio::null());
         cmd
     }
 
@@ -519,4 +504,29 @@ pub fn zeros_archive(path: &Path, size: u64) {
     }
     drop(stdin);
     assert!(gzip.wait().unwrap().success());
+}
+
+/// `dropdeploy --config CONFIG ARGS` with `fake`'s URLs and token in the environment, and none
+/// of the caller's Scalingo, dropdeploy or database settings (every harness starts from this).
+pub fn dropdeploy_command(config: &Path, fake: &FakeScalingo, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropdeploy"));
+    cmd.arg("--config").arg(config).args(args);
+    for var in [
+        "SCALINGO_API_TOKEN",
+        "SCALINGO_API_URL",
+        "SCALINGO_AUTH_URL",
+        "SCALINGO_REGION",
+        "DROPDEPLOY_CONFIG",
+        "DROPDEPLOY_STATE_DIR",
+        "DROPDEPLOY_DATABASE_URL",
+        "DATABASE_URL",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("SCALINGO_API_URL", fake.url())
+        .env("SCALINGO_AUTH_URL", fake.url())
+        .env("SCALINGO_API_TOKEN", fake.api_token())
+        .stdin(Stdio::null());
+    cmd
 }

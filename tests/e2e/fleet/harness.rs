@@ -187,26 +187,9 @@ listen = "127.0.0.1:{port}"
     /// database's URL and the intake token in the environment, and nothing of the caller's.
     pub fn command(&self, node: &str, args: &[&str]) -> Command {
         let n = &self.nodes[node];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropdeploy"));
-        cmd.arg("--config").arg(&n.config).args(args);
-        for var in [
-            "SCALINGO_API_TOKEN",
-            "SCALINGO_API_URL",
-            "SCALINGO_AUTH_URL",
-            "SCALINGO_REGION",
-            "DROPDEPLOY_CONFIG",
-            "DROPDEPLOY_STATE_DIR",
-            "DATABASE_URL",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("SCALINGO_API_URL", self.fake.url())
-            .env("SCALINGO_AUTH_URL", self.fake.url())
-            .env("SCALINGO_API_TOKEN", self.fake.api_token())
-            .env("DROPDEPLOY_DATABASE_URL", self.database_url())
-            .env("DROPDEPLOY_INTAKE_TOKEN", INTAKE_TOKEN)
-            .stdin(Stdio::null());
+        let mut cmd = crate::support::dropdeploy_command(&n.config, &self.fake, args);
+        cmd.env("DROPDEPLOY_DATABASE_URL", self.database_url())
+            .env("DROPDEPLOY_INTAKE_TOKEN", INTAKE_TOKEN);
         cmd
     }
 
